@@ -1,0 +1,86 @@
+"""Dramatiq actors: thin, take ids, safe to run twice; services do the work.
+
+* ``send_notice(delivery_id)``       transactional queue, one delivery.
+* ``send_batch(delivery_ids)``       bulk queue, a few hundred campaign deliveries.
+* ``send_one_bulk(delivery_id)``     bulk queue, one delivery (retries out of a batch).
+* ``sweep()``                        default queue: re-enqueue deliveries whose message was
+                                     lost (broker restart, crash) and wake due scheduled ones.
+
+Import this module only after a broker is set (``worker.py`` and
+:func:`mailer.broker.setup` do); :func:`bind` moves the actors to another broker.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+
+from mailer import delivery as delivery_service
+from mailer.app import get_app
+from mailer.broker import QUEUE_BULK, QUEUE_DEFAULT, QUEUE_TRANSACTIONAL
+
+log = logging.getLogger("mailer.actors")
+
+if dramatiq.broker.global_broker is None:  # imported without a configured broker (docs, tooling)
+    dramatiq.set_broker(StubBroker())
+
+
+def _retry_when(retries: int, exc: BaseException) -> bool:
+    # Give up is decided by the delivery itself (retry_max_age_s); this only filters
+    # which errors are worth another attempt.
+    return delivery_service.is_retryable(exc)
+
+
+_RETRY = dict(retry_when=_retry_when)
+
+
+@dramatiq.actor(queue_name=QUEUE_TRANSACTIONAL, **_RETRY)
+def send_notice(delivery_id: int) -> None:
+    delivery_service.process(get_app(), delivery_id)
+
+
+@dramatiq.actor(queue_name=QUEUE_BULK, **_RETRY)
+def send_one_bulk(delivery_id: int) -> None:
+    delivery_service.process(get_app(), delivery_id)
+
+
+@dramatiq.actor(queue_name=QUEUE_BULK, **_RETRY)
+def send_batch(delivery_ids: list[int]) -> None:
+    """Send each delivery in turn; one that must be retried goes on as its own message."""
+    app = get_app()
+    owner = delivery_service.worker_id()
+    for delivery_id in delivery_ids:
+        try:
+            delivery_service.process(app, delivery_id, owner=owner)
+        except delivery_service.LeaseHeld:
+            continue  # another worker has it
+        except Exception as exc:  # noqa: BLE001 - isolate one recipient's failure from the batch
+            if not delivery_service.is_retryable(exc):
+                raise
+            send_one_bulk.send_with_options(args=(delivery_id,), delay=app.settings.retry_min_backoff_ms)
+
+
+@dramatiq.actor(queue_name=QUEUE_DEFAULT, max_retries=0)
+def sweep() -> None:
+    from mailer import sweeper
+
+    sweeper.sweep(get_app())
+
+
+ACTORS = [send_notice, send_one_bulk, send_batch, sweep]
+
+
+def register(actor: dramatiq.Actor) -> dramatiq.Actor:
+    """Other modules' actors join :data:`ACTORS` so :func:`bind` moves them too."""
+    ACTORS.append(actor)
+    return actor
+
+
+def bind(broker: dramatiq.Broker) -> None:
+    """Declare every actor (and its queue) on ``broker``."""
+    for actor in ACTORS:
+        actor.broker = broker
+        broker.declare_actor(actor)
+

@@ -1,0 +1,72 @@
+"""The Dramatiq broker: Redis in production, the in-process stub for the demo and unit tests.
+
+``MAILER_BROKER_URL=redis://host:port/db`` gives a :class:`RedisBroker`;
+``stub://`` gives a :class:`StubBroker` that an in-process :class:`dramatiq.Worker` drains.
+Queues: ``transactional`` (notices; never waits behind a newsletter) and ``bulk``
+(campaign batches), plus ``default`` for housekeeping.
+"""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from mailer.settings import Settings
+
+QUEUE_TRANSACTIONAL = "transactional"
+QUEUE_BULK = "bulk"
+QUEUE_DEFAULT = "default"
+QUEUES = (QUEUE_TRANSACTIONAL, QUEUE_BULK, QUEUE_DEFAULT)
+
+#: A single actor run may take at most this long (milliseconds) before TimeLimit interrupts it.
+TIME_LIMIT_MS = 10 * 60_000
+
+
+def middleware(settings: Settings, *, prometheus: bool = False) -> list:
+    mw = [
+        AgeLimit(),
+        TimeLimit(time_limit=TIME_LIMIT_MS),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        Retries(max_retries=10_000, min_backoff=settings.retry_min_backoff_ms,
+                max_backoff=settings.retry_max_backoff_ms),
+        CurrentMessage(),
+    ]
+    if prometheus:
+        from dramatiq.middleware.prometheus import Prometheus
+
+        mw.append(Prometheus())
+    return mw
+
+
+def build_broker(settings: Settings, *, prometheus: bool = False, **redis_options) -> dramatiq.Broker:
+    """A broker for ``settings.broker_url`` with mailer's middleware."""
+    url = settings.broker_url
+    if url.startswith("stub"):
+        broker: dramatiq.Broker = StubBroker(middleware=middleware(settings))
+    else:
+        broker = RedisBroker(url=url, middleware=middleware(settings, prometheus=prometheus), **redis_options)
+    for queue in QUEUES:
+        broker.declare_queue(queue)
+    return broker
+
+
+def setup(settings: Settings, *, prometheus: bool = False, **redis_options) -> dramatiq.Broker:
+    """Build the broker, make it Dramatiq's global broker and bind mailer's actors to it."""
+    broker = build_broker(settings, prometheus=prometheus, **redis_options)
+    dramatiq.set_broker(broker)
+    from mailer import actors
+
+    actors.bind(broker)
+    return broker

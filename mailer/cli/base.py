@@ -1,0 +1,75 @@
+"""The root ``mailer`` group, shared helpers, and how errors reach the terminal.
+
+A :class:`~mailer.errors.MailerError` becomes ``error: <message>`` on stderr and exit
+code 2 (1 is kept for "ran, but some input was rejected"), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+
+from mailer.errors import MailerError
+from mailer.settings import Settings
+
+err_console = Console(stderr=True)
+console = Console()
+
+#: Exit codes: 0 fine, 1 done but something was rejected, 2 refused (bad input / error).
+EXIT_REJECTED = 1
+EXIT_ERROR = 2
+
+
+class MailerGroup(click.Group):
+    """Turns mailer errors into one clear line instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MailerError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            sys.exit(EXIT_ERROR)
+
+
+@click.group(cls=MailerGroup)
+@click.version_option(package_name="mailer")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """mailer: consent-checked newsletters and transactional notices."""
+    ctx.obj = Settings.from_env()
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    return ctx.find_root().obj
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+def parse_json(value: str | None, *, option: str) -> dict:
+    if not value:
+        return {}
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                                 param_hint=option) from exc
+    if not isinstance(data, dict):
+        raise click.BadParameter("must be a JSON object", param_hint=option)
+    return data
+
+
+def setup_broker(settings: Settings):
+    """Connect the actors to the configured broker (Redis, or the stub for stub://)."""
+    from mailer.app import App, set_app
+    from mailer.broker import setup
+
+    set_app(App(settings))
+    return setup(settings)
+
+
+def on_terminal() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,10 @@
+"""Time: every timestamp mailer stores is timezone-aware UTC, taken from here."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+
+def utcnow() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.now(timezone.utc)

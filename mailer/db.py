@@ -1,0 +1,103 @@
+"""Database access: engines, sessions and migrations.
+
+One engine per URL per process; one session per unit of work, opened by the
+caller (CLI command, actor, HTTP request) with :func:`session_scope`, never
+inside service functions, which take the session as an argument.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailer.settings import Settings
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets the HTTP app read while a worker writes; busy_timeout waits (ms) instead of failing.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """A new engine for ``url`` with mailer's connection settings."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return engine
+
+
+def get_engine(settings_or_url: Settings | str) -> Engine:
+    """The process-wide engine for a URL (created once)."""
+    url = settings_or_url if isinstance(settings_or_url, str) else settings_or_url.database_url
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = make_engine(url)
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection (tests, forked processes)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def session_factory(settings_or_url: Settings | str) -> sessionmaker[Session]:
+    return sessionmaker(get_engine(settings_or_url), expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def session_scope(settings_or_url: Settings | str) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    with session_factory(settings_or_url).begin() as session:
+        yield session
+
+
+def alembic_config(url: str):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(settings_or_url: Settings | str, revision: str = "head") -> None:
+    """Create or migrate the schema to ``revision`` with Alembic."""
+    from alembic import command
+
+    url = settings_or_url if isinstance(settings_or_url, str) else settings_or_url.database_url
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(settings_or_url: Settings | str, revision: str) -> None:
+    from alembic import command
+
+    url = settings_or_url if isinstance(settings_or_url, str) else settings_or_url.database_url
+    command.downgrade(alembic_config(url), revision)
+
+
+def current_revision(settings_or_url: Settings | str) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with get_engine(settings_or_url).connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()

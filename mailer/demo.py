@@ -1,0 +1,100 @@
+"""The embedded demo: SQLite, the in-process broker and worker, mail into an outbox folder.
+
+Runs the production path end to end: migrations, the customer import, consent
+records, ``notify()`` for notices (and campaigns once a segment and newsletter exist),
+and the same Dramatiq actors drained by an in-process :class:`dramatiq.Worker`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dramatiq
+from sqlalchemy import func, select
+
+from mailer import consent, db
+from mailer.app import App, set_app
+from mailer.broker import QUEUES, setup
+from mailer.customers import by_email, import_file
+from mailer.models import Delivery, DeliveryStatus
+from mailer.notices import notify
+from mailer.settings import Settings
+
+DEMO_CSV = Path(__file__).resolve().parent / "demo_data" / "customers.csv"
+#: Customers who get a newsletter consent record in the demo.
+CONSENTING = ("alice@example.com", "mei@example.com", "jiwoo@example.com", "layla@example.com",
+              "lukasz@example.com")
+#: Extra steps other capabilities add (campaigns...): callables (app, run_id) -> str summary.
+STEPS: list = []
+
+
+@dataclass
+class DemoResult:
+    outbox: Path
+    sent: int
+    other: dict[str, int]
+    notes: list[str]
+
+
+def demo_settings(base: Settings) -> Settings:
+    """The embedded defaults: in-process broker; outbox transport unless SMTP is configured."""
+    return base.replace(broker_url="stub://")
+
+
+def run(settings: Settings, *, wait_s: float = 60.0) -> DemoResult:
+    settings = demo_settings(settings)
+    db.upgrade(settings)
+    app = App(settings)
+    set_app(app)
+    broker = setup(settings)
+    worker = dramatiq.Worker(broker, worker_timeout=100, worker_threads=4)
+    worker.start()
+    run_id = time.strftime("%Y%m%dT%H%M%S")
+    notes: list[str] = []
+    try:
+        imported = import_file(settings, DEMO_CSV)
+        notes.append(f"customers: {imported.created} new, {imported.updated} updated")
+        with app.session() as s:
+            for email in CONSENTING:
+                customer = by_email(s, email)
+                if not consent.has_consent(s, settings, customer.id, "newsletter"):
+                    consent.append(s, settings, customer=customer, purpose="newsletter", action="granted",
+                                   source="signup_form", proof=consent.Proof(
+                                       form_id="footer-signup", wording_version="2026-01",
+                                       wording="Yes, send me the Northwind newsletter. I can unsubscribe at any time.",
+                                       ip="192.0.2.10", user_agent="demo"))
+        renderer = app.renderer
+        with app.session() as s:
+            people = [(c, loc) for c, loc in s.execute(select(*_cols()))]
+        ids = []
+        for email, _locale in people:
+            ids.append(notify("order_delayed", to=email, data=renderer.sample("order_delayed"),
+                              idempotency_key=f"demo-{run_id}-{email}", settings=settings))
+        for kind in renderer.kinds():
+            if kind == "order_delayed" or "/" in kind:
+                continue
+            ids.append(notify(kind, to="alice@example.com", data=renderer.sample(kind),
+                              idempotency_key=f"demo-{run_id}-{kind}", settings=settings))
+        for step in STEPS:
+            notes.append(step(app, run_id))
+        deadline = time.monotonic() + wait_s
+        for queue in QUEUES:
+            broker.join(queue, timeout=int(max(1, deadline - time.monotonic()) * 1000), fail_fast=True)
+        worker.join()
+    finally:
+        worker.stop()
+        app.close()
+    with app.session() as s:
+        counts = dict(s.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).all())
+    sent = counts.pop(DeliveryStatus.sent, 0)
+    outbox = Path(settings.smtp_url.split("://", 1)[1]).resolve() if settings.smtp_url.startswith("outbox") \
+        else Path(settings.smtp_url)
+    return DemoResult(outbox=outbox, sent=sent, other={k.value: v for k, v in counts.items()}, notes=notes)
+
+
+def _cols():
+    from mailer.models import Customer
+
+    return Customer.email, Customer.locale

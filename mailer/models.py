@@ -1,0 +1,507 @@
+"""The database schema, as SQLAlchemy 2.0 mapped classes.
+
+Schema changes go through Alembic migrations in ``mailer/migrations``; this
+module and the newest migration must describe the same tables (a test checks).
+
+Tables and what they are for:
+
+* ``customers``        who we write to; ``email`` is NULL after erasure, ``email_hash`` stays.
+* ``customer_tags``    one row per (customer, tag) so tag conditions are index lookups.
+* ``consent_events``   append-only, hash-chained consent ledger (never UPDATE/DELETE).
+* ``consent_evidence`` the personal parts of an event's proof (IP, user agent, address);
+                       erasable, while the chain covers only their salted digests.
+* ``consent_state``    current state per (customer, purpose), maintained with each append,
+                       so "has consent now" is one indexed lookup.
+* ``consent_requests`` pending double opt-in confirmations.
+* ``campaigns``        newsletters to a segment, with a keyset checkpoint for resuming.
+* ``deliveries``       one row per mail we intend to send; unique idempotency key.
+* ``suppressions``     addresses never to mail again (by salted hash; address kept until erasure).
+* ``bounces``          every bounce / complaint with its raw report.
+* ``tracking_events``  opens, clicks, unsubscribes (purged by retention).
+* ``api_keys``         hashed bearer keys for the HTTP API.
+* ``shop_events``      events received from shops, idempotent.
+* ``reward_codes``     discount and gift-card codes, each given to at most one customer.
+* ``csat_ratings``     one rating per order (last click wins).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from mailer.clock import utcnow
+
+#: BIGINT on PostgreSQL, INTEGER on SQLite (so it stays an auto-incrementing rowid).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp that is always timezone-aware UTC in Python, on SQLite as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass an aware UTC datetime")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON}
+
+
+def _enum(cls: type[enum.Enum]):
+    from sqlalchemy import Enum
+
+    return Enum(cls, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e],
+                validate_strings=True)
+
+
+class SpendTier(str, enum.Enum):
+    high = "high"
+    medium = "medium"
+    low = "low"
+
+
+class ConsentAction(str, enum.Enum):
+    granted = "granted"
+    withdrawn = "withdrawn"
+
+
+class LawfulBasis(str, enum.Enum):
+    consent = "consent"
+    soft_opt_in = "soft_opt_in"
+
+
+class ConsentSource(str, enum.Enum):
+    checkout = "checkout"
+    signup_form = "signup_form"
+    api = "api"
+    import_ = "import"
+    unsubscribe_link = "unsubscribe_link"
+    preference_centre = "preference_centre"
+    admin = "admin"
+    complaint = "complaint"
+
+
+class CampaignStatus(str, enum.Enum):
+    draft = "draft"
+    scheduled = "scheduled"
+    running = "running"
+    paused = "paused"
+    completed = "completed"
+    cancelled = "cancelled"
+
+
+class DeliveryStatus(str, enum.Enum):
+    scheduled = "scheduled"     # waits for send_after (automations, local time)
+    queued = "queued"           # enqueued, not yet claimed
+    sending = "sending"         # claimed under a lease
+    sent = "sent"               # SMTP accepted
+    failed = "failed"           # gave up (permanent error or retries exhausted)
+    bounced = "bounced"         # accepted, later bounced (DSN)
+    suppressed = "suppressed"   # not sent: suppression list
+    skipped = "skipped"         # not sent: no consent, frequency cap
+    cancelled = "cancelled"     # not sent: cancelled by a rule or a person
+
+
+class SuppressionReason(str, enum.Enum):
+    hard_bounce = "hard_bounce"
+    soft_bounce = "soft_bounce"
+    complaint = "complaint"
+    unsubscribe = "unsubscribe"
+    erased = "erased"
+    manual = "manual"
+
+
+class TrackingKind(str, enum.Enum):
+    open = "open"
+    machine_open = "machine_open"
+    click = "click"
+    unsubscribe = "unsubscribe"
+    complaint = "complaint"
+    bounce = "bounce"
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    email: Mapped[str | None] = mapped_column(String(320), unique=True)
+    email_hash: Mapped[str] = mapped_column(String(64), index=True)
+    first_name: Mapped[str | None] = mapped_column(String(200))
+    last_name: Mapped[str | None] = mapped_column(String(200))
+    locale: Mapped[str | None] = mapped_column(String(20))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    country: Mapped[str | None] = mapped_column(String(2))
+    total_spent: Mapped[Decimal] = mapped_column(Numeric(14, 2), default=Decimal("0"))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    orders_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_order_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    predicted_spend_tier: Mapped[SpendTier | None] = mapped_column(_enum(SpendTier))
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now(),
+                                                 onupdate=utcnow)
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    tags: Mapped[list["CustomerTag"]] = relationship(back_populates="customer", cascade="all, delete-orphan",
+                                                     lazy="selectin")
+
+    __table_args__ = (
+        # Segment conditions filter on these; see mailer/segments.py.
+        Index("ix_customers_total_spent", "total_spent"),
+        Index("ix_customers_orders_count", "orders_count"),
+        Index("ix_customers_last_order_at", "last_order_at"),
+        Index("ix_customers_created_at", "created_at"),
+    )
+
+    @property
+    def tag_names(self) -> list[str]:
+        return sorted(t.tag for t in self.tags)
+
+    def __repr__(self) -> str:
+        return f"<Customer id={self.id} email={self.email!r} locale={self.locale!r}>"
+
+
+class CustomerTag(Base):
+    __tablename__ = "customer_tags"
+
+    customer_id: Mapped[int] = mapped_column(BigId, ForeignKey("customers.id", ondelete="CASCADE"),
+                                             primary_key=True)
+    tag: Mapped[str] = mapped_column(String(100), primary_key=True)
+
+    customer: Mapped[Customer] = relationship(back_populates="tags")
+
+    __table_args__ = (Index("ix_customer_tags_tag", "tag", "customer_id"),)
+
+    def __repr__(self) -> str:
+        return f"<CustomerTag customer_id={self.customer_id} tag={self.tag!r}>"
+
+
+class ConsentEvent(Base):
+    """One appended consent change. The chain hash covers every column but ``id`` and
+    ``customer_id``; personal proof lives in ``consent_evidence`` and enters the chain as
+    salted digests, so erasure leaves the chain intact."""
+
+    __tablename__ = "consent_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: Position in the chain, 1-based, gapless.
+    seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+    customer_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("customers.id", ondelete="SET NULL"))
+    #: Salted hash of the normalized address at the time of the event.
+    subject_hash: Mapped[str] = mapped_column(String(64))
+    purpose: Mapped[str] = mapped_column(String(100))
+    action: Mapped[ConsentAction] = mapped_column(_enum(ConsentAction))
+    basis: Mapped[LawfulBasis] = mapped_column(_enum(LawfulBasis))
+    source: Mapped[ConsentSource] = mapped_column(_enum(ConsentSource))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    form_id: Mapped[str | None] = mapped_column(String(200))
+    wording: Mapped[str | None] = mapped_column(Text)
+    wording_version: Mapped[str | None] = mapped_column(String(50))
+    wording_sha256: Mapped[str | None] = mapped_column(String(64))
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ip_digest: Mapped[str | None] = mapped_column(String(64))
+    user_agent_digest: Mapped[str | None] = mapped_column(String(64))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+    __table_args__ = (
+        # "Latest event for (customer, purpose) at time T" walks this index backwards.
+        Index("ix_consent_events_customer_purpose", "customer_id", "purpose", "occurred_at", "id"),
+        Index("ix_consent_events_occurred_at", "occurred_at"),
+    )
+
+    def __repr__(self) -> str:
+        return (f"<ConsentEvent seq={self.seq} customer_id={self.customer_id} purpose={self.purpose!r} "
+                f"action={self.action.value if self.action else None}>")
+
+
+class ConsentEvidence(Base):
+    """Personal proof for a consent event; deleted on erasure."""
+
+    __tablename__ = "consent_evidence"
+
+    event_id: Mapped[int] = mapped_column(BigId, ForeignKey("consent_events.id"), primary_key=True)
+    email: Mapped[str | None] = mapped_column(String(320))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(Text)
+
+    def __repr__(self) -> str:
+        return f"<ConsentEvidence event_id={self.event_id}>"
+
+
+class ConsentState(Base):
+    """Current consent per (customer, purpose): the latest event's outcome."""
+
+    __tablename__ = "consent_state"
+
+    customer_id: Mapped[int] = mapped_column(BigId, ForeignKey("customers.id", ondelete="CASCADE"),
+                                             primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(100), primary_key=True)
+    granted: Mapped[bool] = mapped_column(Boolean)
+    basis: Mapped[LawfulBasis] = mapped_column(_enum(LawfulBasis))
+    event_id: Mapped[int] = mapped_column(BigId, ForeignKey("consent_events.id"))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        # Segments join on (purpose, granted) and then customer_id.
+        Index("ix_consent_state_purpose", "purpose", "granted", "customer_id"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<ConsentState customer_id={self.customer_id} purpose={self.purpose!r} granted={self.granted}>"
+
+
+class ConsentRequest(Base):
+    """A double opt-in waiting for its confirmation link to be followed."""
+
+    __tablename__ = "consent_requests"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(BigId, ForeignKey("customers.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(100))
+    basis: Mapped[LawfulBasis] = mapped_column(_enum(LawfulBasis), default=LawfulBasis.consent)
+    source: Mapped[ConsentSource] = mapped_column(_enum(ConsentSource))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    event_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("consent_events.id"))
+    proof: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    def __repr__(self) -> str:
+        return f"<ConsentRequest id={self.id} customer_id={self.customer_id} purpose={self.purpose!r}>"
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    template: Mapped[str] = mapped_column(String(200))
+    segment: Mapped[str] = mapped_column(String(100))
+    purpose: Mapped[str] = mapped_column(String(100))
+    #: Subject per locale ({"en": "...", "pl": "..."}); empty means the template's subjects.
+    subjects: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[CampaignStatus] = mapped_column(_enum(CampaignStatus), default=CampaignStatus.draft)
+    send_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: "HH:MM": deliver at this local time in each recipient's zone.
+    local_time: Mapped[str | None] = mapped_column(String(5))
+    tracking: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: Keyset checkpoint: the last customer id fanned out.
+    cursor: Mapped[int] = mapped_column(BigInteger, default=0)
+    fanout_done: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"<Campaign id={self.id} name={self.name!r} status={self.status.value if self.status else None}>"
+
+
+class Delivery(Base):
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: campaign:<id>:<customer>, notice:<kind>:<key>, or notice:<kind>:sha256(content).
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    kind: Mapped[str] = mapped_column(String(100))
+    campaign_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("campaigns.id"))
+    customer_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("customers.id", ondelete="SET NULL"))
+    to_address: Mapped[str | None] = mapped_column(String(320))
+    to_hash: Mapped[str] = mapped_column(String(64))
+    locale: Mapped[str] = mapped_column(String(20))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: "transactional" or the consent purpose the mail needs.
+    purpose: Mapped[str] = mapped_column(String(100))
+    queue: Mapped[str] = mapped_column(String(20), default="transactional")
+    status: Mapped[DeliveryStatus] = mapped_column(_enum(DeliveryStatus), default=DeliveryStatus.queued)
+    #: Why it was skipped/suppressed/failed/cancelled, in words.
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    send_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Pending scheduled sends with the same group are cancelled together (automations).
+    cancel_group: Mapped[str | None] = mapped_column(String(255))
+    automation: Mapped[str | None] = mapped_column(String(100))
+    message_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    relay: Mapped[str | None] = mapped_column(String(255))
+    smtp_code: Mapped[int | None] = mapped_column(Integer)
+    smtp_reply: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        # Campaign progress counts group by status within one campaign.
+        Index("ix_deliveries_campaign_status", "campaign_id", "status"),
+        # Frequency cap: marketing mails to a customer since T.
+        Index("ix_deliveries_customer_sent", "customer_id", "sent_at"),
+        # The scheduler picks due scheduled rows in time order.
+        Index("ix_deliveries_status_send_after", "status", "send_after"),
+        Index("ix_deliveries_cancel_group", "cancel_group"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<Delivery id={self.id} kind={self.kind!r} status={self.status.value if self.status else None}>"
+
+
+class Suppression(Base):
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64))
+    email: Mapped[str | None] = mapped_column(String(320))
+    reason: Mapped[SuppressionReason] = mapped_column(_enum(SuppressionReason))
+    #: "all" (every mail), "marketing" (all marketing purposes) or one purpose.
+    scope: Mapped[str] = mapped_column(String(100), default="all")
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
+
+    __table_args__ = (UniqueConstraint("email_hash", "reason", "scope", name="uq_suppressions_hash_reason_scope"),
+                      Index("ix_suppressions_email_hash", "email_hash"))
+
+    def __repr__(self) -> str:
+        return f"<Suppression id={self.id} reason={self.reason.value if self.reason else None} scope={self.scope!r}>"
+
+
+class Bounce(Base):
+    __tablename__ = "bounces"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    delivery_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("deliveries.id"))
+    email_hash: Mapped[str] = mapped_column(String(64), index=True)
+    #: hard, soft or complaint.
+    kind: Mapped[str] = mapped_column(String(20))
+    status_code: Mapped[str | None] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(String(100))
+    raw: Mapped[str | None] = mapped_column(Text)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
+
+    def __repr__(self) -> str:
+        return f"<Bounce id={self.id} kind={self.kind!r} status={self.status_code!r}>"
+
+
+class TrackingEvent(Base):
+    __tablename__ = "tracking_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    delivery_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("deliveries.id"))
+    campaign_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("campaigns.id"))
+    customer_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("customers.id", ondelete="SET NULL"))
+    kind: Mapped[TrackingKind] = mapped_column(_enum(TrackingKind))
+    url: Mapped[str | None] = mapped_column(Text)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(Text)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
+
+    __table_args__ = (
+        Index("ix_tracking_campaign_kind", "campaign_id", "kind", "occurred_at"),
+        # Engagement segment conditions: did customer C open/click since T.
+        Index("ix_tracking_customer_kind", "customer_id", "kind", "occurred_at"),
+        Index("ix_tracking_occurred_at", "occurred_at"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<TrackingEvent id={self.id} kind={self.kind.value if self.kind else None} delivery={self.delivery_id}>"
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    #: First characters of the key, shown in listings.
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"<ApiKey id={self.id} name={self.name!r} prefix={self.prefix!r}>"
+
+
+class ShopEvent(Base):
+    __tablename__ = "shop_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    type: Mapped[str] = mapped_column(String(50))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    customer_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("customers.id", ondelete="SET NULL"))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_shop_events_type_received", "type", "received_at"),)
+
+    def __repr__(self) -> str:
+        return f"<ShopEvent id={self.id} type={self.type!r}>"
+
+
+class RewardCode(Base):
+    __tablename__ = "reward_codes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    pool: Mapped[str] = mapped_column(String(100))
+    code: Mapped[str] = mapped_column(String(100))
+    value: Mapped[str | None] = mapped_column(String(50))
+    customer_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("customers.id", ondelete="SET NULL"))
+    delivery_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("deliveries.id"))
+    assigned_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (UniqueConstraint("pool", "code", name="uq_reward_codes_pool_code"),
+                      # Claiming picks the first free code of a pool.
+                      Index("ix_reward_codes_pool_free", "pool", "assigned_at", "id"))
+
+    def __repr__(self) -> str:
+        return f"<RewardCode id={self.id} pool={self.pool!r} assigned={self.assigned_at is not None}>"
+
+
+class CsatRating(Base):
+    __tablename__ = "csat_ratings"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    order_number: Mapped[str] = mapped_column(String(100), unique=True)
+    customer_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("customers.id", ondelete="SET NULL"))
+    delivery_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("deliveries.id"))
+    rating: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"<CsatRating order={self.order_number!r} rating={self.rating}>"

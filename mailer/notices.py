@@ -1,0 +1,129 @@
+"""Triggering a notice: validate, store one delivery per idempotency key, enqueue.
+
+Everything is checked before anything is stored or enqueued: the kind exists, the
+required data fields are present, the address is valid, and the template renders for
+the recipient's locale with this data.  The delivery row is committed first and the
+Dramatiq message sent after; if the broker is down at that moment the row stays
+``queued`` and the worker's sweeper enqueues it later, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from mailer.addresses import email_hash, normalize
+from mailer.app import App, get_app
+from mailer.broker import QUEUE_BULK, QUEUE_TRANSACTIONAL
+from mailer.customers import get_or_create
+from mailer.errors import NotFound, ValidationError
+from mailer.models import Customer, Delivery, DeliveryStatus
+from mailer.settings import Settings
+
+log = logging.getLogger("mailer.notices")
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    delivery_id: int
+    created: bool
+
+
+def idempotency_key(kind: str, key: str | None, *, to: str, data: dict, locale: str | None) -> str:
+    """``notice:<kind>:<key>``, or a hash of the content when the caller gave no key."""
+    if key:
+        if len(key) > 200:
+            raise ValidationError("idempotency key longer than 200 characters", field="idempotency_key")
+        return f"notice:{kind}:{key}"
+    digest = hashlib.sha256(json.dumps({"to": to, "data": data, "locale": locale}, sort_keys=True,
+                                       default=str).encode()).hexdigest()
+    return f"notice:{kind}:sha256:{digest}"
+
+
+def purpose_for(spec_purpose: str, data: dict) -> str:
+    """The consent purpose of a mail; ``restock:{sku}`` style purposes take values from the data."""
+    if "{" in spec_purpose:
+        try:
+            return spec_purpose.format(**data)
+        except KeyError as exc:
+            raise ValidationError(f"data field {exc.args[0]!r} is needed to know the consent purpose",
+                                  field=f"data.{exc.args[0]}") from exc
+    return spec_purpose
+
+
+def create(app: App, kind: str, *, to: str | None = None, customer_id: int | None = None,
+           data: dict | None = None, locale: str | None = None, key: str | None = None,
+           send_after=None, cancel_group: str | None = None, automation: str | None = None,
+           status: DeliveryStatus = DeliveryStatus.queued) -> Enqueued:
+    """Validate and store the delivery (no enqueue); return its id and whether it is new."""
+    data = dict(data or {})
+    settings = app.settings
+    renderer = app.renderer
+    spec = renderer.validate(kind, data)
+    if (to is None) == (customer_id is None):
+        raise ValidationError("give exactly one of an address (to / email) or a customer id", field="to")
+    with app.session() as s:
+        if customer_id is not None:
+            customer = s.get(Customer, customer_id)
+            if customer is None or customer.email is None:
+                raise NotFound(f"no customer with id {customer_id}")
+        else:
+            customer = get_or_create(s, settings, normalize(to), locale=locale)
+        address = customer.email
+        loc = locale or customer.locale or settings.default_locale
+        # Fail early: the template must render for this locale and data before we store anything.
+        from mailer.compose import render_context
+
+        probe = Delivery(id=0, kind=kind, to_address=address, locale=loc, data=data, purpose=spec.purpose)
+        renderer.render(kind, loc, data, context=render_context(settings, probe, customer) | {
+            "unsubscribe_url": "#", "preferences_url": "#"})
+        ikey = idempotency_key(kind, key, to=address, data=data, locale=loc)
+        purpose = purpose_for(spec.purpose, data)
+        existing = s.execute(select(Delivery.id).where(Delivery.idempotency_key == ikey)).scalar_one_or_none()
+        if existing is not None:
+            return Enqueued(existing, False)
+        delivery = Delivery(idempotency_key=ikey, kind=kind, customer_id=customer.id, to_address=address,
+                            to_hash=email_hash(address, settings.effective_hash_salt), locale=loc, data=data,
+                            purpose=purpose, queue=QUEUE_TRANSACTIONAL if spec.transactional else QUEUE_BULK,
+                            status=status, send_after=send_after, cancel_group=cancel_group,
+                            automation=automation)
+        s.add(delivery)
+        try:
+            s.flush()
+        except IntegrityError:
+            # Another request with the same key won the race: return its delivery.
+            s.rollback()
+            with app.session() as s2:
+                return Enqueued(s2.execute(select(Delivery.id).where(Delivery.idempotency_key == ikey))
+                                .scalar_one(), False)
+        return Enqueued(delivery.id, True)
+
+
+def enqueue(delivery_id: int, *, queue: str = QUEUE_TRANSACTIONAL) -> None:
+    """Send the Dramatiq message for a stored delivery (safe to repeat)."""
+    from mailer import actors
+
+    actor = actors.send_notice if queue == QUEUE_TRANSACTIONAL else actors.send_one_bulk
+    try:
+        actor.send(delivery_id)
+    except Exception as exc:  # noqa: BLE001 - broker down: the sweeper re-enqueues queued rows
+        log.error("delivery %s stored but not enqueued (%s); the sweeper will enqueue it", delivery_id, exc,
+                  extra={"delivery_id": delivery_id})
+
+
+def notify(kind: str, *, to: str | None = None, customer_id: int | None = None, data: dict | None = None,
+           locale: str | None = None, idempotency_key: str | None = None,
+           settings: Settings | None = None) -> int:
+    """Validate, store and enqueue one notice; the same idempotency key gives the same id."""
+    app = get_app() if settings is None or settings == get_app().settings else App(settings)
+    result = create(app, kind, to=to, customer_id=customer_id, data=data, locale=locale, key=idempotency_key)
+    if result.created:
+        with app.session() as s:
+            queue = s.get(Delivery, result.delivery_id).queue
+        enqueue(result.delivery_id, queue=queue)
+    return result.delivery_id

@@ -1,0 +1,150 @@
+"""Settings: one frozen object built from ``MAILER_*`` environment variables.
+
+Nothing in mailer reads the environment except :func:`Settings.from_env`; every
+service receives the ``Settings`` it needs as an argument.  The README lists
+every variable; keep that table and this module in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+#: The project root when running from a checkout (templates/, segments/ live here).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in _TRUE
+
+
+def _path(value: str) -> Path:
+    return Path(value).expanduser()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every tunable of mailer, immutable once built."""
+
+    #: SQLAlchemy URL; SQLite file by default, ``postgresql+psycopg://`` in production.
+    database_url: str = "sqlite:///mailer.db"
+    #: Dramatiq broker: ``redis://host:port/db`` or ``stub://`` (in-process, embedded default/demo).
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    #: Mail transport: ``smtp://user:pass@host:587?starttls=1``, ``smtps://...``,
+    #: ``outbox://path`` (one .eml per mail + index.html) or ``memory://``.
+    smtp_url: str = "outbox://outbox"
+    #: Further relays (comma separated ``url#weight``) used with weights and failover.
+    smtp_relays: str = ""
+    #: ``From`` of every mail.
+    from_address: str = "Northwind Shop <shop@example.com>"
+    #: Envelope sender domain for VERP return paths (``bounces+<delivery id>@domain``).
+    bounce_domain: str = "example.com"
+    #: Public base URL of ``mailer serve`` (tracking, unsubscribe, preferences).
+    base_url: str = "http://127.0.0.1:8000"
+    #: HMAC key for tokens; set a long random value in production.
+    secret_key: str = "change-me-in-production"
+    #: Salt for the e-mail hashes kept in tombstones and the consent chain.
+    hash_salt: str = ""
+    templates_dir: Path = PROJECT_ROOT / "templates"
+    segments_dir: Path = PROJECT_ROOT / "segments"
+    automations_dir: Path = PROJECT_ROOT / "automations"
+    store_name: str = "Northwind Shop"
+    store_address: str = "Northwind Shop, 12 Harbour Road, 80-001 Gdańsk, Poland"
+    #: Used when a customer has no locale / time zone / currency.
+    default_locale: str = "en"
+    default_timezone: str = "Europe/Warsaw"
+    default_currency: str = "EUR"
+    #: Marketing consent on the "soft opt-in" basis counts as consent when true.
+    soft_opt_in: bool = True
+    #: Frequency cap: at most N marketing mails per customer within the window (hours). 0 = off.
+    frequency_cap: int = 3
+    frequency_window_hours: int = 24 * 7
+    #: Quiet hours for marketing automations, local time "HH:MM-HH:MM".
+    quiet_hours: str = "21:00-08:00"
+    #: Give up retrying a delivery after this many seconds.
+    retry_max_age_s: int = 6 * 3600
+    #: Retry backoff bounds in milliseconds.
+    retry_min_backoff_ms: int = 5_000
+    retry_max_backoff_ms: int = 15 * 60_000
+    #: Soft bounces before the address is suppressed.
+    soft_bounce_limit: int = 3
+    #: Lease a worker holds on a delivery while it sends, seconds.
+    lease_s: int = 120
+    #: Every this many seconds each worker process re-enqueues lost and due deliveries.
+    sweep_interval_s: int = 15
+    #: A queued delivery untouched this long (seconds) is presumed lost by the broker.
+    sweep_stale_s: int = 300
+    #: Recipients per Dramatiq message on the bulk queue.
+    batch_size: int = 200
+    #: Messages per second per relay, and per recipient domain, across all workers. 0 = unlimited.
+    relay_rate: int = 0
+    domain_rate: int = 0
+    #: DKIM: domain, selector and PEM key files (RSA and/or Ed25519). Empty = no signing.
+    dkim_domain: str = ""
+    dkim_selector: str = "mailer"
+    dkim_rsa_key: str = ""
+    dkim_ed25519_key: str = ""
+    dkim_ed25519_selector: str = "mailer-ed"
+    #: Tracking events older than this many days are purged by ``mailer gdpr purge``.
+    tracking_retention_days: int = 395
+    #: Opens within this many seconds of delivery are machine opens.
+    machine_open_window_s: int = 10
+    #: Double opt-in links expire after this many hours.
+    confirm_link_ttl_hours: int = 72
+    #: Unsubscribe / preference tokens expire after this many days.
+    token_ttl_days: int = 365
+    #: ``mailer serve`` bind address.
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    #: Threads per worker process when run by ``mailer worker``.
+    worker_threads: int = 8
+    #: Consent purposes this deployment knows besides ``restock:<sku>``.
+    purposes: tuple[str, ...] = ("newsletter", "product_updates", "tracking", "loyalty")
+    #: Prometheus exposition port for worker metrics (0 = off).
+    metrics_port: int = 0
+    #: Extra values not covered above (kept for forward compatibility).
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def effective_hash_salt(self) -> bytes:
+        """Salt for address hashes: explicit, or derived from the secret key."""
+        salt = self.hash_salt or hashlib.sha256(("salt:" + self.secret_key).encode()).hexdigest()
+        return salt.encode()
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Build settings from ``MAILER_<FIELD>`` variables (upper case), then ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get("MAILER_" + f.name.upper())
+            if raw is None:
+                continue
+            default = f.default
+            if isinstance(default, bool):
+                values[f.name] = _bool(raw)
+            elif isinstance(default, int):
+                values[f.name] = int(raw)
+            elif isinstance(default, Path):
+                values[f.name] = _path(raw)
+            elif isinstance(default, tuple):
+                values[f.name] = tuple(p.strip() for p in raw.split(",") if p.strip())
+            else:
+                values[f.name] = raw
+        values.update(overrides)
+        return cls(**values)
+
+
+#: Environment variable name for every field, for the README and ``mailer settings``.
+ENV_VARS = {f.name: "MAILER_" + f.name.upper() for f in dataclasses.fields(Settings) if f.name != "extra"}

@@ -1,0 +1,92 @@
+"""The sweeper: the database, not the broker, is the source of truth for what to send.
+
+Every ``MAILER_SWEEP_INTERVAL_S`` each worker process looks for deliveries whose
+Dramatiq message may be gone (Redis restarted without persistence, a crash between
+commit and enqueue) and for scheduled deliveries that are now due, and enqueues them.
+A conditional UPDATE of ``updated_at`` decides which sweeper enqueues a row, so many
+worker processes do not enqueue the same row twice; and if they did, the claim in
+:mod:`mailer.delivery` still sends it once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+import dramatiq
+from sqlalchemy import and_, or_, select, update
+
+from mailer.clock import utcnow
+from mailer.models import Delivery, DeliveryStatus
+
+log = logging.getLogger("mailer.sweeper")
+
+#: Rows re-enqueued per sweep at most (the next sweep takes the rest).
+SWEEP_LIMIT = 5000
+
+#: Extra sweeps other capabilities register (campaign fan-out resume, automations).
+HOOKS: list = []
+
+
+def sweep(app) -> int:
+    """Enqueue lost and due deliveries; return how many were enqueued."""
+    from mailer import actors
+
+    now = utcnow()
+    stale = now - timedelta(seconds=app.settings.sweep_stale_s)
+    with app.session() as s:
+        # Candidates: due scheduled rows, queued rows untouched for sweep_stale_s, and
+        # sending rows whose lease expired (their worker died). Uses ix_deliveries_status_send_after.
+        cond = or_(
+            and_(Delivery.status == DeliveryStatus.scheduled, Delivery.send_after <= now),
+            and_(Delivery.status == DeliveryStatus.queued,
+                 or_(and_(Delivery.updated_at.is_(None), Delivery.created_at < stale),
+                     Delivery.updated_at < stale),
+                 or_(Delivery.send_after.is_(None), Delivery.send_after <= now)),
+            and_(Delivery.status == DeliveryStatus.sending, Delivery.lease_until < now),
+        )
+        rows = s.execute(select(Delivery.id, Delivery.queue, Delivery.updated_at).where(cond)
+                         .order_by(Delivery.id).limit(SWEEP_LIMIT)).all()
+        picked: list[tuple[int, str]] = []
+        for row in rows:
+            # Only the sweeper whose UPDATE matches the old updated_at enqueues this row.
+            res = s.execute(update(Delivery).where(
+                Delivery.id == row.id,
+                Delivery.updated_at.is_(None) if row.updated_at is None else Delivery.updated_at == row.updated_at)
+                .values(updated_at=now).execution_options(synchronize_session=False))
+            if res.rowcount == 1:
+                picked.append((row.id, row.queue))
+    for delivery_id, queue in picked:
+        actor = actors.send_notice if queue == "transactional" else actors.send_one_bulk
+        actor.send(delivery_id)
+    if picked:
+        log.info("sweeper enqueued %d deliveries", len(picked))
+    for hook in HOOKS:
+        hook(app)
+    return len(picked)
+
+
+class SweeperMiddleware(dramatiq.Middleware):
+    """Runs :func:`sweep` in a background thread of every worker process."""
+
+    def __init__(self, app_getter, interval_s: float):
+        self.app_getter = app_getter
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def after_worker_boot(self, broker, worker):
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="mailer-sweeper", daemon=True)
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker, worker):
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                sweep(self.app_getter())
+            except Exception:  # noqa: BLE001 - a failed sweep is retried at the next interval
+                log.exception("sweep failed; retrying in %s s", self.interval_s)

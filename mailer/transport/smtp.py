@@ -1,0 +1,151 @@
+"""SMTP transport: one reused connection per worker thread.
+
+URL form: ``smtp://user:pass@host:587?starttls=1&timeout=30`` or ``smtps://host:465``.
+Replies are turned into :class:`SendResult` or a Transient/Permanent delivery error by
+:func:`mailer.smtp_codes.classify`; connection trouble is transient.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+import threading
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from mailer.errors import ConfigurationError, PermanentDeliveryError, TransientDeliveryError
+from mailer.smtp_codes import error_for_reply
+from mailer.transport import SendResult
+
+#: Seconds to wait on the relay before calling the attempt failed.
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class SMTPTransport:
+    """Sends over SMTP, keeping one open connection per thread and reconnecting when it drops."""
+
+    def __init__(self, url: str):
+        parts = urlsplit(url)
+        if not parts.hostname:
+            raise ConfigurationError(f"MAILER_SMTP_URL: no host in {url!r}")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        self.ssl = parts.scheme == "smtps"
+        self.host = parts.hostname
+        self.port = parts.port or (465 if self.ssl else 25)
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        self.starttls = query.get("starttls", "0").lower() in ("1", "true", "yes")
+        self.timeout = float(query.get("timeout", DEFAULT_TIMEOUT_S))
+        self.local_hostname = query.get("helo") or None
+        self.name = f"{parts.scheme}://{self.host}:{self.port}"
+        self._local = threading.local()
+
+    # -- connection -------------------------------------------------------------------------
+    def _connect(self) -> smtplib.SMTP:
+        try:
+            if self.ssl:
+                conn = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
+                                        local_hostname=self.local_hostname,
+                                        context=ssl.create_default_context())
+            else:
+                conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout, local_hostname=self.local_hostname)
+            conn.ehlo()
+            if self.starttls:
+                conn.starttls(context=ssl.create_default_context())
+                conn.ehlo()
+            if self.username:
+                conn.login(self.username, self.password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            raise PermanentDeliveryError(f"{self.name}: authentication failed: {exc.smtp_error!r}",
+                                         code=exc.smtp_code) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            raise TransientDeliveryError(f"{self.name}: cannot connect: {exc}") from exc
+        return conn
+
+    def _conn(self) -> smtplib.SMTP:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing a broken socket
+                pass
+
+    # -- sending ----------------------------------------------------------------------------
+    def supports_smtputf8(self) -> bool:
+        return self._conn().has_extn("smtputf8")
+
+    def send(self, *, envelope_from: str, recipient: str, message: bytes) -> SendResult:
+        needs_utf8 = not (envelope_from.isascii() and recipient.isascii())
+        for attempt in (1, 2):
+            conn = self._conn()
+            mail_options: list[str] = []
+            if needs_utf8:
+                if not conn.has_extn("smtputf8"):
+                    raise PermanentDeliveryError(
+                        f"{self.name} does not offer SMTPUTF8; cannot send to internationalized address "
+                        f"{recipient!r}")
+                mail_options = ["SMTPUTF8", "BODY=8BITMIME"]
+            stage = "mail"
+            try:
+                # mail/rcpt/data by hand (not sendmail) so the DATA reply text is kept.
+                code, reply = conn.mail(envelope_from, mail_options)
+                if code != 250:
+                    self._reset(conn)
+                    raise error_for_reply(code, _text(reply), relay=self.name)
+                stage = "rcpt"
+                code, reply = conn.rcpt(recipient)
+                if code not in (250, 251):
+                    self._reset(conn)
+                    raise error_for_reply(code, _text(reply), relay=self.name)
+                stage = "data"
+                code, reply = conn.data(message)
+                if code != 250:
+                    self._reset(conn)
+                    raise error_for_reply(code, _text(reply), relay=self.name)
+                return SendResult(code, f"{code} {_text(reply)}", self.name)
+            except smtplib.SMTPServerDisconnected as exc:
+                self._drop()
+                if attempt == 1 and stage == "mail":
+                    continue  # a pooled connection the relay had closed: reconnect once, nothing was sent
+                raise _transient(f"{self.name}: disconnected: {exc}", stage) from exc
+            except smtplib.SMTPResponseException as exc:
+                self._reset(conn)
+                raise error_for_reply(exc.smtp_code, _text(exc.smtp_error), relay=self.name) from exc
+            except (OSError, smtplib.SMTPException) as exc:
+                self._drop()
+                raise _transient(f"{self.name}: {exc}", stage) from exc
+        raise TransientDeliveryError(f"{self.name}: could not send")  # pragma: no cover
+
+    def _reset(self, conn: smtplib.SMTP) -> None:
+        try:
+            conn.rset()
+        except Exception:  # noqa: BLE001 - the connection is dead; drop it
+            self._drop()
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            try:
+                conn.quit()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+
+
+
+def _transient(message: str, stage: str) -> TransientDeliveryError:
+    """A connection-level failure; ``maybe_sent`` when it struck during DATA (the relay may
+    have accepted the message before the connection broke)."""
+    err = TransientDeliveryError(message)
+    err.maybe_sent = stage == "data"  # type: ignore[attr-defined]
+    return err
