@@ -1,0 +1,164 @@
+"""Shared fixtures: real SMTP (aiosmtpd), real Redis, SQLite and real PostgreSQL.
+
+Service-backed fixtures skip only when the service truly cannot be reached, with a
+reason starting "needs-service"; under ``MAILER_REQUIRE_SERVICES=1`` (set by .ci/run)
+they fail instead, so CI never skips them silently.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mailer import db
+from mailer.app import App, set_app
+from mailer.settings import PROJECT_ROOT, Settings
+from tests.smtp_sink import SMTPSink
+
+PG_URL = os.environ.get("MAILER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REQUIRE = os.environ.get("MAILER_REQUIRE_SERVICES") == "1"
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def need_service(name: str, host: str, port: int) -> None:
+    if not _reachable(host, port):
+        msg = f"needs-service: {name} on {host}:{port} cannot be reached"
+        if REQUIRE:
+            pytest.fail(msg + " (MAILER_REQUIRE_SERVICES=1)")
+        pytest.skip(msg)
+
+
+# -- databases -----------------------------------------------------------------------------
+def _pg_schema_url(schema: str) -> str:
+    sep = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path):
+    """A migrated, empty database: SQLite file, then a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'mailer.db'}"
+        db.upgrade(url)
+        yield url
+        db.dispose_engines()
+        return
+    need_service("PostgreSQL", "127.0.0.1", 5432)
+    import sqlalchemy as sa
+
+    schema = "t_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    url = _pg_schema_url(schema)
+    try:
+        db.upgrade(url)
+        yield url
+    finally:
+        db.dispose_engines()
+        with admin.connect() as c:
+            c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'mailer.db'}"
+    db.upgrade(url)
+    yield url
+    db.dispose_engines()
+
+
+# -- SMTP ----------------------------------------------------------------------------------
+@pytest.fixture
+def smtp_sink():
+    """A real aiosmtpd server on 127.0.0.1 (SMTPUTF8 on)."""
+    sink = SMTPSink().start()
+    yield sink
+    sink.stop()
+
+
+# -- Redis ---------------------------------------------------------------------------------
+@pytest.fixture
+def redis_url():
+    """A Redis database number of our own, flushed before and after."""
+    need_service("Redis", REDIS_HOST, REDIS_PORT)
+    import redis
+
+    number = int(os.environ.get("MAILER_TEST_REDIS_DB", "9"))
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{number}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+# -- settings and app ----------------------------------------------------------------------
+def make_settings(**overrides) -> Settings:
+    base = dict(database_url="sqlite:///:memory:", broker_url="stub://", smtp_url="memory://default",
+                secret_key="test-secret", templates_dir=PROJECT_ROOT / "templates",
+                segments_dir=PROJECT_ROOT / "segments", automations_dir=PROJECT_ROOT / "automations",
+                retry_min_backoff_ms=10, retry_max_backoff_ms=100, sweep_interval_s=1, frequency_cap=0)
+    base.update(overrides)
+    return Settings(**base)
+
+
+@pytest.fixture
+def settings(db_url):
+    return make_settings(database_url=db_url)
+
+
+@pytest.fixture
+def app(settings):
+    """An App on the test database with the in-memory transport, installed process-wide."""
+    from mailer.transport import memory
+
+    memory.clear()
+    application = App(settings)
+    previous = set_app(application)
+    yield application
+    application.close()
+    set_app(previous)
+
+
+@pytest.fixture
+def stub_broker(app):
+    """The in-process broker with a running worker; ``stub_broker.drain()`` waits for all queues."""
+    import dramatiq
+
+    from mailer.broker import QUEUES, setup
+
+    broker = setup(app.settings)
+    worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=2)
+    worker.start()
+
+    def drain(timeout_ms: int = 30_000) -> None:
+        for _ in range(3):  # actors may enqueue further messages
+            for q in QUEUES:
+                broker.join(q, timeout=timeout_ms, fail_fast=True)
+            worker.join()
+
+    broker.drain = drain
+    yield broker
+    worker.stop()
+    broker.close()
+
+
+@pytest.fixture
+def artifacts_dir() -> Path:
+    path = PROJECT_ROOT / "artifacts"
+    path.mkdir(exist_ok=True)
+    return path
