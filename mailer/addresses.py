@@ -15,8 +15,10 @@ from mailer.errors import InvalidAddress
 def normalize(address: str, *, check_deliverability: bool = False) -> str:
     """Validate syntax (no DNS by default) and return the normalized address.
 
-    The domain is lower-cased (and IDNA-decoded to Unicode); the local part is kept
-    as written, as RFC 5321 says it is case-sensitive.
+    The whole address is lower-cased (the domain IDNA-decoded to Unicode).  RFC 5321
+    allows case-sensitive local parts, but no mailbox provider our shops meet uses
+    them, while shops export the same customer with different casing; like listmonk
+    and Klaviyo we treat addresses case-insensitively, so one person is one customer.
     """
     if not isinstance(address, str) or not address.strip():
         raise InvalidAddress("e-mail address is empty", field="email")
@@ -27,7 +29,8 @@ def normalize(address: str, *, check_deliverability: bool = False) -> str:
         info = validate_email(raw, check_deliverability=check_deliverability, allow_smtputf8=True)
     except EmailNotValidError as exc:
         raise InvalidAddress(f"invalid e-mail address {raw!r}: {exc}", field="email") from exc
-    return info.normalized
+    local, _, domain = info.normalized.rpartition("@")
+    return f"{local.lower()}@{domain.lower()}"
 
 
 def ascii_form(address: str) -> str:

@@ -55,7 +55,7 @@ def test_notice_arrives_at_smtp_server_with_both_parts_and_message_id(smtp_app, 
     # Then exactly one message arrived, with subject, text and HTML parts and its Message-ID
     assert len(smtp_sink.received) == 1
     got = smtp_sink.received[0]
-    assert got.rcpt_tos == ["Alice@example.com"]
+    assert got.rcpt_tos == ["alice@example.com"]
     msg = message_from_bytes(got.raw, policy=policy.strict)
     assert "1001" in msg["Subject"]
     assert "1001" in msg.get_body(("plain",)).get_content()

@@ -13,7 +13,7 @@ import pkgutil
 from mailer.cli.base import main
 
 for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    if _mod != "base":
+    if _mod != "base" and not _mod.startswith("_"):
         importlib.import_module(f"{__name__}.{_mod}")
 
 __all__ = ["main"]

@@ -39,7 +39,7 @@ def import_cmd(settings, path: Path, strict: bool) -> None:
     else:
         result = import_file(settings, path, strict=strict)
     for error in result.errors[:MAX_PRINTED_ERRORS]:
-        err_console.print(f"{path}: {error}", highlight=False, markup=False)
+        click.echo(f"{path}: {error}", err=True)
     if len(result.errors) > MAX_PRINTED_ERRORS:
         err_console.print(f"... and {len(result.errors) - MAX_PRINTED_ERRORS} more bad rows")
     if result.strict_aborted:
