@@ -19,6 +19,7 @@ Tables and what they are for:
 * ``bounces``          every bounce / complaint with its raw report.
 * ``tracking_events``  opens, clicks, unsubscribes (purged by retention).
 * ``api_keys``         hashed bearer keys for the HTTP API.
+* ``idempotency_records`` HTTP API responses per Idempotency-Key, replayed on a retry.
 * ``shop_events``      events received from shops, idempotent.
 * ``reward_codes``     discount and gift-card codes, each given to at most one customer.
 * ``csat_ratings``     one rating per order (last click wins).
@@ -133,6 +134,7 @@ class DeliveryStatus(str, enum.Enum):
     suppressed = "suppressed"   # not sent: suppression list
     skipped = "skipped"         # not sent: no consent, frequency cap
     cancelled = "cancelled"     # not sent: cancelled by a rule or a person
+    held = "held"               # not sent yet: its campaign is paused; resume releases it (campaigns)
 
 
 class SuppressionReason(str, enum.Enum):
@@ -324,6 +326,8 @@ class Campaign(Base):
     #: Keyset checkpoint: the last customer id fanned out.
     cursor: Mapped[int] = mapped_column(BigInteger, default=0)
     fanout_done: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Last time a fan-out step committed; the sweeper hook restarts a fan-out silent for too long.
+    fanout_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -453,6 +457,27 @@ class ApiKey(Base):
 
     def __repr__(self) -> str:
         return f"<ApiKey id={self.id} name={self.name!r} prefix={self.prefix!r}>"
+
+
+class IdempotencyRecord(Base):
+    """The response an HTTP API call gave for an ``Idempotency-Key`` (see mailer/idempotency.py)."""
+
+    __tablename__ = "idempotency_records"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: Who the key belongs to and for which endpoint, e.g. ``notices:key3``.
+    scope: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str] = mapped_column(String(255))
+    #: SHA-256 of the canonical request body: the same key with another body is refused.
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
+
+    __table_args__ = (UniqueConstraint("scope", "key", name="uq_idempotency_records_scope_key"),)
+
+    def __repr__(self) -> str:
+        return f"<IdempotencyRecord scope={self.scope!r} key={self.key!r} status={self.status_code}>"
 
 
 class ShopEvent(Base):

@@ -42,10 +42,22 @@ def upgrade() -> None:
     sa.Column('tracking', sa.Boolean(), nullable=False),
     sa.Column('cursor', sa.BigInteger(), nullable=False),
     sa.Column('fanout_done', sa.Boolean(), nullable=False),
+    sa.Column('fanout_heartbeat_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
+    )
+    op.create_table('idempotency_records',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('scope', sa.String(length=100), nullable=False),
+    sa.Column('key', sa.String(length=255), nullable=False),
+    sa.Column('request_sha256', sa.String(length=64), nullable=False),
+    sa.Column('status_code', sa.Integer(), nullable=False),
+    sa.Column('response', sa.JSON(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('scope', 'key', name='uq_idempotency_records_scope_key')
     )
     op.create_table('customers',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -139,7 +151,7 @@ def upgrade() -> None:
     sa.Column('data', sa.JSON(), nullable=False),
     sa.Column('purpose', sa.String(length=100), nullable=False),
     sa.Column('queue', sa.String(length=20), nullable=False),
-    sa.Column('status', sa.Enum('scheduled', 'queued', 'sending', 'sent', 'failed', 'bounced', 'suppressed', 'skipped', 'cancelled', name='deliverystatus', native_enum=False, length=20), nullable=False),
+    sa.Column('status', sa.Enum('scheduled', 'queued', 'sending', 'sent', 'failed', 'bounced', 'suppressed', 'skipped', 'cancelled', 'held', name='deliverystatus', native_enum=False, length=20), nullable=False),
     sa.Column('reason', sa.Text(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('lease_owner', sa.String(length=100), nullable=True),
@@ -381,5 +393,6 @@ def downgrade() -> None:
         batch_op.drop_index('ix_customers_created_at')
 
     op.drop_table('customers')
+    op.drop_table('idempotency_records')
     op.drop_table('campaigns')
     op.drop_table('api_keys')
