@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from functools import lru_cache
 
 from email_validator import EmailNotValidError, validate_email
@@ -11,8 +12,38 @@ from email_validator import EmailNotValidError, validate_email
 from mailer.errors import InvalidAddress
 
 
-@lru_cache(maxsize=65536)
+#: RFC 5322 dot-atom local part: the common case that needs no full parse.
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+#: RFC 5321 limits, characters.
+MAX_LOCAL = 64
+MAX_ADDRESS = 254
+
+
+@lru_cache(maxsize=4096)
+def _domain(domain: str) -> str:
+    """Validate a domain once (email-validator's IDNA/UTS-46 checks are the costly part)."""
+    try:
+        info = validate_email(f"a@{domain}", check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as exc:
+        raise InvalidAddress(str(exc), field="email") from exc
+    return info.domain.lower()
+
+
 def normalize(address: str, *, check_deliverability: bool = False) -> str:
+    """Validate and normalize one address (see :func:`_normalize`)."""
+    if isinstance(address, str) and not check_deliverability:
+        local, at, domain = address.strip().rpartition("@")
+        if at and len(local) <= MAX_LOCAL and len(address.strip()) <= MAX_ADDRESS and _DOT_ATOM.fullmatch(local):
+            # Fast path: plain ASCII local part; the domain is validated once per domain.
+            try:
+                return f"{local.lower()}@{_domain(domain)}"
+            except InvalidAddress as exc:
+                raise InvalidAddress(f"invalid e-mail address {address.strip()!r}: {exc}", field="email") from exc
+    return _normalize(address, check_deliverability=check_deliverability)
+
+
+@lru_cache(maxsize=65536)
+def _normalize(address: str, *, check_deliverability: bool = False) -> str:
     """Validate syntax (no DNS by default) and return the normalized address.
 
     The whole address is lower-cased (the domain IDNA-decoded to Unicode).  RFC 5321

@@ -171,17 +171,22 @@ def _upsert(session: Session, settings: Settings, rows: list[dict], result: Impo
     values = [{k: v for k, v in r.items() if k != "tags"} | {
         "email_hash": email_hash(r["email"], settings.effective_hash_salt), "attributes": r.get("attributes", {}),
         "created_at": now, "updated_at": now} for r in rows]
-    stmt = ins(Customer).values(values)
+    table = Customer.__table__
+    stmt = ins(table)
     updatable = [c for c in COLUMNS if c not in ("email", "tags")] + ["email_hash", "updated_at"]
-    # One statement per batch: insert new addresses, update known ones in place.
+    # executemany of one cached statement (insertmanyvalues batches it): insert new
+    # addresses, update known ones in place. A multi-VALUES literal would recompile per batch.
     stmt = stmt.on_conflict_do_update(index_elements=["email"],
                                       set_={c: getattr(stmt.excluded, c) for c in updatable})
-    session.execute(stmt)
-    ids = dict(session.execute(select(Customer.email, Customer.id).where(Customer.email.in_(emails))).all())
-    session.execute(delete(CustomerTag).where(CustomerTag.customer_id.in_(ids.values())))
+    conn = session.connection()
+    conn.execute(stmt, values)
+    ids = dict(conn.execute(select(Customer.email, Customer.id).where(Customer.email.in_(emails))).all())
+    if existing:
+        conn.execute(delete(CustomerTag.__table__).where(
+            CustomerTag.__table__.c.customer_id.in_([ids[e] for e in existing])))
     tag_rows = [{"customer_id": ids[r["email"]], "tag": t} for r in rows for t in r["tags"]]
     if tag_rows:
-        session.execute(insert(CustomerTag), tag_rows)
+        conn.execute(insert(CustomerTag.__table__), tag_rows)
     result.updated += len(existing)
     result.created += len(rows) - len(existing)
 
