@@ -244,6 +244,8 @@ class ConsentEvent(Base):
         # "Latest event for (customer, purpose) at time T" walks this index backwards.
         Index("ix_consent_events_customer_purpose", "customer_id", "purpose", "occurred_at", "id"),
         Index("ix_consent_events_occurred_at", "occurred_at"),
+        # GDPR access/erasure and `consent export --email` find a person's events by hash.
+        Index("ix_consent_events_subject_hash", "subject_hash"),
     )
 
     def __repr__(self) -> str:
@@ -378,6 +380,8 @@ class Delivery(Base):
         # The scheduler picks due scheduled rows in time order.
         Index("ix_deliveries_status_send_after", "status", "send_after"),
         Index("ix_deliveries_cancel_group", "cancel_group"),
+        # GDPR access/erasure: every mail to an address, also when no customer row links it.
+        Index("ix_deliveries_to_hash", "to_hash"),
     )
 
     def __repr__(self) -> str:
@@ -491,7 +495,9 @@ class ShopEvent(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
-    __table_args__ = (Index("ix_shop_events_type_received", "type", "received_at"),)
+    __table_args__ = (Index("ix_shop_events_type_received", "type", "received_at"),
+                      # GDPR access/erasure: a customer's shop events.
+                      Index("ix_shop_events_customer", "customer_id"))
 
     def __repr__(self) -> str:
         return f"<ShopEvent id={self.id} type={self.type!r}>"

@@ -129,6 +129,7 @@ def upgrade() -> None:
     with op.batch_alter_table('consent_events', schema=None) as batch_op:
         batch_op.create_index('ix_consent_events_customer_purpose', ['customer_id', 'purpose', 'occurred_at', 'id'], unique=False)
         batch_op.create_index('ix_consent_events_occurred_at', ['occurred_at'], unique=False)
+        batch_op.create_index('ix_consent_events_subject_hash', ['subject_hash'], unique=False)
 
     op.create_table('customer_tags',
     sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -175,6 +176,7 @@ def upgrade() -> None:
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
         batch_op.create_index('ix_deliveries_campaign_status', ['campaign_id', 'status'], unique=False)
         batch_op.create_index('ix_deliveries_cancel_group', ['cancel_group'], unique=False)
+        batch_op.create_index('ix_deliveries_to_hash', ['to_hash'], unique=False)
         batch_op.create_index('ix_deliveries_customer_sent', ['customer_id', 'sent_at'], unique=False)
         batch_op.create_index('ix_deliveries_status_send_after', ['status', 'send_after'], unique=False)
 
@@ -192,6 +194,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('shop_events', schema=None) as batch_op:
         batch_op.create_index('ix_shop_events_type_received', ['type', 'received_at'], unique=False)
+        batch_op.create_index('ix_shop_events_customer', ['customer_id'], unique=False)
 
     op.create_table('bounces',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -362,12 +365,14 @@ def downgrade() -> None:
 
     op.drop_table('bounces')
     with op.batch_alter_table('shop_events', schema=None) as batch_op:
+        batch_op.drop_index('ix_shop_events_customer')
         batch_op.drop_index('ix_shop_events_type_received')
 
     op.drop_table('shop_events')
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
         batch_op.drop_index('ix_deliveries_status_send_after')
         batch_op.drop_index('ix_deliveries_customer_sent')
+        batch_op.drop_index('ix_deliveries_to_hash')
         batch_op.drop_index('ix_deliveries_cancel_group')
         batch_op.drop_index('ix_deliveries_campaign_status')
 
@@ -377,6 +382,7 @@ def downgrade() -> None:
 
     op.drop_table('customer_tags')
     with op.batch_alter_table('consent_events', schema=None) as batch_op:
+        batch_op.drop_index('ix_consent_events_subject_hash')
         batch_op.drop_index('ix_consent_events_occurred_at')
         batch_op.drop_index('ix_consent_events_customer_purpose')
 
