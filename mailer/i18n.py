@@ -1,0 +1,201 @@
+"""Locale-aware formatting for templates: money, numbers, percentages, dates (Babel).
+
+Templates call these as Jinja filters; each reads the recipient's locale, currency and
+time zone from the render context, so a template says ``{{ item.price | money }}`` and
+a Polish customer paying in złoty reads ``129,00 zł`` while a Korean customer reads
+``₩129,000``.  Values may be numbers, numeric strings, ``Decimal``, ISO-8601 strings
+(``2026-12-01``, ``2026-12-01T15:30:00Z``), ``date`` or ``datetime``.
+
+Formatting results are memoized per (value, locale, currency, format): campaign data
+is the same for thousands of recipients, so the Babel cost is paid once per locale.
+
+Context keys read: ``format_locale`` (set by the renderer to the recipient's own
+locale when Babel knows it, e.g. ``pl-PL``, else the template locale), ``locale``,
+``currency`` (ISO 4217) and ``timezone`` (IANA name).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import jinja2
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date, format_datetime, format_time
+from babel.numbers import format_currency, format_decimal, format_percent
+
+#: Memoized formatting results kept per filter (entries, not bytes).
+CACHE_ENTRIES = 8192
+#: Right-to-left scripts among the languages we may be asked for.
+RTL_LANGUAGES = frozenset({"ar", "he", "fa", "ur"})
+
+
+class FormatError(ValueError):
+    """A value handed to a formatting filter cannot be formatted (names the value)."""
+
+
+@functools.lru_cache(maxsize=256)
+def babel_locale(locale: str | None) -> Locale | None:
+    """The Babel locale for ``zh-TW`` / ``pl_PL`` / ``ar``; ``None`` when Babel does not know it."""
+    if not locale:
+        return None
+    try:
+        return Locale.parse(locale.replace("-", "_"))
+    except (UnknownLocaleError, ValueError):
+        return None
+
+
+def text_direction(locale: str) -> str:
+    """``rtl`` for Arabic and other right-to-left languages, else ``ltr``."""
+    return "rtl" if locale.replace("_", "-").split("-")[0].lower() in RTL_LANGUAGES else "ltr"
+
+
+def _loc(ctx) -> str:
+    return ctx.get("format_locale") or ctx.get("locale") or "en"
+
+
+def to_decimal(value: Any) -> Decimal:
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, bool) or value is None:
+        raise FormatError(f"expected a number, got {value!r}")
+    try:
+        return Decimal(str(value).strip())
+    except InvalidOperation as exc:
+        raise FormatError(f"expected a number, got {value!r}") from exc
+
+
+def to_date(value: Any) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value.strip()[:10])
+        except ValueError as exc:
+            raise FormatError(f"expected an ISO date like 2026-12-01, got {value!r}") from exc
+    raise FormatError(f"expected a date, got {value!r}")
+
+
+def to_datetime(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
+    if isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise FormatError(f"expected an ISO date-time like 2026-12-01T15:30:00Z, got {value!r}") from exc
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    raise FormatError(f"expected a date-time, got {value!r}")
+
+
+# -- memoized cores (hashable arguments only) ----------------------------------------------
+@functools.lru_cache(maxsize=CACHE_ENTRIES)
+def _money(value: str, currency: str, locale: str, fmt: str | None) -> str:
+    loc = babel_locale(locale) or babel_locale("en")
+    try:
+        return format_currency(to_decimal(value), currency.upper(), format=fmt, locale=loc)
+    except (ValueError, KeyError) as exc:
+        raise FormatError(f"cannot format {value!r} as {currency!r}: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=CACHE_ENTRIES)
+def _number(value: str, locale: str, fmt: str | None) -> str:
+    return format_decimal(to_decimal(value), format=fmt, locale=babel_locale(locale) or babel_locale("en"))
+
+
+@functools.lru_cache(maxsize=CACHE_ENTRIES)
+def _percent(value: str, locale: str) -> str:
+    return format_percent(to_decimal(value) / 100, format="#,##0.##%",
+                          locale=babel_locale(locale) or babel_locale("en"))
+
+
+@functools.lru_cache(maxsize=CACHE_ENTRIES)
+def _date(value: Any, locale: str, fmt: str) -> str:
+    return format_date(to_date(value), format=fmt, locale=babel_locale(locale) or babel_locale("en"))
+
+
+@functools.lru_cache(maxsize=CACHE_ENTRIES)
+def _datetime(value: Any, locale: str, fmt: str, tz: str) -> str:
+    try:
+        zone = ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise FormatError(f"unknown time zone {tz!r}") from exc
+    return format_datetime(to_datetime(value), format=fmt, tzinfo=zone,
+                           locale=babel_locale(locale) or babel_locale("en"))
+
+
+@functools.lru_cache(maxsize=CACHE_ENTRIES)
+def _time(value: Any, locale: str, fmt: str, tz: str) -> str:
+    return format_time(to_datetime(value), format=fmt, tzinfo=ZoneInfo(tz),
+                       locale=babel_locale(locale) or babel_locale("en"))
+
+
+def _key(value: Any) -> Any:
+    """A hashable cache key for ``value`` (numbers and strings as text)."""
+    if isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _cached(fn, *args):
+    """Call the memoized ``fn``; unhashable arguments (a list by mistake) skip the cache."""
+    try:
+        hash(args)
+    except TypeError:
+        return fn.__wrapped__(*args)
+    return fn(*args)
+
+
+# -- the Jinja filters -----------------------------------------------------------------------
+@jinja2.pass_context
+def money(ctx, value: Any, currency: str | None = None, format: str | None = None) -> str:  # noqa: A002
+    """``{{ price | money }}`` in the recipient's currency, or ``money("USD")`` explicitly."""
+    cur = currency or ctx.get("currency") or "EUR"
+    return _cached(_money, _key(value), str(cur), _loc(ctx), format)
+
+
+@jinja2.pass_context
+def number(ctx, value: Any, format: str | None = None) -> str:  # noqa: A002
+    """``{{ 12500 | number }}`` -> ``12,500`` / ``12 500`` / ``12.500``."""
+    return _cached(_number, _key(value), _loc(ctx), format)
+
+
+@jinja2.pass_context
+def percent(ctx, value: Any) -> str:
+    """``{{ 15 | percent }}`` -> ``15%`` / ``15 %``; the value is in percentage points."""
+    return _cached(_percent, _key(value), _loc(ctx))
+
+
+@jinja2.pass_context
+def date(ctx, value: Any, format: str = "long") -> str:  # noqa: A002
+    """``{{ eta | date }}``: ``short``, ``medium``, ``long``, ``full`` or a CLDR pattern."""
+    return _cached(_date, value, _loc(ctx), format)
+
+
+@jinja2.pass_context
+def datetime(ctx, value: Any, format: str = "medium") -> str:  # noqa: A002
+    """``{{ shipped_at | datetime }}`` in the recipient's time zone (context ``timezone``)."""
+    return _cached(_datetime, value, _loc(ctx), format, str(ctx.get("timezone") or "UTC"))
+
+
+@jinja2.pass_context
+def time(ctx, value: Any, format: str = "short") -> str:  # noqa: A002
+    """``{{ pickup_at | time }}`` in the recipient's time zone."""
+    return _cached(_time, value, _loc(ctx), format, str(ctx.get("timezone") or "UTC"))
+
+
+FILTERS = {"money": money, "number": number, "percent": percent, "date": date, "datetime": datetime,
+           "time": time}
+
+
+def install(env: jinja2.Environment) -> jinja2.Environment:
+    """Add the formatting filters to a Jinja environment."""
+    env.filters.update(FILTERS)
+    return env
