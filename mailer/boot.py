@@ -4,23 +4,38 @@ Importing this module is what ``dramatiq worker`` needs (``worker.py`` at the to
 the repository imports it; ``mailer worker`` runs ``dramatiq mailer.boot``).  Every
 worker process gets the settings from the environment, an :class:`~mailer.app.App`,
 the Redis broker with mailer's middleware, and the sweeper thread.
+
+Metrics: with ``MAILER_METRICS_PORT`` set, Dramatiq's Prometheus middleware is added
+and one fork process per ``dramatiq`` command serves Dramatiq's and mailer's metrics
+from all its worker processes (see :mod:`mailer.metrics`).  Prometheus' multiprocess
+directory has to be known before ``prometheus_client`` is first imported, so it is set
+here, first thing; ``dramatiq_prom_db`` chooses it (one directory per worker command).
 """
 
 from __future__ import annotations
 
-import logging
 import os
+import tempfile
 
-from mailer.app import App, get_app, set_app
-from mailer.broker import setup
-from mailer.logs import configure as configure_logging
 from mailer.settings import Settings
-from mailer.sweeper import SweeperMiddleware
 
 settings = Settings.from_env()
+if settings.metrics_port:
+    _metrics_dir = os.environ.get("dramatiq_prom_db") or os.path.join(tempfile.gettempdir(), "dramatiq-prometheus")
+    os.makedirs(_metrics_dir, exist_ok=True)
+    os.environ["dramatiq_prom_db"] = _metrics_dir
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+
+import logging  # noqa: E402
+
+from mailer.app import App, get_app, set_app  # noqa: E402
+from mailer.broker import setup  # noqa: E402
+from mailer.logs import configure as configure_logging  # noqa: E402
+from mailer.sweeper import SweeperMiddleware  # noqa: E402
+
 configure_logging()
 set_app(App(settings))
-broker = setup(settings, prometheus=os.environ.get("MAILER_PROMETHEUS", "1") not in ("0", "false"))
+broker = setup(settings, prometheus=bool(settings.metrics_port))
 broker.add_middleware(SweeperMiddleware(get_app, settings.sweep_interval_s))
 
 import mailer.actors  # noqa: E402,F401  (registers every actor on the broker)

@@ -44,9 +44,9 @@ def middleware(settings: Settings, *, prometheus: bool = False) -> list:
         CurrentMessage(),
     ]
     if prometheus:
-        from dramatiq.middleware.prometheus import Prometheus
+        from mailer.metrics import make_middleware
 
-        mw.append(Prometheus())
+        mw.append(make_middleware())  # Dramatiq's Prometheus middleware, served on MAILER_METRICS_PORT
     return mw
 
 
@@ -56,6 +56,9 @@ def build_broker(settings: Settings, *, prometheus: bool = False, **redis_option
     if url.startswith("stub"):
         broker: dramatiq.Broker = StubBroker(middleware=middleware(settings))
     else:
+        # heartbeat/maintenance: how soon a killed worker's unacknowledged messages are requeued.
+        redis_options.setdefault("heartbeat_timeout", settings.broker_heartbeat_ms)
+        redis_options.setdefault("maintenance_chance", settings.broker_maintenance_chance)
         broker = RedisBroker(url=url, middleware=middleware(settings, prometheus=prometheus), **redis_options)
     for queue in QUEUES:
         broker.declare_queue(queue)

@@ -58,9 +58,20 @@ def render_context(settings: Settings, delivery: Delivery, customer: Customer | 
     return ctx
 
 
+def needs_smtputf8(settings: Settings, to_address: str) -> bool:
+    """True when the recipient (after IDNA for the domain) or the sender is not ASCII."""
+    return not (ascii_form(to_address).isascii() and from_parts(settings)[1].isascii())
+
+
 def compose(settings: Settings, renderer, signer, delivery: Delivery, customer: Customer | None, *,
-            utf8: bool = False) -> Composed:
-    """Render and assemble the signed message for one delivery."""
+            utf8: bool | None = None) -> Composed:
+    """Render and assemble the signed message for one delivery.
+
+    ``utf8`` (RFC 6532 headers, sent with SMTPUTF8) defaults to what the addresses need:
+    an internationalized local part cannot be written any other way.
+    """
+    if utf8 is None:
+        utf8 = needs_smtputf8(settings, delivery.to_address)
     context = render_context(settings, delivery, customer)
     extra_headers: list[tuple[str, str]] = [("X-Mailer-Delivery", str(delivery.id))]
     from mailer import headers as header_hooks

@@ -1,23 +1,39 @@
-"""Sending one delivery: claim under a lease, gate, compose, send, record.
+"""Sending one delivery: rate tokens, claim under a lease, gate, compose, send, record.
 
-The sequence, each step its own short transaction:
+The sequence, each database step its own short transaction:
 
+0. **Look and wait**: read the row; if it is final, not due, or leased by a live worker,
+   stop here.  Otherwise take the rate-limit tokens (recipient domain, then a relay
+   with a free token, see :mod:`mailer.ratelimit`), sleeping if the limit is reached,
+   before any lease exists, so waiting never eats into one.
 1. **Claim**: one conditional UPDATE moves the row to ``sending`` with a lease
    (``lease_owner``, ``lease_until``) only if it is ``queued``, a due ``scheduled``, or a
    ``sending`` whose lease expired (its worker died).  Anything else means the delivery
    is done or in another worker's hands: running twice sends once.
 2. **Gate**: re-checked at send time, not only at enqueue: suppressions (always win),
-   current consent for the mail's purpose, the marketing frequency cap.
-3. **Compose**: render, MIME, DKIM; no database locks held.
-4. **Send** over the relay.
+   current consent for the mail's purpose, the marketing frequency cap.  On PostgreSQL
+   the consent row is read ``FOR SHARE`` and that read transaction stays open until the
+   relay has answered, so a withdrawal (which updates that row) commits only after an
+   in-flight mail is through: no mail is accepted after a withdrawal has committed.
+3. **Compose**: render, MIME, DKIM (``utf8`` headers only for internationalized addresses).
+4. **Send** over the chosen relay.
 5. **Record** right after the SMTP reply: ``sent`` with the reply, or back to ``queued``
-   for a retry (transient), or ``failed`` and a suppression (permanent).
+   for a retry (transient, with Dramatiq's exponential backoff and jitter, until the
+   delivery is ``MAILER_RETRY_MAX_AGE_S`` old, then ``failed``), or ``failed`` plus a
+   bounce record and, for hard bounces, a suppression (permanent; see
+   :mod:`mailer.smtp_codes`).  The raw reply is always kept.
 
-The duplicate window: a crash after the relay accepted the message (step 4) and before
-step 5 commits leaves the row ``sending``; when its lease expires another worker sends
-it again.  Each worker thread has at most one message in that window, and step 5
-retries its commit for up to half a lease before giving up, so a database blip does
-not widen it.
+**The duplicate window.**  A crash (kill -9, power loss) after the relay accepted the
+message in step 4 and before step 5 commits leaves the row ``sending`` with a lease
+nobody renews; when the lease expires another worker claims it and sends it again.
+Each worker thread has at most one message in that window (it handles one delivery
+at a time), so a crash duplicates at most one message per thread of the dead process,
+and in practice none (the window is one SMTP reply plus one commit).  Step 5 retries
+its commit for up to half a lease while the database is unreachable, so a database
+outage does not widen the window.  A connection that breaks after the message data
+was sent but before the relay's reply arrived is the same case seen from the relay
+side: the message may have been accepted, and the retry may duplicate it.  Everything
+else (a crash before step 4, a lost broker message, a relay refusal) sends nothing twice.
 """
 
 from __future__ import annotations
@@ -32,19 +48,30 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-from mailer import consent, metrics, suppressions
+from mailer import consent, metrics, ratelimit, suppressions
 from mailer.clock import utcnow
 from mailer.compose import compose
 from mailer.errors import (
+    DeliveryError,
     MailerError,
     PermanentDeliveryError,
     TemplateError,
     TransientDeliveryError,
     ValidationError,
 )
-from mailer.models import Bounce, Customer, Delivery, DeliveryStatus, SuppressionReason
+from mailer.logs import log_context
+from mailer.models import (
+    Bounce,
+    ConsentState,
+    Customer,
+    Delivery,
+    DeliveryStatus,
+    SuppressionReason,
+    TrackingEvent,
+    TrackingKind,
+)
 from mailer.rendering import TRANSACTIONAL
 
 log = logging.getLogger("mailer.delivery")
@@ -71,6 +98,26 @@ class Outcome:
 def worker_id() -> str:
     """Who holds a lease: host, process, thread and a random part."""
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class _Peek:
+    status: DeliveryStatus
+    to_address: str | None
+    send_after: object
+    lease_owner: str | None
+    lease_until: object
+    queue: str
+    kind: str
+
+
+def _peek(app, delivery_id: int) -> _Peek | None:
+    with app.session() as s:
+        # Primary-key read of the few columns that decide whether to wait for tokens at all.
+        row = s.execute(select(Delivery.status, Delivery.to_address, Delivery.send_after, Delivery.lease_owner,
+                               Delivery.lease_until, Delivery.queue, Delivery.kind)
+                        .where(Delivery.id == delivery_id)).first()
+    return None if row is None else _Peek(*row)
 
 
 def claim(app, delivery_id: int, owner: str) -> Delivery | Outcome:
@@ -114,17 +161,29 @@ def _finish(app, delivery_id: int, owner: str, *, status: DeliveryStatus, reason
                                 .values(status=status, reason=reason, lease_owner=None, lease_until=None,
                                         updated_at=utcnow(), **values)
                                 .execution_options(synchronize_session=False))
+                if res.rowcount != 1:
+                    log.error("delivery %s: lease lost before recording %s (another worker reclaimed it)",
+                              delivery_id, status.value, extra={"delivery_id": delivery_id})
                 return res.rowcount == 1
-        except OperationalError:
-            if time.monotonic() > deadline:
+        except (OperationalError, DBAPIError) as exc:
+            if not _is_connection_error(exc) or time.monotonic() > deadline:
                 raise
             log.warning("delivery %s: database unreachable while recording %s; retrying", delivery_id,
                         status.value, extra={"delivery_id": delivery_id})
             time.sleep(RECORD_RETRY_PAUSE_S)
 
 
-def gate(app, s, delivery: Delivery, customer: Customer | None) -> tuple[DeliveryStatus, str] | None:
-    """Why this delivery must not go out now, or None if it may."""
+def _is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, OperationalError) or bool(getattr(exc, "connection_invalidated", False))
+
+
+def gate(app, s, delivery: Delivery, customer: Customer | None, *,
+         lock: bool = False) -> tuple[DeliveryStatus, str] | None:
+    """Why this delivery must not go out now, or None if it may.
+
+    ``lock``: read the consent row ``FOR SHARE`` (PostgreSQL) so a withdrawal waits for
+    the caller's transaction, which the caller keeps open until the relay answered.
+    """
     settings = app.settings
     hit = suppressions.suppression_for(s, delivery.to_hash, delivery.purpose)
     if hit is not None:
@@ -133,6 +192,12 @@ def gate(app, s, delivery: Delivery, customer: Customer | None) -> tuple[Deliver
         return None
     if customer is None or customer.email is None:
         return DeliveryStatus.skipped, "no customer record (erased?) for a marketing mail"
+    if lock:
+        # Share-lock the one consent_state row this mail depends on (primary key lookup);
+        # SQLite ignores FOR SHARE and relies on the re-check alone.
+        s.execute(select(ConsentState.granted)
+                  .where(ConsentState.customer_id == customer.id, ConsentState.purpose == delivery.purpose)
+                  .with_for_update(read=True))
     if not consent.has_consent(s, settings, customer.id, delivery.purpose):
         return DeliveryStatus.skipped, f"no current consent for {delivery.purpose}"
     if settings.frequency_cap > 0:
@@ -147,60 +212,148 @@ def gate(app, s, delivery: Delivery, customer: Customer | None) -> tuple[Deliver
     return None
 
 
+def _age_s(delivery: Delivery) -> float:
+    """Seconds since the delivery became due (its send_after, or its creation)."""
+    start = delivery.send_after or delivery.created_at
+    return (utcnow() - start).total_seconds() if start else 0.0
+
+
+def _reserve(app, to_address: str | None):
+    """Take the domain token, then a relay with a free token; None when no pool is in use."""
+    settings = app.settings
+    if settings.domain_rate > 0 and to_address:
+        waited = ratelimit.limiter_for(settings).acquire(ratelimit.domain_key(to_address), settings.domain_rate)
+        if waited:
+            log.debug("waited %.2f s for the %s rate limit", waited, ratelimit.domain_key(to_address))
+    choose = getattr(app.transport, "choose", None)
+    return choose() if choose is not None else None
+
+
 def process(app, delivery_id: int, *, owner: str | None = None) -> Outcome:
     """Send one delivery if it is due and allowed; safe to call any number of times."""
-    owner = owner or worker_id()
+    with log_context(delivery_id=delivery_id):
+        return _process(app, delivery_id, owner or worker_id())
+
+
+def _process(app, delivery_id: int, owner: str) -> Outcome:
+    settings = app.settings
+    peek = _peek(app, delivery_id)
+    if peek is None:
+        return Outcome(delivery_id, "missing", "no such delivery")
+    if peek.status in FINAL:
+        return Outcome(delivery_id, peek.status.value, "already final")
+    now = utcnow()
+    if peek.status is DeliveryStatus.scheduled and peek.send_after is not None and peek.send_after > now:
+        return Outcome(delivery_id, "scheduled", f"not due before {peek.send_after}")
+    if peek.status is DeliveryStatus.sending and peek.lease_until is not None and peek.lease_until >= now:
+        raise LeaseHeld(f"delivery {delivery_id} is leased by {peek.lease_owner} until {peek.lease_until}")
+    try:
+        relay = _reserve(app, peek.to_address)
+    except ratelimit.RateLimited:
+        metrics.count("rate_limited", queue=peek.queue, kind=peek.kind)
+        raise
     claimed = claim(app, delivery_id, owner)
     if isinstance(claimed, Outcome):
         return claimed
     delivery = claimed
-    settings = app.settings
-    with app.session() as s:
-        customer = s.get(Customer, delivery.customer_id) if delivery.customer_id else None
-        blocked = gate(app, s, delivery, customer)
-        if customer is not None:
-            s.expunge(customer)
     kind, queue = delivery.kind, delivery.queue
-    if blocked is not None:
-        status, reason = blocked
-        _finish(app, delivery_id, owner, status=status, reason=reason)
-        metrics.count(status.value, queue=queue, kind=kind)
-        log.info("delivery %s %s: %s", delivery_id, status.value, reason, extra={"delivery_id": delivery_id})
-        return Outcome(delivery_id, status.value, reason)
-    if delivery.created_at and utcnow() - delivery.created_at > timedelta(seconds=settings.retry_max_age_s) \
-            and delivery.attempts > 1:
-        reason = f"gave up after {delivery.attempts - 1} attempts over {settings.retry_max_age_s} s"
+    if delivery.attempts > 1 and _age_s(delivery) > settings.retry_max_age_s:
+        reason = (f"gave up after {delivery.attempts - 1} attempts over {settings.retry_max_age_s} s; "
+                  f"last: {delivery.smtp_reply or delivery.reason or 'no reply'}")
         _finish(app, delivery_id, owner, status=DeliveryStatus.failed, reason=reason)
         metrics.count("failed", queue=queue, kind=kind)
+        log.warning("delivery %s failed: %s", delivery_id, reason)
         return Outcome(delivery_id, "failed", reason)
     try:
-        composed = compose(settings, app.renderer, app.signer, delivery, customer)
-    except (TemplateError, ValidationError) as exc:
-        # A broken template or header never half-sends: fail this delivery, keep the reason.
-        _finish(app, delivery_id, owner, status=DeliveryStatus.failed, reason=str(exc))
-        metrics.count("failed", queue=queue, kind=kind)
-        log.error("delivery %s failed to compose: %s", delivery_id, exc, extra={"delivery_id": delivery_id})
-        return Outcome(delivery_id, "failed", str(exc))
-    try:
-        result = app.transport.send(envelope_from=composed.envelope_from, recipient=composed.recipient,
-                                    message=composed.message)
+        step, value = _attempt(app, delivery, relay)
     except TransientDeliveryError as exc:
-        _finish(app, delivery_id, owner, status=DeliveryStatus.queued, reason=str(exc),
-                smtp_code=exc.code, smtp_reply=exc.reply)
-        metrics.count("retried", queue=queue, kind=kind)
-        log.warning("delivery %s: transient failure, will retry: %s", delivery_id, exc,
-                    extra={"delivery_id": delivery_id})
-        raise
+        return _record_transient(app, delivery, owner, exc)
     except PermanentDeliveryError as exc:
         _record_permanent(app, delivery, owner, exc)
         return Outcome(delivery_id, "failed", str(exc))
+    except BaseException as exc:
+        # Database trouble or a bug before anything was sent: hand the lease back (best
+        # effort, retried while the database is down) so a retry need not wait for it.
+        try:
+            _finish(app, delivery_id, owner, status=DeliveryStatus.queued, reason=f"error: {exc}"[:500])
+        except Exception:  # noqa: BLE001 - the lease expires on its own
+            log.warning("delivery %s: could not release the lease after %r", delivery_id, exc)
+        raise
+    if step == "blocked":
+        status, reason = value
+        _finish(app, delivery_id, owner, status=status, reason=reason)
+        metrics.count(status.value, queue=queue, kind=kind)
+        log.info("delivery %s %s: %s", delivery_id, status.value, reason)
+        return Outcome(delivery_id, status.value, reason)
+    if step == "invalid":
+        # A broken template or header never half-sends: fail this delivery, keep the reason.
+        _finish(app, delivery_id, owner, status=DeliveryStatus.failed, reason=str(value))
+        metrics.count("failed", queue=queue, kind=kind)
+        log.error("delivery %s failed to compose: %s", delivery_id, value)
+        return Outcome(delivery_id, "failed", str(value))
+    composed, result = value
     _finish(app, delivery_id, owner, status=DeliveryStatus.sent, sent_at=utcnow(),
             message_id=composed.message_id, smtp_code=result.code, smtp_reply=result.reply,
             relay=result.relay)
     metrics.count("sent", queue=queue, kind=kind)
-    log.info("delivery %s sent via %s: %s", delivery_id, result.relay, result.reply,
-             extra={"delivery_id": delivery_id})
+    log.info("delivery %s sent via %s: %s", delivery_id, result.relay, result.reply)
     return Outcome(delivery_id, "sent", result.reply)
+
+
+def _attempt(app, delivery: Delivery, relay):
+    """Gate, compose and send inside one read transaction (see the module docstring, step 2).
+
+    Returns ("blocked", (status, reason)), ("invalid", error) or ("sent", (composed, result));
+    delivery errors from the relay propagate.
+    """
+    settings = app.settings
+    s = app.sessions()
+    try:
+        customer = s.get(Customer, delivery.customer_id) if delivery.customer_id else None
+        blocked = gate(app, s, delivery, customer, lock=True)
+        if blocked is not None:
+            return "blocked", blocked
+        try:
+            composed = compose(settings, app.renderer, app.signer, delivery, customer)
+        except (TemplateError, ValidationError) as exc:
+            return "invalid", exc
+        send = app.transport.send
+        if relay is not None:
+            result = send(envelope_from=composed.envelope_from, recipient=composed.recipient,
+                          message=composed.message, relay=relay)
+        else:
+            result = send(envelope_from=composed.envelope_from, recipient=composed.recipient,
+                          message=composed.message)
+        return "sent", (composed, result)
+    finally:
+        # Ends the read transaction (releasing the consent lock); it wrote nothing, and a
+        # connection that died meanwhile must not hide the relay's answer.
+        try:
+            s.rollback()
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            s.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _record_transient(app, delivery: Delivery, owner: str, exc: TransientDeliveryError) -> Outcome:
+    """Back to ``queued`` and re-raise for Dramatiq's backoff, or ``failed`` once too old."""
+    settings = app.settings
+    if _age_s(delivery) > settings.retry_max_age_s:
+        reason = (f"gave up after {delivery.attempts} attempts over {settings.retry_max_age_s} s; "
+                  f"last: {exc}")
+        _finish(app, delivery.id, owner, status=DeliveryStatus.failed, reason=reason, smtp_code=exc.code,
+                smtp_reply=exc.reply)
+        metrics.count("failed", queue=delivery.queue, kind=delivery.kind)
+        log.warning("delivery %s failed: %s", delivery.id, reason)
+        return Outcome(delivery.id, "failed", reason)
+    _finish(app, delivery.id, owner, status=DeliveryStatus.queued, reason=str(exc), smtp_code=exc.code,
+            smtp_reply=exc.reply)
+    metrics.count("retried", queue=delivery.queue, kind=delivery.kind)
+    log.warning("delivery %s: transient failure, will retry: %s", delivery.id, exc)
+    raise exc
 
 
 def _record_permanent(app, delivery: Delivery, owner: str, exc: PermanentDeliveryError) -> None:
@@ -210,30 +363,47 @@ def _record_permanent(app, delivery: Delivery, owner: str, exc: PermanentDeliver
     _finish(app, delivery.id, owner, status=DeliveryStatus.failed, reason=str(exc), smtp_code=exc.code,
             smtp_reply=exc.reply)
     metrics.count("failed", queue=delivery.queue, kind=delivery.kind)
-    if outcome not in ("hard", "soft"):
-        return
-    with app.session() as s:
-        s.add(Bounce(delivery_id=delivery.id, email_hash=delivery.to_hash, kind=outcome,
-                     status_code=exc.enhanced or (str(exc.code) if exc.code else None), reason=reason,
-                     raw=exc.reply))
-        s.flush()
-        if outcome == "hard":
-            suppressions.suppress(s, address_hash=delivery.to_hash, email=delivery.to_address,
-                                  reason=SuppressionReason.hard_bounce, detail=f"{exc.reply} ({reason})")
-            metrics.count("bounced", queue=delivery.queue, kind=delivery.kind)
-        else:
-            soft = s.execute(select(func.count()).select_from(Bounce)
-                             .where(Bounce.email_hash == delivery.to_hash, Bounce.kind == "soft")).scalar_one()
-            if soft >= app.settings.soft_bounce_limit:
-                suppressions.suppress(s, address_hash=delivery.to_hash, email=delivery.to_address,
-                                      reason=SuppressionReason.soft_bounce,
-                                      detail=f"{soft} soft bounces; last: {exc.reply}")
-    log.warning("delivery %s: permanent failure (%s): %s", delivery.id, outcome, exc,
-                extra={"delivery_id": delivery.id})
+    if outcome in ("hard", "soft"):
+        with app.session() as s:
+            record_bounce(app.settings, s, delivery, kind=outcome, status_code=exc.enhanced or (
+                str(exc.code) if exc.code else None), reason=reason, raw=exc.reply)
+    log.warning("delivery %s: permanent failure (%s): %s", delivery.id, outcome, exc)
+
+
+def record_bounce(settings, s, delivery: Delivery, *, kind: str, status_code: str | None, reason: str,
+                  raw: str | None) -> str | None:
+    """Store a hard or soft bounce and apply the suppression rules; return the suppression made.
+
+    Hard: the address is suppressed at once.  Soft: counted, and suppressed once the
+    address has ``MAILER_SOFT_BOUNCE_LIMIT`` soft bounces.  Shared with
+    :mod:`mailer.bounces` (DSNs that arrive later).
+    """
+    s.add(Bounce(delivery_id=delivery.id, email_hash=delivery.to_hash, kind=kind, status_code=status_code,
+                 reason=reason, raw=raw))
+    s.add(TrackingEvent(delivery_id=delivery.id, campaign_id=delivery.campaign_id,
+                        customer_id=delivery.customer_id, kind=TrackingKind.bounce))
+    s.flush()
+    if kind == "hard":
+        suppressions.suppress(s, address_hash=delivery.to_hash, email=delivery.to_address,
+                              reason=SuppressionReason.hard_bounce, detail=f"{raw} ({reason})")
+        metrics.count("bounced", queue=delivery.queue, kind=delivery.kind)
+        return SuppressionReason.hard_bounce.value
+    metrics.count("soft_bounced", queue=delivery.queue, kind=delivery.kind)
+    # Soft bounces of this address so far (bounces.email_hash is indexed).
+    soft = s.execute(select(func.count()).select_from(Bounce)
+                     .where(Bounce.email_hash == delivery.to_hash, Bounce.kind == "soft")).scalar_one()
+    if soft >= settings.soft_bounce_limit:
+        suppressions.suppress(s, address_hash=delivery.to_hash, email=delivery.to_address,
+                              reason=SuppressionReason.soft_bounce,
+                              detail=f"{soft} soft bounces; last: {raw} ({reason})")
+        return SuppressionReason.soft_bounce.value
+    return None
 
 
 def is_retryable(exc: BaseException) -> bool:
     """Which exceptions the send actors hand to Dramatiq's Retries."""
-    if isinstance(exc, (TransientDeliveryError, OperationalError)):
+    if isinstance(exc, (TransientDeliveryError, OperationalError, DBAPIError)):
         return True
+    if isinstance(exc, DeliveryError):
+        return False
     return not isinstance(exc, MailerError)

@@ -21,6 +21,7 @@
      └── DeliveryError               sending a message failed
           ├── TransientDeliveryError retry later (4xx, connection trouble)
           └── PermanentDeliveryError do not retry (5xx)
+               └── SMTPUTF8Unsupported   the address needs SMTPUTF8 and no relay offers it
 
 Each class has a one-line docstring; ``str(error)`` is the message a person reads.
 """
@@ -130,3 +131,7 @@ class TransientDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """Delivery failed for good; do not retry."""
+
+
+class SMTPUTF8Unsupported(PermanentDeliveryError):
+    """The recipient address needs SMTPUTF8 and the relay does not offer it."""

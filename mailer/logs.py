@@ -1,17 +1,51 @@
 """Structured logs: one JSON object per line, carrying the delivery id when there is one.
 
-Call sites pass ``extra={"delivery_id": ...}``; every record gets time, level, logger
-and message.  ``MAILER_LOG_FORMAT=text`` switches to plain lines for people.
+Every record gets time, level, logger, message and pid.  The ids of what is being
+worked on (``delivery_id``, ``campaign_id``, ``customer_id``, ``event_id``) come from
+``extra={...}`` at the call site or, for everything logged inside
+``with log_context(delivery_id=...)`` (the send path wraps each delivery in one), from
+a context variable, so a transport or a library deep in the call stack logs the
+delivery id without being told.  ``MAILER_LOG_FORMAT=text`` switches to plain lines
+for people; ``MAILER_LOG_LEVEL`` sets the level (INFO by default).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import os
 import sys
+from typing import Iterator
 
 _FIELDS = ("delivery_id", "campaign_id", "customer_id", "event_id")
+
+_context: contextvars.ContextVar[dict] = contextvars.ContextVar("mailer_log_context", default={})
+
+
+@contextlib.contextmanager
+def log_context(**ids) -> Iterator[None]:
+    """Attach ids to every record logged in this block (nested blocks add to the outer ones)."""
+    token = _context.set({**_context.get(), **{k: v for k, v in ids.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def current_context() -> dict:
+    return dict(_context.get())
+
+
+class ContextFilter(logging.Filter):
+    """Copies the ids of the current :func:`log_context` onto each record (explicit extra wins)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _context.get().items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -19,11 +53,25 @@ class JsonFormatter(logging.Formatter):
         out = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
                "logger": record.name, "message": record.getMessage(), "pid": record.process}
         for f in _FIELDS:
-            if hasattr(record, f):
-                out[f] = getattr(record, f)
+            value = getattr(record, f, None)
+            if value is None:
+                value = _context.get().get(f)
+            if value is not None:
+                out[f] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def make_handler(stream=None, *, fmt: str | None = None) -> logging.Handler:
+    """A stream handler with mailer's formatter and context filter."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    if (fmt or os.environ.get("MAILER_LOG_FORMAT", "json")) == "text":
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(JsonFormatter())
+    handler.addFilter(ContextFilter())
+    return handler
 
 
 def configure(level: str | None = None) -> None:
@@ -31,12 +79,7 @@ def configure(level: str | None = None) -> None:
     logger = logging.getLogger("mailer")
     if getattr(logger, "_mailer_configured", False):
         return
-    handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("MAILER_LOG_FORMAT", "json") == "text":
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    else:
-        handler.setFormatter(JsonFormatter())
-    logger.addHandler(handler)
+    logger.addHandler(make_handler())
     logger.setLevel(level or os.environ.get("MAILER_LOG_LEVEL", "INFO"))
     logger.propagate = False
     logger._mailer_configured = True  # type: ignore[attr-defined]

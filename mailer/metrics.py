@@ -1,19 +1,102 @@
-"""mailer's own Prometheus counters (sent, failed, bounced, suppressed, ... by queue and kind).
+"""mailer's own Prometheus metrics, and how a worker exposes them with Dramatiq's.
 
-Exposed alongside Dramatiq's Prometheus middleware in the worker, and at ``/metrics``
-by ``mailer serve``.
+``mailer_deliveries_total{outcome, queue, kind}`` counts what happened to deliveries:
+``sent``, ``failed``, ``retried``, ``rate_limited``, ``bounced`` (hard bounce at send
+time or from a DSN), ``soft_bounced``, ``complained``, ``suppressed`` (blocked by the
+suppression list) and ``skipped`` (no consent, frequency cap).
+
+Dramatiq runs several worker processes per ``dramatiq`` command, so a worker uses
+Prometheus' multiprocess mode: :mod:`mailer.boot` points ``PROMETHEUS_MULTIPROC_DIR``
+at Dramatiq's metrics directory *before* this module is imported, every process
+writes its counters there, and one exposition server per ``dramatiq`` command
+(:func:`serve`, forked by :class:`ExposedPrometheus`) serves the sum of all of them,
+Dramatiq's ``dramatiq_*`` metrics included, on ``MAILER_METRICS_PORT``.  Outside a
+worker (tests, ``mailer serve``) the counters live in the ordinary in-process registry.
 """
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import Counter
 
 DELIVERIES = Counter("mailer_deliveries_total", "Delivery outcomes", ["outcome", "queue", "kind"])
 
 
-def count(outcome: str, *, queue: str, kind: str) -> None:
-    DELIVERIES.labels(outcome=outcome, queue=queue, kind=kind).inc()
+def count(outcome: str, *, queue: str, kind: str, amount: float = 1) -> None:
+    DELIVERIES.labels(outcome=outcome, queue=queue, kind=kind).inc(amount)
 
 
 def value(outcome: str, *, queue: str, kind: str) -> float:
+    """This process's count (tests)."""
     return DELIVERIES.labels(outcome=outcome, queue=queue, kind=kind)._value.get()
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition (body, content type): all processes' metrics in multiprocess mode."""
+    import prometheus_client as prom
+
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        from prometheus_client import multiprocess
+
+        registry = prom.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
+        return prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST
+    return prom.generate_latest(prom.REGISTRY), prom.CONTENT_TYPE_LATEST
+
+
+def serve() -> int:
+    """Serve :func:`exposition` over HTTP on ``MAILER_METRICS_PORT`` until terminated.
+
+    Runs as the Dramatiq fork process of a worker command (see :mod:`mailer.boot`).
+    """
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from mailer.settings import Settings
+
+    settings = Settings.from_env()
+    directory = os.environ.get("dramatiq_prom_db") or _dramatiq_db_path()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server naming
+            if self.path.split("?")[0] not in ("/", "/metrics"):
+                self.send_error(404)
+                return
+            body, ctype = exposition()
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, fmt, *args):  # keep the worker's log clean
+            pass
+
+    server = ThreadingHTTPServer((settings.metrics_host, settings.metrics_port), Handler)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+def _dramatiq_db_path() -> str:
+    from dramatiq.middleware.prometheus import DB_PATH
+
+    return DB_PATH
+
+
+def make_middleware():
+    """Dramatiq's Prometheus middleware, with its exposition server replaced by :func:`serve`."""
+    from dramatiq.middleware.prometheus import Prometheus
+
+    class ExposedPrometheus(Prometheus):
+        """Dramatiq's metrics plus mailer's, served on MAILER_METRICS_PORT by one fork per command."""
+
+        @property
+        def forks(self):
+            return [serve]
+
+    return ExposedPrometheus()

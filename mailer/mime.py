@@ -5,8 +5,14 @@ base64-encoded, CRLF line endings throughout, headers folded below 78 characters
 (non-ASCII header text as RFC 2047 encoded words).  Tests parse every generated mail
 back with the standard library's strict policy.
 
-Every header value is checked here: CR, LF, NUL or other control characters raise
-:class:`~mailer.errors.HeaderInjection`, naming the header.
+Every header value is checked here: CR, LF, NUL or other control characters (and the
+Unicode line separators) raise :class:`~mailer.errors.HeaderInjection`, naming the
+header; so does text that cannot be encoded (lone surrogates).
+
+Internationalized addresses (a non-ASCII local part) can only travel with SMTPUTF8
+(RFC 6531/6532): :func:`build` with ``utf8=True`` writes such headers as raw UTF-8,
+and refuses a non-ASCII address otherwise.  Compose asks for ``utf8`` only when the
+address needs it; the transport then insists that the relay offers SMTPUTF8.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ MAX_LINE = 78
 #: Raw bytes per encoded word so that ``=?utf-8?b?...?=`` stays within 75 characters.
 _EW_RAW_BYTES = 45
 
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: C0/C1 controls (TAB allowed) and the Unicode line/paragraph separators some parsers split on.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 _ATOM_SPECIALS = re.compile(r'[()<>\[\]:;@\\,."]')
 
 
@@ -76,9 +83,13 @@ def fold(name: str, tokens: list[str]) -> str:
 
 
 def unstructured(name: str, value: str, *, utf8: bool = False) -> str:
-    """An unstructured header (Subject): ASCII as is, otherwise encoded words (raw with SMTPUTF8)."""
+    """An unstructured header (Subject): ASCII as is, otherwise encoded words (raw with SMTPUTF8).
+
+    ASCII text that merely looks like an encoded word (``=?...?=``) is encoded too, so a
+    reader cannot be tricked into decoding it.
+    """
     check_header_text(name, value)
-    if value.isascii() or utf8:
+    if (value.isascii() and "=?" not in value) or (utf8 and "=?" not in value):
         return fold(name, value.split(" ")) if value else name + ":"
     return fold(name, encode_words(value))
 
@@ -95,7 +106,7 @@ def format_address(name: str | None, address: str, *, header: str = "To", utf8: 
     if not name:
         return f"<{address}>"
     check_header_text(header, name)
-    if name.isascii() or utf8:
+    if (name.isascii() or utf8) and "=?" not in name:
         if _ATOM_SPECIALS.search(name):
             name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
         return f"{name} <{address}>"

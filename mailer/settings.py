@@ -108,6 +108,12 @@ class Settings:
     purposes: tuple[str, ...] = ("newsletter", "product_updates", "tracking", "loyalty")
     #: Prometheus exposition port for worker metrics (0 = off).
     metrics_port: int = 0
+    #: Address the worker's metrics server binds to (0.0.0.0 to let a remote Prometheus scrape).
+    metrics_host: str = "127.0.0.1"
+    #: Redis broker: a worker silent this long (milliseconds) is dead and its messages are requeued.
+    broker_heartbeat_ms: int = 60_000
+    #: Redis broker: queue maintenance (requeueing dead workers' messages) per million commands.
+    broker_maintenance_chance: int = 1000
     #: Extra values not covered above (kept for forward compatibility).
     extra: Mapping[str, str] = field(default_factory=dict)
 

@@ -2,7 +2,14 @@
 
 Every ``MAILER_SWEEP_INTERVAL_S`` each worker process looks for deliveries whose
 Dramatiq message may be gone (Redis restarted without persistence, a crash between
-commit and enqueue) and for scheduled deliveries that are now due, and enqueues them.
+commit and enqueue, a worker killed while it held a lease) and for scheduled
+deliveries that are now due, and enqueues them: transactional ones one message each,
+bulk ones in ``send_batch`` messages of ``MAILER_BATCH_SIZE``.
+
+What counts as lost: a ``queued`` row nobody touched for ``MAILER_SWEEP_STALE_S``
+(set it above the longest time a message may wait in a busy queue: a row swept while
+its message still waits is merely enqueued twice, and the claim sends it once), and a
+``sending`` row whose lease expired (its worker died between claim and record).
 A conditional UPDATE of ``updated_at`` decides which sweeper enqueues a row, so many
 worker processes do not enqueue the same row twice; and if they did, the claim in
 :mod:`mailer.delivery` still sends it once.
@@ -57,11 +64,21 @@ def sweep(app) -> int:
                 .values(updated_at=now).execution_options(synchronize_session=False))
             if res.rowcount == 1:
                 picked.append((row.id, row.queue))
-    for delivery_id, queue in picked:
-        actor = actors.send_notice if queue == "transactional" else actors.send_one_bulk
-        actor.send(delivery_id)
+    bulk = [d for d, queue in picked if queue != "transactional"]
+    try:
+        for delivery_id, queue in picked:
+            if queue == "transactional":
+                actors.send_notice.send(delivery_id)
+        size = max(1, app.settings.batch_size)
+        for i in range(0, len(bulk), size):
+            actors.send_batch.send(bulk[i:i + size])
+    except Exception:
+        # Broker down: the rows were stamped, so they come round again after sweep_stale_s.
+        log.exception("sweeper could not enqueue %d deliveries; they will be swept again", len(picked))
+        raise
     if picked:
-        log.info("sweeper enqueued %d deliveries", len(picked))
+        log.info("sweeper enqueued %d deliveries (%d bulk in batches of %d)", len(picked), len(bulk),
+                 app.settings.batch_size)
     for hook in HOOKS:
         hook(app)
     return len(picked)

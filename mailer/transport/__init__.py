@@ -8,6 +8,7 @@ One small interface, :class:`Transport`, and three implementations:
   ``index.html`` a person can open; the embedded default.
 * ``memory://name`` (:mod:`mailer.transport.memory`): a list in memory, for tests.
 
+Relays are combined (weights, failover, rate limits) by :mod:`mailer.transport.pool`.
 ``send`` returns a :class:`SendResult` on acceptance and raises
 :class:`~mailer.errors.TransientDeliveryError` (retry) or
 :class:`~mailer.errors.PermanentDeliveryError` (do not retry) otherwise.
@@ -37,6 +38,8 @@ class Transport(Protocol):
     name: str
 
     def send(self, *, envelope_from: str, recipient: str, message: bytes) -> SendResult: ...
+
+    def supports_smtputf8(self) -> bool: ...
 
     def close(self) -> None: ...
 

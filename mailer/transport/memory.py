@@ -1,4 +1,8 @@
-"""In-memory transport for tests: every accepted message is appended to an outbox list."""
+"""In-memory transport for tests: every accepted message is appended to an outbox list.
+
+``memory://name?smtputf8=0`` behaves like a relay without SMTPUTF8: it refuses a
+message whose envelope or headers are not ASCII, as the SMTP transport would.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
+from urllib.parse import parse_qs, urlsplit
+
+from mailer.errors import SMTPUTF8Unsupported
 from mailer.transport import SendResult
 
 _boxes: dict[str, list["Sent"]] = {}
@@ -45,10 +52,22 @@ class MemoryTransport:
     """``memory://name``: keeps messages in :func:`outbox` ``(name)``."""
 
     def __init__(self, url: str):
-        self.box = url.split("://", 1)[1].strip("/") or "default"
+        parts = urlsplit(url)
+        self.box = (parts.netloc + parts.path).strip("/") or "default"
         self.name = f"memory://{self.box}"
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        self.smtputf8 = query.get("smtputf8", "1").lower() not in ("0", "false", "no")
+
+    def supports_smtputf8(self) -> bool:
+        return self.smtputf8
 
     def send(self, *, envelope_from: str, recipient: str, message: bytes) -> SendResult:
+        if not self.smtputf8 and not (envelope_from.isascii() and recipient.isascii() and message.isascii()):
+            err = SMTPUTF8Unsupported(f"{self.name} does not offer SMTPUTF8, which the internationalized "
+                                      f"address {recipient!r} needs; nothing was sent",
+                                      reply="SMTPUTF8 not offered")
+            err.outcome = "fail"  # type: ignore[attr-defined]
+            raise err
         outbox(self.box).append(Sent(envelope_from, recipient, message))
         return SendResult(250, "2.0.0 Ok: kept in memory", self.name)
 

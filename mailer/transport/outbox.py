@@ -68,5 +68,8 @@ class OutboxTransport:
         tmp.write_text(page, encoding="utf-8")
         os.replace(tmp, self.path / "index.html")
 
+    def supports_smtputf8(self) -> bool:
+        return True  # files take any bytes
+
     def close(self) -> None:
         pass

@@ -1,18 +1,30 @@
-"""Several relays with weights and failover, behind the same Transport interface.
+"""Several relays with weights, failover and per-relay rate limits, behind one interface.
 
 ``MAILER_SMTP_URL`` is the primary relay; ``MAILER_SMTP_RELAYS`` adds more as
-comma-separated ``url#weight`` entries.  Each send picks a relay by weight; when a
-relay fails to connect (a transient error before anything was sent), the next relay
-is tried, so one dead relay does not stop delivery.
+comma-separated ``url#weight`` entries (the primary may carry ``#weight`` too).  A
+relay's URL may say ``?rate=N`` (messages per second) to override ``MAILER_RELAY_RATE``.
+
+* :meth:`RelayPool.choose` picks the relay for the next message by weight, among relays
+  that are not cooling down and have a rate-limit token this second (the token is
+  taken); when every relay is at its limit it sleeps until the next second, for at most
+  a bounded wait, then raises :class:`~mailer.ratelimit.RateLimited`.
+* :meth:`RelayPool.send` sends through the chosen relay; when that relay cannot be
+  reached (a transient error before anything was handed over) it is put in cooldown
+  for :data:`RELAY_COOLDOWN_S` and the next relay with a free token is tried, so one
+  dead relay does not stop delivery.  A relay that lacks SMTPUTF8 hands an
+  internationalized message on to a relay that has it.
 """
 
 from __future__ import annotations
 
 import random
 import threading
+import time
 from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
 
-from mailer.errors import ConfigurationError, TransientDeliveryError
+from mailer import ratelimit
+from mailer.errors import ConfigurationError, SMTPUTF8Unsupported, TransientDeliveryError
 from mailer.settings import Settings
 from mailer.transport import SendResult, Transport, open_transport
 
@@ -24,66 +36,128 @@ RELAY_COOLDOWN_S = 30.0
 class Relay:
     transport: Transport
     weight: int
+    #: Messages per second across all workers; 0 = unlimited.
+    rate: int = 0
     down_until: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.transport.name
 
 
 def parse_relays(primary: str, extra: str) -> list[tuple[str, int]]:
-    relays = [(primary, 1)]
-    for item in filter(None, (p.strip() for p in extra.split(","))):
+    """``[(url, weight), ...]``, the primary first."""
+    relays: list[tuple[str, int]] = []
+    for item in [primary, *filter(None, (p.strip() for p in extra.split(",")))]:
         url, _, weight = item.partition("#")
         try:
-            relays.append((url, int(weight or 1)))
+            w = int(weight or 1)
         except ValueError as exc:
             raise ConfigurationError(f"MAILER_SMTP_RELAYS: weight {weight!r} of {url!r} is not a number") from exc
-    if len(relays) > 1 and "#" in primary:
-        url, _, weight = primary.partition("#")
-        relays[0] = (url, int(weight or 1))
+        if w < 0:
+            raise ConfigurationError(f"MAILER_SMTP_RELAYS: weight of {url!r} must not be negative")
+        relays.append((url, w))
     return relays
 
 
-class RelayPool:
-    """Weighted choice among relays, failing over on connection trouble."""
+def relay_rate(url: str, default: int) -> int:
+    """``?rate=N`` on the URL, else the default."""
+    query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+    try:
+        return int(query.get("rate", default))
+    except ValueError as exc:
+        raise ConfigurationError(f"relay {url!r}: rate {query.get('rate')!r} is not a number") from exc
 
-    def __init__(self, relays: list[Relay]):
+
+class RelayPool:
+    """Weighted choice among relays, failing over on connection trouble, rate-limited."""
+
+    def __init__(self, relays: list[Relay], limiter: ratelimit.Limiter | None = None):
         if not relays:
             raise ConfigurationError("no mail relay configured")
         self.relays = relays
-        self.name = relays[0].transport.name if len(relays) == 1 else "pool"
+        self.limiter = limiter
+        self.name = relays[0].name if len(relays) == 1 else "pool"
         self._lock = threading.Lock()
         self._rng = random.Random()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "RelayPool":
-        return cls([Relay(open_transport(url), w) for url, w in parse_relays(settings.smtp_url, settings.smtp_relays)])
+        relays = [Relay(open_transport(url), w, relay_rate(url, settings.relay_rate))
+                  for url, w in parse_relays(settings.smtp_url, settings.smtp_relays)]
+        limiter = ratelimit.limiter_for(settings) if any(r.rate > 0 for r in relays) else None
+        return cls(relays, limiter)
 
+    # -- choosing ---------------------------------------------------------------------------
     def order(self, now: float | None = None) -> list[Relay]:
         """Relays to try, the weighted pick first, relays in cooldown last."""
-        import time
-
         now = time.monotonic() if now is None else now
         up = [r for r in self.relays if r.down_until <= now]
         down = [r for r in self.relays if r.down_until > now]
-        if len(up) > 1:
+        weighted = [r for r in up if r.weight > 0]
+        if len(weighted) > 1:
             with self._lock:
-                first = self._rng.choices(up, weights=[r.weight for r in up])[0]
+                first = self._rng.choices(weighted, weights=[r.weight for r in weighted])[0]
             up.remove(first)
             up.insert(0, first)
         return up + down
 
-    def send(self, *, envelope_from: str, recipient: str, message: bytes) -> SendResult:
-        import time
+    def _take(self, relay: Relay) -> bool:
+        if self.limiter is None or relay.rate <= 0:
+            return True
+        return self.limiter.try_acquire(ratelimit.relay_key(relay.name), relay.rate)
 
-        last: TransientDeliveryError | None = None
+    def choose(self, *, max_wait_s: float = ratelimit.MAX_WAIT_S) -> Relay:
+        """The relay for the next message, with its rate-limit token taken."""
+        started = time.monotonic()
+        while True:
+            for relay in self.order():
+                if self._take(relay):
+                    return relay
+            pause = ratelimit.seconds_to_next_bucket() + random.uniform(0, ratelimit.JITTER_S)
+            if time.monotonic() - started + pause > max_wait_s:
+                raise ratelimit.RateLimited(f"every relay is at its rate limit after {max_wait_s:.0f} s; "
+                                            "retrying later")
+            time.sleep(pause)
+
+    def supports_smtputf8(self) -> bool:
+        """Does at least one relay offer SMTPUTF8?"""
         for relay in self.order():
+            check = getattr(relay.transport, "supports_smtputf8", None)
             try:
-                return relay.transport.send(envelope_from=envelope_from, recipient=recipient, message=message)
+                if check is None or check():
+                    return True
+            except TransientDeliveryError:
+                continue
+        return False
+
+    # -- sending ----------------------------------------------------------------------------
+    def send(self, *, envelope_from: str, recipient: str, message: bytes, relay: Relay | None = None) -> SendResult:
+        """Send through ``relay`` (or a fresh choice), failing over as the module docstring says."""
+        first = relay or self.choose()
+        candidates = [first] + [r for r in self.order() if r is not first]
+        last: Exception | None = None
+        for i, candidate in enumerate(candidates):
+            if i > 0 and not self._take(candidate):
+                continue  # failover only to a relay with a free token
+            try:
+                return candidate.transport.send(envelope_from=envelope_from, recipient=recipient, message=message)
+            except SMTPUTF8Unsupported as exc:
+                last = exc
+                continue
             except TransientDeliveryError as exc:
                 # Only connection failures (no SMTP code) fail over: the message was not handed over.
                 if exc.code is not None or getattr(exc, "maybe_sent", False):
                     raise
-                relay.down_until = time.monotonic() + RELAY_COOLDOWN_S
+                candidate.down_until = time.monotonic() + RELAY_COOLDOWN_S
                 last = exc
-        assert last is not None
+        if isinstance(last, SMTPUTF8Unsupported) and len(candidates) > 1:
+            err = SMTPUTF8Unsupported(f"no configured relay offers SMTPUTF8, which the internationalized address "
+                                      f"{recipient!r} needs; nothing was sent", reply=last.reply)
+            err.outcome = "fail"  # type: ignore[attr-defined]
+            raise err
+        if last is None:
+            raise ratelimit.RateLimited("no relay had a free rate-limit token for failover; retrying later")
         raise last
 
     def close(self) -> None:

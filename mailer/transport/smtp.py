@@ -3,6 +3,12 @@
 URL form: ``smtp://user:pass@host:587?starttls=1&timeout=30`` or ``smtps://host:465``.
 Replies are turned into :class:`SendResult` or a Transient/Permanent delivery error by
 :func:`mailer.smtp_codes.classify`; connection trouble is transient.
+
+A message whose envelope or headers are not ASCII (an internationalized address) is
+sent with ``MAIL FROM:<...> SMTPUTF8`` when the relay offers the extension, and is
+refused with :class:`~mailer.errors.SMTPUTF8Unsupported` (permanent, nothing sent)
+when it does not.  A connection that breaks after the message data went out is
+reported with ``maybe_sent`` set: the relay may have accepted it.
 """
 
 from __future__ import annotations
@@ -12,7 +18,12 @@ import ssl
 import threading
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from mailer.errors import ConfigurationError, PermanentDeliveryError, TransientDeliveryError
+from mailer.errors import (
+    ConfigurationError,
+    PermanentDeliveryError,
+    SMTPUTF8Unsupported,
+    TransientDeliveryError,
+)
 from mailer.smtp_codes import error_for_reply
 from mailer.transport import SendResult
 
@@ -78,18 +89,21 @@ class SMTPTransport:
 
     # -- sending ----------------------------------------------------------------------------
     def supports_smtputf8(self) -> bool:
-        return self._conn().has_extn("smtputf8")
+        """Does the relay announce SMTPUTF8 in its EHLO reply (connecting if needed)?"""
+        return bool(self._conn().has_extn("smtputf8"))
 
     def send(self, *, envelope_from: str, recipient: str, message: bytes) -> SendResult:
-        needs_utf8 = not (envelope_from.isascii() and recipient.isascii())
+        needs_utf8 = not (envelope_from.isascii() and recipient.isascii() and message.isascii())
         for attempt in (1, 2):
             conn = self._conn()
             mail_options: list[str] = []
             if needs_utf8:
                 if not conn.has_extn("smtputf8"):
-                    raise PermanentDeliveryError(
-                        f"{self.name} does not offer SMTPUTF8; cannot send to internationalized address "
-                        f"{recipient!r}")
+                    err = SMTPUTF8Unsupported(
+                        f"{self.name} does not offer SMTPUTF8, which the internationalized address "
+                        f"{recipient!r} needs; nothing was sent", code=None, reply="SMTPUTF8 not offered")
+                    err.outcome = "fail"  # type: ignore[attr-defined]
+                    raise err
                 mail_options = ["SMTPUTF8", "BODY=8BITMIME"]
             stage = "mail"
             try:
