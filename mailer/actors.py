@@ -84,3 +84,5 @@ def bind(broker: dramatiq.Broker) -> None:
         actor.broker = broker
         broker.declare_actor(actor)
 
+
+from mailer import campaign_actors  # noqa: E402,F401  (campaign fan-out actor and sweeper hook)

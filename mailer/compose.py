@@ -77,7 +77,11 @@ def compose(settings: Settings, renderer, signer, delivery: Delivery, customer: 
     from mailer import headers as header_hooks
 
     context, extra_headers = header_hooks.decorate(settings, delivery, customer, context, extra_headers)
-    rendered = renderer.render(delivery.kind, delivery.locale, delivery.data, context=context)
+    # Campaign mail renders with the campaign's data, subjects and compile cache key
+    # (headers.render_args), and gets its open pixel after rendering (headers.after_render).
+    data, options = header_hooks.render_args(settings, delivery, context)
+    rendered = renderer.render(delivery.kind, delivery.locale, data, context=context, **options)
+    rendered = header_hooks.after_render(context, rendered)
     from_name, from_addr = from_parts(settings)
     to_addr = delivery.to_address if utf8 else ascii_form(delivery.to_address)
     mid = message_id(settings, delivery.id)

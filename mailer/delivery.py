@@ -64,6 +64,8 @@ from mailer.errors import (
 from mailer.logs import log_context
 from mailer.models import (
     Bounce,
+    Campaign,
+    CampaignStatus,
     ConsentState,
     Customer,
     Delivery,
@@ -146,6 +148,9 @@ def claim(app, delivery_id: int, owner: str) -> Delivery | Outcome:
             return Outcome(delivery_id, delivery.status.value, "already final")
         if delivery.status is DeliveryStatus.scheduled:
             return Outcome(delivery_id, "scheduled", f"not due before {delivery.send_after}")
+        if delivery.status is DeliveryStatus.held:
+            # Campaigns: held while its campaign is paused; resume re-enqueues it.
+            return Outcome(delivery_id, "held", delivery.reason or "campaign paused")
         raise LeaseHeld(f"delivery {delivery_id} is leased by {delivery.lease_owner} until {delivery.lease_until}")
 
 
@@ -185,6 +190,15 @@ def gate(app, s, delivery: Delivery, customer: Customer | None, *,
     the caller's transaction, which the caller keeps open until the relay answered.
     """
     settings = app.settings
+    if delivery.campaign_id is not None:
+        # Campaigns: pause and cancel take effect for mail not yet sent, including a delivery
+        # a worker claimed just before the pause (primary-key read of the campaign's status).
+        campaign_status = s.execute(select(Campaign.status).where(Campaign.id == delivery.campaign_id)
+                                    ).scalar_one_or_none()
+        if campaign_status is CampaignStatus.cancelled:
+            return DeliveryStatus.cancelled, "campaign cancelled"
+        if campaign_status is CampaignStatus.paused:
+            return DeliveryStatus.held, "campaign paused"
     hit = suppressions.suppression_for(s, delivery.to_hash, delivery.purpose)
     if hit is not None:
         return DeliveryStatus.suppressed, f"suppressed: {hit.reason.value} ({hit.scope})"
@@ -242,6 +256,8 @@ def _process(app, delivery_id: int, owner: str) -> Outcome:
         return Outcome(delivery_id, "missing", "no such delivery")
     if peek.status in FINAL:
         return Outcome(delivery_id, peek.status.value, "already final")
+    if peek.status is DeliveryStatus.held:  # campaigns: its campaign is paused; resume re-enqueues it
+        return Outcome(delivery_id, "held", "campaign paused")
     now = utcnow()
     if peek.status is DeliveryStatus.scheduled and peek.send_after is not None and peek.send_after > now:
         return Outcome(delivery_id, "scheduled", f"not due before {peek.send_after}")

@@ -95,6 +95,8 @@ class Settings:
     tracking_retention_days: int = 395
     #: Opens within this many seconds of delivery are machine opens.
     machine_open_window_s: int = 10
+    #: Track opens and clicks only for customers with current consent for the "tracking" purpose.
+    tracking_requires_consent: bool = False
     #: Double opt-in links expire after this many hours.
     confirm_link_ttl_hours: int = 72
     #: Unsubscribe / preference tokens expire after this many days.
