@@ -1,0 +1,52 @@
+"""``mailer events publish TYPE --data JSON [--idempotency-key K]``: report a shop event."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.table import Table
+
+from mailer.cli.base import EXIT_REJECTED, console, err_console, main, parse_json, pass_settings, setup_broker
+
+
+@main.group("events")
+def events_group() -> None:
+    """Shop events that drive the automations."""
+
+
+@events_group.command("publish")
+@click.argument("type_", metavar="TYPE")
+@click.option("--data", "data", default="{}", help="The event's fields as a JSON object.")
+@click.option("--idempotency-key", default=None, help="The same key again applies the event once.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_settings
+def publish_cmd(settings, type_: str, data: str, idempotency_key: str | None, as_json: bool) -> None:
+    """Publish event TYPE (order_placed, order_delayed, order_shipped, order_delivered,
+    cart_updated, cart_abandoned, product_restocked, customer_updated) and show what the
+    automations did. Exit code 1 when an automation failed (e.g. a reward pool ran out)."""
+    payload = parse_json(data, option="--data")
+    setup_broker(settings)
+    from mailer.events import publish
+
+    result = publish(type_, payload, idempotency_key=idempotency_key, settings=settings)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        head = f"event {result.event_id} ({result.type})"
+        if result.duplicate:
+            console.print(f"{head}: already received under this idempotency key; nothing applied again",
+                          markup=False)
+        elif not result.actions:
+            console.print(f"{head}: stored; no automation acted on it", markup=False)
+        else:
+            console.print(f"{head}:", markup=False)
+            table = Table("automation", "kind", "outcome", "customer", "delivery", "send after (UTC)", "detail")
+            for a in result.actions:
+                table.add_row(a.automation, a.kind, a.outcome, str(a.customer_id or ""), str(a.delivery_id or ""),
+                              a.send_after.strftime("%Y-%m-%d %H:%M") if a.send_after else "", a.detail)
+            console.print(table)
+    for failure in result.failures:
+        err_console.print(f"error: automation {failure.automation}: {failure.detail}", markup=False)
+    if result.failures:
+        raise SystemExit(EXIT_REJECTED)

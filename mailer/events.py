@@ -1,0 +1,480 @@
+"""Shop events in: declared schemas, validation, and :func:`publish`.
+
+Shops report what happened (an order was placed, delayed, shipped, delivered; a cart
+changed or was abandoned; a product is back in stock; a customer's totals changed) and
+mailer decides what to send, when, and what not to send (:mod:`mailer.automations`).
+
+:func:`publish` is the one way in (the HTTP ``POST /v1/events``, ``mailer events
+publish`` and Python callers all use it).  It:
+
+1. checks the event against its type's schema (:data:`SCHEMAS`) before touching the
+   database: an unknown type, a missing or mistyped field, or a field the schema does
+   not declare is refused with :class:`~mailer.errors.InvalidEvent` naming the field
+   (``data.items[2].quantity``);
+2. in **one transaction**: stores the ``shop_events`` row (its ``Idempotency-Key`` is
+   unique: the same key again returns the first event and changes nothing), finds or
+   creates the customer, applies ``customer_updated`` / ``order_placed`` to the
+   customer record, and runs the automations (cancel, schedule, merge, claim codes).
+   Any error rolls all of it back: nothing is half-applied;
+3. after the commit, enqueues the sends that are due now (and, as a fast path, the
+   scheduled ones with a Dramatiq ``delay``; the database row decides either way).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from mailer.addresses import normalize
+from mailer.app import App, get_app
+from mailer.clock import utcnow
+from mailer.errors import InvalidAddress, InvalidEvent, ValidationError
+from mailer.models import Customer, CustomerTag, ShopEvent
+from mailer.settings import Settings
+
+log = logging.getLogger("mailer.events")
+
+#: Longest free-text field (characters) unless a field says otherwise.
+TEXT_MAX_CHARS = 500
+#: Most entries in an ``items`` / ``tags`` list.
+LIST_MAX = 200
+#: Longest ``Idempotency-Key`` (characters).
+IDEMPOTENCY_KEY_MAX_CHARS = 240
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LOCALE = re.compile(r"^[a-zA-Z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+
+
+# -- field types -------------------------------------------------------------------------------
+def _text(value: Any, where: str, limit: int = TEXT_MAX_CHARS) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{where} must be a string, not {type(value).__name__}", field=where)
+    value = value.strip()
+    if not value:
+        raise InvalidEvent(f"{where} is empty", field=where)
+    if _CONTROL.search(value):
+        raise InvalidEvent(f"{where} contains a line break or control character", field=where)
+    if len(value) > limit:
+        raise InvalidEvent(f"{where} is longer than {limit} characters", field=where)
+    return value
+
+
+def _ident(value: Any, where: str) -> str:
+    """Order numbers, SKUs, cart ids: text without spaces that could break a key."""
+    text = _text(value, where, 100)
+    if not re.fullmatch(r"[^\s:{}]+", text):
+        raise InvalidEvent(f"{where} {text!r} must not contain spaces, ':' or braces", field=where)
+    return text
+
+
+def _email(value: Any, where: str) -> str:
+    try:
+        return normalize(_text(value, where, 320))
+    except InvalidAddress as exc:
+        raise InvalidEvent(f"{where}: {exc}", field=where) from exc
+
+
+def _int(minimum: int = 0):
+    def check(value: Any, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+                value = int(value)
+            else:
+                raise InvalidEvent(f"{where} must be a whole number", field=where)
+        if value < minimum:
+            raise InvalidEvent(f"{where} must be at least {minimum}", field=where)
+        return value
+    return check
+
+
+def _amount(value: Any, where: str) -> str:
+    """Money as an exact decimal string ("129.90"); numbers and numeric strings accepted."""
+    if isinstance(value, bool):
+        raise InvalidEvent(f"{where} must be an amount such as 129.90", field=where)
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise InvalidEvent(f"{where} must be an amount such as 129.90", field=where) from None
+    if not amount.is_finite() or amount < 0:
+        raise InvalidEvent(f"{where} must be a non-negative amount", field=where)
+    if amount != amount.quantize(Decimal("0.01")) or amount >= Decimal("1e12"):
+        raise InvalidEvent(f"{where} must have at most 2 decimals and 12 digits", field=where)
+    return str(amount.quantize(Decimal("0.01")))
+
+
+def _when(value: Any, where: str) -> str:
+    """An ISO 8601 date or date-time, kept as the shop wrote it."""
+    text = _text(value, where, 40)
+    try:
+        datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidEvent(f"{where} {text!r} is not an ISO 8601 date or date-time", field=where) from None
+    return text
+
+
+def _url(value: Any, where: str) -> str:
+    text = _text(value, where, 2000)
+    if not re.match(r"^https?://[^\s]+$", text):
+        raise InvalidEvent(f"{where} must be an http(s) URL", field=where)
+    return text
+
+
+def _currency(value: Any, where: str) -> str:
+    text = _text(value, where, 3).upper()
+    if not re.fullmatch(r"[A-Z]{3}", text):
+        raise InvalidEvent(f"{where} {text!r} is not a three-letter ISO 4217 code", field=where)
+    return text
+
+
+def _locale(value: Any, where: str) -> str:
+    text = _text(value, where, 20)
+    if not _LOCALE.match(text):
+        raise InvalidEvent(f"{where} {text!r} is not a locale tag such as en, pl or zh-TW", field=where)
+    return text.replace("_", "-")
+
+
+def _timezone(value: Any, where: str) -> str:
+    text = _text(value, where, 64)
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidEvent(f"{where} {text!r} is not an IANA time zone such as Europe/Warsaw",
+                           field=where) from None
+    return text
+
+
+def _country(value: Any, where: str) -> str:
+    text = _text(value, where, 2).upper()
+    if not re.fullmatch(r"[A-Z]{2}", text):
+        raise InvalidEvent(f"{where} {text!r} is not a two-letter country code", field=where)
+    return text
+
+
+def _tags(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list):
+        raise InvalidEvent(f"{where} must be a list of tags", field=where)
+    if len(value) > LIST_MAX:
+        raise InvalidEvent(f"{where} has more than {LIST_MAX} tags", field=where)
+    return sorted({_text(t, f"{where}[{i}]", 100) for i, t in enumerate(value)})
+
+
+@dataclass(frozen=True)
+class Field:
+    """One declared field of an event (or of an item inside ``items``)."""
+
+    check: Callable[[Any, str], Any]
+    required: bool = False
+    doc: str = ""
+
+
+ITEM_FIELDS: dict[str, Field] = {
+    "name": Field(lambda v, w: _text(v, w, 200), True, "product name"),
+    "sku": Field(_ident, doc="stock-keeping unit"),
+    "variant": Field(lambda v, w: _text(v, w, 200), doc="size, colour, ..."),
+    "quantity": Field(_int(1), doc="how many (1 when not given)"),
+    "price": Field(_amount, doc="unit price"),
+    "url": Field(_url, doc="product page"),
+    "image_url": Field(_url, doc="product image"),
+}
+
+
+def _items(value: Any, where: str) -> list[dict]:
+    if not isinstance(value, list):
+        raise InvalidEvent(f"{where} must be a list of items", field=where)
+    if len(value) > LIST_MAX:
+        raise InvalidEvent(f"{where} has more than {LIST_MAX} items", field=where)
+    items = [_object(item, ITEM_FIELDS, f"{where}[{i}]") for i, item in enumerate(value)]
+    return [{**item, "quantity": item.get("quantity", 1)} for item in items]
+
+
+def _object(value: Any, fields: dict[str, Field], where: str) -> dict:
+    if not isinstance(value, dict):
+        raise InvalidEvent(f"{where} must be an object", field=where)
+    out: dict = {}
+    for name in value:
+        if name not in fields:
+            raise InvalidEvent(f"{where}.{name} is not a field of this object "
+                               f"(fields: {', '.join(fields)})", field=f"{where}.{name}")
+    for name, spec in fields.items():
+        raw = value.get(name)
+        if raw is None or raw == "":
+            if spec.required:
+                raise InvalidEvent(f"{where}.{name} is required", field=f"{where}.{name}")
+            continue
+        out[name] = spec.check(raw, f"{where}.{name}")
+    return out
+
+
+_COMMON = {"occurred_at": Field(_when, doc="when it happened at the shop (ISO 8601)")}
+_CUSTOMER = {"email": Field(_email, True, "the customer's address")}
+_ORDER = {**_CUSTOMER, "order_number": Field(_ident, True, "the shop's order number"),
+          "items": Field(_items, doc="ordered items"), "order_url": Field(_url, doc="the order's page in the shop"),
+          **_COMMON}
+_CART = {**_CUSTOMER, "cart_id": Field(_ident, True, "the shop's cart id"),
+         "items": Field(_items, True, "the cart's items; an empty list means the cart was emptied"),
+         "cart_url": Field(_url, doc="link back to the cart"), "total": Field(_amount, doc="cart total"),
+         "currency": Field(_currency), **_COMMON}
+
+#: Every event type mailer accepts and its fields (``True`` = required).
+SCHEMAS: dict[str, dict[str, Field]] = {
+    "order_placed": {**_ORDER, "total": Field(_amount, doc="order total"), "currency": Field(_currency),
+                     "cart_id": Field(_ident, doc="the cart the order came from")},
+    "order_delayed": {**_ORDER, "new_eta": Field(_when, True, "new estimated delivery (ISO 8601)"),
+                      "previous_eta": Field(_when, doc="the estimate given before"),
+                      "reason": Field(_text, doc="why, in words for the customer"),
+                      "compensation_code": Field(_ident, doc="a code the shop gives as an apology"),
+                      "compensation_percent": Field(_int(1), doc="what that code is worth, percent off")},
+    "order_shipped": {**_ORDER, "carrier": Field(lambda v, w: _text(v, w, 100), doc="carrier name"),
+                      "tracking_number": Field(_ident, doc="carrier tracking number"),
+                      "tracking_url": Field(_url, doc="carrier tracking page"),
+                      "eta": Field(_when, doc="estimated delivery (ISO 8601)")},
+    "order_delivered": {**_ORDER, "delivered_at": Field(_when, doc="when it was delivered (ISO 8601)")},
+    "cart_updated": dict(_CART),
+    "cart_abandoned": dict(_CART),
+    "product_restocked": {"sku": Field(_ident, True, "the product's SKU (restock:<sku> requests)"),
+                          "name": Field(lambda v, w: _text(v, w, 200), True, "product name"),
+                          "stock": Field(_int(1), doc="units now available; low stock sends in waves"),
+                          "url": Field(_url, doc="product page"), "image_url": Field(_url, doc="product image"),
+                          "price": Field(_amount, doc="price"), "currency": Field(_currency), **_COMMON},
+    "customer_updated": {**_CUSTOMER,
+                         "total_spent": Field(_amount, doc="lifetime spend"),
+                         "orders_count": Field(_int(0), doc="lifetime orders"),
+                         "last_order_at": Field(_when, doc="last order time (ISO 8601)"),
+                         "tags": Field(_tags, doc="the customer's whole tag set (replaces it)"),
+                         "add_tags": Field(_tags, doc="tags to add"),
+                         "remove_tags": Field(_tags, doc="tags to remove"),
+                         "first_name": Field(lambda v, w: _text(v, w, 200)),
+                         "last_name": Field(lambda v, w: _text(v, w, 200)),
+                         "locale": Field(_locale), "timezone": Field(_timezone), "country": Field(_country),
+                         "currency": Field(_currency), **_COMMON},
+}
+
+EVENT_TYPES = tuple(SCHEMAS)
+
+
+def validate(type_: str, data: Any) -> dict:
+    """The event's data, checked and normalized; :class:`InvalidEvent` names the bad field."""
+    if type_ not in SCHEMAS:
+        raise InvalidEvent(f"unknown event type {type_!r}; known types: {', '.join(EVENT_TYPES)}", field="type")
+    cleaned = _object(data, SCHEMAS[type_], "data")
+    if type_ == "customer_updated" and "tags" in cleaned and ({"add_tags", "remove_tags"} & cleaned.keys()):
+        raise InvalidEvent("data.tags replaces the tag set; do not combine it with add_tags / remove_tags",
+                           field="data.tags")
+    return cleaned
+
+
+# -- customer snapshots --------------------------------------------------------------------------
+@dataclass
+class Snapshot:
+    """A detached copy of a customer's record, so a rule can compare before and after."""
+
+    id: int | None
+    email: str | None
+    first_name: str | None = None
+    last_name: str | None = None
+    locale: str | None = None
+    timezone: str | None = None
+    country: str | None = None
+    total_spent: Decimal = Decimal("0")
+    currency: str | None = None
+    orders_count: int = 0
+    last_order_at: datetime | None = None
+    predicted_spend_tier: Any = None
+    attributes: dict = field(default_factory=dict)
+    created_at: datetime | None = None
+    erased_at: datetime | None = None
+    tag_names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, c: Customer) -> "Snapshot":
+        return cls(id=c.id, email=c.email, first_name=c.first_name, last_name=c.last_name, locale=c.locale,
+                   timezone=c.timezone, country=c.country, total_spent=c.total_spent or Decimal("0"),
+                   currency=c.currency, orders_count=c.orders_count or 0, last_order_at=c.last_order_at,
+                   predicted_spend_tier=c.predicted_spend_tier, attributes=dict(c.attributes or {}),
+                   created_at=c.created_at, erased_at=c.erased_at, tag_names=list(c.tag_names))
+
+
+def _parse_time(text: str) -> datetime:
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def _apply_customer_update(session, customer: Customer, data: dict) -> None:
+    """Write a ``customer_updated`` event's fields to the customer record."""
+    for name in ("first_name", "last_name", "locale", "timezone", "country", "currency", "orders_count"):
+        if name in data:
+            setattr(customer, name, data[name])
+    if "total_spent" in data:
+        customer.total_spent = Decimal(data["total_spent"])
+    if "last_order_at" in data:
+        customer.last_order_at = _parse_time(data["last_order_at"])
+    tags = set(customer.tag_names)
+    if "tags" in data:
+        tags = set(data["tags"])
+    tags |= set(data.get("add_tags", ()))
+    tags -= set(data.get("remove_tags", ()))
+    if tags != set(customer.tag_names):
+        # Replace the tag rows with two statements rather than ORM collection churn.
+        session.execute(delete(CustomerTag).where(CustomerTag.customer_id == customer.id))
+        if tags:
+            session.execute(insert(CustomerTag), [{"customer_id": customer.id, "tag": t} for t in sorted(tags)])
+        session.expire(customer, ["tags"])
+
+
+# -- publish ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Action:
+    """What an automation did with an event, for the caller to read."""
+
+    automation: str
+    kind: str
+    outcome: str            # queued, scheduled, merged, cancelled, deduplicated, skipped, failed
+    customer_id: int | None = None
+    delivery_id: int | None = None
+    send_after: datetime | None = None
+    detail: str = ""
+
+    def as_dict(self) -> dict:
+        return {"automation": self.automation, "kind": self.kind, "outcome": self.outcome,
+                "customer_id": self.customer_id, "delivery_id": self.delivery_id,
+                "send_after": self.send_after.isoformat() if self.send_after else None, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Published:
+    event_id: int
+    type: str
+    #: True when the Idempotency-Key was seen before: nothing was applied again.
+    duplicate: bool
+    customer_id: int | None
+    actions: tuple[Action, ...] = ()
+
+    @property
+    def failures(self) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.outcome == "failed")
+
+    def as_dict(self) -> dict:
+        return {"event_id": self.event_id, "type": self.type, "duplicate": self.duplicate,
+                "customer_id": self.customer_id, "actions": [a.as_dict() for a in self.actions],
+                "failures": len(self.failures)}
+
+
+def _fingerprint(type_: str, data: dict) -> str:
+    return hashlib.sha256(json.dumps([type_, data], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _app_for(settings: Settings | None) -> App:
+    if settings is None:
+        return get_app()
+    current = get_app()
+    return current if current.settings == settings else App(settings)
+
+
+def publish(type: str, data: dict, *, idempotency_key: str | None = None, settings: Settings | None = None,
+            now: datetime | None = None, app: App | None = None) -> Published:  # noqa: A002 - the API's word
+    """Accept one shop event: validate, store, apply and run the automations, atomically.
+
+    ``now`` (aware UTC) stands in for the clock when computing delays, windows and quiet
+    hours (tests, replays).  Raises :class:`~mailer.errors.InvalidEvent` before anything
+    is stored when the event does not match its schema.
+    """
+    from mailer import automations
+
+    app = app or _app_for(settings)
+    now = now or utcnow()
+    if now.tzinfo is None:
+        raise ValidationError("now must be an aware datetime", field="now")
+    cleaned = validate(type, data)
+    if idempotency_key is not None:
+        idempotency_key = idempotency_key.strip()
+        if not idempotency_key or len(idempotency_key) > IDEMPOTENCY_KEY_MAX_CHARS or _CONTROL.search(idempotency_key):
+            raise ValidationError(f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX_CHARS} printable characters",
+                                  field="idempotency_key")
+    rules = automations.load(app.settings)
+    fingerprint = _fingerprint(type, cleaned)
+    if idempotency_key is not None:
+        replay = _replay(app, type, fingerprint, idempotency_key)
+        if replay is not None:
+            return replay
+    try:
+        with app.session() as s:
+            # The first statement writes: on SQLite this takes the write lock for the whole
+            # publish, so everything below sees a stable database (one writer at a time).
+            stored = {**cleaned, "_fingerprint": fingerprint} if idempotency_key else dict(cleaned)
+            event = ShopEvent(type=type, idempotency_key=idempotency_key, data=stored, received_at=now)
+            s.add(event)
+            try:
+                s.flush()
+            except IntegrityError as exc:
+                # Same key stored by a concurrent publish since the check above.
+                raise _Duplicate() from exc
+            customer = None
+            before = None
+            if "email" in cleaned:
+                from mailer.customers import get_or_create
+
+                customer = get_or_create(s, app.settings, cleaned["email"])
+                event.customer_id = customer.id
+                before = Snapshot.of(customer)
+                if type == "customer_updated":
+                    _apply_customer_update(s, customer, cleaned)
+                elif type == "order_placed":
+                    placed = _parse_time(cleaned["occurred_at"]) if "occurred_at" in cleaned else now
+                    if customer.last_order_at is None or placed > customer.last_order_at:
+                        customer.last_order_at = placed
+                s.flush()
+            actions = automations.handle(s, app, rules, event, customer, before, now)
+            event.processed_at = utcnow()
+            result = Published(event.id, type, False, event.customer_id, tuple(actions))
+    except _Duplicate:
+        replay = _replay(app, type, fingerprint, idempotency_key)
+        if replay is None:
+            raise ValidationError(f"Idempotency-Key {idempotency_key!r} is being used by another request; retry",
+                                  field="idempotency_key") from None
+        return replay
+    for action in result.failures:
+        log.error("ALERT: automation %s could not send %s to customer %s: %s", action.automation, action.kind,
+                  action.customer_id, action.detail, extra={"customer_id": action.customer_id,
+                                                            "event_id": result.event_id})
+    automations.wake(app, result.actions, now=now)
+    log.info("event %s %s: %s", result.event_id, type,
+             ", ".join(f"{a.automation}={a.outcome}" for a in result.actions) or "no automation",
+             extra={"event_id": result.event_id, "customer_id": result.customer_id})
+    return result
+
+
+class _Duplicate(Exception):
+    """The event's Idempotency-Key is already stored."""
+
+
+def _replay(app: App, type_: str, fingerprint: str, key: str) -> Published | None:
+    """The event stored earlier under ``key`` (None if none); a different event under it is refused."""
+    with app.session() as s:
+        # The unique index on idempotency_key makes this one lookup.
+        event = s.execute(select(ShopEvent).where(ShopEvent.idempotency_key == key)).scalar_one_or_none()
+        if event is None:
+            return None
+        if event.type != type_ or (event.data or {}).get("_fingerprint") != fingerprint:
+            raise ValidationError(f"Idempotency-Key {key!r} was already used for a different event "
+                                  f"(event {event.id}, {event.type}); use a new key for a new event",
+                                  field="idempotency_key")
+        return Published(event.id, event.type, True, event.customer_id, ())
+
+
+def event_data(event: ShopEvent) -> dict:
+    """A stored event's payload without mailer's bookkeeping fields."""
+    return {k: v for k, v in (event.data or {}).items() if not k.startswith("_")}
