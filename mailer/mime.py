@@ -29,8 +29,9 @@ from mailer.errors import HeaderInjection
 CRLF = b"\r\n"
 #: RFC 5322 recommends header lines of at most 78 characters.
 MAX_LINE = 78
-#: Raw bytes per encoded word so that ``=?utf-8?b?...?=`` stays within 75 characters.
-_EW_RAW_BYTES = 45
+#: Raw bytes per encoded word: ``=?utf-8?b?...?=`` is then 64 characters, so even the
+#: first word after ``Subject: `` keeps the line within 78.
+_EW_RAW_BYTES = 39
 
 #: C0/C1 controls (TAB allowed) and the Unicode line/paragraph separators some parsers split on.
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
@@ -73,7 +74,8 @@ def fold(name: str, tokens: list[str]) -> str:
     line = name + ":"
     lines: list[str] = []
     for tok in tokens:
-        if len(line) + 1 + len(tok) > MAX_LINE and line != name + ":":
+        # Never fold before an empty token: that would leave a line of only whitespace.
+        if tok and len(line) + 1 + len(tok) > MAX_LINE and line != name + ":":
             lines.append(line)
             line = " " + tok
         else:
@@ -142,8 +144,8 @@ def build(parts: MailParts) -> bytes:
     utf8 = parts.utf8
     boundary = "=_m" + hashlib.sha1(parts.message_id.encode("utf-8")).hexdigest()[:24]
     head = [
-        format_address(parts.from_name, parts.from_address, header="From", utf8=utf8).join(("From: ", "")),
-        format_address(parts.to_name, parts.to_address, header="To", utf8=utf8).join(("To: ", "")),
+        fold("From", format_address(parts.from_name, parts.from_address, header="From", utf8=utf8).split(" ")),
+        fold("To", format_address(parts.to_name, parts.to_address, header="To", utf8=utf8).split(" ")),
         unstructured("Subject", parts.subject, utf8=utf8),
         "Date: " + format_datetime(parts.date),
         "Message-ID: " + check_header_text("Message-ID", parts.message_id),

@@ -80,8 +80,13 @@ def create(app: App, kind: str, *, to: str | None = None, customer_id: int | Non
         from mailer.compose import render_context
 
         probe = Delivery(id=0, kind=kind, to_address=address, locale=loc, data=data, purpose=spec.purpose)
-        renderer.render(kind, loc, data, context=render_context(settings, probe, customer) | {
+        rendered = renderer.render(kind, loc, data, context=render_context(settings, probe, customer) | {
             "unsubscribe_url": "#", "preferences_url": "#"})
+        # CR/LF smuggled into the subject through the data is refused now, not at send time
+        # (delivery issue: header injection).
+        from mailer.mime import check_header_text
+
+        check_header_text("Subject", rendered.subject)
         ikey = idempotency_key(kind, key, to=address, data=data, locale=loc)
         purpose = purpose_for(spec.purpose, data)
         existing = s.execute(select(Delivery.id).where(Delivery.idempotency_key == ikey)).scalar_one_or_none()
