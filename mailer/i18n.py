@@ -33,6 +33,33 @@ CACHE_ENTRIES = 8192
 RTL_LANGUAGES = frozenset({"ar", "he", "fa", "ur"})
 
 
+def fallback_chain(locale: str | None, default: str = "en") -> list[str]:
+    """``zh-HK`` -> zh-HK, zh-TW, en; ``pl-PL`` -> pl-PL, pl, en; anything -> ..., en.
+
+    Chinese falls back by script: Hong Kong, Macau and Taiwan (and ``zh-Hant``) to
+    ``zh-TW``; mainland China, Singapore, Malaysia, ``zh-Hans`` and plain ``zh`` to ``zh-CN``.
+    """
+    chain: list[str] = []
+    if locale:
+        parts = [p for p in locale.replace("_", "-").split("-") if p]
+        lang = parts[0].lower() if parts else ""
+        rest = [p.upper() if len(p) == 2 else p.title() for p in parts[1:]]
+        if lang:
+            chain.append("-".join([lang, *rest]))
+        if lang == "zh":
+            # Plain "zh" is Simplified Chinese (CLDR: zh -> zh_Hans_CN).
+            chain.append("zh-CN" if not rest or {"CN", "SG", "MY", "Hans"} & set(rest) else "zh-TW")
+        elif lang:
+            chain.append(lang)
+    chain.append(default)
+    chain.append("en")
+    seen: list[str] = []
+    for c in chain:
+        if c not in seen:
+            seen.append(c)
+    return seen
+
+
 class FormatError(ValueError):
     """A value handed to a formatting filter cannot be formatted (names the value)."""
 
@@ -112,28 +139,48 @@ def _number(value: str, locale: str, fmt: str | None) -> str:
 
 @functools.lru_cache(maxsize=CACHE_ENTRIES)
 def _percent(value: str, locale: str) -> str:
-    return format_percent(to_decimal(value) / 100, format="#,##0.##%",
-                          locale=babel_locale(locale) or babel_locale("en"))
+    return format_percent(to_decimal(value) / 100, locale=babel_locale(locale) or babel_locale("en"),
+                          decimal_quantization=False)
 
 
-@functools.lru_cache(maxsize=CACHE_ENTRIES)
-def _date(value: Any, locale: str, fmt: str) -> str:
-    return format_date(to_date(value), format=fmt, locale=babel_locale(locale) or babel_locale("en"))
-
-
-@functools.lru_cache(maxsize=CACHE_ENTRIES)
-def _datetime(value: Any, locale: str, fmt: str, tz: str) -> str:
+def _zone(tz: str) -> ZoneInfo:
     try:
-        zone = ZoneInfo(tz)
+        return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise FormatError(f"unknown time zone {tz!r}") from exc
-    return format_datetime(to_datetime(value), format=fmt, tzinfo=zone,
-                           locale=babel_locale(locale) or babel_locale("en"))
+
+
+def _local(value: Any, tz: str) -> dt.datetime | dt.date:
+    """A date stays a date; a date-time (or ISO text with a time) moves to the time zone ``tz``."""
+    if isinstance(value, dt.datetime) or (isinstance(value, str) and len(value.strip()) > 10):
+        return to_datetime(value).astimezone(_zone(tz))
+    return to_date(value)
+
+
+@functools.lru_cache(maxsize=CACHE_ENTRIES)
+def _date(value: Any, locale: str, fmt: str, tz: str) -> str:
+    local = _local(value, tz)
+    day = local.date() if isinstance(local, dt.datetime) else local
+    return format_date(day, format=fmt, locale=babel_locale(locale) or babel_locale("en"))
+
+
+@functools.lru_cache(maxsize=CACHE_ENTRIES)
+def _datetime(value: Any, locale: str, fmt: str | None, tz: str) -> str:
+    loc = babel_locale(locale) or babel_locale("en")
+    when = to_datetime(value)
+    zone = _zone(tz)
+    if fmt:
+        return format_datetime(when, format=fmt, tzinfo=zone, locale=loc)
+    # Default: long date and short time, joined the way the locale joins them ("{1}, {0}").
+    local = when.astimezone(zone)
+    day = format_date(local.date(), format="long", locale=loc)
+    clock = format_time(local, format="short", locale=loc)
+    return str(loc.datetime_formats["long"]).replace("'", "").replace("{1}", day).replace("{0}", clock)
 
 
 @functools.lru_cache(maxsize=CACHE_ENTRIES)
 def _time(value: Any, locale: str, fmt: str, tz: str) -> str:
-    return format_time(to_datetime(value), format=fmt, tzinfo=ZoneInfo(tz),
+    return format_time(to_datetime(value).astimezone(_zone(tz)), format=fmt,
                        locale=babel_locale(locale) or babel_locale("en"))
 
 
@@ -175,13 +222,17 @@ def percent(ctx, value: Any) -> str:
 
 @jinja2.pass_context
 def date(ctx, value: Any, format: str = "long") -> str:  # noqa: A002
-    """``{{ eta | date }}``: ``short``, ``medium``, ``long``, ``full`` or a CLDR pattern."""
-    return _cached(_date, value, _loc(ctx), format)
+    """``{{ eta | date }}``: ``short``, ``medium``, ``long``, ``full`` or a CLDR pattern.
+
+    A date-time is first moved to the recipient's time zone (context ``timezone``).
+    """
+    return _cached(_date, value, _loc(ctx), format, str(ctx.get("timezone") or "UTC"))
 
 
 @jinja2.pass_context
-def datetime(ctx, value: Any, format: str = "medium") -> str:  # noqa: A002
-    """``{{ shipped_at | datetime }}`` in the recipient's time zone (context ``timezone``)."""
+def datetime(ctx, value: Any, format: str | None = None) -> str:  # noqa: A002
+    """``{{ ends_at | datetime }}``: long date and short time in the recipient's time zone,
+    or a Babel format (``short``, ``medium``, ``long``, ``full``, a CLDR pattern)."""
     return _cached(_datetime, value, _loc(ctx), format, str(ctx.get("timezone") or "UTC"))
 
 
@@ -191,7 +242,21 @@ def time(ctx, value: Any, format: str = "short") -> str:  # noqa: A002
     return _cached(_time, value, _loc(ctx), format, str(ctx.get("timezone") or "UTC"))
 
 
-FILTERS = {"money": money, "number": number, "percent": percent, "date": date, "datetime": datetime,
+@jinja2.pass_context
+def tr(ctx, value: Any) -> Any:
+    """Pick the recipient's language from a per-locale dict (``{"en": "Shirt", "pl": "Koszula"}``).
+
+    Follows the fallback chain of the template locale; plain strings pass through.
+    """
+    if not isinstance(value, dict):
+        return value
+    for loc in fallback_chain(ctx.get("locale")):
+        if loc in value:
+            return value[loc]
+    return next(iter(value.values()), "")
+
+
+FILTERS = {"tr": tr, "money": money, "number": number, "percent": percent, "date": date, "datetime": datetime,
            "time": time}
 
 

@@ -47,6 +47,7 @@ import jinja2.nodes
 import mjml
 
 from mailer import i18n
+from mailer.i18n import fallback_chain
 from mailer.errors import MissingField, TemplateError, UnknownKind, ValidationError
 from mailer.settings import Settings
 
@@ -87,6 +88,8 @@ class FieldSpec:
     choices: tuple[str, ...] = ()
     #: For lists: exact number of items required (e.g. 5 rating links).
     length: int | None = None
+    #: For lists of objects: declared types of item keys (``{price = "number"}``).
+    item_types: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -126,31 +129,6 @@ class Rendered:
     locale: str
 
 
-def fallback_chain(locale: str | None, default: str = "en") -> list[str]:
-    """``zh-HK`` -> zh-HK, zh-TW, en; ``pl-PL`` -> pl-PL, pl, en; anything -> ..., en."""
-    chain: list[str] = []
-    if locale:
-        loc = locale.replace("_", "-")
-        parts = loc.split("-")
-        lang = parts[0].lower()
-        if lang == "zh":
-            rest = {p.upper() for p in parts[1:]}
-            chain.append("zh-" + "-".join(p.upper() if len(p) == 2 else p.title() for p in parts[1:])
-                         if len(parts) > 1 else "zh")
-            chain.append("zh-CN" if rest & {"CN", "SG", "HANS", "MY"} else "zh-TW")
-        else:
-            chain.append("-".join([lang] + [p.upper() if len(p) == 2 else p.title() for p in parts[1:]]))
-            chain.append(lang)
-    chain.append(default)
-    if "en" not in chain:
-        chain.append("en")
-    seen: list[str] = []
-    for c in chain:
-        if c not in seen:
-            seen.append(c)
-    return seen
-
-
 def _parse_kind(name: str, path: Path) -> KindSpec:
     toml_path = path / "kind.toml"
     try:
@@ -171,7 +149,12 @@ def _parse_kind(name: str, path: Path) -> KindSpec:
         fields[fname] = FieldSpec(name=fname, type=ftype, description=fmeta.get("description", ""),
                                   item_required=tuple(fmeta.get("item_required", ())),
                                   item_optional=tuple(fmeta.get("item_optional", ())),
-                                  choices=tuple(fmeta.get("choices", ())), length=fmeta.get("length"))
+                                  choices=tuple(fmeta.get("choices", ())), length=fmeta.get("length"),
+                                  item_types=dict(fmeta.get("item_types", {})))
+        for key, ktype in fields[fname].item_types.items():
+            if ktype not in FIELD_TYPES:
+                raise TemplateError(f"[fields.{fname}] item_types.{key} {ktype!r} is not one of "
+                                    f"{', '.join(sorted(FIELD_TYPES))}", template=str(toml_path), field=fname)
     required = tuple(meta.get("required", ()))
     optional = tuple(meta.get("optional", ()))
     undeclared = sorted(set(fields) - set(required) - set(optional))
@@ -205,13 +188,14 @@ def _check_value(kind: str, fspec: FieldSpec | None, name: str, value: Any) -> N
             for key in fspec.item_required:
                 if item.get(key) in (None, ""):
                     raise MissingField(f"{kind}: {name}[{i}] has no {key!r}", field=f"{where}[{i}].{key}")
+            for key, ktype in fspec.item_types.items():
+                if isinstance(item, dict) and key in item:
+                    _check_value(kind, FieldSpec(name=f"{name}[{i}].{key}", type=ktype), f"{name}[{i}].{key}",
+                                 item[key])
     elif t == "object" and not isinstance(value, dict):
         raise bad(f"must be an object, got {type(value).__name__}")
-    elif t == "number":
-        try:
-            i18n.to_decimal(value)
-        except i18n.FormatError as exc:
-            raise bad(f"must be a number, got {value!r}") from exc
+    elif t == "number" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise bad(f"must be a number (not text), got {value!r}")
     elif t == "url" and not (isinstance(value, str) and re.match(r"https?://\S+$", value)):
         raise bad(f"must be an http(s) URL, got {value!r}")
     elif t == "date":
@@ -478,48 +462,106 @@ class _BalanceChecker(HTMLParser):
 # =========================================================================================
 # Plain text
 # =========================================================================================
-_TAG = re.compile(r"<[^>]+>")
-_HREF = re.compile(r'<a\s[^>]*?href="([^"]*)"[^>]*>(.*?)</a>', re.S | re.I)
-_HIDDEN = re.compile(r'<div[^>]*style="[^"]*display:\s*none[^"]*"[^>]*>.*?</div>', re.S | re.I)
+_BLOCK = frozenset({"p", "div", "tr", "table", "tbody", "ul", "ol", "li", "h1", "h2", "h3", "h4", "h5", "h6",
+                    "blockquote", "section", "article", "header", "footer", "center", "hr"})
+_SKIP = frozenset({"head", "style", "script", "title"})
+
+
+class _TextConverter(HTMLParser):
+    """HTML -> readable text: blocks become lines, links ``label (url)``.
+
+    Skipped: <head>, <style>, hidden elements (``display:none``, the preheader) and
+    anything inside an element with the class ``no-text`` (decoration such as a
+    progress bar that says nothing in plain text).
+    """
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.skip_stack: list[str] = []  # tags of open skipped elements (only when skipping)
+        self.links: list[tuple[str, int]] = []  # (href, position in out)
+
+    def _skipping(self) -> bool:
+        return bool(self.skip_stack)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if self.skip_stack:
+            if tag not in _VOID:
+                self.skip_stack.append(tag)
+            return
+        style = (a.get("style") or "").replace(" ", "").lower()
+        if tag in _SKIP or "display:none" in style or "no-text" in (a.get("class") or "").split():
+            if tag not in _VOID:
+                self.skip_stack.append(tag)
+            return
+        if tag == "br":
+            self.out.append("\n")
+        elif tag == "li":
+            self.out.append("\n- ")
+        elif tag in _BLOCK or tag == "tr" or "display:block" in style:
+            self.out.append("\n")
+        elif tag in ("td", "th"):
+            self.out.append(" ")
+        if tag == "a":
+            self.links.append((a.get("href") or "", len(self.out)))
+
+    def handle_startendtag(self, tag, attrs):
+        if tag == "br" and not self.skip_stack:
+            self.out.append("\n")
+
+    def handle_endtag(self, tag):
+        if self.skip_stack:
+            if tag in _VOID:
+                return
+            while self.skip_stack:
+                if self.skip_stack.pop() == tag:
+                    break
+            return
+        if tag in _BLOCK:
+            self.out.append("\n")
+        elif tag in ("td", "th"):
+            self.out.append(" ")
+        elif tag == "a" and self.links:
+            href, at = self.links.pop()
+            label = re.sub(r"\s+", " ", "".join(self.out[at:])).strip()
+            del self.out[at:]
+            if not label:
+                return  # an image link: the text part has no image to click
+            if href.startswith(("http://", "https://")) or _PH.match(href):
+                self.out.append(f" {href} " if label == href else f"{label} ({href})")
+            else:
+                self.out.append(label)
+
+    def handle_data(self, data):
+        if not self.skip_stack:
+            self.out.append(re.sub(r"[ \t\r\n\u00a0]+", " ", data))
+
+    def text(self) -> str:
+        lines = [ln.strip() for ln in "".join(self.out).split("\n")]
+        result: list[str] = []
+        for ln in lines:
+            if ln or (result and result[-1]):
+                result.append(re.sub(r" {2,}", " ", ln))
+        return "\n".join(result).strip() + "\n"
 
 
 def html_to_text(html: str) -> str:
-    """A readable plain-text version of HTML, links as ``text (url)``."""
-    body = html.split("<body", 1)[-1].split(">", 1)[-1]
-    body = re.sub(r"<(style|head|title|script)[^>]*>.*?</\1>", "", body, flags=re.S | re.I)
-    body = re.sub(r"<!--.*?-->", "", body, flags=re.S)
-    body = _HIDDEN.sub("", body)
-
-    def link(m: re.Match) -> str:
-        label = re.sub(r"\s+", " ", _TAG.sub("", m.group(2))).strip()
-        url = m.group(1)
-        if not label or label == url:
-            return f" {url} "
-        return f"{label} ({url})"
-
-    body = _HREF.sub(link, body)
-    body = re.sub(r"<br\s*/?>", "\n", body, flags=re.I)
-    body = re.sub(r"<li[^>]*>", "\n- ", body, flags=re.I)
-    body = re.sub(r"</(p|div|tr|h[1-6]|li|table|ul|ol)>", "\n", body, flags=re.I)
-    body = re.sub(r"</t[dh]>", " ", body, flags=re.I)
-    text = html_lib.unescape(_TAG.sub("", body))
-    lines = [re.sub(r"[ \t\u00a0]+", " ", ln).strip() for ln in text.splitlines()]
-    out: list[str] = []
-    for ln in lines:
-        if ln or (out and out[-1]):
-            out.append(ln)
-    return "\n".join(out).strip() + "\n"
+    """A readable plain-text version of HTML, links as ``text (url)`` (see :class:`_TextConverter`)."""
+    html = re.sub(r"<!--.*?-->", "", html, flags=re.S)
+    conv = _TextConverter()
+    conv.feed(html)
+    conv.close()
+    return conv.text()
 
 
-_BLANKS = re.compile(r"[ \t]+\n|\n[ \t]+|\n{3,}")
+_BLANK_RUNS = re.compile(r"\n{3,}")
 
 
 def tidy_text(text: str) -> str:
-    """Per-recipient cleanup of the text part: no trailing blanks, at most one empty line."""
-    if "\n\n\n" in text or " \n" in text or "\n " in text:
-        text = _BLANKS.sub(lambda m: "\n\n" if m.group().count("\n") > 1 else "\n", text)
-        text = re.sub(r"\n{3,}", "\n\n", text)
-    return text.strip() + "\n"
+    """Per-recipient cleanup of the text part: lines trimmed, at most one empty line in a row."""
+    text = "\n".join([ln.strip() for ln in text.split("\n")])
+    return _BLANK_RUNS.sub("\n\n", text).strip() + "\n"
 
 
 def _escape_static(text: str) -> str:
@@ -758,9 +800,10 @@ class Renderer:
             import css_inline
 
             try:
+                # Only the mj-style inline="inline" CSS is inlined; other <style> tags stay as they are.
+                # (css-inline 0.24 inlines nothing when keep_at_rules is combined with inline_style_tags=False.)
                 html = css_inline.CSSInliner(inline_style_tags=False, keep_style_tags=True, keep_link_tags=True,
-                                             keep_at_rules=True, load_remote_stylesheets=False,
-                                             extra_css=inline_css).inline(html)
+                                             load_remote_stylesheets=False, extra_css=inline_css).inline(html)
             except Exception as exc:  # noqa: BLE001 - css_inline.InlineError and CSS parse errors
                 raise err(f"CSS inlining failed: {exc}") from exc
         # 5. Jinja blocks must still enclose balanced HTML; every token must have survived.
@@ -769,6 +812,11 @@ class Renderer:
             if tok.kind != "comment" and i not in present:
                 raise err(f"MJML dropped the Jinja tag {tok.source!r}: put it inside an mj-text/mj-raw element "
                           f"or around whole MJML elements", offset=tok.offset)
+        for cond in re.finditer(r"<!--\[if.*?<!\[endif\]-->", html, re.S):
+            for ph in _PH.finditer(cond.group()):
+                if tokens[int(ph.group(1))].kind == "stmt":
+                    raise err(f"MJML put the Jinja tag {tokens[int(ph.group(1))].source!r} inside Outlook-only "
+                              f"markup: move it around whole mj-section elements", offset=tokens[int(ph.group(1))].offset)
         body_at = max(0, html.find("<body"))
         problems = _BalanceChecker(tokens).check(html[body_at:])
         if problems:
@@ -850,6 +898,11 @@ class Renderer:
                 if ph and tokens[int(ph.group(1))].kind == "stmt":
                     if stack[-1] in ("mj-attributes", "mj-html-attributes", "mj-selector"):
                         problems.append(err(f"Jinja is not allowed inside <{stack[-1]}>", line=line, col=col))
+                    elif stack[-1] == "mj-wrapper":
+                        # MRML renders raw children of a wrapper inside Outlook-only conditional comments.
+                        problems.append(err(f"{tokens[int(ph.group(1))].source} directly inside <mj-wrapper> is not "
+                                            f"supported: put it around the whole mj-wrapper, or use mj-sections "
+                                            f"without a wrapper", line=line, col=col))
                     wrap.add(int(ph.group(1)))
                 elif ph:
                     problems.append(err(f"{tokens[int(ph.group(1))].source} stands directly in <{stack[-1]}>: "
@@ -900,6 +953,9 @@ class Renderer:
             if _PH.search(css):
                 raise err("Jinja is not allowed in <mj-style inline=\"inline\">",
                           offset=tokens[int(_PH.search(css).group(1))].offset)
+            if "@" in re.sub(r"/\*.*?\*/", "", css, flags=re.S):
+                raise err("@media and other at-rules cannot be inlined: put them in an <mj-style> without "
+                          "inline=\"inline\"", offset=None)
             inline_css.append(css)
             return ""
 
