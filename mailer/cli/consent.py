@@ -1,0 +1,226 @@
+"""``mailer consent grant|withdraw|check|verify|export``: the consent ledger from the shell."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mailer.cli.base import EXIT_REJECTED, console, err_console, main, on_terminal, pass_settings
+from mailer.models import ConsentSource, LawfulBasis
+
+SOURCES = [s.value for s in ConsentSource]
+BASES = [b.value for b in LawfulBasis]
+
+
+def _when(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 date or date-time (e.g. 2026-01-31T12:00:00Z)",
+                                 param_hint=option) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _wording(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})",
+                                 param_hint="--wording-file") from None
+    # Editors add a final newline; the wording shown is the text without it.
+    text = text.rstrip("\r\n")
+    if not text.strip():
+        raise click.BadParameter(f"{path} is empty", param_hint="--wording-file")
+    return text
+
+
+def _bar(label: str) -> Progress:
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
+                    transient=True)
+
+
+@main.group("consent")
+def consent_group() -> None:
+    """The consent ledger: record, check, verify and export consent."""
+
+
+@consent_group.command("grant")
+@click.argument("email")
+@click.option("--purpose", required=True, help="newsletter, product_updates, restock:<sku>, ...")
+@click.option("--source", type=click.Choice(SOURCES), default="admin", show_default=True)
+@click.option("--basis", type=click.Choice(BASES), default="consent", show_default=True,
+              help="soft_opt_in: existing customer, similar products (if the deployment allows it).")
+@click.option("--double-opt-in", is_flag=True, help="Mail a confirmation link; consent counts once it is followed.")
+@click.option("--ip", default=None, help="IP address the consent came from.")
+@click.option("--user-agent", default=None, help="Browser user agent the consent came from.")
+@click.option("--form-id", default=None, help="Form or page id where the wording was shown.")
+@click.option("--wording-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="File with the exact wording shown (stored with its SHA-256).")
+@click.option("--wording-version", default=None, help="Version label of the wording (e.g. 2026-01).")
+@click.option("--occurred-at", default=None, help="When it happened (ISO 8601, default now).")
+@pass_settings
+def grant_cmd(settings, email, purpose, source, basis, double_opt_in, ip, user_agent, form_id, wording_file,
+              wording_version, occurred_at) -> None:
+    """Record that EMAIL consents to PURPOSE (or start a double opt-in)."""
+    from mailer import consent, db, suppressions
+    from mailer.addresses import email_hash, normalize
+
+    proof = consent.Proof(ip=ip, user_agent=user_agent, form_id=form_id, wording=_wording(wording_file),
+                          wording_version=wording_version)
+    when = _when(occurred_at, "--occurred-at")
+    address = normalize(email)
+    if double_opt_in:
+        from mailer.app import get_app
+        from mailer.cli.base import setup_broker
+
+        if when is not None:
+            raise click.BadParameter("a double opt-in happens when the link is followed; drop --occurred-at",
+                                     param_hint="--occurred-at")
+        setup_broker(settings)
+        pending, delivery_id = consent.double_opt_in(get_app(), email=address, purpose=purpose, source=source,
+                                                     basis=basis, proof=proof)
+        if pending.already_granted:
+            console.print(f"{address} already consents to {purpose}; no confirmation sent")
+        elif not pending.created:
+            console.print(f"a confirmation for {purpose} was sent to {address} less than "
+                          f"{consent.CONFIRM_RESEND_MIN_S // 60} minutes ago (request {pending.request_id}); "
+                          "not sending another")
+        else:
+            console.print(f"confirmation mail queued for {address} (delivery {delivery_id}, request "
+                          f"{pending.request_id}); consent for {purpose} counts once the link is followed "
+                          f"before {pending.expires_at:%Y-%m-%d %H:%M} UTC", highlight=False, soft_wrap=True)
+            console.print(f"link: {pending.url}", highlight=False, soft_wrap=True)
+        return
+    with db.session_scope(settings) as s:
+        ev = consent.grant(s, settings, email=address, purpose=purpose, source=source, basis=basis,
+                           occurred_at=when, proof=proof)
+        hit = suppressions.suppression_for(s, email_hash(address, settings.effective_hash_salt), purpose)
+        seq = ev.seq
+    console.print(f"recorded: {address} granted {purpose} ({basis}, source {source}); event seq {seq}",
+                  highlight=False, soft_wrap=True)
+    if hit is not None:
+        err_console.print(f"note: {address} is suppressed ({hit.reason.value}, scope {hit.scope}); "
+                          "no marketing mail will reach it", highlight=False, soft_wrap=True)
+
+
+@consent_group.command("withdraw")
+@click.argument("email")
+@click.option("--purpose", required=True)
+@click.option("--source", type=click.Choice(SOURCES), default="admin", show_default=True)
+@click.option("--ip", default=None)
+@click.option("--user-agent", default=None)
+@click.option("--form-id", default=None)
+@click.option("--occurred-at", default=None, help="When it happened (ISO 8601, default now).")
+@pass_settings
+def withdraw_cmd(settings, email, purpose, source, ip, user_agent, form_id, occurred_at) -> None:
+    """Record that EMAIL withdraws consent for PURPOSE (takes effect at once)."""
+    from mailer import consent, db
+
+    with db.session_scope(settings) as s:
+        ev = consent.withdraw(s, settings, email=email, purpose=purpose, source=source,
+                              occurred_at=_when(occurred_at, "--occurred-at"),
+                              proof=consent.Proof(ip=ip, user_agent=user_agent, form_id=form_id))
+        seq = ev.seq
+    console.print(f"recorded: {email} withdrew {purpose} (source {source}); event seq {seq}", highlight=False, soft_wrap=True)
+
+
+@consent_group.command("check")
+@click.argument("email")
+@click.option("--purpose", required=True)
+@click.option("--at", "at", default=None, help="Ask about a past moment (ISO 8601) instead of now.")
+@pass_settings
+def check_cmd(settings, email, purpose, at) -> None:
+    """Does EMAIL have consent for PURPOSE now (or --at T)? Exit 0 yes, 1 no."""
+    from mailer import consent, db
+
+    when = _when(at, "--at")
+    with db.session_scope(settings) as s:
+        customer = consent.customer_by_email(s, email)
+        yes = consent.has_consent(s, settings, customer.id, purpose, at=when)
+    moment = f"at {when.isoformat()}" if when else "now"
+    console.print(f"{email}: {'consent' if yes else 'NO consent'} for {purpose} {moment}", highlight=False, soft_wrap=True)
+    if not yes:
+        raise SystemExit(EXIT_REJECTED)
+
+
+@consent_group.command("verify")
+@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Verify an export file on its own instead of the database.")
+@pass_settings
+def verify_cmd(settings, file: Path | None) -> None:
+    """Check the hash chain; names the first edited, removed, inserted or reordered event. Exit 1 if broken."""
+    from mailer import consent_audit, db
+
+    def run(progress=None):
+        if file is not None:
+            return consent_audit.verify_file(file, progress=progress)
+        with db.session_scope(settings) as s:
+            return consent_audit.verify_db(s, settings, progress=progress)
+
+    if on_terminal():
+        with _bar("verifying") as bar:
+            if file is not None:
+                total = None
+            else:
+                from sqlalchemy import func, select
+
+                from mailer.models import ConsentEvent
+
+                with db.session_scope(settings) as s:
+                    total = s.execute(select(func.count()).select_from(ConsentEvent)).scalar_one()
+            task = bar.add_task("events", total=total)
+            report = run(lambda n: bar.advance(task, n))
+    else:
+        report = run()
+    what = str(file) if file else "consent chain"
+    if report.ok:
+        span = f"seq {report.first_seq}..{report.last_seq}" if report.last_seq is not None else "empty"
+        links = f" and {report.links} links" if report.links else ""
+        console.print(f"OK: {what}: {report.events} events{links} verified ({span}); head {report.head_hash}",
+                      highlight=False, soft_wrap=True)
+        return
+    p = report.problem
+    err_console.print(f"BROKEN: {what}: {p.kind}: {p.message} ({p.where()})", highlight=False, markup=False, soft_wrap=True)
+    raise SystemExit(EXIT_REJECTED)
+
+
+@consent_group.command("export")
+@click.option("--since", default=None, help="Only events that occurred at or after this (ISO 8601).")
+@click.option("--until", default=None, help="Only events that occurred before this (ISO 8601).")
+@click.option("--purpose", default=None)
+@click.option("--email", default=None, help="Only events about this address.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), required=True)
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--no-evidence", is_flag=True, help="Leave out the clear-text address, IP and user agent.")
+@pass_settings
+def export_cmd(settings, since, until, purpose, email, fmt, output: Path, no_evidence: bool) -> None:
+    """Stream the consent log with its chain hashes; `mailer consent verify --file` re-checks it."""
+    from mailer import consent_audit, db
+
+    partial = output.with_name(output.name + ".partial")
+    try:
+        with db.session_scope(settings) as s, open(partial, "w", encoding="utf-8", newline="") as out:
+            kwargs = dict(fmt=fmt, since=_when(since, "--since"), until=_when(until, "--until"), purpose=purpose,
+                          email=email, evidence=not no_evidence)
+            if on_terminal():
+                with _bar("exporting") as bar:
+                    task = bar.add_task("events", total=None)
+                    summary = consent_audit.export(s, settings, out, **kwargs,
+                                                   on_total=lambda n: bar.update(task, total=n),
+                                                   progress=lambda n: bar.advance(task, n))
+            else:
+                summary = consent_audit.export(s, settings, out, **kwargs)
+        os.replace(partial, output)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    links = f" (+{summary.links} link records for events outside the filter)" if summary.links else ""
+    console.print(f"exported {summary.events} events{links} to {output}; head {summary.head_hash}", highlight=False, soft_wrap=True)
