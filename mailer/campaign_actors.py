@@ -53,11 +53,12 @@ class _Lost(Exception):
     """Another fan-out advanced the cursor first, or the campaign stopped running."""
 
 
-def fan_out_batch(app, campaign_id: int, *, batch_size: int = FANOUT_BATCH, now: datetime | None = None) -> bool:
+def fan_out_batch(app, campaign_id: int, *, batch_size: int | None = None, now: datetime | None = None) -> bool:
     """Fan out one batch; True if there may be more, False when done, paused or lost."""
     from mailer import segments
 
     settings = app.settings
+    batch_size = batch_size or FANOUT_BATCH
     now = now or utcnow()
     try:
         with app.session() as s:
@@ -90,11 +91,12 @@ def fan_out_batch(app, campaign_id: int, *, batch_size: int = FANOUT_BATCH, now:
                                 .on_conflict_do_nothing(index_elements=["idempotency_key"])
                                 .returning(Delivery.id, Delivery.status, Delivery.send_after)).all()
             new_cursor = batch[-1].customer_id
+            last = len(batch) < batch_size  # a short page is the segment's end
             # The checkpoint commits with the batch's deliveries, or neither does.
             res = s.execute(update(Campaign)
                             .where(Campaign.id == campaign_id, Campaign.cursor == start_cursor,
                                    Campaign.status == CampaignStatus.running)
-                            .values(cursor=new_cursor, fanout_heartbeat_at=now)
+                            .values(cursor=new_cursor, fanout_heartbeat_at=now, fanout_done=last)
                             .execution_options(synchronize_session=False))
             if res.rowcount != 1:
                 raise _Lost()
@@ -103,7 +105,9 @@ def fan_out_batch(app, campaign_id: int, *, batch_size: int = FANOUT_BATCH, now:
                  campaign_id)
         return False
     enqueue_created(app, created, now=now)
-    return len(batch) == batch_size
+    if last:
+        log.info("campaign %s: fan-out done", campaign_id)
+    return not last
 
 
 def _row(settings, campaign: Campaign, r, now: datetime) -> dict:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import and_, distinct, func, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
@@ -139,9 +139,10 @@ def _segment_locales(session: Session, purpose: str, settings: Settings) -> list
     never misses one; DISTINCT over the consent-state join touches only consenting customers.
     """
     rows = session.execute(
-        select(distinct(Customer.locale)).select_from(ConsentState)
+        select(Customer.locale).select_from(ConsentState)
         .join(Customer, Customer.id == ConsentState.customer_id)
         .where(ConsentState.purpose == purpose, ConsentState.granted.is_(True), Customer.email.is_not(None))
+        .distinct()
     ).scalars().all()
     return sorted({loc or settings.default_locale for loc in rows} | {settings.default_locale})
 
@@ -426,9 +427,9 @@ def finish_completed(session: Session, *, now: datetime | None = None) -> list[i
 def held_in_running(session: Session) -> list[int]:
     """Running campaigns that still have held deliveries (a worker held one while resume ran)."""
     return list(session.execute(
-        select(distinct(Delivery.campaign_id)).join(Campaign, Campaign.id == Delivery.campaign_id)
+        select(Delivery.campaign_id).join(Campaign, Campaign.id == Delivery.campaign_id)
         .where(Campaign.status.in_([CampaignStatus.running, CampaignStatus.scheduled]),
-               Delivery.status == DeliveryStatus.held)).scalars())
+               Delivery.status == DeliveryStatus.held).distinct()).scalars())
 
 
 __all__ = ["create", "validate", "send", "pause", "resume", "cancel", "preview", "get", "list_campaigns",

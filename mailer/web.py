@@ -426,3 +426,14 @@ def healthz(request: Request) -> dict:
     with get_mailer(request).session() as s:
         s.execute(text("SELECT 1"))
     return {"status": "ok"}
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory (``mailer serve --workers N``): settings from MAILER_*, broker connected."""
+    from mailer.app import get_app, set_app
+    from mailer.broker import setup
+
+    settings = Settings.from_env()
+    set_app(App(settings))
+    setup(settings)
+    return create_app(app=get_app())

@@ -1,0 +1,53 @@
+"""``mailer apikey create NAME`` (prints the key once), ``list``, ``revoke NAME``."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from mailer.cli.base import console, err_console, main, pass_settings
+
+
+@main.group("apikey")
+def apikey_group() -> None:
+    """Bearer keys for the HTTP API (POST /v1/notices, /v1/events)."""
+
+
+@apikey_group.command("create")
+@click.argument("name")
+@pass_settings
+def create_cmd(settings, name: str) -> None:
+    """Create a key named NAME and print it; it is stored hashed and cannot be shown again."""
+    from mailer import apikeys, db
+
+    with db.session_scope(settings) as s:
+        created = apikeys.create(s, name)
+    click.echo(created.key)
+    err_console.print(f"API key {name!r} created. Store it now: only its hash is kept. "
+                      "Use it as 'Authorization: Bearer <key>'.", highlight=False)
+
+
+@apikey_group.command("list")
+@pass_settings
+def list_cmd(settings) -> None:
+    """Every key: name, prefix, created, revoked."""
+    from mailer import apikeys, db
+
+    table = Table("name", "prefix", "created", "revoked")
+    with db.session_scope(settings) as s:
+        for k in apikeys.list_keys(s):
+            table.add_row(k.name, f"mk_{k.prefix}_…", f"{k.created_at:%Y-%m-%d %H:%M}",
+                          f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
+    console.print(table)
+
+
+@apikey_group.command("revoke")
+@click.argument("name")
+@pass_settings
+def revoke_cmd(settings, name: str) -> None:
+    """Revoke the key named NAME at once."""
+    from mailer import apikeys, db
+
+    with db.session_scope(settings) as s:
+        apikeys.revoke(s, name)
+    console.print(f"API key {name!r} revoked", highlight=False)

@@ -1,0 +1,267 @@
+"""``mailer campaign ...``: create, preview, send, pause, resume, cancel, list, status, report."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from mailer.cli.base import console, err_console, main, on_terminal, parse_json, pass_settings, setup_broker
+
+#: Seconds between refreshes of ``campaign status --watch``.
+WATCH_INTERVAL_S = 1.0
+
+
+@main.group("campaign")
+def campaign_group() -> None:
+    """Newsletters to a segment: create, preview, send, watch and report."""
+
+
+def _data_option(value: str | None) -> dict | None:
+    if value is None:
+        return None
+    if value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            value = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint="--data") from exc
+    return parse_json(value, option="--data")
+
+
+@campaign_group.command("create")
+@click.option("--name", required=True, help="A name for people (shown in lists and reports).")
+@click.option("--template", required=True, help="Newsletter kind, e.g. newsletter/product_launch.")
+@click.option("--segment", required=True, help="Segment name (segments/<name>.toml).")
+@click.option("--subject", multiple=True,
+              help="Subject for every locale, or LOCALE=TEXT for one (repeatable). Default: the template's.")
+@click.option("--send-at", default=None, help="ISO-8601 start time (no offset: the shop's time zone).")
+@click.option("--local-time", default=None, help="HH:MM: deliver at this time in each recipient's zone.")
+@click.option("--no-tracking", is_flag=True, help="No open pixel, no click tracking.")
+@click.option("--data", default=None, help="Template data as JSON, or @file.json (default: the sample data).")
+@pass_settings
+def create_cmd(settings, name, template, segment, subject, send_at, local_time, no_tracking, data) -> None:
+    """Validate and store a draft campaign; prints its id."""
+    from mailer import campaigns, db
+    from mailer.app import App
+
+    app = App(settings)
+    payload = _data_option(data)
+    with db.session_scope(settings) as s:
+        c = campaigns.create(s, settings, app.renderer, name=name, template=template, segment=segment,
+                             subjects=campaigns.parse_subjects(subject), data=payload,
+                             send_at=campaigns.parse_send_at(send_at, settings), local_time=local_time,
+                             tracking=not no_tracking)
+        cid = c.id
+    err_console.print(f"created draft campaign {cid}: {template} -> segment {segment}"
+                      f"{' at ' + send_at if send_at else ''}{' (local ' + local_time + ')' if local_time else ''}"
+                      f"{' without tracking' if no_tracking else ''}; send it with: mailer campaign send {cid}",
+                      highlight=False)
+    click.echo(cid)
+
+
+@campaign_group.command("preview")
+@click.argument("campaign_id", type=int)
+@click.option("--email", required=True, help="Render as this recipient would receive it.")
+@click.option("-o", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the HTML here (the text part goes next to it as .txt).")
+@pass_settings
+def preview_cmd(settings, campaign_id: int, email: str, output: Path) -> None:
+    """Write the campaign's HTML (and text) as EMAIL would receive it."""
+    from mailer import campaigns, db
+    from mailer.app import App
+
+    app = App(settings)
+    with db.session_scope(settings) as s:
+        p = campaigns.preview(s, settings, app.renderer, campaign_id, email)
+    output.write_text(p.html, encoding="utf-8")
+    text_path = output.with_suffix(".txt")
+    text_path.write_text(f"Subject: {p.subject}\n\n{p.text}", encoding="utf-8")
+    console.print(f"subject ({p.locale}): {p.subject}", highlight=False)
+    console.print(f"wrote {output} and {text_path}", highlight=False)
+
+
+@campaign_group.command("send")
+@click.argument("campaign_id", type=int)
+@pass_settings
+def send_cmd(settings, campaign_id: int) -> None:
+    """Start sending a draft (or schedule it for its --send-at)."""
+    from mailer import campaign_actors, campaigns, db
+
+    setup_broker(settings)
+    with db.session_scope(settings) as s:
+        c = campaigns.send(s, settings, campaign_id)
+        status, send_at = c.status.value, c.send_at
+    from mailer.app import get_app
+
+    campaign_actors.start(get_app(), campaign_id)
+    when = f" for {send_at:%Y-%m-%d %H:%M} UTC" if status == "scheduled" else ""
+    console.print(f"campaign {campaign_id} {status}{when}; watch it with: mailer campaign status {campaign_id} --watch",
+                  highlight=False)
+
+
+@campaign_group.command("pause")
+@click.argument("campaign_id", type=int)
+@pass_settings
+def pause_cmd(settings, campaign_id: int) -> None:
+    """Pause: nothing more goes out until resume."""
+    from mailer import campaigns, db
+
+    with db.session_scope(settings) as s:
+        held = campaigns.pause(s, campaign_id)
+    console.print(f"campaign {campaign_id} paused; {held} deliveries held", highlight=False)
+
+
+@campaign_group.command("resume")
+@click.argument("campaign_id", type=int)
+@pass_settings
+def resume_cmd(settings, campaign_id: int) -> None:
+    """Resume a paused campaign."""
+    from mailer import campaign_actors, campaigns, db
+    from mailer.app import get_app
+
+    setup_broker(settings)
+    with db.session_scope(settings) as s:
+        c = campaigns.resume(s, campaign_id)
+        status, fanout_done = c.status.value, c.fanout_done
+    app = get_app()
+    enqueued = campaign_actors.enqueue_queued(app, campaign_id)
+    if not fanout_done:
+        campaign_actors.start(app, campaign_id)
+    console.print(f"campaign {campaign_id} {status}; {enqueued} deliveries re-enqueued", highlight=False)
+
+
+@campaign_group.command("cancel")
+@click.argument("campaign_id", type=int)
+@pass_settings
+def cancel_cmd(settings, campaign_id: int) -> None:
+    """Cancel: no further mail of this campaign is sent."""
+    from mailer import campaigns, db
+
+    with db.session_scope(settings) as s:
+        n = campaigns.cancel(s, campaign_id)
+    console.print(f"campaign {campaign_id} cancelled; {n} deliveries not sent", highlight=False)
+
+
+@campaign_group.command("list")
+@pass_settings
+def list_cmd(settings) -> None:
+    """Every campaign, newest first."""
+    from mailer import campaigns, db
+
+    table = Table("id", "name", "status", "template", "segment", "send at", "local time", "tracking", "created")
+    with db.session_scope(settings) as s:
+        for c in campaigns.list_campaigns(s):
+            table.add_row(str(c.id), c.name, c.status.value, c.template, c.segment,
+                          f"{c.send_at:%Y-%m-%d %H:%M}" if c.send_at else "", c.local_time or "",
+                          "yes" if c.tracking else "no", f"{c.created_at:%Y-%m-%d %H:%M}")
+    console.print(table)
+
+
+def _snapshot(settings, campaign_id: int, estimate: dict):
+    from mailer import db, reports, segments
+    from mailer.models import Campaign
+
+    with db.session_scope(settings) as s:
+        f = reports.figures(s, campaign_id)
+        c = s.get(Campaign, campaign_id)
+        if c.fanout_done or c.status.value in ("completed", "cancelled"):
+            total = f.total
+        else:
+            if "segment" not in estimate:
+                try:
+                    estimate["segment"] = segments.count(s, settings, segments.load(settings, c.segment))
+                except Exception:  # noqa: BLE001 - the bar just shows what exists so far
+                    estimate["segment"] = 0
+            total = max(f.total, estimate["segment"])
+    return f, total
+
+
+def _figures_table(f) -> Table:
+    table = Table(title=f"campaign {f.campaign_id}: {f.name} ({f.status})", show_header=False)
+    r = f.rates
+    for label, value in (("queued (pending)", f.pending), ("sent", f.sent), ("failed", f.failed),
+                         ("bounced", f.bounced), ("suppressed", f.suppressed),
+                         ("skipped", f"{f.skipped} ({f.frequency_capped} by frequency cap)"),
+                         ("cancelled", f.cancelled), ("held (paused)", f.held),
+                         ("unique human opens", f"{f.unique_opens}  ({r['open_rate'] * 100:.1f} %)"),
+                         ("machine opens", f.machine_opens),
+                         ("unique clicks", f"{f.unique_clicks}  ({r['click_rate'] * 100:.1f} %, "
+                                           f"{r['click_to_open'] * 100:.1f} % of openers)"),
+                         ("unsubscribes", f"{f.unsubscribes}  ({r['unsubscribe_rate'] * 100:.2f} %)"),
+                         ("complaints", f"{f.complaints}  ({r['complaint_rate'] * 100:.3f} %)"),
+                         ("bounce rate", f"{r['bounce_rate'] * 100:.2f} %")):
+        table.add_row(label, str(value))
+    return table
+
+
+def _line(f) -> str:
+    return (f"queued {f.pending}  sent {f.sent}  failed {f.failed}  suppressed {f.suppressed}  "
+            f"bounced {f.bounced}  skipped {f.skipped}")
+
+
+@campaign_group.command("status")
+@click.argument("campaign_id", type=int)
+@click.option("--watch", is_flag=True, help="Follow progress live until the campaign finishes (Ctrl-C stops).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@pass_settings
+def status_cmd(settings, campaign_id: int, watch: bool, as_json: bool) -> None:
+    """Sent, failed, bounced, opens, clicks, unsubscribes, complaints and their rates."""
+    estimate: dict = {}
+    f, total = _snapshot(settings, campaign_id, estimate)
+    if watch:
+        f = _watch(settings, campaign_id, estimate)
+    if as_json:
+        click.echo(json.dumps(f.as_dict(), indent=2, sort_keys=True))
+    else:
+        console.print(_figures_table(f))
+
+
+def _watch(settings, campaign_id: int, estimate: dict):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    f, total = _snapshot(settings, campaign_id, estimate)
+    try:
+        if on_terminal():
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=err_console,
+                          transient=False) as progress:
+                task = progress.add_task(f"campaign {campaign_id}", total=total or None, completed=f.done,
+                                         counts=_line(f))
+                while f.status not in ("completed", "cancelled"):
+                    time.sleep(WATCH_INTERVAL_S)
+                    f, total = _snapshot(settings, campaign_id, estimate)
+                    progress.update(task, total=total or None, completed=f.done,
+                                    counts=f"{_line(f)}  [{f.status}]")
+        else:
+            last = None
+            while True:
+                line = f"{f.status}: {f.done}/{total} done  {_line(f)}"
+                if line != last:
+                    click.echo(line)
+                    last = line
+                if f.status in ("completed", "cancelled"):
+                    break
+                time.sleep(WATCH_INTERVAL_S)
+                f, total = _snapshot(settings, campaign_id, estimate)
+    except KeyboardInterrupt:
+        pass
+    return f
+
+
+@campaign_group.command("report")
+@click.argument("campaign_id", type=int)
+@click.option("-o", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the self-contained HTML report here.")
+@pass_settings
+def report_cmd(settings, campaign_id: int, output: Path) -> None:
+    """A self-contained HTML page: figures, a chart of opens and clicks over time, top links."""
+    from mailer import db, reports
+
+    with db.session_scope(settings) as s:
+        page = reports.html_report(s, campaign_id)
+    output.write_text(page, encoding="utf-8")
+    console.print(f"wrote {output}", highlight=False)
