@@ -77,7 +77,20 @@ AUDIENCES = ("customer", "restock_requests")
 #: Every key a rule file may have, for the error message on a typo.
 RULE_KEYS = ("description", "event", "kind", "enabled", "delay", "delays", "group", "cancelled_by", "once",
              "quiet_hours", "require_consent", "audience", "event_if", "customer_if", "became", "repeat",
-             "merge", "waves", "reward", "data")
+             "merge", "waves", "reward", "data", "add_data")
+
+
+def _csat_links(settings: Settings, values: dict) -> dict:
+    from mailer import tracking
+
+    return tracking.csat_urls(settings, values["order_number"], values.get("customer_id"))
+
+
+#: Data a rule can add by name (``add_data = ["csat_links"]``): the event fields each needs,
+#: and a function (settings, event values) -> notice fields.
+ADD_DATA = {
+    "csat_links": (("order_number",), _csat_links),  # rating_urls (5 signed links) and comment_url
+}
 
 
 # -- rules ---------------------------------------------------------------------------------------
@@ -114,6 +127,10 @@ class Reward:
     pool: str
     #: Notice data field that receives the code (``value`` and ``expires_at`` go beside it).
     field: str = "code"
+    #: The code's worth when its row has no value (a pool of identical codes).
+    value: float | None = None
+    #: Copied to the notice's ``value_type`` (``percent``, ``amount``, ``gift_card``).
+    value_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +157,7 @@ class Rule:
     waves: Waves | None = None
     reward: Reward | None = None
     data: dict = field(default_factory=dict)
+    add_data: tuple[str, ...] = ()
     #: Filled in by :func:`load` from the kind's ``kind.toml``.
     purpose: str = TRANSACTIONAL
     fields: tuple[str, ...] = ()
@@ -149,7 +167,10 @@ class Rule:
         return self.purpose == TRANSACTIONAL
 
     def describe_delays(self) -> str:
-        return ", ".join(format_duration(d) for d in self.delays)
+        """``at once``, or ``after 1h, 24h``."""
+        if self.delays == (timedelta(0),):
+            return "at once"
+        return "after " + ", ".join(format_duration(d) for d in self.delays)
 
 
 def parse_duration(value: Any, where: str) -> timedelta:
@@ -166,7 +187,9 @@ def format_duration(d: timedelta) -> str:
     seconds = int(d.total_seconds())
     if seconds == 0:
         return "at once"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+    if seconds % 86400 == 0 and seconds >= 2 * 86400:
+        return f"{seconds // 86400}d"
+    for unit, size in (("h", 3600), ("m", 60)):
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
@@ -315,12 +338,15 @@ def parse_rule(path: Path, settings: Settings, renderer=None) -> Rule:
                       stock_field)
     if "reward" in raw:
         t = _table(raw["reward"], f"{where}: [reward]")
-        _check_keys(t, ("pool", "field"), f"{where}: [reward]")
+        _check_keys(t, ("pool", "field", "value", "value_type"), f"{where}: [reward]")
         try:
             codes_service.check_pool(t.get("pool", ""))
         except ValidationError as exc:
             raise ConfigurationError(f"{where}: [reward] {exc}") from None
-        reward = Reward(t["pool"], t.get("field", "code"))
+        value = t.get("value")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise ConfigurationError(f"{where}: [reward] value must be a number (used when a code has none)")
+        reward = Reward(t["pool"], t.get("field", "code"), value, t.get("value_type"))
     event_if = _check_event_if(_table(raw.get("event_if", {}), f"{where}: [event_if]"), event, f"{where}: event_if")
     customer_if = became = None
     if "customer_if" in raw:
@@ -331,9 +357,20 @@ def parse_rule(path: Path, settings: Settings, renderer=None) -> Rule:
         became = _check_segment_condition(raw["became"], f"{where}: became", path)
     data = _table(raw.get("data", {}), f"{where}: [data]")
     for key, source in data.items():
-        if not isinstance(source, str):
-            raise ConfigurationError(f"{where}: [data] {key} must be a text: an event field name, or a "
-                                     "template with {{placeholders}}")
+        if isinstance(source, str):
+            _placeholders(source, f"{where}: [data] {key}")
+        elif isinstance(source, (dict, datetime)) or source is None:
+            raise ConfigurationError(f"{where}: [data] {key} must be \"{{field}}\" to copy an event field, a "
+                                     "template such as \"Order {{order_number}}\", or a literal text, number, "
+                                     "true/false or list")
+    add_data = raw.get("add_data", [])
+    if not isinstance(add_data, list) or any(a not in ADD_DATA for a in add_data):
+        raise ConfigurationError(f"{where}: add_data must be a list of: {', '.join(ADD_DATA)}")
+    for extra in add_data:
+        missing = [f for f in ADD_DATA[extra][0] if f not in available]
+        if missing:
+            raise ConfigurationError(f"{where}: add_data {extra!r} needs {', '.join(missing)}, "
+                                     f"which {event} events do not always have")
     for flag in ("enabled", "once", "quiet_hours", "require_consent"):
         if flag in raw and not isinstance(raw[flag], bool):
             raise ConfigurationError(f"{where}: {flag} must be true or false")
@@ -342,7 +379,7 @@ def parse_rule(path: Path, settings: Settings, renderer=None) -> Rule:
                 once=raw.get("once", False), quiet_hours=raw.get("quiet_hours", True),
                 require_consent=raw.get("require_consent", True), audience=audience, event_if=event_if,
                 customer_if=customer_if, became=became, repeat=repeat, merge=merge, waves=waves, reward=reward,
-                data=data)
+                data=data, add_data=tuple(add_data))
     if renderer is not None:
         try:
             spec = renderer.spec(kind)
@@ -578,17 +615,32 @@ def handle(session: Session, app, rules: list[Rule], event: ShopEvent, customer:
     return actions
 
 
-def _notice_data(rule: Rule, values: dict) -> dict:
-    """The notice's data: the kind's declared fields taken from the event, then ``[data]``."""
+def _notice_data(rule: Rule, values: dict, settings: Settings) -> dict:
+    """The notice's data: the kind's declared fields taken from the event, then ``[data]``
+    and ``add_data``.
+
+    A ``[data]`` text is a template: ``"{field}"`` alone copies that value as it is (a
+    list stays a list), ``"Order {order_number}"`` formats text, and text without braces
+    is a literal (``status = "in_transit"``); numbers, booleans and lists are literals.
+    """
     out = {f: values[f] for f in rule.fields if f in values} if rule.fields else dict(values)
     for key, source in rule.data.items():
-        if "{" in source:
+        if not isinstance(source, str):
+            out[key] = source
+            continue
+        whole = re.fullmatch(r"\{([a-z_][a-z0-9_]*)\}", source)
+        if whole:
+            if whole.group(1) in values:
+                out[key] = values[whole.group(1)]
+        elif "{" in source:
             try:
                 out[key] = _format(source, values)
             except KeyError:
                 continue
-        elif source in values:
-            out[key] = values[source]
+        else:
+            out[key] = source
+    for name in rule.add_data:
+        out.update(ADD_DATA[name][1](settings, values))
     return {k: v for k, v in out.items() if not k.startswith("_") and k not in ("event_id", "customer_id")}
 
 
@@ -599,7 +651,7 @@ def _trigger(ctx: _Context, rule: Rule, customer: Customer, base: dict) -> list:
     group = _format(rule.group, base)
     _lock(ctx, rule, group)
     values = {**base, "first_name": customer.first_name or "", "last_name": customer.last_name or ""}
-    data = _notice_data(rule, values)
+    data = _notice_data(rule, values, ctx.app.settings)
     if rule.once:
         # ``once``: the group's keys are fixed, so a second mail can never be stored.
         taken = s.execute(select(Delivery.id).where(Delivery.idempotency_key == _ikey(rule, group, "once:0"))
@@ -679,9 +731,14 @@ def _schedule(ctx: _Context, rule: Rule, customer: Customer, data: dict, *, grou
         except PoolExhausted as exc:
             return _record_failure(ctx, rule, customer, data, group, purpose, str(exc))
         data[rule.reward.field] = claimed.code
-        if claimed.value and "code_value" in rule.fields:
-            data["code_value"] = claimed.value
-        if claimed.expires_at and "expires_at" in rule.fields:
+        value = _number_or_none(claimed.value)
+        if value is None:
+            value = rule.reward.value
+        if value is not None:
+            data["value"] = value
+        if rule.reward.value_type:
+            data["value_type"] = rule.reward.value_type
+        if claimed.expires_at:
             data["expires_at"] = claimed.expires_at.date().isoformat()
     app.renderer.validate(rule.kind, data)
     locale = customer.locale or settings.default_locale
@@ -691,7 +748,8 @@ def _schedule(ctx: _Context, rule: Rule, customer: Customer, data: dict, *, grou
                         to_hash=email_hash(customer.email, settings.effective_hash_salt), locale=locale, data=data,
                         purpose=purpose, queue=QUEUE_TRANSACTIONAL if spec.transactional else QUEUE_BULK,
                         status=DeliveryStatus.queued if due else DeliveryStatus.scheduled,
-                        send_after=None if due else send_after, cancel_group=group, automation=rule.name)
+                        send_after=None if due else send_after, cancel_group=group, automation=rule.name,
+                        created_at=ctx.now)  # decision time: [repeat] windows compare against it
     s.add(delivery)
     s.flush()
     if claimed is not None:
@@ -699,6 +757,13 @@ def _schedule(ctx: _Context, rule: Rule, customer: Customer, data: dict, *, grou
     return Action(rule.name, rule.kind, "queued" if due else "scheduled", customer.id, delivery.id,
                   send_after=None if due else send_after,
                   detail=f"code from pool {rule.reward.pool}" if claimed else "")
+
+
+def _number_or_none(text_value: str | None) -> int | float | None:
+    num = _number(text_value) if text_value is not None else None
+    if num is None:
+        return None
+    return int(num) if num == num.to_integral_value() else float(num)
 
 
 def _record_failure(ctx: _Context, rule: Rule, customer: Customer, data: dict, group: str, purpose: str,
@@ -712,7 +777,7 @@ def _record_failure(ctx: _Context, rule: Rule, customer: Customer, data: dict, g
                         to_hash=email_hash(customer.email, settings.effective_hash_salt),
                         locale=customer.locale or settings.default_locale, data=data, purpose=purpose,
                         queue=QUEUE_BULK, status=DeliveryStatus.failed, reason=reason, cancel_group=group,
-                        automation=rule.name, updated_at=utcnow())
+                        automation=rule.name, created_at=ctx.now, updated_at=utcnow())
     ctx.session.add(delivery)
     ctx.session.flush()
     return Action(rule.name, rule.kind, "failed", customer.id, delivery.id, detail=reason)
@@ -765,7 +830,7 @@ def _fan_out_restock(ctx: _Context, rule: Rule) -> list:
     stock = ctx.data.get(rule.waves.stock_field) if rule.waves else None
     plan = wave_plan(len(audience), stock, rule.waves)
     actions: list[Action] = []
-    item_fields = ("sku", "name", "url", "image_url", "price", "currency")
+    item_fields = ("sku", "name", "variant", "price", "url", "image_url")
     item = {k: ctx.data[k] for k in item_fields if k in ctx.data}
     position = 0
     for wave, size in enumerate(plan):
@@ -810,7 +875,7 @@ def _restock_one(ctx: _Context, rule: Rule, customer: Customer, base: dict, item
                 s.expire(pending)
                 return Action(rule.name, rule.kind, "merged", customer.id, pending.id, send_after=pending.send_after,
                               detail=f"{item.get(rule.merge.key)} added to pending delivery {pending.id}")
-    data = _notice_data(rule, base)
+    data = _notice_data(rule, base, ctx.app.settings)
     if rule.merge is not None:
         data[rule.merge.into] = [item]
     wait = (rule.merge.window if rule.merge else timedelta(0)) + max(rule.delays) + offset

@@ -43,8 +43,8 @@ log = logging.getLogger("mailer.codes")
 POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 #: A code: printable, no spaces, up to 100 characters.
 CODE = re.compile(r"^[\x21-\x7e]{1,100}$")
-#: Longest ``value`` text ("10%", "50 EUR").
-VALUE_MAX_CHARS = 50
+#: A code's worth: a non-negative number with at most 2 decimals ("15", "50.00").
+_VALUE = re.compile(r"^\d{1,9}(\.\d{1,2})?$")
 #: Rows per INSERT statement when importing.
 IMPORT_BATCH_ROWS = 1000
 #: How long a claim keeps looking when free codes exist but are all held by other
@@ -158,8 +158,9 @@ def read_csv(path: Path) -> tuple[list[dict], list[RowError]]:
                 continue
             seen[code] = line_start
             value = row.get("value") or None
-            if value is not None and len(value) > VALUE_MAX_CHARS:
-                errors.append(RowError(line_start, "value", f"longer than {VALUE_MAX_CHARS} characters"))
+            if value is not None and not _VALUE.match(value):
+                errors.append(RowError(line_start, "value", f"{value!r} is not a number such as 15 or 50.00 "
+                                                            "(percent or amount, as the automation says)"))
                 continue
             expires = row.get("expires_at") or None
             try:

@@ -99,8 +99,8 @@ def _int(minimum: int = 0):
     return check
 
 
-def _amount(value: Any, where: str) -> str:
-    """Money as an exact decimal string ("129.90"); numbers and numeric strings accepted."""
+def _amount(value: Any, where: str) -> int | float:
+    """Money as a JSON number (129.9); numbers and numeric strings accepted, 2 decimals at most."""
     if isinstance(value, bool):
         raise InvalidEvent(f"{where} must be an amount such as 129.90", field=where)
     try:
@@ -111,7 +111,22 @@ def _amount(value: Any, where: str) -> str:
         raise InvalidEvent(f"{where} must be a non-negative amount", field=where)
     if amount != amount.quantize(Decimal("0.01")) or amount >= Decimal("1e12"):
         raise InvalidEvent(f"{where} must have at most 2 decimals and 12 digits", field=where)
-    return str(amount.quantize(Decimal("0.01")))
+    # Templates format numbers (Babel); two decimals below 10^12 are exact enough as a double.
+    return int(amount) if amount == amount.to_integral_value() else float(amount)
+
+
+def _label(value: Any, where: str) -> str | dict:
+    """A product name: text, or text per locale ({"en": "Linen shirt", "pl": "Lniana koszula"})."""
+    if isinstance(value, dict):
+        if not value:
+            raise InvalidEvent(f"{where} is an empty object; give text or text per locale", field=where)
+        out = {}
+        for loc, text in value.items():
+            if not _LOCALE.match(str(loc)):
+                raise InvalidEvent(f"{where}.{loc} is not a locale tag such as en, pl or zh-TW", field=f"{where}.{loc}")
+            out[str(loc)] = _text(text, f"{where}.{loc}", 200)
+        return out
+    return _text(value, where, 200)
 
 
 def _when(value: Any, where: str) -> str:
@@ -180,7 +195,7 @@ class Field:
 
 
 ITEM_FIELDS: dict[str, Field] = {
-    "name": Field(lambda v, w: _text(v, w, 200), True, "product name"),
+    "name": Field(_label, True, "product name: text, or text per locale"),
     "sku": Field(_ident, doc="stock-keeping unit"),
     "variant": Field(lambda v, w: _text(v, w, 200), doc="size, colour, ..."),
     "quantity": Field(_int(1), doc="how many (1 when not given)"),
@@ -188,15 +203,22 @@ ITEM_FIELDS: dict[str, Field] = {
     "url": Field(_url, doc="product page"),
     "image_url": Field(_url, doc="product image"),
 }
+#: Cart items must carry their price (the reminder shows it).
+CART_ITEM_FIELDS: dict[str, Field] = {**ITEM_FIELDS, "price": Field(_amount, True, "unit price")}
 
 
-def _items(value: Any, where: str) -> list[dict]:
-    if not isinstance(value, list):
-        raise InvalidEvent(f"{where} must be a list of items", field=where)
-    if len(value) > LIST_MAX:
-        raise InvalidEvent(f"{where} has more than {LIST_MAX} items", field=where)
-    items = [_object(item, ITEM_FIELDS, f"{where}[{i}]") for i, item in enumerate(value)]
-    return [{**item, "quantity": item.get("quantity", 1)} for item in items]
+def _item_list(fields: dict[str, Field]):
+    def check(value: Any, where: str) -> list[dict]:
+        if not isinstance(value, list):
+            raise InvalidEvent(f"{where} must be a list of items", field=where)
+        if len(value) > LIST_MAX:
+            raise InvalidEvent(f"{where} has more than {LIST_MAX} items", field=where)
+        items = [_object(item, fields, f"{where}[{i}]") for i, item in enumerate(value)]
+        return [{**item, "quantity": item.get("quantity", 1)} for item in items]
+    return check
+
+
+_items = _item_list(ITEM_FIELDS)
 
 
 def _object(value: Any, fields: dict[str, Field], where: str) -> dict:
@@ -223,8 +245,10 @@ _ORDER = {**_CUSTOMER, "order_number": Field(_ident, True, "the shop's order num
           "items": Field(_items, doc="ordered items"), "order_url": Field(_url, doc="the order's page in the shop"),
           **_COMMON}
 _CART = {**_CUSTOMER, "cart_id": Field(_ident, True, "the shop's cart id"),
-         "items": Field(_items, True, "the cart's items; an empty list means the cart was emptied"),
-         "cart_url": Field(_url, doc="link back to the cart"), "total": Field(_amount, doc="cart total"),
+         "items": Field(_item_list(CART_ITEM_FIELDS), True,
+                        "the cart's items (price required); an empty list means the cart was emptied"),
+         "total": Field(_amount, True, "cart total"),
+         "cart_url": Field(_url, True, "link that restores the cart"),
          "currency": Field(_currency), **_COMMON}
 
 #: Every event type mailer accepts and its fields (``True`` = required).
@@ -236,18 +260,21 @@ SCHEMAS: dict[str, dict[str, Field]] = {
                       "reason": Field(_text, doc="why, in words for the customer"),
                       "compensation_code": Field(_ident, doc="a code the shop gives as an apology"),
                       "compensation_percent": Field(_int(1), doc="what that code is worth, percent off")},
-    "order_shipped": {**_ORDER, "carrier": Field(lambda v, w: _text(v, w, 100), doc="carrier name"),
-                      "tracking_number": Field(_ident, doc="carrier tracking number"),
-                      "tracking_url": Field(_url, doc="carrier tracking page"),
+    "order_shipped": {**_ORDER, "carrier": Field(lambda v, w: _text(v, w, 100), True, "carrier name"),
+                      "tracking_number": Field(_ident, True, "carrier tracking number"),
+                      "tracking_url": Field(_url, True, "carrier tracking page"),
                       "eta": Field(_when, doc="estimated delivery (ISO 8601)")},
     "order_delivered": {**_ORDER, "delivered_at": Field(_when, doc="when it was delivered (ISO 8601)")},
     "cart_updated": dict(_CART),
     "cart_abandoned": dict(_CART),
     "product_restocked": {"sku": Field(_ident, True, "the product's SKU (restock:<sku> requests)"),
-                          "name": Field(lambda v, w: _text(v, w, 200), True, "product name"),
+                          "name": Field(_label, True, "product name: text, or text per locale"),
+                          "price": Field(_amount, True, "price"),
+                          "url": Field(_url, True, "product page"),
                           "stock": Field(_int(1), doc="units now available; low stock sends in waves"),
-                          "url": Field(_url, doc="product page"), "image_url": Field(_url, doc="product image"),
-                          "price": Field(_amount, doc="price"), "currency": Field(_currency), **_COMMON},
+                          "variant": Field(lambda v, w: _text(v, w, 200), doc="size, colour, ..."),
+                          "image_url": Field(_url, doc="product image"), "currency": Field(_currency),
+                          **_COMMON},
     "customer_updated": {**_CUSTOMER,
                          "total_spent": Field(_amount, doc="lifetime spend"),
                          "orders_count": Field(_int(0), doc="lifetime orders"),
@@ -319,7 +346,7 @@ def _apply_customer_update(session, customer: Customer, data: dict) -> None:
         if name in data:
             setattr(customer, name, data[name])
     if "total_spent" in data:
-        customer.total_spent = Decimal(data["total_spent"])
+        customer.total_spent = Decimal(str(data["total_spent"]))
     if "last_order_at" in data:
         customer.last_order_at = _parse_time(data["last_order_at"])
     tags = set(customer.tag_names)

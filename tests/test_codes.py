@@ -27,7 +27,7 @@ def _customers(url: str, n: int) -> list[int]:
 
 
 def _write_codes(path, n: int, *, header: bool = True, prefix: str = "VIP") -> None:
-    lines = (["code,value"] if header else []) + [f"{prefix}-{i:04d},10%" for i in range(n)]
+    lines = (["code,value"] if header else []) + [f"{prefix}-{i:04d},10" for i in range(n)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -45,12 +45,12 @@ def test_import_loads_codes_and_a_second_import_adds_nothing(db_url, tmp_path):
     with db.session_scope(db_url) as s:
         st = codes.status(s, "vip")
         assert (st.total, st.assigned, st.free) == (5, 0, 5)
-        assert s.execute(select(RewardCode.value).limit(1)).scalar_one() == "10%"
+        assert s.execute(select(RewardCode.value).limit(1)).scalar_one() == "10"
 
 
 def test_import_without_header_and_with_expiry(sqlite_url, tmp_path):
     f = tmp_path / "codes.txt"
-    f.write_text("GIFT-1\nGIFT-2,50 EUR,2020-01-31\n", encoding="utf-8")
+    f.write_text("GIFT-1\nGIFT-2,50.00,2020-01-31\n", encoding="utf-8")
     settings = make_settings(database_url=sqlite_url)
     result = codes.import_file(settings, "gift", f)
     assert result.added == 2 and not result.errors
@@ -63,8 +63,8 @@ def test_import_without_header_and_with_expiry(sqlite_url, tmp_path):
 def test_bad_rows_import_nothing_and_name_line_and_column(db_url, tmp_path):
     # Given a file with a duplicate, a code with a space and a bad date among good rows
     f = tmp_path / "codes.csv"
-    f.write_text("code,value,expires_at\nA-1,5%,\nA-2,5%,2027-01-01\nA-1,5%,\nBAD CODE,,\nA-3,,next week\n",
-                 encoding="utf-8")
+    f.write_text("code,value,expires_at\nA-1,5,\nA-2,5,2027-01-01\nA-1,5,\nBAD CODE,,\nA-3,,next week\n"
+                 "A-4,5%,\n", encoding="utf-8")
     settings = make_settings(database_url=db_url)
     # When it is imported
     result = codes.import_file(settings, "vip", f)
@@ -74,6 +74,7 @@ def test_bad_rows_import_nothing_and_name_line_and_column(db_url, tmp_path):
         "line 4, column code: 'A-1' already appears on line 2",
         "line 5, column code: empty, longer than 100 characters, or has spaces or control characters",
         "line 6, column expires_at: 'next week' is not an ISO 8601 date or date-time",
+        "line 7, column value: '5%' is not a number such as 15 or 50.00 (percent or amount, as the automation says)",
     ]
     with db.session_scope(db_url) as s:
         assert codes.status(s, "vip").total == 0

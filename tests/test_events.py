@@ -20,6 +20,9 @@ from mailer.settings import PROJECT_ROOT
 from tests.conftest import make_settings
 
 DELAY = {"email": "alice@example.com", "order_number": "1001", "new_eta": "2026-12-01"}
+CART = {"email": "a@example.com", "cart_id": "c1", "items": [{"name": "Hat", "price": 3}], "total": 3,
+        "cart_url": "https://shop.example.com/cart/c1"}
+PRODUCT = {"sku": "S1", "name": "Shoe", "price": 49.9, "url": "https://shop.example.com/p/s1"}
 
 
 def rules_dir(tmp_path, *shipped: str, extra: dict[str, str] | None = None):
@@ -74,16 +77,22 @@ def _counts(app) -> tuple[int, int, int]:
     ("order_delayed", {**DELAY, "items": [{"name": "Shirt", "size": "M"}]}, "data.items[0].size", "not a field"),
     ("order_delayed", {**DELAY, "items": "Shirt"}, "data.items", "must be a list of items"),
     ("cart_updated", {"email": "a@example.com", "cart_id": "c1"}, "data.items", "data.items is required"),
-    ("cart_updated", {"email": "a@example.com", "cart_id": "c1", "items": [{"name": "X", "price": "1.234"}]},
-     "data.items[0].price", "at most 2 decimals"),
+    ("cart_updated", {**CART, "items": [{"name": "X", "price": "1.234"}]}, "data.items[0].price", "at most 2 decimals"),
+    ("cart_updated", {**CART, "items": [{"name": "X"}]}, "data.items[0].price", "data.items[0].price is required"),
+    ("cart_updated", {**CART, "items": [{"name": {"english": "X"}, "price": 1}]}, "data.items[0].name.english",
+     "not a locale tag"),
+    ("cart_updated", {k: v for k, v in CART.items() if k != "cart_url"}, "data.cart_url", "is required"),
     ("product_restocked", {"sku": "S1"}, "data.name", "data.name is required"),
-    ("product_restocked", {"sku": "S1", "name": "Shoe", "stock": 0}, "data.stock", "at least 1"),
+    ("product_restocked", {**PRODUCT, "stock": 0}, "data.stock", "at least 1"),
+    ("product_restocked", {k: v for k, v in PRODUCT.items() if k != "url"}, "data.url", "is required"),
     ("customer_updated", {"email": "a@example.com", "total_spent": "-5"}, "data.total_spent", "non-negative"),
     ("customer_updated", {"email": "a@example.com", "timezone": "Mars/Base"}, "data.timezone", "IANA time zone"),
     ("customer_updated", {"email": "a@example.com", "tags": ["A"], "add_tags": ["B"]}, "data.tags",
      "do not combine"),
-    ("order_shipped", {**{k: DELAY[k] for k in ("email", "order_number")}, "tracking_url": "javascript:x"},
+    ("order_shipped", {**{k: DELAY[k] for k in ("email", "order_number")}, "carrier": "DHL",
+                       "tracking_number": "JD0001", "tracking_url": "javascript:x"},
      "data.tracking_url", "http(s) URL"),
+    ("order_shipped", {**{k: DELAY[k] for k in ("email", "order_number")}}, "data.carrier", "is required"),
 ])
 def test_bad_event_is_refused_naming_the_field_and_nothing_is_stored(events_app, type_, data, field, words):
     # Given an empty database
@@ -105,10 +114,12 @@ def test_every_event_type_has_a_declared_schema():
 
 
 def test_validation_normalizes_amounts_addresses_and_items():
-    data = validate("cart_updated", {"email": " Bob@Example.COM ", "cart_id": "c-9", "total": 12.5,
-                                     "items": [{"name": "Hat", "price": "3"}]})
-    assert data == {"email": "bob@example.com", "cart_id": "c-9", "total": "12.50",
-                    "items": [{"name": "Hat", "price": "3.00", "quantity": 1}]}
+    data = validate("cart_updated", {"email": " Bob@Example.COM ", "cart_id": "c-9", "total": "12.50",
+                                     "cart_url": "https://shop.example.com/c/9",
+                                     "items": [{"name": {"en": "Hat", "pl": "Czapka"}, "price": "3"}]})
+    assert data == {"email": "bob@example.com", "cart_id": "c-9", "total": 12.5,
+                    "cart_url": "https://shop.example.com/c/9",
+                    "items": [{"name": {"en": "Hat", "pl": "Czapka"}, "price": 3, "quantity": 1}]}
 
 
 def test_event_is_stored_once_under_an_idempotency_key(events_app):

@@ -17,42 +17,43 @@ def automations_group() -> None:
 @pass_settings
 def list_cmd(settings) -> None:
     """Show every rule: trigger, notice kind, delays, group, what cancels it. Fails on a bad file."""
-    from mailer.automations import load
+    from mailer.automations import format_duration, load
 
     rules = load(settings)
     if not rules:
         console.print(f"no automations in {settings.automations_dir}", markup=False)
         return
-    table = Table("name", "on event", "sends", "after", "group", "cancelled by", "rules", "file")
     for r in rules:
+        state = "" if r.enabled else "  [disabled]"
+        lines = [f"{r.name}{state}  ({r.path})"]
+        if r.description:
+            lines.append(f"  {r.description}")
+        audience = " to everyone with a restock request" if r.audience == "restock_requests" else ""
+        lines.append(f"  on {r.event} -> send {r.kind}{audience} ({'transactional' if r.transactional else 'marketing: ' + r.purpose}) "
+                     f"{r.describe_delays()}")
+        lines.append(f"  group {r.group}; cancelled by {', '.join(r.cancelled_by) or 'nothing'}")
         extras = []
-        if not r.enabled:
-            extras.append("DISABLED")
-        extras.append("transactional" if r.transactional else f"marketing ({r.purpose})")
         if r.once:
-            extras.append("once per group")
+            extras.append("at most once per group")
         if r.repeat:
-            from mailer.automations import format_duration
-
             changed = f" unless {', '.join(r.repeat.unless_changed)} changed" if r.repeat.unless_changed else ""
-            extras.append(f"no repeat within {format_duration(r.repeat.window)}{changed}")
+            extras.append(f"nothing again within {format_duration(r.repeat.window)}{changed}")
         if r.merge:
-            from mailer.automations import format_duration
-
-            extras.append(f"merge into {r.merge.into} within {format_duration(r.merge.window)}")
+            extras.append(f"merges into {r.merge.into} within {format_duration(r.merge.window)}")
         if r.waves:
-            extras.append(f"waves of max(stock x {r.waves.per_unit:g}, {r.waves.min_size})")
+            extras.append(f"waves of max(stock x {r.waves.per_unit:g}, {r.waves.min_size}) "
+                          f"every {format_duration(r.waves.interval)}")
         if r.reward:
             extras.append(f"code from pool {r.reward.pool}")
-        if r.audience != "customer":
-            extras.append(f"to {r.audience}")
         if r.event_if or r.customer_if or r.became:
-            extras.append("conditions")
-        if not r.transactional and r.quiet_hours:
-            extras.append("quiet hours")
-        table.add_row(r.name, r.event, r.kind, r.describe_delays(), r.group, ", ".join(r.cancelled_by) or "-",
-                      "; ".join(extras), r.path.name)
-    console.print(table)
+            extras.append("conditions: " + ", ".join(n for n, c in (("event_if", r.event_if),
+                                                                    ("customer_if", r.customer_if),
+                                                                    ("became", r.became)) if c))
+        if not r.transactional:
+            extras.append("quiet hours" if r.quiet_hours else "ignores quiet hours")
+        if extras:
+            lines.append("  " + "; ".join(extras))
+        console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
 
 
 @automations_group.command("pending")
