@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -161,7 +162,15 @@ def _local(value: Any, tz: str) -> dt.datetime | dt.date:
 def _date(value: Any, locale: str, fmt: str, tz: str) -> str:
     local = _local(value, tz)
     day = local.date() if isinstance(local, dt.datetime) else local
-    return format_date(day, format=fmt, locale=babel_locale(locale) or babel_locale("en"))
+    loc = babel_locale(locale) or babel_locale("en")
+    return _french_first(format_date(day, format=fmt, locale=loc), day, loc, fmt)
+
+
+def _french_first(text: str, day: dt.date, loc: Locale, fmt: str | None) -> str:
+    """French writes the first of the month as an ordinal: « 1er décembre »."""
+    if loc.language == "fr" and day.day == 1 and fmt in ("long", "full", None):
+        return re.sub(r"(?<!\d)1(?=[ \u00a0\u202f])", "1er", text, count=1)
+    return text
 
 
 @functools.lru_cache(maxsize=CACHE_ENTRIES)
@@ -173,7 +182,7 @@ def _datetime(value: Any, locale: str, fmt: str | None, tz: str) -> str:
         return format_datetime(when, format=fmt, tzinfo=zone, locale=loc)
     # Default: long date and short time, joined the way the locale joins them ("{1}, {0}").
     local = when.astimezone(zone)
-    day = format_date(local.date(), format="long", locale=loc)
+    day = _french_first(format_date(local.date(), format="long", locale=loc), local.date(), loc, None)
     clock = format_time(local, format="short", locale=loc)
     return str(loc.datetime_formats["long"]).replace("'", "").replace("{1}", day).replace("{0}", clock)
 

@@ -564,6 +564,11 @@ def tidy_text(text: str) -> str:
     return _BLANK_RUNS.sub("\n\n", text).strip() + "\n"
 
 
+def _one_line(text: str) -> str:
+    """Subject / preheader on one line; no-break spaces (French « : ») survive."""
+    return re.sub(r"[ \t\r\n]+", " ", text).strip()
+
+
 def _escape_static(text: str) -> str:
     """Make literal ``{{`` / ``{%`` / ``{#`` in static text safe for Jinja."""
     return re.sub(r"\{(?=[{%#])", "{{ '{' }}", text)
@@ -1075,11 +1080,11 @@ class Renderer:
             if subj is None:
                 raise TemplateError("no subject for this locale in kind.toml [subject]",
                                     template=str(spec.path / "kind.toml"), locale=loc)
-            subject_text = " ".join(self._subject_template(subj).render(ctx).split())
+            subject_text = _one_line(self._subject_template(subj).render(ctx))
             pre = self._pick(preheader, chain) if preheader is not None else None
             if pre is None:
                 pre = next((spec.preheaders[x] for x in chain if x in spec.preheaders), "")
-            preheader_text = " ".join(self._subject_template(pre).render(ctx).split()) if pre else ""
+            preheader_text = _one_line(self._subject_template(pre).render(ctx)) if pre else ""
             ctx["subject"] = subject_text
             ctx["preheader"] = preheader_text
             html = c.html.render(ctx)
