@@ -86,3 +86,4 @@ def bind(broker: dramatiq.Broker) -> None:
 
 
 from mailer import campaign_actors  # noqa: E402,F401  (campaign fan-out actor and sweeper hook)
+from mailer import automations  # noqa: E402,F401  (automations' sweeper hook: unsent reward codes go back)

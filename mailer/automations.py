@@ -938,7 +938,28 @@ def pending(session: Session, *, email: str | None = None, limit: int = 1000) ->
                     dict(d.data or {})) for d in session.execute(q).scalars()]
 
 
+#: The sweeper hook returns unsent reward codes to their pools at most this often, seconds.
+RELEASE_INTERVAL_S = 300
+_last_release = {"at": 0.0}
+
+
 def release_codes_hook(app) -> None:
     """Sweeper hook: codes whose mail ended unsent (cancelled, skipped, suppressed) go back to their pool."""
+    import time as _time
+
+    now = _time.monotonic()
+    if _last_release["at"] and now - _last_release["at"] < RELEASE_INTERVAL_S:
+        return
+    _last_release["at"] = now
     with app.session() as s:
         codes_service.release_unsent(s)
+
+
+def _register_hook() -> None:
+    from mailer import sweeper
+
+    if release_codes_hook not in sweeper.HOOKS:
+        sweeper.HOOKS.append(release_codes_hook)
+
+
+_register_hook()

@@ -459,3 +459,26 @@ def test_no_code_is_taken_for_a_customer_without_consent(auto):
     assert [a.outcome for a in res.actions] == ["skipped"]
     with auto.session() as s:
         assert codes_left(s) == 1
+
+
+def test_code_of_a_reward_mail_skipped_at_send_time_goes_back_to_the_pool(auto):
+    from mailer import actors, sweeper  # noqa: F401  (actors registers the automations' sweeper hook)
+
+    assert automations.release_codes_hook in sweeper.HOOKS
+    # Given a reward mail queued with the pool's only code
+    load_codes(auto, 1)
+    cid = grant(auto, "ann@example.com", "loyalty")
+    (action,) = publish("customer_updated", {"email": "ann@example.com", "total_spent": 1500}, app=auto).actions
+    # When the customer withdraws consent before it is sent, the send path skips it
+    with auto.session() as s:
+        from mailer.models import Customer
+
+        consent.append(s, auto.settings, customer=s.get(Customer, cid), purpose="loyalty", action="withdrawn",
+                       source="api")
+    assert delivery.process(auto, action.delivery_id).status == "skipped"
+    # Then the next sweep returns the code to the pool
+    automations._last_release["at"] = 0.0
+    sweeper.sweep(auto)
+    with auto.session() as s:
+        assert codes_left(s) == 1
+        assert s.execute(select(RewardCode.customer_id)).scalar_one() is None
