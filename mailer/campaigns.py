@@ -434,3 +434,23 @@ def held_in_running(session: Session) -> list[int]:
 
 __all__ = ["create", "validate", "send", "pause", "resume", "cancel", "preview", "get", "list_campaigns",
            "next_local_time", "parse_subjects", "parse_send_at", "parse_local_time", "queued_ids"]
+
+
+# -- the embedded demo ----------------------------------------------------------------------------
+#: The newsletter and segment ``mailer demo`` sends.
+DEMO_TEMPLATE, DEMO_SEGMENT = "newsletter/seasonal_sale", "newsletter_all"
+
+
+def demo_campaign(app, run_id: str) -> str:
+    """A step of ``mailer demo``: send the seasonal-sale newsletter to every subscriber."""
+    from mailer import campaign_actors
+
+    renderer = app.renderer
+    with app.session() as s:
+        c = create(s, app.settings, renderer, name=f"Demo newsletter {run_id}", template=DEMO_TEMPLATE,
+                   segment=DEMO_SEGMENT, data=renderer.sample(DEMO_TEMPLATE))
+        send(s, app.settings, c.id)
+        cid = c.id
+    campaign_actors.start(app, cid)
+    return (f"campaign {cid}: {DEMO_TEMPLATE} to segment {DEMO_SEGMENT} "
+            f"(see it with: mailer campaign status {cid})")

@@ -98,3 +98,9 @@ def _cols():
     from mailer.models import Customer
 
     return Customer.email, Customer.locale
+
+
+# Campaigns issue: the demo also sends a newsletter to every subscriber (mailer/campaigns.py).
+from mailer.campaigns import demo_campaign  # noqa: E402
+
+STEPS.append(demo_campaign)

@@ -368,3 +368,37 @@ def record_rating(session: Session, link: Link, *, rating: int | None = None, co
         existing.comment = comment[:5000]
     existing.updated_at = now
     return existing
+
+
+# -- mailto: unsubscribe ------------------------------------------------------------------------
+_MAILTO_SUBJECT = re.compile(r"\bunsubscribe\s+([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", re.I)
+
+
+def token_from_subject(subject: str | None) -> str | None:
+    """The token of an ``unsubscribe <token>`` subject (the List-Unsubscribe mailto form)."""
+    m = _MAILTO_SUBJECT.search(subject or "")
+    return m.group(1) if m else None
+
+
+def unsubscribe_by_mail(session: Session, settings: Settings, raw: bytes) -> Unsubscribed | None:
+    """Apply an unsubscribe request mailed to the List-Unsubscribe ``mailto:`` address.
+
+    Returns None when the message carries no valid token (it changes nothing then).
+    """
+    from email import message_from_bytes, policy
+
+    try:
+        msg = message_from_bytes(raw, policy=policy.default)
+        subject = str(msg.get("Subject", ""))
+    except Exception:  # noqa: BLE001 - a malformed message is simply not an unsubscribe request
+        return None
+    token = token_from_subject(subject)
+    if token is None:
+        return None
+    try:
+        link = read(settings, UNSUBSCRIBE, token)
+    except TokenError:
+        return None
+    if not link.purpose or link.purpose == "transactional":
+        return None
+    return unsubscribe(session, settings, link, ip=None, user_agent="mailto")

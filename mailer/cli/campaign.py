@@ -152,12 +152,15 @@ def list_cmd(settings) -> None:
     """Every campaign, newest first."""
     from mailer import campaigns, db
 
-    table = Table("id", "name", "status", "template", "segment", "send at", "local time", "tracking", "created")
+    table = Table("id", "name", "status", "template", "segment", "options", "created (UTC)")
     with db.session_scope(settings) as s:
+        campaigns.finish_completed(s)
         for c in campaigns.list_campaigns(s):
-            table.add_row(str(c.id), c.name, c.status.value, c.template, c.segment,
-                          f"{c.send_at:%Y-%m-%d %H:%M}" if c.send_at else "", c.local_time or "",
-                          "yes" if c.tracking else "no", f"{c.created_at:%Y-%m-%d %H:%M}")
+            options = ", ".join(o for o in (f"at {c.send_at:%Y-%m-%d %H:%M}" if c.send_at else "",
+                                            f"{c.local_time} local" if c.local_time else "",
+                                            "" if c.tracking else "no tracking") if o)
+            table.add_row(str(c.id), c.name, c.status.value, c.template, c.segment, options,
+                          f"{c.created_at:%Y-%m-%d %H:%M}")
     console.print(table)
 
 
@@ -165,7 +168,12 @@ def _snapshot(settings, campaign_id: int, estimate: dict):
     from mailer import db, reports, segments
     from mailer.models import Campaign
 
+    from mailer import campaigns
+
     with db.session_scope(settings) as s:
+        # The completion rule (fan-out done, nothing pending) is applied on read as well as
+        # by the worker's sweeper, so status is right even where no sweeper runs (demo).
+        campaigns.finish_completed(s)
         f = reports.figures(s, campaign_id)
         c = s.get(Campaign, campaign_id)
         if c.fanout_done or c.status.value in ("completed", "cancelled"):
@@ -265,3 +273,41 @@ def report_cmd(settings, campaign_id: int, output: Path) -> None:
         page = reports.html_report(s, campaign_id)
     output.write_text(page, encoding="utf-8")
     console.print(f"wrote {output}", highlight=False)
+
+
+# -- mailto: unsubscribe requests ------------------------------------------------------------------
+@main.group("unsubscribe")
+def unsubscribe_group() -> None:
+    """Unsubscribe requests that arrive by mail (the List-Unsubscribe mailto: address)."""
+
+
+def _messages(paths: tuple[Path, ...]):
+    for path in paths:
+        if path.is_dir():
+            # A Maildir: new/ and cur/ hold one message per file; a plain folder: its files.
+            subdirs = [path / "new", path / "cur"] if (path / "new").is_dir() else [path]
+            for sub in subdirs:
+                for f in sorted(sub.iterdir()):
+                    if f.is_file():
+                        yield f
+        else:
+            yield path
+
+
+@unsubscribe_group.command("ingest")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@pass_settings
+def ingest_cmd(settings, paths: tuple[Path, ...]) -> None:
+    """Apply unsubscribe requests from .eml files or Maildir folders (subject: unsubscribe <token>)."""
+    from mailer import db, tracking
+
+    done = ignored = 0
+    for f in _messages(paths):
+        with db.session_scope(settings) as s:
+            result = tracking.unsubscribe_by_mail(s, settings, f.read_bytes())
+        if result is None:
+            ignored += 1
+            err_console.print(f"{f}: no valid unsubscribe token in the subject; ignored", highlight=False)
+        else:
+            done += 1
+    console.print(f"{done} unsubscribe requests applied, {ignored} messages ignored", highlight=False)
