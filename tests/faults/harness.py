@@ -1,0 +1,399 @@
+"""The stage for the fault tests: real ``dramatiq`` worker processes, real Redis, PostgreSQL
+and a real SMTP server, plus the levers to hurt them (kill -9, restart Redis, cut the
+database off).
+
+* :class:`Workers` starts ``python -m dramatiq mailer.boot`` in its own session so the
+  whole process group can be killed with SIGKILL, exactly as a crashed machine would.
+* :class:`RedisServer` runs a private ``redis-server`` on a free port (the shared one on
+  6379 is never touched) that can be stopped and started again, empty.
+* :class:`TcpProxy` sits between the workers and PostgreSQL; ``cut()`` resets every
+  connection and refuses new ones until ``restore()``.
+* :func:`campaign_stage` creates customers (with and without newsletter consent, through
+  the real consent ledger), a newsletter kind, a segment and a draft campaign, the way
+  ``mailer campaigns create`` would.
+
+Sink counts are by Message-ID, the one thing a duplicate shares with its original.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from mailer import db
+from mailer.settings import PROJECT_ROOT
+from tests.smtp_sink import free_port
+
+#: Longest any fault test waits for its campaign to finish, seconds (a failure, not a threshold).
+FINISH_TIMEOUT_S = 240
+
+
+def wait_for(predicate, timeout_s: float, interval_s: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+# -- message ids at the sink ------------------------------------------------------------------
+_parser = BytesHeaderParser()
+
+
+def message_ids(sink) -> collections.Counter:
+    """How many times each Message-ID reached the sink."""
+    return collections.Counter(_parser.parsebytes(r.raw)["Message-ID"] for r in list(sink.received))
+
+
+def recipients(sink) -> collections.Counter:
+    return collections.Counter(rcpt for r in list(sink.received) for rcpt in r.rcpt_tos)
+
+
+# -- PostgreSQL schema ------------------------------------------------------------------------
+class PgSchema:
+    """A fresh, migrated schema; ``url(host, port)`` reaches it directly or through a proxy."""
+
+    def __init__(self):
+        from tests.conftest import PG_URL
+
+        self.base = PG_URL
+        self.name = "f_" + uuid.uuid4().hex[:12]
+        self.admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+        with self.admin.connect() as c:
+            c.execute(sa.text(f"CREATE SCHEMA {self.name}"))
+        db.upgrade(self.url())
+
+    def url(self, port: int | None = None) -> str:
+        base = self.base if port is None else self.base.replace(":5432/", f":{port}/")
+        sep = "&" if "?" in base else "?"
+        return f"{base}{sep}options=-csearch_path%3D{self.name}"
+
+    def drop(self) -> None:
+        db.dispose_engines()
+        with self.admin.connect() as c:
+            c.execute(sa.text(f"DROP SCHEMA IF EXISTS {self.name} CASCADE"))
+        self.admin.dispose()
+
+
+# -- worker processes -------------------------------------------------------------------------
+@dataclass
+class Workers:
+    """``dramatiq mailer.boot`` processes sharing one environment."""
+
+    env: dict
+    log_dir: Path
+    threads: int = 1
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self, **extra_env) -> subprocess.Popen:
+        n = len(self.procs)
+        log = open(self.log_dir / f"worker-{n}.log", "wb")
+        env = {**self.env, **{k: str(v) for k, v in extra_env.items()}}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dramatiq", "mailer.boot", "--processes", "1", "--threads", str(self.threads),
+             "--queues", "transactional", "bulk", "default", "--worker-shutdown-timeout", "3000"],
+            cwd=self.log_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def kill9(self, proc: subprocess.Popen) -> None:
+        """SIGKILL the worker's whole process group (master, worker process, metrics fork)."""
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill9(proc)
+
+    def full_logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("worker-*.log")))
+
+    def logs(self) -> str:
+        out = []
+        for p in sorted(self.log_dir.glob("worker-*.log")):
+            text = p.read_text(errors="replace")
+            out.append(f"--- {p.name} (last 3000 chars)\n{text[-3000:]}")
+        return "\n".join(out)
+
+
+def worker_env(*, database_url: str, broker_url: str, smtp_url: str, templates_dir: Path, segments_dir: Path,
+               **settings) -> dict:
+    """The environment of a worker process: MAILER_* settings tuned for a test that must end soon."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env.update({
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "MAILER_DATABASE_URL": database_url, "MAILER_BROKER_URL": broker_url, "MAILER_SMTP_URL": smtp_url,
+        "MAILER_SECRET_KEY": "fault-test-secret", "MAILER_TEMPLATES_DIR": str(templates_dir),
+        "MAILER_SEGMENTS_DIR": str(segments_dir), "MAILER_FREQUENCY_CAP": "0",
+        "MAILER_LOG_LEVEL": "WARNING", "MAILER_BATCH_SIZE": "100",
+        # A killed worker's messages come back after 3 s instead of 60 s...
+        "MAILER_BROKER_HEARTBEAT_MS": "3000", "MAILER_BROKER_MAINTENANCE_CHANCE": "100000",
+        # ...its leases expire after 6 s, and the sweeper looks every second.
+        "MAILER_LEASE_S": "6", "MAILER_SWEEP_INTERVAL_S": "1", "MAILER_SWEEP_STALE_S": "30",
+        "MAILER_RETRY_MIN_BACKOFF_MS": "200", "MAILER_RETRY_MAX_BACKOFF_MS": "2000",
+    })
+    env.update({f"MAILER_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+# -- a private Redis ----------------------------------------------------------------------------
+class RedisServer:
+    """``redis-server`` on a free port without persistence: a restart comes back empty."""
+
+    def __init__(self, log_dir: Path):
+        self.port = free_port()
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        log = open(self.log_dir / "redis.log", "ab")
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no"], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_for(self._ping, 20, 0.05, "redis-server to accept connections")
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+# -- a TCP proxy that can cut the database off -------------------------------------------------
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to a target; ``cut()`` resets all connections and refuses new ones."""
+
+    def __init__(self, target_host: str, target_port: int):
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._open = threading.Event()
+        self._open.set()
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stop = False
+        self._listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self._listener.settimeout(0.2)
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                client, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not self._open.is_set():
+                _reset(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                _reset(client)
+                continue
+            with self._lock:
+                self._conns.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data or not self._open.is_set():
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                _reset(s)
+                with self._lock:
+                    self._conns.discard(s)
+
+    def cut(self) -> None:
+        """The database is unreachable: every open connection is reset, new ones are refused."""
+        self._open.clear()
+        with self._lock:
+            conns = list(self._conns)
+            self._conns.clear()
+        for s in conns:
+            _reset(s)
+
+    def restore(self) -> None:
+        self._open.set()
+
+    def close(self) -> None:
+        self._stop = True
+        self.cut()
+        self._listener.close()
+
+
+def _reset(s: socket.socket) -> None:
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    except OSError:
+        pass
+    try:
+        s.close()
+    except OSError:
+        pass
+
+
+# -- the campaign -------------------------------------------------------------------------------
+SEGMENT = "fault_newsletter"
+
+
+@dataclass
+class Stage:
+    settings: object
+    campaign_id: int
+    consenting: dict[int, str]      # customer id -> address
+    without: dict[int, str]         # customers who never consented
+
+
+def campaign_stage(settings, tmp: Path, *, consenting: int, without: int = 0, domain: str = "example.com",
+                   address=None) -> Stage:
+    """Customers, consent, a test newsletter, a segment and a draft campaign in the database."""
+    from mailer import campaigns, consent
+    from mailer.app import App
+    from mailer.customers import get_or_create
+    from tests.campaign_support import NEWS_KIND
+
+    address = address or (lambda i: f"c{i:05d}@{domain}")
+    app = App(settings)
+    ok: dict[int, str] = {}
+    no: dict[int, str] = {}
+    with app.session() as s:
+        for i in range(consenting + without):
+            email = address(i)
+            c = get_or_create(s, settings, email, locale="en", first_name=f"N{i}")
+            s.flush()
+            if i < consenting:
+                consent.append(s, settings, customer=c, purpose="newsletter", action="granted",
+                               source="signup_form", proof=consent.Proof(form_id="fault", wording="Yes"))
+                ok[c.id] = c.email
+            else:
+                no[c.id] = c.email
+    with app.session() as s:
+        campaign = campaigns.create(s, settings, app.renderer, name="fault test", template=NEWS_KIND,
+                                    segment=SEGMENT, data={"headline": "Fault tolerance"}, tracking=False)
+        campaign_id = campaign.id
+    app.close()
+    return Stage(settings, campaign_id, ok, no)
+
+
+def write_segment(segments_dir: Path) -> Path:
+    segments_dir.mkdir(parents=True, exist_ok=True)
+    path = segments_dir / f"{SEGMENT}.toml"
+    path.write_text('description = "Everyone with newsletter consent (fault tests)"\npurpose = "newsletter"\n',
+                    encoding="utf-8")
+    return segments_dir
+
+
+def send_campaign(settings, campaign_id: int) -> None:
+    """``mailer campaigns send``: running, and the fan-out message on the (Redis) broker."""
+    from mailer import campaign_actors, campaigns
+    from mailer.app import App, set_app
+    from mailer.broker import setup
+
+    app = App(settings)
+    previous = set_app(app)
+    broker = setup(settings)
+    try:
+        with app.session() as s:
+            campaigns.send(s, settings, campaign_id)
+        campaign_actors.start(app, campaign_id)
+    finally:
+        broker.close()
+        app.close()
+        set_app(previous)
+
+
+def campaign_status(settings, campaign_id: int) -> tuple[str, dict[str, int]]:
+    """(campaign status, {delivery status: count})."""
+    from mailer.models import Campaign, Delivery
+
+    with db.session_scope(settings) as s:
+        status = s.get(Campaign, campaign_id).status.value
+        # One GROUP BY over the campaign's deliveries (ix_deliveries_campaign_status).
+        rows = s.execute(sa.select(Delivery.status, sa.func.count()).where(Delivery.campaign_id == campaign_id)
+                         .group_by(Delivery.status)).all()
+    return status, {st.value: n for st, n in rows}
+
+
+def prepare(fault_dir: Path, *, database_url: str, broker_url: str, sink, consenting: int, without: int = 0,
+            address=None, **settings_overrides):
+    """Templates, segment, customers and a draft campaign; returns (settings, stage, env kwargs)."""
+    from tests.campaign_support import newsletter_templates
+    from tests.conftest import make_settings
+
+    templates = newsletter_templates(fault_dir)
+    segments = write_segment(fault_dir / "segments")
+    settings = make_settings(database_url=database_url, broker_url=broker_url, smtp_url=sink.url,
+                             templates_dir=templates, segments_dir=segments, secret_key="fault-test-secret",
+                             **settings_overrides)
+    stage = campaign_stage(settings, fault_dir, consenting=consenting, without=without, address=address)
+    env_kwargs = dict(broker_url=broker_url, smtp_url=sink.url, templates_dir=templates, segments_dir=segments)
+    return settings, stage, env_kwargs
+
+
+def deliveries(settings, campaign_id: int) -> list:
+    """Every delivery of the campaign (id, customer_id, to_address, status, message_id, reason, attempts...)."""
+    from mailer.models import Delivery
+
+    with db.session_scope(settings) as s:
+        return list(s.execute(sa.select(Delivery.id, Delivery.customer_id, Delivery.to_address, Delivery.to_hash,
+                                        Delivery.status, Delivery.message_id, Delivery.reason,
+                                        Delivery.attempts, Delivery.smtp_reply)
+                              .where(Delivery.campaign_id == campaign_id).order_by(Delivery.id)).all())
+
+
+def broker_backlog(redis_url: str) -> int:
+    """Messages the Redis broker still holds (queued, delayed or unacknowledged) in its database."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return sum(client.hlen(key) for key in client.scan_iter("dramatiq:*.msgs"))
+    finally:
+        client.close()

@@ -1,0 +1,85 @@
+"""Fault 4: consent withdrawn while a campaign is being sent.
+
+While two workers send a campaign, 150 customers who have not yet received it withdraw
+their newsletter consent one by one (each withdrawal its own transaction, as the
+unsubscribe link or preference centre does).  No mail reaches a customer after their
+withdrawal committed: the SMTP server's arrival order is compared with the moment each
+withdrawal returned.  On PostgreSQL the send path holds the consent row ``FOR SHARE``
+until the relay has answered, so a withdrawal never commits while a mail that passed
+the consent check is still on its way.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mailer import consent
+from mailer.app import App
+from mailer.models import Customer, DeliveryStatus
+from tests.faults.harness import (
+    FINISH_TIMEOUT_S,
+    Workers,
+    campaign_status,
+    deliveries,
+    prepare,
+    send_campaign,
+    wait_for,
+    worker_env,
+)
+from tests.smtp_sink import SMTPSink
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.smtp, pytest.mark.postgres]
+
+RECIPIENTS = 600
+WITHDRAWING = 150
+
+
+def test_no_mail_reaches_a_customer_after_their_withdrawal(pg_schema, redis_url, fault_dir):
+    sink = SMTPSink().start()
+    settings, stage, env_kwargs = prepare(fault_dir, database_url=pg_schema.url(), broker_url=redis_url,
+                                          sink=sink, consenting=RECIPIENTS)
+    workers = Workers(worker_env(database_url=pg_schema.url(), **env_kwargs), fault_dir / "logs", threads=2)
+    app = App(settings)
+    withdrawn_at: dict[str, int] = {}     # address -> number of mails the server had when it committed
+    try:
+        workers.start(), workers.start()
+        # Given the campaign is being sent
+        send_campaign(settings, stage.campaign_id)
+        wait_for(lambda: len(sink.received) >= 60, 120, what="the first mails")
+        # When 150 customers who have not received it yet withdraw consent, one by one
+        reached = {rcpt for r in list(sink.received) for rcpt in r.rcpt_tos}
+        targets = [cid for cid, addr in sorted(stage.consenting.items(), reverse=True) if addr not in reached]
+        for cid in targets[:WITHDRAWING]:
+            with app.session() as s:
+                customer = s.get(Customer, cid)
+                consent.append(s, settings, customer=customer, purpose="newsletter", action="withdrawn",
+                               source="preference_centre")
+            withdrawn_at[stage.consenting[cid]] = len(sink.received)
+        # Then the campaign completes
+        wait_for(lambda: campaign_status(settings, stage.campaign_id)[0] == "completed", FINISH_TIMEOUT_S, 0.5,
+                 "the campaign to complete")
+    except AssertionError:
+        print(workers.logs())
+        raise
+    finally:
+        workers.stop_all()
+        sink.stop()
+        app.close()
+    assert len(withdrawn_at) == WITHDRAWING
+    # And no mail to a withdrawn customer arrived after their withdrawal committed
+    received = list(sink.received)
+    late = [(i, r.rcpt_tos[0]) for i, r in enumerate(received)
+            if r.rcpt_tos[0] in withdrawn_at and i >= withdrawn_at[r.rcpt_tos[0]]]
+    assert late == []
+    # And their deliveries were skipped for lack of consent unless they had already been sent
+    rows = {r.to_address: r for r in deliveries(settings, stage.campaign_id)}
+    skipped = [a for a in withdrawn_at if rows[a].status is DeliveryStatus.skipped]
+    early = [a for a in withdrawn_at if rows[a].status is DeliveryStatus.sent]
+    assert len(skipped) + len(early) == WITHDRAWING
+    assert all(rows[a].reason == "no current consent for newsletter" for a in skipped)
+    print(f"{len(skipped)} skipped, {len(early)} sent before their withdrawal")
+    assert len(skipped) > WITHDRAWING // 2
+    # And everyone else got theirs
+    others = set(stage.consenting.values()) - set(withdrawn_at)
+    assert all(rows[a].status is DeliveryStatus.sent for a in others)
+    assert sorted(r.rcpt_tos[0] for r in received) == sorted(others | set(early))
