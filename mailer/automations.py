@@ -510,9 +510,20 @@ def _zone(name: str | None, default: str) -> ZoneInfo:
     return ZoneInfo("UTC")
 
 
-def out_of_quiet_hours(when: datetime, tz_name: str | None, settings: Settings) -> datetime:
-    """``when`` if it is outside the quiet hours in that zone, else the end of those quiet hours."""
+def out_of_quiet_hours(when: datetime, tz_name: str | None, settings: Settings,
+                       own: str | None = None) -> datetime:
+    """``when`` if it is outside the quiet hours in that zone, else the end of those quiet hours.
+
+    ``own`` is the customer's own setting (``customers.attributes["quiet_hours"]``, e.g.
+    ``"22:30-07:00"`` or ``"off"``); when absent or unreadable the deployment's
+    ``MAILER_QUIET_HOURS`` applies.
+    """
     window = parse_quiet_hours(settings.quiet_hours)
+    if own is not None:
+        try:
+            window = parse_quiet_hours(str(own))
+        except ConfigurationError:
+            log.warning("customer quiet_hours %r is not like 21:00-08:00; using %s", own, settings.quiet_hours)
     if window is None:
         return when
     start, end = window
@@ -723,7 +734,8 @@ def _schedule(ctx: _Context, rule: Rule, customer: Customer, data: dict, *, grou
     if why_not:
         return Action(rule.name, rule.kind, "skipped", customer.id, detail=why_not)
     if not spec.transactional and rule.quiet_hours:
-        send_after = out_of_quiet_hours(send_after, customer.timezone, settings)
+        send_after = out_of_quiet_hours(send_after, customer.timezone, settings,
+                                        (customer.attributes or {}).get("quiet_hours"))
     claimed = None
     if rule.reward is not None:
         try:

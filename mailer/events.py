@@ -400,6 +400,27 @@ class Published:
                 "failures": len(self.failures)}
 
 
+def _customer(session, settings: Settings, email: str) -> Customer:
+    """The customer with this (normalized) address, created if new, safe against a concurrent create."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    from mailer.addresses import email_hash
+
+    customer = session.execute(select(Customer).where(Customer.email == email)).scalar_one_or_none()
+    if customer is not None:
+        return customer
+    ins = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    now = utcnow()
+    # Two events about one new customer at once: the second INSERT waits for the first and
+    # then does nothing, instead of failing the whole event on the unique address.
+    session.execute(ins(Customer).values(email=email, email_hash=email_hash(email, settings.effective_hash_salt),
+                                         total_spent=Decimal("0"), orders_count=0, attributes={}, created_at=now,
+                                         updated_at=now)
+                    .on_conflict_do_nothing(index_elements=["email"]))
+    return session.execute(select(Customer).where(Customer.email == email)).scalar_one()
+
+
 def _fingerprint(type_: str, data: dict) -> str:
     return hashlib.sha256(json.dumps([type_, data], sort_keys=True, default=str).encode()).hexdigest()
 
@@ -452,9 +473,7 @@ def publish(type: str, data: dict, *, idempotency_key: str | None = None, settin
             customer = None
             before = None
             if "email" in cleaned:
-                from mailer.customers import get_or_create
-
-                customer = get_or_create(s, app.settings, cleaned["email"])
+                customer = _customer(s, app.settings, cleaned["email"])
                 event.customer_id = customer.id
                 before = Snapshot.of(customer)
                 if type == "customer_updated":

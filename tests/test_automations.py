@@ -158,6 +158,16 @@ def test_quiet_hours_defer_to_the_next_local_morning(utc_time, zone, expected_ut
     assert out_of_quiet_hours(when, zone, settings) == datetime.fromisoformat(expected_utc).replace(tzinfo=UTC)
 
 
+def test_a_customer_may_have_own_quiet_hours():
+    settings = make_settings(quiet_hours="21:00-08:00", default_timezone="Europe/Warsaw")
+    late = datetime(2026, 6, 10, 20, 30, tzinfo=UTC)  # 22:30 Warsaw
+    assert out_of_quiet_hours(late, None, settings, "23:00-07:00") == late
+    assert out_of_quiet_hours(late, None, settings, "off") == late
+    assert out_of_quiet_hours(late, None, settings, "22:00-06:30") == datetime(2026, 6, 11, 4, 30, tzinfo=UTC)
+    # Unreadable: the deployment's quiet hours apply
+    assert out_of_quiet_hours(late, None, settings, "late") == datetime(2026, 6, 11, 6, 0, tzinfo=UTC)
+
+
 def test_quiet_hours_setting_is_checked():
     with pytest.raises(ConfigurationError, match="MAILER_QUIET_HOURS '9pm' must look like 21:00-08:00"):
         out_of_quiet_hours(NOON, None, make_settings(quiet_hours="9pm"))
@@ -271,6 +281,10 @@ def test_quiet_hours_defer_marketing_but_never_transactional(auto):
     grant(app, "tw@example.com", purpose(app, "abandoned_cart"), timezone="Asia/Taipei")
     res = publish("cart_updated", {**CART, "email": "tw@example.com"}, app=app, now=evening - timedelta(hours=1))
     assert res.actions[0].send_after == datetime(2026, 6, 11, 0, 0, tzinfo=UTC)
+    # A customer whose own quiet hours are off is not deferred
+    grant(app, "owl@example.com", purpose(app, "abandoned_cart"), attributes={"quiet_hours": "off"})
+    res = publish("cart_updated", {**CART, "email": "owl@example.com"}, app=app, now=evening)
+    assert res.actions[0].send_after == evening + timedelta(hours=1)
     app.close()
 
 

@@ -240,3 +240,24 @@ def test_http_post_events_with_api_key_and_idempotency(events_app):
     assert _counts(events_app) == (1, 1, 1)
     with events_app.session() as s:
         assert s.execute(select(Delivery.status)).scalar_one() in (DeliveryStatus.queued, DeliveryStatus.sent)
+
+
+def test_concurrent_events_about_one_new_customer_all_succeed(events_app):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Given 12 delay events for different orders of a customer mailer has never seen
+    barrier = threading.Barrier(12)
+
+    def send(i: int):
+        barrier.wait()
+        return publish("order_delayed", {**DELAY, "email": "new@example.com", "order_number": f"N-{i}"},
+                       app=events_app)
+
+    # When they arrive at the same moment
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(send, range(12)))
+    # Then each is applied, all to one customer record
+    assert len({r.customer_id for r in results}) == 1
+    assert [a.outcome for r in results for a in r.actions] == ["queued"] * 12
+    assert _counts(events_app) == (12, 1, 12)
