@@ -496,3 +496,20 @@ def test_code_of_a_reward_mail_skipped_at_send_time_goes_back_to_the_pool(auto):
     with auto.session() as s:
         assert codes_left(s) == 1
         assert s.execute(select(RewardCode.customer_id)).scalar_one() is None
+
+
+def test_docs_name_every_event_field_and_rule_key():
+    from mailer.events import ITEM_FIELDS, SCHEMAS
+
+    doc = (PROJECT_ROOT / "docs" / "automations.md").read_text(encoding="utf-8")
+    for type_, fields in SCHEMAS.items():
+        row = next(line for line in doc.splitlines() if line.startswith(f"| `{type_}` |"))
+        for name in fields:
+            if name != "occurred_at" and not (type_ == "cart_abandoned"):
+                assert f"`{name}`" in row, (type_, name)
+    for name in ITEM_FIELDS:
+        assert f"`{name}`" in doc
+    for key in automations.RULE_KEYS:
+        assert f"`{key}`" in doc or f"`[{key}]`" in doc, key
+    for path in SHIPPED.glob("*.toml"):
+        assert f"`{path.name}`" in doc, path.name
