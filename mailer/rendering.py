@@ -433,6 +433,8 @@ class _BalanceChecker(HTMLParser):
             word = self.blocks[-1][0]
             self.problems.append((f"</{tag}> closes a tag opened outside the enclosing {{% {word} %}} "
                                   f"(HTML opened before a Jinja block must be closed after it)", self._offset(), None))
+        elif len(self.stack) > floor:
+            self.problems.append((f"closing tag </{tag}> does not match <{self.stack[-1][0]}>", self._offset(), None))
         else:
             self.problems.append((f"closing tag </{tag}> has no matching opening tag", self._offset(), None))
 
@@ -462,7 +464,8 @@ class _BalanceChecker(HTMLParser):
 # =========================================================================================
 # Plain text
 # =========================================================================================
-_BLOCK = frozenset({"p", "div", "tr", "table", "tbody", "ul", "ol", "li", "h1", "h2", "h3", "h4", "h5", "h6",
+#: Elements that start and end a line of text.
+_BLOCK = frozenset({"p", "div", "table", "tbody", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6",
                     "blockquote", "section", "article", "header", "footer", "center", "hr"})
 _SKIP = frozenset({"head", "style", "script", "title"})
 
@@ -499,7 +502,7 @@ class _TextConverter(HTMLParser):
             self.out.append("\n")
         elif tag == "li":
             self.out.append("\n- ")
-        elif tag in _BLOCK or tag == "tr" or "display:block" in style:
+        elif tag in _BLOCK or tag == "tr" or "display:block" in style:  # rows and items: a new line each
             self.out.append("\n")
         elif tag in ("td", "th"):
             self.out.append(" ")
@@ -751,7 +754,16 @@ class Renderer:
         lm = _LineMap(marked, loader.files)
         source = lm.text
 
-        def err(message: str, offset: int | None = None, line: int | None = None, col: int = 0) -> TemplateError:
+        masked_holder: list[str] = []
+
+        def err(message: str, offset: int | None = None, line: int | None = None, col: int = 0,
+                masked_offset: int | None = None) -> TemplateError:
+            if masked_offset is not None and masked_holder:
+                # Masking keeps every line break where it was: count lines, not characters.
+                text = masked_holder[0]
+                line = text.count("\n", 0, masked_offset) + 1
+                col = masked_offset - (text.rfind("\n", 0, masked_offset) + 1)
+                offset = None
             if offset is not None:
                 fname, fline = lm.origin_at(offset)
             elif line is not None:
@@ -795,6 +807,7 @@ class Renderer:
             pos = tok.offset + len(tok.source)
         parts.append(source[pos:])
         masked = "".join(parts)
+        masked_holder.append(masked)
         mjml_doc, inline_css = self._structure(masked, tokens, lm, err)
         # 4. MRML, then inline the mj-style inline="inline" CSS.
         try:
@@ -936,8 +949,10 @@ class Renderer:
                 continue
             issues = _check_content(tokens, content, offset)
             if issues:
-                message, off = issues[0]
-                raise err(f"inside <{tag}>: {message}", offset=off)
+                message, off, is_token = issues[0]
+                if is_token:
+                    raise err(f"inside <{tag}>: {message}", offset=off)
+                raise err(f"inside <{tag}>: {message}", masked_offset=off)
         # Reassemble: statements in content become comments (tables keep them in place),
         # statements between elements are wrapped in <mj-raw>.
         inline_css: list[str] = []
@@ -1118,18 +1133,22 @@ class Renderer:
         return TemplateError(f"undefined variable: {msg}", template=fname or c.path, locale=loc, line=line,
                              field=fld)
 
-def _check_content(tokens: list[_Token], content: str, offset: int) -> list[tuple[str, int]]:
-    """Balance check of the HTML inside one ending tag; offsets are in the resolved MJML."""
+def _check_content(tokens: list[_Token], content: str, offset: int) -> list[tuple[str, int, bool]]:
+    """Balance check of the HTML inside one ending tag.
+
+    Returns (message, offset, is_token): a source offset of a Jinja token, or an offset
+    in the masked MJML (``offset`` is where ``content`` starts there).
+    """
     check_text = _PH.sub(lambda m: f"<!--QJ{m.group(1)}Q-->" if tokens[int(m.group(1))].kind == "stmt"
                          else m.group(), content)
-    out: list[tuple[str, int]] = []
+    out: list[tuple[str, int, bool]] = []
     for message, off, tid in _BalanceChecker(tokens).check(check_text):
         if tid is not None:
-            out.append((message, tokens[tid].offset))
+            out.append((message, tokens[tid].offset, True))
             continue
         # Comments add 7 characters per statement placeholder before the offset.
         shift = 7 * len(re.findall(r"<!--QJ\d+Q-->", check_text[:off]))
-        out.append((message, offset + max(0, off - shift)))
+        out.append((message, offset + max(0, off - shift), False))
     return out
 
 
