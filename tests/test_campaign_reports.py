@@ -120,7 +120,7 @@ def test_cli_status_report_and_list(sent_campaign, tmp_path):
     status = runner.invoke(main, ["campaign", "status", str(app.cid), "--json"], env=env)
     assert status.exit_code == 0, status.output
     figures = json.loads(status.output[status.output.index("{"):])
-    assert figures["sent"] == 10 and figures["status"] == "running"
+    assert figures["sent"] == 10 and figures["status"] == "completed"  # fan-out done, nothing pending
     table = runner.invoke(main, ["campaign", "status", str(app.cid)], env=env)
     assert "unique human opens" in table.output and "complaints" in table.output
     out = tmp_path / "report.html"
