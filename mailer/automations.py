@@ -390,6 +390,9 @@ def parse_rule(path: Path, settings: Settings, renderer=None) -> Rule:
         if rule.transactional and raw.get("quiet_hours") is True:
             raise ConfigurationError(f"{where}: quiet_hours = true, but {kind} is transactional and "
                                      "transactional mail is never deferred")
+        if repeat is not None and fields and any(f not in fields for f in repeat.unless_changed):
+            raise ConfigurationError(f"{where}: [repeat] unless_changed names a field kind {kind} does not carry "
+                                     f"({', '.join(fields)}); the comparison is with the last mail's data")
         if merge is not None and fields and merge.into not in fields:
             raise ConfigurationError(f"{where}: [merge] into {merge.into!r} is not a data field of kind {kind} "
                                      f"({', '.join(fields)})")

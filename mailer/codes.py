@@ -34,6 +34,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
+from mailer.customers import RowError  # the same "line N, column C: reason" report as customer imports
 from mailer.errors import PoolExhausted, ValidationError
 from mailer.models import Delivery, DeliveryStatus, RewardCode
 
@@ -60,16 +61,6 @@ def check_pool(pool: str) -> str:
         raise ValidationError(f"pool name {pool!r} must be 1-100 letters, digits or _ . : - "
                               "(starting with a letter or digit)", field="pool")
     return pool
-
-
-@dataclass(frozen=True)
-class RowError:
-    line: int
-    column: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}, column {self.column}: {self.reason}"
 
 
 @dataclass

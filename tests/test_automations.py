@@ -4,14 +4,13 @@ merges and deduplicates (database level; the Redis/SMTP flows are in test_automa
 from __future__ import annotations
 
 import logging
-import shutil
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, update
 
-from mailer import automations, consent, db, delivery
+from mailer import automations, consent, delivery
 from mailer.app import App, set_app
 from mailer.automations import Waves, out_of_quiet_hours, parse_rule, wave_plan
 from mailer.cli import main

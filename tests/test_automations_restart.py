@@ -31,19 +31,11 @@ from mailer.models import Delivery, DeliveryStatus
 from mailer.notices import purpose_for
 from mailer.settings import PROJECT_ROOT
 from tests.conftest import make_settings
+from tests.test_automations_e2e import wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.smtp, pytest.mark.slow]
 
 SHIPPED = PROJECT_ROOT / "automations"
-
-
-def wait_for(predicate, timeout_s: float = 90.0, interval_s: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return False
 
 
 def start_worker(env: dict) -> subprocess.Popen:
