@@ -39,6 +39,7 @@ from mailer import actors, campaigns
 from mailer.app import get_app
 from mailer.broker import QUEUE_BULK
 from mailer.clock import utcnow
+from mailer.errors import SegmentError
 from mailer.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
 
 log = logging.getLogger("mailer.campaigns")
@@ -65,7 +66,19 @@ def fan_out_batch(app, campaign_id: int, *, batch_size: int | None = None, now: 
             c = s.get(Campaign, campaign_id)
             if c is None or c.status is not CampaignStatus.running or c.fanout_done:
                 return False
-            segment = segments.load(settings, c.segment)
+            try:
+                segment = segments.load(settings, c.segment)
+            except SegmentError as exc:
+                broken = exc
+            else:
+                broken = None
+            if broken is not None:
+                # The segment file was removed or broken after the campaign was created:
+                # stop here (paused, nothing more is sent) rather than retry forever.
+                campaigns.pause(s, campaign_id)
+                log.error("campaign %s paused: its segment %r cannot be loaded: %s; fix the segment file and "
+                          "run: mailer campaign resume %s", campaign_id, c.segment, broken, campaign_id)
+                return False
             pages = segments.stream(s, settings, segment, after_id=c.cursor, batch_size=batch_size, now=now)
             try:
                 batch = next(pages, [])

@@ -386,3 +386,23 @@ def test_preview_renders_in_the_recipients_language(env):
         p = campaigns.preview(s, env.settings, env.app.renderer, cid, "ola@example.com")
     assert p.locale == "pl" and p.subject == "Dla Ola"
     assert "Cześć Ola" in p.html and "/u/" in p.html
+
+
+def test_a_segment_broken_after_creation_pauses_the_campaign(env, tmp_path, caplog):
+    # Given a campaign created against a segment file that is then broken
+    segments_dir = tmp_path / "segments"
+    segments_dir.mkdir()
+    (segments_dir / "subscribers.toml").write_text('purpose = "newsletter"\n', encoding="utf-8")
+    env.app.settings = env.settings = env.settings.replace(segments_dir=segments_dir)
+    _customers(env, 2)
+    cid = _create(env, segment="subscribers")
+    with env.app.session() as s:
+        campaigns.send(s, env.settings, cid)
+    (segments_dir / "subscribers.toml").write_text('purpose = "newsletter"\nwhere = { colour = "red" }\n',
+                                                   encoding="utf-8")
+    # When the fan-out runs
+    assert campaign_actors.fan_out_batch(env.app, cid) is False
+    # Then the campaign is paused with an error naming the segment, and nothing was sent
+    assert _status(env, cid) is CampaignStatus.paused
+    assert "subscribers" in caplog.text and "mailer campaign resume" in caplog.text
+    assert _deliveries(env, cid) == []
