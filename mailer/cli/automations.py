@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
-
 from mailer.cli.base import console, main, pass_settings
 
 
@@ -70,18 +68,26 @@ def pending_cmd(settings, email: str | None, limit: int) -> None:
     if not rows:
         console.print("nothing scheduled" + (f" for {email}" if email else ""), markup=False)
         return
-    table = Table("delivery", "automation", "kind", "customer", "send after (UTC)", "group", "data")
     for p in rows:
+        when = p.send_after.strftime("%Y-%m-%d %H:%M UTC") if p.send_after else "-"
+        kind = "" if p.kind == p.automation else f" ({p.kind})"
         summary = ", ".join(f"{k}={_short(v)}" for k, v in sorted(p.data.items()))
-        table.add_row(str(p.delivery_id), p.automation, p.kind, p.email or f"#{p.customer_id}",
-                      p.send_after.strftime("%Y-%m-%d %H:%M:%S") if p.send_after else "", p.group or "",
-                      summary[:120])
-    console.print(table)
+        console.print(f"{p.delivery_id}  {when}  {p.automation}{kind} -> {p.email or f'customer {p.customer_id}'}"
+                      f"  [{p.group}]  {summary}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"{len(rows)} scheduled", markup=False)
 
 
+#: Longest data value shown by ``pending``, characters.
+SHOWN_VALUE_CHARS = 40
+
+
 def _short(value) -> str:
+    """A data value in a few words: item names for lists of items, a count for other lists."""
     if isinstance(value, list):
-        names = [str(v.get("name") or v.get("sku")) if isinstance(v, dict) else str(v) for v in value]
-        return "[" + "; ".join(names) + "]"
-    return str(value)
+        if value and all(isinstance(v, dict) for v in value):
+            return "[" + "; ".join(_short(v.get("name") or v.get("sku")) for v in value) + "]"
+        return f"[{len(value)} items]"
+    if isinstance(value, dict):  # text per locale
+        value = next(iter(value.values()), "")
+    text = str(value)
+    return text if len(text) <= SHOWN_VALUE_CHARS else text[:SHOWN_VALUE_CHARS - 1] + "…"

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 
 import click
-from rich.table import Table
-
 from mailer.cli.base import EXIT_REJECTED, console, err_console, main, parse_json, pass_settings, setup_broker
 
 
@@ -41,11 +39,17 @@ def publish_cmd(settings, type_: str, data: str, idempotency_key: str | None, as
             console.print(f"{head}: stored; no automation acted on it", markup=False)
         else:
             console.print(f"{head}:", markup=False)
-            table = Table("automation", "kind", "outcome", "customer", "delivery", "send after (UTC)", "detail")
             for a in result.actions:
-                table.add_row(a.automation, a.kind, a.outcome, str(a.customer_id or ""), str(a.delivery_id or ""),
-                              a.send_after.strftime("%Y-%m-%d %H:%M") if a.send_after else "", a.detail)
-            console.print(table)
+                parts = [f"  {a.automation} ({a.kind}): {a.outcome}"]
+                if a.delivery_id:
+                    parts.append(f"delivery {a.delivery_id}")
+                if a.customer_id:
+                    parts.append(f"customer {a.customer_id}")
+                if a.send_after:
+                    parts.append(f"at {a.send_after.strftime('%Y-%m-%d %H:%M')} UTC")
+                line = ", ".join(parts)
+                console.print(f"{line}: {a.detail}" if a.detail else line, markup=False, highlight=False,
+                              soft_wrap=True)
     for failure in result.failures:
         err_console.print(f"error: automation {failure.automation}: {failure.detail}", markup=False)
     if result.failures:
