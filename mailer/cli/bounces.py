@@ -1,0 +1,57 @@
+"""``mailer bounces ingest PATH...``: apply DSNs (RFC 3464) and complaint reports (RFC 5965).
+
+PATH is a report file (one mail, as saved from the bounce mailbox) or a Maildir; see
+:mod:`mailer.bounces` for what each report changes.  Prints one line per report and a
+summary; exit code 0 when every report was applied (or was a duplicate, a delay
+notice or a non-complaint feedback report), 1 when some could not be parsed or
+matched to a delivery (nothing is changed for those), 2 on a bad path.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+
+import click
+from rich.table import Table
+
+from mailer.cli.base import EXIT_REJECTED, console, main, on_terminal, pass_settings
+
+
+@main.group("bounces")
+def bounces_group() -> None:
+    """Bounces and complaints that arrive after sending."""
+
+
+@bounces_group.command("ingest")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per report instead of a table.")
+@pass_settings
+def ingest_cmd(settings, paths: tuple[str, ...], as_json: bool) -> None:
+    """Parse DSNs and ARF complaints in PATH... (files or Maildirs) and update suppressions."""
+    from mailer import bounces
+    from mailer.app import App
+
+    app = App(settings)
+    try:
+        results = bounces.ingest(app, paths)
+    finally:
+        app.close()
+    if as_json:
+        for r in results:
+            click.echo(json.dumps({"source": r.source, "outcome": r.outcome, "delivery_id": r.delivery_id,
+                                   "detail": r.detail}, ensure_ascii=False))
+    else:
+        table = Table(show_header=True, header_style="bold", box=None if not on_terminal() else None)
+        for col in ("report", "outcome", "delivery", "detail"):
+            table.add_column(col, overflow="fold")
+        for r in results:
+            style = "red" if r.rejected else ("yellow" if r.outcome in ("hard", "complaint") else "")
+            table.add_row(r.source, f"[{style}]{r.outcome}[/]" if style else r.outcome,
+                          str(r.delivery_id or "-"), r.detail)
+        console.print(table)
+        counts = collections.Counter(r.outcome for r in results)
+        console.print(f"{len(results)} report(s): " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    if any(r.rejected for r in results):
+        sys.exit(EXIT_REJECTED)

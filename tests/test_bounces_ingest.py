@@ -1,0 +1,200 @@
+"""``mailer bounces ingest``: DSNs and ARF complaints mapped to deliveries, suppressions updated."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from mailer import bounces, consent, delivery
+from mailer.addresses import email_hash
+from mailer.cli import main
+from mailer.compose import message_id, return_path
+from mailer.customers import get_or_create
+from mailer.models import (
+    Bounce,
+    ConsentEvent,
+    Delivery,
+    DeliveryStatus,
+    Suppression,
+    SuppressionReason,
+    TrackingEvent,
+    TrackingKind,
+)
+from tests.bounce_support import arf, dsn
+
+
+def sent_delivery(app, email: str, *, purpose: str = "newsletter", grant: tuple[str, ...] = ("newsletter",)) -> Delivery:
+    """A delivery the relay accepted earlier (status sent, Message-ID recorded)."""
+    settings = app.settings
+    with app.session() as s:
+        c = get_or_create(s, settings, email, locale="en")
+        s.flush()
+        for p in grant:
+            if not consent.has_consent(s, settings, c.id, p):
+                consent.append(s, settings, customer=c, purpose=p, action="granted", source="signup_form")
+        n = s.execute(select(func.count()).select_from(Delivery)).scalar_one()
+        d = Delivery(idempotency_key=f"test:{email}:{n}", kind="order_delayed", customer_id=c.id, to_address=c.email,
+                     to_hash=email_hash(c.email, settings.effective_hash_salt), locale="en", data={},
+                     purpose=purpose, queue="bulk", status=DeliveryStatus.sent)
+        s.add(d)
+        s.flush()
+        d.message_id = message_id(settings, d.id)
+        s.flush()
+        s.expunge(d)
+        return d
+
+
+def write(tmp_path, name: str, raw: bytes):
+    path = tmp_path / name
+    path.write_bytes(raw)
+    return path
+
+
+def test_hard_bounce_dsn_suppresses_the_address_and_marks_the_delivery_bounced(app, tmp_path):
+    # Given a delivered mail and the DSN that came back to its VERP return path
+    d = sent_delivery(app, "bob@example.org")
+    report = write(tmp_path, "dsn.eml", dsn(to=return_path(app.settings, d.id), message_id=d.message_id,
+                                             recipient="bob@example.org"))
+    # When it is ingested
+    (result,) = bounces.ingest(app, [report])
+    # Then the address is suppressed as a hard bounce, the delivery is bounced, the report is kept
+    assert (result.outcome, result.delivery_id) == ("hard", d.id) and "5.1.1" in result.detail
+    with app.session() as s:
+        assert s.get(Delivery, d.id).status is DeliveryStatus.bounced
+        sup = s.execute(select(Suppression).where(Suppression.email_hash == d.to_hash)).scalar_one()
+        assert sup.reason is SuppressionReason.hard_bounce
+        b = s.execute(select(Bounce).where(Bounce.delivery_id == d.id)).scalar_one()
+        assert (b.kind, b.status_code) == ("hard", "5.1.1") and "Undelivered Mail" in b.raw
+        assert s.execute(select(TrackingEvent.kind).where(TrackingEvent.delivery_id == d.id)).scalar_one() \
+            is TrackingKind.bounce
+    # And ingesting the same report again changes nothing
+    (again,) = bounces.ingest(app, [report])
+    assert again.outcome == "duplicate"
+    with app.session() as s:
+        assert s.execute(select(func.count()).select_from(Bounce)).scalar_one() == 1
+    # And the next mail to that address is suppressed at send time
+    later = sent_delivery(app, "bob@example.org")
+    with app.session() as s:
+        s.get(Delivery, later.id).status = DeliveryStatus.queued
+    assert delivery.process(app, later.id).status == "suppressed"
+
+
+def test_soft_bounces_are_counted_and_suppress_at_the_limit(app, tmp_path):
+    limit = app.settings.soft_bounce_limit
+    results = []
+    for i in range(limit):
+        d = sent_delivery(app, "full@example.org")
+        results += bounces.ingest(app, [write(tmp_path, f"soft{i}.eml", dsn(
+            to=return_path(app.settings, d.id), message_id=d.message_id, recipient="full@example.org",
+            status="5.2.2", diagnostic="smtp; 552 5.2.2 Mailbox full"))])
+    assert [r.outcome for r in results] == ["soft"] * limit
+    assert "suppressed" not in results[-2].detail and "suppressed (soft_bounce)" in results[-1].detail
+    with app.session() as s:
+        h = email_hash("full@example.org", app.settings.effective_hash_salt)
+        reasons = s.execute(select(Suppression.reason).where(Suppression.email_hash == h)).scalars().all()
+        assert reasons == [SuppressionReason.soft_bounce]
+
+
+def test_delay_notices_change_nothing(app, tmp_path):
+    d = sent_delivery(app, "slow@example.org")
+    (r,) = bounces.ingest(app, [write(tmp_path, "delayed.eml", dsn(
+        to=return_path(app.settings, d.id), message_id=d.message_id, recipient="slow@example.org",
+        status="4.4.1", action="delayed", diagnostic="smtp; 451 4.4.1 no answer from host"))])
+    assert r.outcome == "delayed"
+    with app.session() as s:
+        assert s.get(Delivery, d.id).status is DeliveryStatus.sent
+        assert s.execute(select(Suppression)).first() is None
+
+
+def test_complaint_suppresses_and_withdraws_every_marketing_consent(app, tmp_path):
+    # Given a newsletter mail to a customer who also consented to product updates
+    d = sent_delivery(app, "angry@example.org", grant=("newsletter", "product_updates"))
+    report = write(tmp_path, "arf.eml", arf(to="fbl@example.com", message_id=d.message_id,
+                                             recipient="angry@example.org",
+                                             mail_from=return_path(app.settings, d.id)))
+    # When the mailbox provider's complaint report is ingested
+    (r,) = bounces.ingest(app, [report])
+    # Then the address is suppressed as a complaint and both consents are withdrawn in the ledger
+    assert r.outcome == "complaint" and "newsletter" in r.detail and "product_updates" in r.detail
+    with app.session() as s:
+        sup = s.execute(select(Suppression).where(Suppression.email_hash == d.to_hash)).scalar_one()
+        assert sup.reason is SuppressionReason.complaint and sup.scope == "all"
+        for purpose in ("newsletter", "product_updates"):
+            assert not consent.has_consent(s, app.settings, d.customer_id, purpose)
+        sources = s.execute(select(ConsentEvent.source).where(ConsentEvent.customer_id == d.customer_id,
+                                                              ConsentEvent.action == "withdrawn")).scalars().all()
+        assert [x.value for x in sources] == ["complaint", "complaint"]
+        assert s.execute(select(TrackingEvent.kind).where(TrackingEvent.delivery_id == d.id)).scalar_one() \
+            is TrackingKind.complaint
+    # And a second copy of the report changes nothing
+    assert bounces.ingest(app, [report])[0].outcome == "duplicate"
+
+
+def test_not_spam_feedback_changes_nothing(app, tmp_path):
+    d = sent_delivery(app, "happy@example.org")
+    (r,) = bounces.ingest(app, [write(tmp_path, "ns.eml", arf(to="fbl@example.com", message_id=d.message_id,
+                                                               recipient="happy@example.org",
+                                                               feedback_type="not-spam"))])
+    assert r.outcome == "ignored"
+    with app.session() as s:
+        assert s.execute(select(Suppression)).first() is None
+
+
+@pytest.mark.parametrize("case", ["wrong recipient", "ids disagree", "unknown message id", "not a report"])
+def test_reports_that_cannot_be_mapped_change_nothing(app, tmp_path, case):
+    d = sent_delivery(app, "victim@example.org")
+    other = sent_delivery(app, "other@example.org")
+    verp = return_path(app.settings, d.id)
+    raw = {
+        # A forged DSN to a guessable return path, about somebody else
+        "wrong recipient": dsn(to=verp, message_id=None, recipient="someone@example.org"),
+        "ids disagree": dsn(to=verp, message_id=other.message_id, recipient="victim@example.org"),
+        "unknown message id": dsn(to="postmaster@example.com", message_id="<1.deadbeef@example.com>",
+                                  recipient="victim@example.org"),
+        "not a report": b"From: a@example.org\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nJust a mail\r\n",
+    }[case]
+    (r,) = bounces.ingest(app, [write(tmp_path, "r.eml", raw)])
+    assert r.rejected and r.outcome == ("not-a-report" if case == "not a report" else "unmatched")
+    with app.session() as s:
+        assert s.execute(select(Suppression)).first() is None
+        assert s.execute(select(Bounce)).first() is None
+        assert s.get(Delivery, d.id).status is DeliveryStatus.sent
+
+
+def test_message_id_alone_is_enough(app, tmp_path):
+    d = sent_delivery(app, "mid@example.org")
+    (r,) = bounces.ingest(app, [write(tmp_path, "r.eml", dsn(to="postmaster@example.com", message_id=d.message_id,
+                                                              recipient="mid@example.org"))])
+    assert (r.outcome, r.delivery_id) == ("hard", d.id)
+
+
+def test_cli_reads_files_and_maildirs_and_exits_1_when_something_was_rejected(app, tmp_path):
+    # Given a Maildir with a DSN in new/ and a complaint in cur/, and a stray file
+    a = sent_delivery(app, "m1@example.org")
+    b = sent_delivery(app, "m2@example.org")
+    maildir = tmp_path / "Maildir"
+    for sub in ("new", "cur", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    (maildir / "new" / "1.mx:2,").write_bytes(dsn(to=return_path(app.settings, a.id), message_id=a.message_id,
+                                                  recipient="m1@example.org"))
+    (maildir / "cur" / "2.mx:2,S").write_bytes(arf(to="fbl@example.com", message_id=b.message_id,
+                                                   recipient="m2@example.org"))
+    stray = write(tmp_path, "stray.eml", b"Subject: hello\r\n\r\nnot a report\r\n")
+    env = {"MAILER_DATABASE_URL": app.settings.database_url, "MAILER_SECRET_KEY": app.settings.secret_key,
+           "MAILER_BROKER_URL": "stub://"}
+    # When `mailer bounces ingest` reads them
+    res = CliRunner().invoke(main, ["bounces", "ingest", str(maildir), str(stray), "--json"], env=env)
+    # Then both reports are applied, the stray file is rejected, and the exit code says so
+    assert res.exit_code == 1, res.output
+    rows = [json.loads(line) for line in res.output.splitlines()]
+    assert [(r["outcome"], r["delivery_id"]) for r in rows] == [("hard", a.id), ("complaint", b.id),
+                                                                ("not-a-report", None)]
+    # And a directory that is not a Maildir is a clear error
+    res = CliRunner().invoke(main, ["bounces", "ingest", str(tmp_path / "Maildir" / "new")], env=env)
+    assert res.exit_code == 2 and "must be a Maildir" in res.output
+    # And the table form summarises
+    res = CliRunner().invoke(main, ["bounces", "ingest", str(maildir)], env=env)
+    assert res.exit_code == 0 and "2 report(s): 1 duplicate" not in res.output and "duplicate" in res.output
