@@ -144,12 +144,13 @@ def load_key(path: str | Path, *, algorithm: str, selector: str, setting: str) -
 def generate_keys(directory: Path, *, rsa_bits: int = 2048) -> tuple[Path, Path]:
     """Write a new RSA and Ed25519 private key (PEM, mode 0600) into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
+    for name in ("dkim-rsa.pem", "dkim-ed25519.pem"):
+        if (directory / name).exists():
+            raise ConfigurationError(f"{directory / name} exists already; refusing to overwrite a key")
     out = []
     for name, key in (("dkim-rsa.pem", rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)),
                       ("dkim-ed25519.pem", ed25519.Ed25519PrivateKey.generate())):
         path = directory / name
-        if path.exists():
-            raise ConfigurationError(f"{path} exists already; refusing to overwrite a key")
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
         path.touch(mode=0o600)

@@ -131,3 +131,23 @@ def test_bad_key_configuration_is_a_clear_error(keys_root, tmp_path):
     for overrides, message in cases:
         with pytest.raises(ConfigurationError, match=message):
             Signer.from_settings(make_settings(**overrides))
+
+
+def test_cli_generates_keys_and_prints_their_dns_records(tmp_path):
+    from click.testing import CliRunner
+
+    from mailer.cli import main
+
+    runner = CliRunner()
+    res = runner.invoke(main, ["dkim", "keygen", str(tmp_path / "keys")])
+    assert res.exit_code == 0, res.output
+    assert oct((tmp_path / "keys" / "dkim-rsa.pem").stat().st_mode & 0o777) == "0o600"
+    env = {"MAILER_DKIM_DOMAIN": "shop.example", "MAILER_DKIM_RSA_KEY": str(tmp_path / "keys" / "dkim-rsa.pem"),
+           "MAILER_DKIM_ED25519_KEY": str(tmp_path / "keys" / "dkim-ed25519.pem")}
+    res = runner.invoke(main, ["dkim", "dns"], env=env)
+    assert res.exit_code == 0, res.output
+    assert "mailer._domainkey.shop.example. IN TXT" in res.output and "k=rsa" in res.output
+    assert "mailer-ed._domainkey.shop.example. IN TXT" in res.output and "k=ed25519" in res.output
+    # A second keygen into the same folder refuses to overwrite
+    res = runner.invoke(main, ["dkim", "keygen", str(tmp_path / "keys")])
+    assert res.exit_code == 2 and "refusing to overwrite" in res.output
