@@ -151,3 +151,36 @@ def test_cli_generates_keys_and_prints_their_dns_records(tmp_path):
     # A second keygen into the same folder refuses to overwrite
     res = runner.invoke(main, ["dkim", "keygen", str(tmp_path / "keys")])
     assert res.exit_code == 2 and "refusing to overwrite" in res.output
+
+
+@pytest.mark.smtp
+def test_mails_received_by_a_real_relay_verify_including_list_unsubscribe(db_url, keys_root, tmp_path):
+    # Given DKIM keys in the settings, a real SMTP server and a marketing kind
+    from mailer import delivery, notices
+    from mailer.app import App
+    from mailer.compose import compose
+    from mailer.models import Delivery
+    from tests.campaign_support import NEWS_KIND, newsletter_templates
+    from tests.smtp_sink import SMTPSink
+
+    sink = SMTPSink().start()
+    app = App(make_settings(database_url=db_url, smtp_url=sink.url, templates_dir=newsletter_templates(tmp_path),
+                            **dkim_settings(keys_root)))
+    try:
+        # When a notice goes out through the worker's send path
+        d = notices.create(app, "order_delayed", to="anna@example.org",
+                           data={"order_number": "7", "new_eta": "2026-12-01"}).delivery_id
+        assert delivery.process(app, d).status == "sent"
+        (got,) = sink.received
+        # Then dkimpy verifies both signatures of what the relay received
+        assert verify_all(got.raw, keys_root) == [("ed25519-sha256", True), ("rsa-sha256", True)]
+        # And a newsletter's signatures cover its List-Unsubscribe and List-Unsubscribe-Post headers
+        news = Delivery(id=99, idempotency_key="x", kind=NEWS_KIND, customer_id=None, to_address="anna@example.org",
+                        to_hash="h", locale="en", data={"headline": "Sale"}, purpose="newsletter", queue="bulk")
+        composed = compose(app.settings, app.renderer, app.signer, news, None)
+        assert verify_all(composed.message, keys_root) == [("ed25519-sha256", True), ("rsa-sha256", True)]
+        names = signed_header_names(composed.message, "rsa-sha256")
+        assert "list-unsubscribe" in names and "list-unsubscribe-post" in names
+    finally:
+        app.close()
+        sink.stop()
