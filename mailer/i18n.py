@@ -35,30 +35,36 @@ RTL_LANGUAGES = frozenset({"ar", "he", "fa", "ur"})
 
 
 def fallback_chain(locale: str | None, default: str = "en") -> list[str]:
+    """See :func:`chain`; a fresh list the caller may change."""
+    return list(chain(locale, default))
+
+
+@functools.lru_cache(maxsize=1024)
+def chain(locale: str | None, default: str = "en") -> tuple[str, ...]:
     """``zh-HK`` -> zh-HK, zh-TW, en; ``pl-PL`` -> pl-PL, pl, en; anything -> ..., en.
 
     Chinese falls back by script: Hong Kong, Macau and Taiwan (and ``zh-Hant``) to
     ``zh-TW``; mainland China, Singapore, Malaysia, ``zh-Hans`` and plain ``zh`` to ``zh-CN``.
     """
-    chain: list[str] = []
+    out: list[str] = []
     if locale:
         parts = [p for p in locale.replace("_", "-").split("-") if p]
         lang = parts[0].lower() if parts else ""
         rest = [p.upper() if len(p) == 2 else p.title() for p in parts[1:]]
         if lang:
-            chain.append("-".join([lang, *rest]))
+            out.append("-".join([lang, *rest]))
         if lang == "zh":
             # Plain "zh" is Simplified Chinese (CLDR: zh -> zh_Hans_CN).
-            chain.append("zh-CN" if not rest or {"CN", "SG", "MY", "Hans"} & set(rest) else "zh-TW")
+            out.append("zh-CN" if not rest or {"CN", "SG", "MY", "Hans"} & set(rest) else "zh-TW")
         elif lang:
-            chain.append(lang)
-    chain.append(default)
-    chain.append("en")
+            out.append(lang)
+    out.append(default)
+    out.append("en")
     seen: list[str] = []
-    for c in chain:
+    for c in out:
         if c not in seen:
             seen.append(c)
-    return seen
+    return tuple(seen)
 
 
 class FormatError(ValueError):
@@ -203,10 +209,13 @@ def _key(value: Any) -> Any:
 def _cached(fn, *args):
     """Call the memoized ``fn``; unhashable arguments (a list by mistake) skip the cache."""
     try:
-        hash(args)
+        return fn(*args)
     except TypeError:
-        return fn.__wrapped__(*args)
-    return fn(*args)
+        try:
+            hash(args)
+        except TypeError:
+            return fn.__wrapped__(*args)
+        raise
 
 
 # -- the Jinja filters -----------------------------------------------------------------------
@@ -259,7 +268,7 @@ def tr(ctx, value: Any) -> Any:
     """
     if not isinstance(value, dict):
         return value
-    for loc in fallback_chain(ctx.get("locale")):
+    for loc in chain(ctx.get("locale")):
         if loc in value:
             return value[loc]
     return next(iter(value.values()), "")

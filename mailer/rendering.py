@@ -91,6 +91,15 @@ class FieldSpec:
     #: For lists of objects: declared types of item keys (``{price = "number"}``).
     item_types: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def item_specs(self) -> dict[str, "FieldSpec"]:
+        """``item_types`` as field specs (built once per spec)."""
+        cached = self.__dict__.get("_item_specs")
+        if cached is None:
+            cached = {k: FieldSpec(name=k, type=t) for k, t in self.item_types.items()}
+            object.__setattr__(self, "_item_specs", cached)
+        return cached
+
 
 @dataclass(frozen=True)
 class KindSpec:
@@ -117,7 +126,12 @@ class KindSpec:
 
     @property
     def locales(self) -> list[str]:
-        return sorted(p.stem for p in self.path.glob("*.mjml"))
+        """Locales with a template file (read once per spec; ``Renderer.forget()`` rereads)."""
+        cached = self.__dict__.get("_locales")
+        if cached is None:
+            cached = sorted(p.stem for p in self.path.glob("*.mjml"))
+            object.__setattr__(self, "_locales", cached)
+        return list(cached)
 
 
 @dataclass(frozen=True)
@@ -167,53 +181,70 @@ def _parse_kind(name: str, path: Path) -> KindSpec:
                     fields=fields)
 
 
-def _check_value(kind: str, fspec: FieldSpec | None, name: str, value: Any) -> None:
-    """Raise ValidationError when ``value`` does not fit the declared field type."""
-    if fspec is None or value is None:
-        return
-    where = f"data.{name}"
+_URL = re.compile(r"https?://\S+$")
 
-    def bad(msg: str) -> ValidationError:
-        return ValidationError(f"{kind}: data field {name!r} {msg}", field=where)
 
-    t = fspec.type
-    if t == "list":
-        if not isinstance(value, list):
-            raise bad(f"must be a list, got {type(value).__name__}")
-        if fspec.length is not None and len(value) != fspec.length:
-            raise bad(f"must have exactly {fspec.length} items, got {len(value)}")
-        for i, item in enumerate(value):
-            if fspec.item_required and not isinstance(item, dict):
-                raise bad(f"item {i} must be an object with {', '.join(fspec.item_required)}")
-            for key in fspec.item_required:
-                if item.get(key) in (None, ""):
-                    raise MissingField(f"{kind}: {name}[{i}] has no {key!r}", field=f"{where}[{i}].{key}")
-            for key, ktype in fspec.item_types.items():
-                if isinstance(item, dict) and key in item:
-                    _check_value(kind, FieldSpec(name=f"{name}[{i}].{key}", type=ktype), f"{name}[{i}].{key}",
-                                 item[key])
-    elif t == "object" and not isinstance(value, dict):
-        raise bad(f"must be an object, got {type(value).__name__}")
-    elif t == "number" and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise bad(f"must be a number (not text), got {value!r}")
-    elif t == "url" and not (isinstance(value, str) and re.match(r"https?://\S+$", value)):
-        raise bad(f"must be an http(s) URL, got {value!r}")
-    elif t == "date":
+def _type_problem(t: str, value: Any) -> str | None:
+    """Why ``value`` is not of field type ``t`` (None when it is); lists are checked by the caller."""
+    if t == "text":
+        return None if isinstance(value, (str, int, float, dict)) else f"must be text, got {type(value).__name__}"
+    if t == "number":
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else \
+            f"must be a number (not text), got {value!r}"
+    if t == "url":
+        return None if isinstance(value, str) and _URL.match(value) else f"must be an http(s) URL, got {value!r}"
+    if t == "object":
+        return None if isinstance(value, dict) else f"must be an object, got {type(value).__name__}"
+    if t == "bool":
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+    if t == "date":
         try:
             i18n.to_date(value)
-        except i18n.FormatError as exc:
-            raise bad(f"must be an ISO date like 2026-12-01, got {value!r}") from exc
+        except i18n.FormatError:
+            return f"must be an ISO date like 2026-12-01, got {value!r}"
     elif t == "datetime":
         try:
             i18n.to_datetime(value)
-        except i18n.FormatError as exc:
-            raise bad(f"must be an ISO date-time like 2026-12-01T15:30:00Z, got {value!r}") from exc
-    elif t == "bool" and not isinstance(value, bool):
-        raise bad(f"must be true or false, got {value!r}")
-    elif t == "text" and not isinstance(value, (str, int, float, dict)):
-        raise bad(f"must be text, got {type(value).__name__}")
-    if fspec.choices and value not in fspec.choices:
-        raise bad(f"must be one of {', '.join(fspec.choices)}, got {value!r}")
+        except i18n.FormatError:
+            return f"must be an ISO date-time like 2026-12-01T15:30:00Z, got {value!r}"
+    return None
+
+
+def _check_value(kind: str, fspec: FieldSpec | None, name: str, value: Any) -> None:
+    """Raise ValidationError (MissingField for absent item keys) when ``value`` does not fit its field."""
+    if fspec is None or value is None:
+        return
+    t = fspec.type
+    if t == "list":
+        if not isinstance(value, list):
+            problem = f"must be a list, got {type(value).__name__}"
+        elif fspec.length is not None and len(value) != fspec.length:
+            problem = f"must have exactly {fspec.length} items, got {len(value)}"
+        else:
+            problem = None
+            required, specs = fspec.item_required, fspec.item_specs
+            for i, item in enumerate(value):
+                if not isinstance(item, dict):
+                    if required or specs:
+                        problem = f"item {i} must be an object with {', '.join(required or specs)}"
+                        break
+                    continue
+                for key in required:
+                    if item.get(key) in (None, ""):
+                        raise MissingField(f"{kind}: {name}[{i}] has no {key!r}", field=f"data.{name}[{i}].{key}")
+                for key, kspec in specs.items():
+                    v = item.get(key)
+                    if v is not None and _type_problem(kspec.type, v) is not None:
+                        raise ValidationError(f"{kind}: data field '{name}[{i}].{key}' "
+                                              f"{_type_problem(kspec.type, v)}", field=f"data.{name}[{i}].{key}")
+    elif t == "any":
+        problem = None
+    else:
+        problem = _type_problem(t, value)
+    if problem is None and fspec.choices and value not in fspec.choices:
+        problem = f"must be one of {', '.join(fspec.choices)}, got {value!r}"
+    if problem is not None:
+        raise ValidationError(f"{kind}: data field {name!r} {problem}", field=f"data.{name}")
 
 
 # =========================================================================================
@@ -606,8 +637,24 @@ def _track(ctx, url: Any) -> Any:
     return wrap(url)
 
 
+class _DataEnvironment(jinja2.Environment):
+    """Jinja environment where ``item.name`` on a dict is a plain key lookup.
+
+    Jinja's default tries ``getattr`` first (an exception per access on a dict, and
+    ``item.items`` would be the dict method); template data is JSON, so keys come first.
+    """
+
+    def getattr(self, obj, attribute):
+        if type(obj) is dict:
+            try:
+                return obj[attribute]
+            except KeyError:
+                pass
+        return super().getattr(obj, attribute)
+
+
 def _runtime_env(autoescape: bool) -> jinja2.Environment:
-    env = jinja2.Environment(autoescape=autoescape, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = _DataEnvironment(autoescape=autoescape, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     i18n.install(env)
     env.globals["_track"] = jinja2.pass_context(_track)
     return env
@@ -624,6 +671,7 @@ class Renderer:
         self._lock = threading.RLock()
         self._strings: dict[str, dict[str, str]] | None = None
         self._subjects: dict[str, jinja2.Template] = {}
+        self._resolved: dict[tuple[str, str | None], str] = {}
         #: Per-recipient environments: HTML (autoescape) and text (no escaping).
         self.env = _runtime_env(True)
         self.text_env = _runtime_env(False)
@@ -677,9 +725,16 @@ class Renderer:
         return spec
 
     def resolve_locale(self, kind: str, locale: str | None) -> str:
+        """The template locale for a recipient's locale (``zh-HK`` -> ``zh-TW``, ``pl-PL`` -> ``pl``)."""
+        key = (kind, locale)
+        found = self._resolved.get(key)
+        if found is not None:
+            return found
         available = set(self.spec(kind).locales)
-        for loc in fallback_chain(locale, self.settings.default_locale):
+        for loc in i18n.chain(locale, self.settings.default_locale):
             if loc in available:
+                if len(self._resolved) < COMPILE_CACHE_ENTRIES * 8:
+                    self._resolved[key] = loc
                 return loc
         raise TemplateError("no template for any locale in the fallback chain", template=kind, locale=locale)
 
@@ -721,6 +776,7 @@ class Renderer:
                 self._specs.clear()
                 self._strings = None
                 self._subjects.clear()
+                self._resolved.clear()
             return len(keys)
 
     def _compile(self, kind: str, locale: str, *, fresh: bool = False) -> Compiled:
@@ -1086,7 +1142,7 @@ class Renderer:
         ctx["dir"] = i18n.text_direction(loc)
         ctx.setdefault("format_locale", self._format_locale(locale, loc))
         ctx.update(self._normalize(spec, data))
-        chain = fallback_chain(loc)
+        chain = i18n.chain(loc)
         path = c.path
         try:
             subj = self._pick(subject, chain) if subject is not None else None
@@ -1113,7 +1169,7 @@ class Renderer:
         return Rendered(subject=subject_text, preheader=preheader_text, html=html, text=text, locale=loc)
 
     @staticmethod
-    def _pick(value: str | dict[str, str], chain: list[str]) -> str | None:
+    def _pick(value: str | dict[str, str], chain: Iterable[str]) -> str | None:
         if isinstance(value, dict):
             return next((value[x] for x in chain if x in value), None)
         return value
