@@ -63,7 +63,7 @@ COMPILE_CACHE_ENTRIES = 512
 CONTEXT_KEYS = frozenset({
     "first_name", "last_name", "email", "currency", "delivery_id", "unsubscribe_url", "preferences_url",
     "store_name", "store_address", "locale", "format_locale", "dir", "timezone", "subject", "preheader",
-    "wrap_link", "kind",
+    "wrap_link", "kind", "open_pixel_url",
 })
 #: Links never rewritten for click tracking (the expression of the whole href).
 UNTRACKED = frozenset({"unsubscribe_url", "preferences_url"})
@@ -1135,7 +1135,7 @@ class Renderer:
         ctx: dict[str, Any] = {"store_name": self.settings.store_name, "store_address": self.settings.store_address,
                                "timezone": self.settings.default_timezone, "currency": self.settings.default_currency,
                                "first_name": "", "last_name": "", "email": "", "delivery_id": None,
-                               "unsubscribe_url": "", "preferences_url": "", "kind": kind}
+                               "unsubscribe_url": "", "preferences_url": "", "open_pixel_url": "", "kind": kind}
         if context:
             ctx.update(context)
         ctx["locale"] = loc
