@@ -40,5 +40,10 @@ broker.add_middleware(SweeperMiddleware(get_app, settings.sweep_interval_s))
 
 import mailer.actors  # noqa: E402,F401  (registers every actor on the broker)
 
+# A bad DKIM key (missing file, wrong type) stops the worker here, not at the first send.
+if not get_app().signer.enabled:
+    logging.getLogger("mailer").warning("DKIM signing is off: set MAILER_DKIM_DOMAIN and MAILER_DKIM_RSA_KEY "
+                                        "and/or MAILER_DKIM_ED25519_KEY (see docs/delivery.md)")
+
 logging.getLogger("mailer").info("worker ready: broker %s, database %s, transport %s", settings.broker_url,
                                  settings.database_url.split("@")[-1], settings.smtp_url.split("@")[-1])
