@@ -57,7 +57,7 @@ SUPPORTED_LOCALES = ("en", "zh-TW", "zh-CN", "pl", "ko", "fr", "ar")
 #: Folder (under templates/) with layouts and their localized strings; not a kind.
 LAYOUTS = "_layouts"
 STRINGS_FILE = "strings.toml"
-#: Compiled (kind, locale, cache key) entries kept per renderer (least recently used dropped).
+#: Compiled (kind, locale, cache key) entries kept per renderer (oldest compiled dropped first).
 COMPILE_CACHE_ENTRIES = 512
 #: Context keys every template may use besides its declared data fields.
 CONTEXT_KEYS = frozenset({
@@ -667,6 +667,7 @@ class Renderer:
         self.settings = settings
         self.root = Path(settings.templates_dir)
         self._specs: dict[str, KindSpec] = {}
+        #: Compiled templates, oldest first (dropped first when over COMPILE_CACHE_ENTRIES).
         self._compiled: OrderedDict[tuple[str, str, str | None], Compiled] = OrderedDict()
         self._lock = threading.RLock()
         self._strings: dict[str, dict[str, str]] | None = None
@@ -755,10 +756,12 @@ class Renderer:
     def compiled(self, kind: str, locale: str, cache_key: str | None = None) -> Compiled:
         """The compiled template for (kind, locale, cache key), compiling it on first use."""
         key = (kind, locale, cache_key)
+        c = self._compiled.get(key)  # no lock on the hot path: renders never wait for a compile
+        if c is not None:
+            return c
         with self._lock:
             c = self._compiled.get(key)
             if c is not None:
-                self._compiled.move_to_end(key)
                 return c
             c = self._compile(kind, locale, fresh=cache_key is not None)
             self._compiled[key] = c

@@ -317,3 +317,18 @@ def test_preview_context_has_a_local_name():
     assert preview_context(s, "ko")["first_name"] == "지우"
     assert preview_context(s, "zh-HK")["first_name"] == "怡君"
     assert preview_context(s, "pl", currency="PLN")["currency"] == "PLN"
+
+
+def test_parallel_renders_compile_each_template_once(renderer):
+    # Given eight worker threads rendering the same kind in several locales at once
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = renderer.sample("order_delayed")
+    jobs = [("en", i) for i in range(8)] + [("pl", i) for i in range(8)] + [("ar", i) for i in range(8)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda job: renderer.render("order_delayed", job[0], data,
+                                                            context=ctx(first_name=f"N{job[1]}")), jobs))
+    # Then every mail is complete and personal, and each locale compiled exactly once
+    assert all(f"N{i}" in r.text for (loc, i), r in zip(jobs, results))
+    assert {r.locale for r in results} == {"en", "pl", "ar"}
+    assert renderer.compiles == 3
