@@ -62,8 +62,14 @@ def relaxed_header(name: bytes, value: bytes) -> bytes:
 
 def relaxed_body(body: bytes) -> bytes:
     """Body canonicalized: WSP runs as one SP, no WSP at line ends, no trailing empty lines."""
-    body = _WSP_RUN.sub(b" ", body)
-    body = _TRAILING_WSP.sub(b"\r\n", body)
+    # Fast path (bench/campaign_throughput.py: 0.64 ms -> 0.02 ms on a 40 KB mail, the
+    # largest single cost of a campaign mail): without a tab, a double space or a space
+    # before a line end, both substitutions would change nothing; three substring
+    # searches (memchr speed) say so.  Our base64 bodies only have single spaces in
+    # their part headers, so they always take it.
+    if b"\t" in body or b"  " in body or b" \r\n" in body:
+        body = _WSP_RUN.sub(b" ", body)
+        body = _TRAILING_WSP.sub(b"\r\n", body)
     # Trailing WSP of the last line and all empty lines at the end are ignored.
     body = body.rstrip(b" \t\r\n")
     return body + b"\r\n" if body else b""
