@@ -36,6 +36,9 @@ from typing import Any, Iterable, Iterator, NamedTuple
 
 import yaml
 from sqlalchemy import and_, exists, func, not_, or_, select, true
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
@@ -330,29 +333,69 @@ def _cutoff(now: datetime, days: int) -> datetime:
     return now - timedelta(days=days)
 
 
-def _sql(node: tuple, now: datetime):
+class _Unindexed(ColumnElement):
+    """A customers column the SQLite planner must not drive a query from: renders ``+col``.
+
+    Segment resolution walks the consent-state index and filters the few consenting
+    customers; without this, SQLite sometimes picks e.g. ix_customers_last_order_at for a
+    wide range and visits most of the table (2.7 s instead of 0.3 s for 1M customers).
+    Unary ``+`` is a no-op on values; elsewhere the column renders unchanged.
+    """
+
+    inherit_cache = True
+    _traverse_internals = [("col", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, col):
+        self.col = col
+        self.type = col.type
+
+
+@compiles(_Unindexed)
+def _compile_unindexed(element, compiler, **kw):
+    return compiler.process(element.col, **kw)
+
+
+@compiles(_Unindexed, "sqlite")
+def _compile_unindexed_sqlite(element, compiler, **kw):
+    return "+" + compiler.process(element.col, **kw)
+
+
+def _sql(node: tuple, now: datetime, unindexed: bool = False, bulk: bool = False):
     c = Customer.__table__.c
     kind = node[0]
     if kind == "all":
-        return and_(*(_sql(n, now) for n in node[1]))
+        return and_(*(_sql(n, now, unindexed, bulk) for n in node[1]))
     if kind == "any":
-        return or_(*(_sql(n, now) for n in node[1]))
+        return or_(*(_sql(n, now, unindexed, bulk) for n in node[1]))
     if kind == "not":
-        return not_(_sql(node[1], now))
+        return not_(_sql(node[1], now, unindexed, bulk))
     fname, op, value = node
-    if fname == "tags":
-        t = CustomerTag.__table__.c
-        # Index probes on customer_tags' primary key (customer_id, tag).
-        if op == "all":
-            return and_(*(exists(select(1).where(t.customer_id == c.id, t.tag == v)) for v in value))
-        hit = exists(select(1).where(t.customer_id == c.id, t.tag.in_(value)))
-        return hit if op == "any" else not_(hit)
-    if fname == "engagement":
+    if fname in ("tags", "engagement"):
+        # Two shapes with the same meaning.  Probe (default): a correlated EXISTS per
+        # customer, an index lookup each (best for a page of 500 or one customer).  Bulk
+        # (counting a whole segment): "id IN (uncorrelated subquery)", which PostgreSQL runs
+        # once as a hashed subplan and SQLite as one ephemeral index, instead of 300,000
+        # probes (PostgreSQL: 1.1 s -> 0.3 s for vip over 1M customers).
+        if fname == "tags":
+            t = CustomerTag.__table__.c
+
+            def having(tags):
+                # customer_tags' primary key (customer_id, tag) / ix_customer_tags_tag (tag, customer_id).
+                if bulk:
+                    return c.id.in_(select(t.customer_id).where(t.tag.in_(tags)))
+                return exists(select(1).where(t.customer_id == c.id, t.tag.in_(tags)))
+
+            if op == "all":
+                return and_(*(having((v,)) for v in value))
+            return having(value) if op == "any" else not_(having(value))
         te = TrackingEvent.__table__.c
+        recent = and_(te.kind.in_(ENGAGEMENT_KINDS[op]), te.occurred_at >= _cutoff(now, value))
+        if bulk:
+            # ix_tracking_occurred_at narrows to the window.
+            return c.id.in_(select(te.customer_id).where(recent, te.customer_id.is_not(None)))
         # ix_tracking_customer_kind (customer_id, kind, occurred_at) answers this probe.
-        return exists(select(1).where(te.customer_id == c.id, te.kind.in_(ENGAGEMENT_KINDS[op]),
-                                      te.occurred_at >= _cutoff(now, value)))
-    col = c[fname]
+        return exists(select(1).where(te.customer_id == c.id, recent))
+    col = _Unindexed(c[fname]) if unindexed else c[fname]
     if fname in ("total_spent", "orders_count"):
         return {"eq": col == value, "gt": col > value, "gte": col >= value, "lt": col < value,
                 "lte": col <= value}[op]
@@ -366,12 +409,19 @@ def _sql(node: tuple, now: datetime):
     return and_(col.is_not(None), col.in_(value))
 
 
-def compile_condition(cond: dict | tuple | None, *, settings: Settings | None = None, now: datetime | None = None):
-    """A SQLAlchemy boolean clause over ``customers`` equivalent to :func:`evaluate`."""
+def compile_condition(cond: dict | tuple | None, *, settings: Settings | None = None, now: datetime | None = None,
+                      unindexed: bool = False, bulk: bool = False):
+    """A SQLAlchemy boolean clause over ``customers`` equivalent to :func:`evaluate`.
+
+    ``unindexed=True`` keeps SQLite from driving the query from a customers column index
+    (segment resolution drives from the consent state instead); ``bulk=True`` compiles
+    tag and engagement conditions for scanning many customers at once (see :func:`_sql`).
+    Every combination selects the same customers.
+    """
     if cond is None:
         return true()
     tree = cond if isinstance(cond, tuple) else _validate(cond, "condition", None)
-    return _sql(tree, now or utcnow())
+    return _sql(tree, now or utcnow(), unindexed, bulk)
 
 
 # -- plain-Python evaluation ----------------------------------------------------------------------
@@ -472,7 +522,7 @@ def _suppression_scopes(purpose: str) -> list[str]:
     return ["all", "marketing", purpose]
 
 
-def _base_where(settings: Settings, segment: Segment, now: datetime) -> list:
+def _base_where(settings: Settings, segment: Segment, now: datetime, *, bulk: bool = False) -> list:
     cs, c, sup = ConsentState.__table__.c, Customer.__table__.c, Suppression.__table__.c
     where = [cs.purpose == segment.purpose, cs.granted == true(), c.email.is_not(None),
              # Suppressions always win (ix_suppressions_email_hash probe per candidate).
@@ -481,7 +531,7 @@ def _base_where(settings: Settings, segment: Segment, now: datetime) -> list:
     if not settings.soft_opt_in:
         where.append(cs.basis == LawfulBasis.consent)
     if segment.conditions:
-        where.append(_sql(segment.conditions, now))
+        where.append(_sql(segment.conditions, now, unindexed=True, bulk=bulk))
     return where
 
 
@@ -495,7 +545,7 @@ def count(session: Session, settings: Settings, segment: Segment, *, now: dateti
     now = now or utcnow()
     # Driven by ix_consent_state_purpose (purpose, granted, customer_id): only consenting
     # customers are visited; the customer row is fetched by primary key for the conditions.
-    stmt = select(func.count()).select_from(_from()).where(*_base_where(settings, segment, now))
+    stmt = select(func.count()).select_from(_from()).where(*_base_where(settings, segment, now, bulk=True))
     return int(session.execute(stmt).scalar_one())
 
 
@@ -516,11 +566,13 @@ def stream(session: Session, settings: Settings, segment: Segment, *, after_id: 
     if batch_size < 1:
         raise SegmentError("batch_size must be at least 1", field="batch_size")
     now = now or utcnow()
-    cs = ConsentState.__table__.c
+    cs, c = ConsentState.__table__.c, Customer.__table__.c
     base = _page_stmt(settings, segment, now).order_by(cs.customer_id).limit(batch_size)
     last = after_id
     while True:
-        rows = session.execute(base.where(cs.customer_id > last)).all()
+        # The bound on customers.id too lets PostgreSQL start its merge join at the page
+        # instead of scanning customers from id 1 for every page.
+        rows = session.execute(base.where(cs.customer_id > last, c.id > last)).all()
         if not rows:
             return
         page = [Recipient(*r) for r in rows]
@@ -541,8 +593,9 @@ def sample(session: Session, settings: Settings, segment: Segment, n: int = 10, 
 def contains(session: Session, settings: Settings, segment: Segment, customer_id: int, *,
              now: datetime | None = None) -> bool:
     """Is this customer in the segment right now (consent, suppressions and conditions)?"""
-    cs = ConsentState.__table__.c
-    stmt = _page_stmt(settings, segment, now or utcnow()).where(cs.customer_id == customer_id).limit(1)
+    cs, c = ConsentState.__table__.c, Customer.__table__.c
+    stmt = (_page_stmt(settings, segment, now or utcnow())
+            .where(cs.customer_id == customer_id, c.id == customer_id).limit(1))
     return session.execute(stmt).first() is not None
 
 

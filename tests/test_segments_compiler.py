@@ -112,12 +112,18 @@ def test_sql_and_python_agree(db_url, people, cond):
     engine = db.get_engine(db_url)
     with engine.begin() as conn:
         ids = _load(conn, people)
-        # When a random condition is compiled to SQL and run
-        clause = segments.compile_condition(cond, now=NOW)
-        in_sql = set(conn.execute(sa.select(Customer.__table__.c.id).where(clause)).scalars())
-    # Then it selects exactly the customers the plain-Python evaluation selects
+        # When a random condition is compiled to SQL (in each of its shapes: per-customer
+        # probes or bulk subqueries, with or without the SQLite no-index hint) and run
+        results = {}
+        for unindexed in (False, True):
+            for bulk in (False, True):
+                clause = segments.compile_condition(cond, now=NOW, unindexed=unindexed, bulk=bulk)
+                results[unindexed, bulk] = set(conn.execute(sa.select(Customer.__table__.c.id).where(clause))
+                                               .scalars())
+    # Then every shape selects exactly the customers the plain-Python evaluation selects
     in_python = {i for i, p in zip(ids, people) if segments.evaluate(cond, p, now=NOW)}
-    assert in_sql == in_python, (cond, segments.describe(segments.validate_condition(cond)))
+    for shape, in_sql in results.items():
+        assert in_sql == in_python, (shape, cond, segments.describe(segments.validate_condition(cond)))
 
 
 def test_day_boundaries_are_inclusive_for_within_and_exclusive_for_older_than(db_url):
@@ -133,9 +139,10 @@ def test_day_boundaries_are_inclusive_for_within_and_exclusive_for_older_than(db
                                ({"engagement": {"opened_within_days": 30}}, {ids[0], ids[1]}),
                                ({"not": {"last_order_at": {"older_than_days": 30}}}, set(ids))):
             # Then SQL and Python agree with the documented boundaries
-            got = set(conn.execute(sa.select(Customer.__table__.c.id)
-                                   .where(segments.compile_condition(cond, now=NOW))).scalars())
-            assert got == expected, cond
+            for bulk in (False, True):
+                got = set(conn.execute(sa.select(Customer.__table__.c.id)
+                                       .where(segments.compile_condition(cond, now=NOW, bulk=bulk))).scalars())
+                assert got == expected, (cond, bulk)
             assert {i for i, p in zip(ids, people) if segments.evaluate(cond, p, now=NOW)} == expected, cond
 
 
