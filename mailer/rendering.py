@@ -882,7 +882,9 @@ class Renderer:
                 html = css_inline.CSSInliner(inline_style_tags=False, keep_style_tags=True, keep_link_tags=True,
                                              load_remote_stylesheets=False, extra_css=inline_css).inline(html)
             except Exception as exc:  # noqa: BLE001 - css_inline.InlineError and CSS parse errors
-                raise err(f"CSS inlining failed: {exc}") from exc
+                raise err(f"CSS inlining failed: {exc} (does an mj-style inline=\"inline\" rule match an element "
+                          f"whose style attribute holds Jinja? Narrow the selector or move the rule to a plain "
+                          f"<mj-style>)") from exc
         # 5. Jinja blocks must still enclose balanced HTML; every token must have survived.
         present = {int(m.group(1)) for m in _PH.finditer(html)}
         for i, tok in enumerate(tokens):
