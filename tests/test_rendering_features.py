@@ -276,16 +276,15 @@ class _Balance(HTMLParser):
             self.stack.pop()
 
 
-@pytest.mark.parametrize("count", [0, 1, 3, 5])
+@pytest.mark.parametrize("count", [1, 3, 5])
 def test_loops_over_sections_produce_well_formed_html(renderer, count):
+    # Given a product grid of 1, 3 or 5 products (rows of two columns)
     kind = "newsletter/product_launch"
     data = renderer.sample(kind)
-    data = dict(data, products=(data["products"] * 2)[:count]) if count else dict(data, products=[])
-    if count == 0:
-        data["products"] = []
-    r = renderer.render(kind, "en", data, context=ctx()) if count else None
-    if r is None:
-        return
+    data = dict(data, products=(data["products"] * 2)[:count])
+    # When it renders
+    r = renderer.render(kind, "en", data, context=ctx())
+    # Then the HTML is balanced and has one half-width column per product
     checker = _Balance()
     checker.feed(r.html)
     assert checker.errors == [] and checker.stack == []
