@@ -206,14 +206,24 @@ def gate(app, s, delivery: Delivery, customer: Customer | None, *,
         return None
     if customer is None or customer.email is None:
         return DeliveryStatus.skipped, "no customer record (erased?) for a marketing mail"
+    purposes = _consent_purposes(delivery)
     if lock:
-        # Share-lock the one consent_state row this mail depends on (primary key lookup);
+        # Share-lock the consent_state rows this mail depends on (primary key lookups);
         # SQLite ignores FOR SHARE and relies on the re-check alone.
         s.execute(select(ConsentState.granted)
-                  .where(ConsentState.customer_id == customer.id, ConsentState.purpose == delivery.purpose)
+                  .where(ConsentState.customer_id == customer.id, ConsentState.purpose.in_(purposes))
                   .with_for_update(read=True))
-    if not consent.has_consent(s, settings, customer.id, delivery.purpose):
+    granted = [p for p in purposes if consent.has_consent(s, settings, customer.id, p)]
+    if not granted:
         return DeliveryStatus.skipped, f"no current consent for {delivery.purpose}"
+    if len(granted) < len(purposes):
+        # A merged back-in-stock mail: list only the products whose restock request is
+        # still current (the customer may have withdrawn one since the mail was merged).
+        # The stored row keeps what was scheduled; this send carries the kept products.
+        keep = set(granted)
+        products = [p for p in delivery.data["products"] if _restock_purpose(delivery, p) in keep]
+        delivery.data = {**delivery.data, "products": products,
+                         "sku": products[0].get("sku", delivery.data.get("sku"))}
     if settings.frequency_cap > 0:
         since = utcnow() - timedelta(hours=settings.frequency_window_hours)
         # Marketing mails sent to this customer in the window (ix_deliveries_customer_sent).
@@ -224,6 +234,20 @@ def gate(app, s, delivery: Delivery, customer: Customer | None, *,
             return DeliveryStatus.skipped, (f"frequency cap: {sent} marketing mails in the last "
                                             f"{settings.frequency_window_hours} h")
     return None
+
+
+def _restock_purpose(delivery: Delivery, product: dict) -> str:
+    sku = product.get("sku") if isinstance(product, dict) else None
+    return f"restock:{sku}" if sku else delivery.purpose
+
+
+def _consent_purposes(delivery: Delivery) -> list[str]:
+    """The consent purposes a marketing mail rests on: its own, or for a merged
+    back-in-stock mail the ``restock:<sku>`` request of every product it lists."""
+    products = (delivery.data or {}).get("products")
+    if delivery.purpose.startswith("restock:") and isinstance(products, list) and products:
+        return list(dict.fromkeys(_restock_purpose(delivery, p) for p in products))
+    return [delivery.purpose]
 
 
 def _age_s(delivery: Delivery) -> float:

@@ -133,6 +133,37 @@ def test_two_restocks_within_the_window_give_one_mail_with_both_products(live, s
     assert len(smtp_sink.received) == 1
 
 
+def test_merged_restock_mail_lists_only_products_whose_request_is_still_current(live, smtp_sink):
+    # Given a merged back-in-stock mail for two products, scheduled but not yet sent
+    grant(live, "bea@example.com", "restock:RED", "restock:BLUE")
+    start = utcnow() - timedelta(minutes=30)
+    for minutes, sku, name in ((0, "RED", "Red runner"), (4, "BLUE", "Blue runner")):
+        publish("product_restocked", {"sku": sku, "name": name, "price": 89, "url": f"https://shop.example.com/{sku}"},
+                app=live, now=start + timedelta(minutes=minutes))
+    # When the customer withdraws the restock request for the first product before it goes
+    with live.session() as s:
+        customer = get_or_create(s, live.settings, "bea@example.com")
+        consent.append(s, live.settings, customer=customer, purpose="restock:RED", action="withdrawn",
+                       source="preference_centre")
+    settle(live)
+    # Then the mail still goes, listing only the product still asked for
+    (mail,) = mails_to(smtp_sink, "bea@example.com")
+    body = text_of(mail)
+    assert "Blue runner" in body and "Red runner" not in body
+    # And with both withdrawn nothing goes at all
+    grant(live, "cal@example.com", "restock:RED", "restock:BLUE")
+    for minutes, sku, name in ((0, "RED", "Red runner"), (4, "BLUE", "Blue runner")):
+        publish("product_restocked", {"sku": sku, "name": name, "price": 89, "url": f"https://shop.example.com/{sku}"},
+                app=live, now=start + timedelta(minutes=minutes + 10))
+    with live.session() as s:
+        customer = get_or_create(s, live.settings, "cal@example.com")
+        for sku in ("RED", "BLUE"):
+            consent.append(s, live.settings, customer=customer, purpose=f"restock:{sku}", action="withdrawn",
+                           source="preference_centre")
+    settle(live)
+    assert mails_to(smtp_sink, "cal@example.com") == []
+
+
 def test_two_delay_events_with_the_same_eta_give_one_mail(live, smtp_sink):
     event = {"email": "cy@example.com", "order_number": "1001", "new_eta": "2026-12-01"}
     first = publish("order_delayed", event, app=live)
