@@ -297,3 +297,14 @@ def test_export_memory_stays_flat_as_the_log_grows(tmp_path):
         db.dispose_engines()
     # Then the peak memory does not grow with the number of events (streamed, not collected)
     assert peaks[1] < peaks[0] * 1.5, peaks
+
+
+field_values = st.one_of(st.none(), st.text(max_size=20), st.integers(-10, 10**12))
+
+
+@given(fields=st.fixed_dictionaries({k: field_values for k in consent.HASHED_FIELDS}))
+@hsettings(max_examples=300, deadline=None)
+def test_fast_canonical_is_byte_for_byte_the_reference(fields):
+    # The verifier's fast encoder must hash exactly what the ledger hashed
+    assert consent_audit.fast_canonical(fields) == consent.canonical(fields)
+    assert consent_audit.fast_chain_hash("a" * 64, fields) == consent.chain_hash("a" * 64, fields)
