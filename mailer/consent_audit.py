@@ -262,18 +262,35 @@ class Verifier:
 def _iso_fast(value) -> str | None:
     if value is None:
         return None
-    if isinstance(value, str):  # SQLite raw storage "YYYY-MM-DD HH:MM:SS.ffffff" (UTC)
+    if isinstance(value, str):
+        if value[10] == "T":  # PostgreSQL, already formatted by to_char
+            return value
+        # SQLite raw storage "YYYY-MM-DD HH:MM:SS.ffffff" (UTC)
         if len(value) == 19:
             value += ".000000"
         return value.replace(" ", "T", 1) + "+00:00"
     return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
-def _raw_ts(col, dialect: str):
-    """Timestamps as stored: SQLite text is already UTC, skipping per-row parsing doubles export speed."""
-    from sqlalchemy import String, type_coerce
+#: PostgreSQL formats a timestamptz exactly as consent._iso does (UTC, microseconds, +00:00).
+_PG_ISO = 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'
 
-    return type_coerce(col, String()).label(col.key) if dialect == "sqlite" else col
+
+def _raw_ts(col, dialect: str):
+    """Timestamps as text in the chain's ISO form, without per-value work in Python.
+
+    SQLite stores UTC text already (``_iso_fast`` only adds the T and offset); PostgreSQL
+    formats it with to_char.  Parsing three datetimes per row in Python cost a quarter
+    of the export's time.
+    """
+    from sqlalchemy import String, func, literal_column, type_coerce
+
+    if dialect == "sqlite":
+        return type_coerce(col, String()).label(col.key)
+    if dialect == "postgresql":
+        utc = literal_column(f"({col.table.name}.{col.name} AT TIME ZONE 'UTC')")
+        return type_coerce(func.to_char(utc, _PG_ISO), String()).label(col.key)
+    return col
 
 
 def _event_columns(dialect: str, *, evidence: bool):
