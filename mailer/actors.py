@@ -13,6 +13,7 @@ Import this module only after a broker is set (``worker.py`` and
 from __future__ import annotations
 
 import logging
+import time
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
@@ -22,6 +23,15 @@ from mailer.app import get_app
 from mailer.broker import QUEUE_BULK, QUEUE_DEFAULT, QUEUE_TRANSACTIONAL
 
 log = logging.getLogger("mailer.actors")
+
+#: Order of work inside one worker process (Dramatiq: lower runs first).  A notice that
+#: arrives while campaign batches wait in the worker's prefetch buffer goes before them.
+PRIORITY_NOTICE = 0
+PRIORITY_BULK = 100
+#: A ``send_batch`` message works at most this long (seconds) and then hands its remaining
+#: ids on as a new message, so some worker thread is free for a notice within about
+#: this time / threads (bench/notice_latency.py: a notice waited 35 s behind 200-id batches).
+BATCH_SLICE_S = 0.1
 
 if dramatiq.broker.global_broker is None:  # imported without a configured broker (docs, tooling)
     dramatiq.set_broker(StubBroker())
@@ -36,22 +46,31 @@ def _retry_when(retries: int, exc: BaseException) -> bool:
 _RETRY = dict(retry_when=_retry_when)
 
 
-@dramatiq.actor(queue_name=QUEUE_TRANSACTIONAL, **_RETRY)
+@dramatiq.actor(queue_name=QUEUE_TRANSACTIONAL, priority=PRIORITY_NOTICE, **_RETRY)
 def send_notice(delivery_id: int) -> None:
     delivery_service.process(get_app(), delivery_id)
 
 
-@dramatiq.actor(queue_name=QUEUE_BULK, **_RETRY)
+@dramatiq.actor(queue_name=QUEUE_BULK, priority=PRIORITY_BULK, **_RETRY)
 def send_one_bulk(delivery_id: int) -> None:
     delivery_service.process(get_app(), delivery_id)
 
 
-@dramatiq.actor(queue_name=QUEUE_BULK, **_RETRY)
+@dramatiq.actor(queue_name=QUEUE_BULK, priority=PRIORITY_BULK, **_RETRY)
 def send_batch(delivery_ids: list[int]) -> None:
-    """Send each delivery in turn; one that must be retried goes on as its own message."""
+    """Send each delivery in turn; one that must be retried goes on as its own message.
+
+    After :data:`BATCH_SLICE_S` the ids not yet handled go on as a new message (enqueued
+    before this one is acknowledged: a crash in between runs some ids twice, and the
+    delivery lease makes that send once).
+    """
     app = get_app()
     owner = delivery_service.worker_id()
-    for delivery_id in delivery_ids:
+    started = time.monotonic()
+    for i, delivery_id in enumerate(delivery_ids):
+        if i and time.monotonic() - started > BATCH_SLICE_S:
+            send_batch.send(list(delivery_ids[i:]))
+            return
         try:
             delivery_service.process(app, delivery_id, owner=owner)
         except delivery_service.LeaseHeld:

@@ -30,6 +30,21 @@ QUEUES = (QUEUE_TRANSACTIONAL, QUEUE_BULK, QUEUE_DEFAULT)
 
 #: A single actor run may take at most this long (milliseconds) before TimeLimit interrupts it.
 TIME_LIMIT_MS = 10 * 60_000
+#: Longest an idle ``transactional`` consumer sleeps between polls of Redis, milliseconds.
+#: Dramatiq's Redis consumer polls (no blocking pop) with a backoff growing to the worker
+#: timeout (1 s by default), so an order notice arriving after a quiet second waited up to
+#: 1 s before a worker even saw it.  Only this queue polls faster (about 2 % of a core per
+#: idle worker process; bench/notice_latency.py); bulk and default keep Dramatiq's backoff.
+NOTICE_POLL_MS = 20
+
+
+class MailerRedisBroker(RedisBroker):
+    """Dramatiq's Redis broker, polling the ``transactional`` queue at least every NOTICE_POLL_MS."""
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000):
+        if queue_name == QUEUE_TRANSACTIONAL:
+            timeout = min(timeout, NOTICE_POLL_MS)
+        return super().consume(queue_name, prefetch, timeout)
 
 
 def middleware(settings: Settings, *, prometheus: bool = False) -> list:
@@ -59,7 +74,7 @@ def build_broker(settings: Settings, *, prometheus: bool = False, **redis_option
         # heartbeat/maintenance: how soon a killed worker's unacknowledged messages are requeued.
         redis_options.setdefault("heartbeat_timeout", settings.broker_heartbeat_ms)
         redis_options.setdefault("maintenance_chance", settings.broker_maintenance_chance)
-        broker = RedisBroker(url=url, middleware=middleware(settings, prometheus=prometheus), **redis_options)
+        broker = MailerRedisBroker(url=url, middleware=middleware(settings, prometheus=prometheus), **redis_options)
     for queue in QUEUES:
         broker.declare_queue(queue)
     return broker

@@ -192,7 +192,8 @@ def start(app, campaign_id: int) -> None:
     fan_out.send_with_options(args=(campaign_id,), delay=delay_ms or None)
 
 
-@dramatiq.actor(queue_name=QUEUE_BULK, max_retries=20, min_backoff=1000, max_backoff=60_000)
+@dramatiq.actor(queue_name=QUEUE_BULK, priority=actors.PRIORITY_BULK, max_retries=20, min_backoff=1000,
+                max_backoff=60_000)
 def fan_out(campaign_id: int) -> None:
     """Fan out up to BATCHES_PER_MESSAGE batches, then continue in a new message."""
     app = get_app()
