@@ -51,26 +51,35 @@ class Settings:
     secret_key: str = "change-me-in-production"
     #: Salt for the e-mail hashes kept in tombstones and the consent chain.
     hash_salt: str = ""
+    #: Folder of notice kinds and newsletters (templates/<kind>/kind.toml, <locale>.mjml).
     templates_dir: Path = PROJECT_ROOT / "templates"
+    #: Folder of segment definitions (segments/<name>.toml or .yaml).
     segments_dir: Path = PROJECT_ROOT / "segments"
+    #: Folder of automation rules (automations/<rule>.toml).
     automations_dir: Path = PROJECT_ROOT / "automations"
+    #: The shop's name, shown in every mail.
     store_name: str = "Northwind Shop"
+    #: The shop's postal address, in every mail's footer (required for marketing mail).
     store_address: str = "Northwind Shop, 12 Harbour Road, 80-001 Gdańsk, Poland"
-    #: Used when a customer has no locale / time zone / currency.
+    #: Locale for customers without one (and the last step of every fallback chain).
     default_locale: str = "en"
+    #: Time zone for customers without one (local-time sending, quiet hours).
     default_timezone: str = "Europe/Warsaw"
+    #: Currency for customers without one (ISO 4217).
     default_currency: str = "EUR"
     #: Marketing consent on the "soft opt-in" basis counts as consent when true.
     soft_opt_in: bool = True
     #: Frequency cap: at most N marketing mails per customer within the window (hours). 0 = off.
     frequency_cap: int = 3
+    #: The frequency cap's rolling window, hours.
     frequency_window_hours: int = 24 * 7
     #: Quiet hours for marketing automations, local time "HH:MM-HH:MM".
     quiet_hours: str = "21:00-08:00"
     #: Give up retrying a delivery after this many seconds.
     retry_max_age_s: int = 6 * 3600
-    #: Retry backoff bounds in milliseconds.
+    #: Shortest wait before a retry, milliseconds (Dramatiq Retries adds exponential growth and jitter).
     retry_min_backoff_ms: int = 5_000
+    #: Longest wait between two retries, milliseconds.
     retry_max_backoff_ms: int = 15 * 60_000
     #: Soft bounces before the address is suppressed.
     soft_bounce_limit: int = 3
@@ -82,14 +91,19 @@ class Settings:
     sweep_stale_s: int = 300
     #: Recipients per Dramatiq message on the bulk queue.
     batch_size: int = 200
-    #: Messages per second per relay, and per recipient domain, across all workers. 0 = unlimited.
+    #: Messages per second per relay, across all workers. 0 = unlimited.
     relay_rate: int = 0
+    #: Messages per second per recipient domain, across all workers. 0 = unlimited.
     domain_rate: int = 0
-    #: DKIM: domain, selector and PEM key files (RSA and/or Ed25519). Empty = no signing.
+    #: DKIM signing domain (d=); empty = no signing. Keys and selectors below.
     dkim_domain: str = ""
+    #: DKIM selector of the RSA key (DNS name <selector>._domainkey.<domain>).
     dkim_selector: str = "mailer"
+    #: Path of the RSA private key (PEM) for rsa-sha256 signatures.
     dkim_rsa_key: str = ""
+    #: Path of the Ed25519 private key (PEM) for ed25519-sha256 signatures.
     dkim_ed25519_key: str = ""
+    #: DKIM selector of the Ed25519 key.
     dkim_ed25519_selector: str = "mailer-ed"
     #: Tracking events older than this many days are purged by ``mailer gdpr purge``.
     tracking_retention_days: int = 395
@@ -103,6 +117,7 @@ class Settings:
     token_ttl_days: int = 365
     #: ``mailer serve`` bind address.
     http_host: str = "127.0.0.1"
+    #: `mailer serve` port.
     http_port: int = 8000
     #: Threads per worker process when run by ``mailer worker``.
     worker_threads: int = 8
@@ -156,3 +171,40 @@ class Settings:
 
 #: Environment variable name for every field, for the README and ``mailer settings``.
 ENV_VARS = {f.name: "MAILER_" + f.name.upper() for f in dataclasses.fields(Settings) if f.name != "extra"}
+
+
+def settings_markdown() -> str:
+    """The README's settings table, built from the ``#:`` comments above each field."""
+    import inspect
+    import re
+
+    docs: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(Settings).splitlines():
+        text = line.strip()
+        if text.startswith("#:"):
+            pending.append(text[2:].strip())
+            continue
+        match = re.match(r"(\w+): [^=]+=", text)
+        if match:
+            docs[match.group(1)] = " ".join(pending)
+        pending = []
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(Settings):
+        if f.name == "extra":
+            continue
+        default = f.default
+        if isinstance(default, Path):
+            default = f"<checkout>/{default.name}"
+        elif isinstance(default, tuple):
+            default = ",".join(default)
+        elif isinstance(default, bool):
+            default = int(default)
+        shown = f"`{default}`" if default != "" else "(empty)"
+        meaning = docs.get(f.name, "").replace("``", "`").replace("|", "\\|")
+        rows.append(f"| `{ENV_VARS[f.name]}` | {shown} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_markdown(), end="")
