@@ -1,0 +1,129 @@
+"""Benchmark: does an order-delay notice still arrive at once while a campaign drains?
+
+Run: python bench/notice_latency.py [--quick] [--recipients 20000] [--notices 500] [--rate 10]
+                                     [--db sqlite|postgresql] [--threads 4]
+
+The stage of ``bench/campaign_throughput.py`` (one ``dramatiq`` worker process, Redis db 8,
+DKIM RSA-2048, the lean sink on the other CPU, the seasonal-sale newsletter to N
+recipients).  Once the campaign is draining (the sink has accepted its first mails), this
+process sends ``--notices`` ``order_delayed`` notices at a steady ``--rate`` per second
+through the product's own path (:func:`mailer.notices.create` + ``enqueue``, i.e. what
+``notify()`` does), each to an existing customer with its own idempotency key.
+
+Latency of a notice = the sink's acceptance time (it timestamps the final ``250`` per
+``X-Mailer-Delivery`` header) minus the moment ``notify`` was called (also shown: minus
+the moment the broker message was sent).  Only notices accepted while campaign mail was
+still being accepted after them count as "under load"; the script says how many.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from campaign_throughput import cpus, run_campaign  # noqa: E402
+from common import dkim_keys, loadavg, percentile, print_machine  # noqa: E402
+from sink import SinkProcess  # noqa: E402
+
+NOTICE_KIND = "order_delayed"
+
+
+def notice_sender(count: int, rate: float, campaign_n: int, results: dict):
+    """The ``during`` hook: wait for the drain to start, then send notices at a steady rate."""
+
+    def during(settings, sink, t_send) -> dict:
+        from mailer import notices
+        from mailer.app import App
+        from mailer.broker import QUEUE_TRANSACTIONAL
+
+        app = App(settings)
+        data = app.renderer.sample(NOTICE_KIND)
+        # Start once the campaign is really draining (its first mails accepted).
+        deadline = time.monotonic() + 120
+        while sink.stats()["messages"] < min(200, campaign_n // 10) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        interval = 1.0 / rate
+        start = time.monotonic()
+        sent: dict[str, tuple[float, float]] = {}
+        for i in range(count):
+            target = start + i * interval
+            pause = target - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            t_call = time.time()
+            result = notices.create(app, NOTICE_KIND, customer_id=1 + (i * 37) % campaign_n, data=data,
+                                    key=f"bench-delay-{i}-{t_send}")
+            t_enqueue = time.time()
+            notices.enqueue(result.delivery_id, queue=QUEUE_TRANSACTIONAL)
+            sent[str(result.delivery_id)] = (t_call, t_enqueue)
+        behind = time.monotonic() - (start + (count - 1) * interval)
+        results["sent"] = sent
+        results["behind_s"] = behind
+        results["campaign_accepted_at_last_notice"] = sink.stats()["messages"]
+        return {"extra_messages": count}
+
+    return during
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="4,000 recipients, 100 notices")
+    ap.add_argument("--recipients", type=int, default=None)
+    ap.add_argument("--notices", type=int, default=None)
+    ap.add_argument("--rate", type=float, default=10.0, help="notices per second")
+    ap.add_argument("--db", default="sqlite", choices=["sqlite", "postgresql"])
+    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--no-pin", action="store_true")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args()
+    n = args.recipients or (4000 if args.quick else 20_000)
+    count = args.notices or (100 if args.quick else 500)
+    print_machine(f"notice latency: {count} order_delayed notices at {args.rate:g}/s while {n} campaign mails drain")
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-notice-") as tmp_s:
+        tmp = Path(tmp_s)
+        keys = dkim_keys(tmp)
+        _, sink_cpu = cpus() if not args.no_pin else (None, None)
+        with SinkProcess(cpu=sink_cpu) as sink:
+            r = run_campaign(args.db, n, tmp, threads=args.threads, keys=keys, ed25519=False, pin=not args.no_pin,
+                             log_level=args.log_level, during=notice_sender(count, args.rate, n, results),
+                             sink=sink)
+            times = sink.times()
+            stats = sink.stats()
+    sent = results["sent"]
+    lat_call, lat_enq, missing = [], [], 0
+    last_campaign_ts = 0.0
+    notice_ids = set(sent)
+    for key, ts in times.items():
+        if key not in notice_ids:
+            last_campaign_ts = max(last_campaign_ts, ts)
+    under_load = 0
+    for key, (t_call, t_enq) in sent.items():
+        ts = times.get(key)
+        if ts is None:
+            missing += 1
+            continue
+        lat_call.append((ts - t_call) * 1000)
+        lat_enq.append((ts - t_enq) * 1000)
+        if ts < last_campaign_ts:
+            under_load += 1
+    print(f"   notices: {len(sent)} sent, {len(lat_call)} accepted by the sink, {missing} missing; "
+          f"{under_load} accepted while campaign mail was still flowing; sender fell behind its schedule by "
+          f"{results['behind_s']:.2f} s; campaign mails accepted when the last notice was sent: "
+          f"{results['campaign_accepted_at_last_notice'] - len(sent)} of {n}")
+    for label, values in (("notify() -> accepted", lat_call), ("enqueue -> accepted", lat_enq)):
+        print(f"   {label:22s} p50 {percentile(values, 50):7.1f} ms   p90 {percentile(values, 90):7.1f} ms   "
+              f"p99 {percentile(values, 99):7.1f} ms   max {max(values):7.1f} ms   (target p50 < 50, p99 < 250)")
+    print(f"   campaign meanwhile: {r['rate']:.0f} msg/s wall, {r['worker_cpu_ms_per_msg']:.2f} ms worker CPU per "
+          f"mail (notices included); sink saw {stats['messages']} mails, {stats['unique_ids']} unique Message-IDs")
+    print(f"   load average at the end: {loadavg()}")
+
+
+if __name__ == "__main__":
+    main()
