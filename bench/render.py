@@ -38,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import mjml  # noqa: E402
 
-from mailer import rendering  # noqa: E402
 from mailer.mime import MailParts, build  # noqa: E402
 from mailer.rendering import Renderer, preview_context  # noqa: E402
 from mailer.settings import Settings  # noqa: E402
@@ -132,18 +131,18 @@ def stdlib_mime(r, i: int) -> bytes:
 def resolved_mjml(renderer: Renderer, kind: str, locale: str) -> str:
     """The MJML document MRML compiles for this template (layouts resolved, Jinja masked)."""
     captured: dict[str, str] = {}
-    real = rendering.mjml.mjml2html
+    real = mjml.mjml2html
 
     def spy(doc, **kw):
         captured["doc"] = doc
         return real(doc, **kw)
 
-    rendering.mjml.mjml2html = spy
+    mjml.mjml2html = spy
     try:
         renderer.forget()
         renderer.compiled(kind, locale)
     finally:
-        rendering.mjml.mjml2html = real
+        mjml.mjml2html = real
     return captured["doc"]
 
 
