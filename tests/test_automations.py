@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 from mailer import automations, consent, delivery
 from mailer.app import App, set_app
 from mailer.automations import Waves, out_of_quiet_hours, parse_rule, wave_plan
+from mailer.automations.hooks import _last_release
 from mailer.cli import main
 from mailer.clock import utcnow
 from mailer.customers import get_or_create
@@ -490,7 +491,7 @@ def test_code_of_a_reward_mail_skipped_at_send_time_goes_back_to_the_pool(auto):
                        source="api")
     assert delivery.process(auto, action.delivery_id).status == "skipped"
     # Then the next sweep returns the code to the pool
-    automations._last_release["at"] = 0.0
+    _last_release["at"] = 0.0
     sweeper.sweep(auto)
     with auto.session() as s:
         assert codes_left(s) == 1
