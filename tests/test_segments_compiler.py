@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from mailer import db, segments
+from tests.conftest import make_settings
 from mailer.models import Customer, CustomerTag, TrackingEvent
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=timezone.utc)
@@ -164,3 +165,55 @@ def test_evaluate_reads_orm_customers_and_queries_tracking(sqlite_url):
         assert not segments.evaluate({"engagement": {"clicked_within_days": 1}}, c, now=NOW, session=s)
         assert s.execute(sa.select(sa.func.count()).select_from(Customer)
                          .where(segments.compile_condition(cond, now=NOW))).scalar_one() == 1
+
+
+def _consent(conn, ids: list[int], consenting: list[bool], suppressed: list[bool]) -> None:
+    """Current newsletter consent for some customers, suppressions for others (one shared event row)."""
+    from mailer.models import ConsentEvent, ConsentState, Suppression
+
+    ev = ConsentEvent.__table__
+    event_id = conn.execute(sa.select(ev.c.id).limit(1)).scalar()
+    if event_id is None:
+        event_id = conn.execute(sa.insert(ev).values(
+            seq=1, subject_hash="0" * 64, purpose="newsletter", action="granted", basis="consent",
+            source="import", occurred_at=NOW, recorded_at=NOW, prev_hash="0" * 64, hash="1" * 64)).inserted_primary_key[0]
+    conn.execute(sa.delete(ConsentState.__table__))
+    conn.execute(sa.delete(Suppression.__table__))
+    for i, yes, sup in zip(ids, consenting, suppressed):
+        if yes:
+            conn.execute(sa.insert(ConsentState.__table__).values(customer_id=i, purpose="newsletter", granted=True,
+                                                                  basis="consent", event_id=event_id, updated_at=NOW))
+        if sup:
+            conn.execute(sa.insert(Suppression.__table__).values(email_hash=f"{i:064d}", reason="manual", scope="all",
+                                                                 created_at=NOW))
+
+
+@given(people=customers, cond=conditions, data=st.data())
+@hsettings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                     HealthCheck.too_slow])
+def test_streamed_and_counted_segments_equal_python(db_url, people, cond, data):
+    # Given random customers, some consenting to the newsletter and some suppressed
+    consenting = data.draw(st.lists(st.booleans(), min_size=len(people), max_size=len(people)))
+    suppressed = data.draw(st.lists(st.booleans(), min_size=len(people), max_size=len(people)))
+    batch = data.draw(st.integers(1, 4))
+    factor = data.draw(st.sampled_from([1, 2, 4]))  # small windows: many window edges to get wrong
+    settings = make_settings(database_url=db_url)
+    engine = db.get_engine(db_url)
+    with engine.begin() as conn:
+        ids = _load(conn, people)
+        _consent(conn, ids, consenting, suppressed)
+    seg = segments.parse({"purpose": "newsletter", "where": cond}, settings=settings, name="random")
+    # When the segment is streamed in small windows and counted
+    saved, segments.WINDOW_FACTOR = segments.WINDOW_FACTOR, factor
+    try:
+        with db.session_scope(settings) as s:
+            pages = list(segments.stream(s, settings, seg, batch_size=batch, now=NOW))
+            counted = segments.count(s, settings, seg, now=NOW)
+    finally:
+        segments.WINDOW_FACTOR = saved
+    # Then both equal the Python evaluation of consent, suppressions and the condition
+    expected = [i for i, p, yes, sup in zip(ids, people, consenting, suppressed)
+                if yes and not sup and segments.evaluate(cond, p, now=NOW)]
+    assert [r.customer_id for page in pages for r in page] == expected
+    assert all(len(page) == batch for page in pages[:-1]) and all(0 < len(page) <= batch for page in pages)
+    assert counted == len(expected)
