@@ -26,6 +26,7 @@ fan-out) can resume from the last id it handled and never holds the segment.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple
 
 import yaml
-from sqlalchemy import BigInteger, and_, bindparam, exists, func, not_, or_, select, true
+from sqlalchemy import BigInteger, Integer, and_, bindparam, exists, func, not_, or_, select, true
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
@@ -82,8 +83,8 @@ ENGAGEMENT_KINDS = {
 }
 #: Default recipients per batch when streaming.
 BATCH_SIZE = 500
-#: Consenting customers examined per streaming query, as a multiple of the batch size.
-WINDOW_FACTOR = 4
+#: Largest window of consenting customers one streaming query examines, in batch sizes.
+WINDOW_MAX_FACTOR = 16
 #: Upper bound of the last window (largest BIGINT).
 _MAX_ID = 2**63 - 1
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
@@ -571,31 +572,51 @@ def stream(session: Session, settings: Settings, segment: Segment, *, after_id: 
            batch_size: int = BATCH_SIZE, now: datetime | None = None) -> Iterator[list[Recipient]]:
     """Yield the segment's recipients in customer-id order, ``batch_size`` per list (the last may be shorter).
 
-    Keyset pagination by windows of consenting customer ids: one index-only query finds
-    the id ``hi`` of the ``WINDOW_FACTOR * batch_size``-th consenting customer after the
-    last id seen, then one query returns the recipients in ``(last, hi]``, every table
-    read as a range of that window.  No query costs more than the one before, at most
-    one window plus one batch is held in memory, and ``after_id`` resumes after the last
-    customer a caller handled.
+    Keyset pagination, never an offset into the segment; ``after_id`` resumes after the
+    last customer a caller handled, and at most one window plus one batch is in memory.
+
+    * The first batch is one query: ``customer id > after_id ORDER BY id LIMIT batch``
+      (a campaign fan-out step takes just this and comes back later with its cursor).
+    * A caller that keeps reading gets windows of consenting ids: one index-only query
+      finds the id ``hi`` of the n-th consenting customer after the last id seen, one
+      query returns the recipients in ``(last, hi]`` with every table read as a range of
+      that window.  n aims at several batches divided by the share of consenting
+      customers the segment keeps (a segment keeping 1 in 60 reads bigger windows),
+      capped at ``WINDOW_MAX_FACTOR * batch_size``.
     """
     if batch_size < 1:
         raise SegmentError("batch_size must be at least 1", field="batch_size")
     now = now or utcnow()
     cs, c = ConsentState.__table__.c, Customer.__table__.c
     lo, hi = bindparam("lo", type_=BigInteger()), bindparam("hi", type_=BigInteger())
+    # The bound on customers.id too lets PostgreSQL start its merge join at the cursor
+    # instead of scanning customers from id 1.
+    first = (_page_stmt(settings, segment, now).where(cs.customer_id > lo, c.id > lo)
+             .order_by(cs.customer_id).limit(batch_size))
+    rows = session.execute(first, {"lo": after_id}).all()
+    if not rows:
+        return
+    yield [Recipient(*r) for r in rows]
+    if len(rows) < batch_size:
+        return
     # The window bound on both join sides (and in tag / engagement subqueries) lets each
     # database read only the window's ids: merge or range joins instead of probes.
     page = (_page_stmt(settings, segment, now, window=(lo, hi))
             .where(cs.customer_id > lo, cs.customer_id <= hi, c.id > lo, c.id <= hi).order_by(cs.customer_id))
-    consenting = [cs.purpose == segment.purpose, cs.granted == true()]
-    # The window's upper id: OFFSET n-1 on ix_consent_state_purpose, an index-only walk.
-    bound = (select(cs.customer_id).where(*consenting, cs.customer_id > lo).order_by(cs.customer_id)
-             .offset(WINDOW_FACTOR * batch_size - 1).limit(1))
-    last = after_id
+    # The window's upper id: an OFFSET walk over ix_consent_state_purpose (index only).
+    bound = (select(cs.customer_id).where(cs.purpose == segment.purpose, cs.granted == true(), cs.customer_id > lo)
+             .order_by(cs.customer_id).offset(bindparam("skip", type_=Integer())).limit(1))
+    last = rows[-1][0]
     buffer: list[Recipient] = []
+    examined, kept = 0, 0
     while True:
-        upper = session.execute(bound, {"lo": last}).scalar()
+        target = batch_size - len(buffer) + 3 * batch_size
+        share = kept / examined if kept else (1.0 if not examined else 1.0 / (examined + 1))
+        window = max(1, min(WINDOW_MAX_FACTOR * batch_size, math.ceil(target / share)))
+        upper = session.execute(bound, {"lo": last, "skip": window - 1}).scalar()
         rows = session.execute(page, {"lo": last, "hi": upper if upper is not None else _MAX_ID}).all()
+        examined += window
+        kept += len(rows)
         buffer.extend(Recipient(*r) for r in rows)
         while len(buffer) >= batch_size:
             yield buffer[:batch_size]

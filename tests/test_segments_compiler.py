@@ -193,10 +193,13 @@ def _consent(conn, ids: list[int], consenting: list[bool], suppressed: list[bool
                                                                      HealthCheck.too_slow])
 def test_streamed_and_counted_segments_equal_python(db_url, people, cond, data):
     # Given random customers, some consenting to the newsletter and some suppressed
-    consenting = data.draw(st.lists(st.booleans(), min_size=len(people), max_size=len(people)))
-    suppressed = data.draw(st.lists(st.booleans(), min_size=len(people), max_size=len(people)))
+    # Mostly consenting, a few suppressed: streams long enough to cross several windows.
+    consenting = data.draw(st.lists(st.sampled_from([True, True, True, False]), min_size=len(people),
+                                    max_size=len(people)))
+    suppressed = data.draw(st.lists(st.sampled_from([False, False, False, True]), min_size=len(people),
+                                    max_size=len(people)))
     batch = data.draw(st.integers(1, 4))
-    factor = data.draw(st.sampled_from([1, 2, 4]))  # small windows: many window edges to get wrong
+    factor = data.draw(st.sampled_from([1, 2, 16]))  # small windows: many window edges to get wrong
     settings = make_settings(database_url=db_url)
     engine = db.get_engine(db_url)
     with engine.begin() as conn:
@@ -204,16 +207,39 @@ def test_streamed_and_counted_segments_equal_python(db_url, people, cond, data):
         _consent(conn, ids, consenting, suppressed)
     seg = segments.parse({"purpose": "newsletter", "where": cond}, settings=settings, name="random")
     # When the segment is streamed in small windows and counted
-    saved, segments.WINDOW_FACTOR = segments.WINDOW_FACTOR, factor
+    saved, segments.WINDOW_MAX_FACTOR = segments.WINDOW_MAX_FACTOR, factor
     try:
         with db.session_scope(settings) as s:
             pages = list(segments.stream(s, settings, seg, batch_size=batch, now=NOW))
             counted = segments.count(s, settings, seg, now=NOW)
     finally:
-        segments.WINDOW_FACTOR = saved
+        segments.WINDOW_MAX_FACTOR = saved
     # Then both equal the Python evaluation of consent, suppressions and the condition
     expected = [i for i, p, yes, sup in zip(ids, people, consenting, suppressed)
                 if yes and not sup and segments.evaluate(cond, p, now=NOW)]
     assert [r.customer_id for page in pages for r in page] == expected
     assert all(len(page) == batch for page in pages[:-1]) and all(0 < len(page) <= batch for page in pages)
     assert counted == len(expected)
+
+
+def test_window_edges_with_tag_and_engagement_conditions(db_url, monkeypatch):
+    # Given 30 consenting customers: every other one tagged VIP, every third opened a mail
+    people = [{"tags": ["VIP"] if i % 2 else [], "total_spent": Decimal("0"), "orders_count": 0,
+               "predicted_spend_tier": None, "last_order_at": None, "created_at": _moment(7, 0), "locale": None,
+               "country": None, "tracking": [("open", _moment(1, 0))] if i % 3 == 0 else []} for i in range(30)]
+    settings = make_settings(database_url=db_url)
+    with db.get_engine(db_url).begin() as conn:
+        ids = _load(conn, people)
+        _consent(conn, ids, [True] * 30, [False] * 30)
+    monkeypatch.setattr(segments, "WINDOW_MAX_FACTOR", 1)  # windows of one batch: many window edges
+    for cond in ({"tags": {"any": ["VIP"]}}, {"tags": {"none": ["VIP"]}}, {"tags": {"all": ["VIP"]}},
+                 {"engagement": {"opened_within_days": 7}}, {"not": {"engagement": {"within_days": 7}}}):
+        seg = segments.parse({"purpose": "newsletter", "where": cond}, settings=settings, name="edges")
+        expected = [i for i, p in zip(ids, people) if segments.evaluate(cond, p, now=NOW)]
+        for batch in (1, 2, 3, 7):
+            # When streamed in windows of `batch` consenting customers
+            with db.session_scope(settings) as s:
+                got = [r.customer_id for page in segments.stream(s, settings, seg, batch_size=batch, now=NOW)
+                       for r in page]
+            # Then customers on a window's upper edge are neither lost nor duplicated
+            assert got == expected, (cond, batch)
