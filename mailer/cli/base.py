@@ -62,6 +62,21 @@ def parse_json(value: str | None, *, option: str) -> dict:
     return data
 
 
+def parse_json_or_file(value: str | None, *, option: str) -> dict | None:
+    """A JSON object given inline, or as ``@path`` to a file holding it; None when absent."""
+    if value is None:
+        return None
+    if value.startswith("@"):
+        from pathlib import Path
+
+        path = Path(value[1:])
+        try:
+            value = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint=option) from exc
+    return parse_json(value, option=option)
+
+
 def setup_broker(settings: Settings):
     """Connect the actors to the configured broker (Redis, or the stub for stub://)."""
     from mailer.app import App, set_app

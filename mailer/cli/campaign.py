@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from mailer.cli.base import console, err_console, main, on_terminal, parse_json, pass_settings, setup_broker
+from mailer.cli.base import console, err_console, main, on_terminal, parse_json_or_file, pass_settings, setup_broker
 
 #: Seconds between refreshes of ``campaign status --watch``.
 WATCH_INTERVAL_S = 1.0
@@ -18,18 +18,6 @@ WATCH_INTERVAL_S = 1.0
 @main.group("campaign")
 def campaign_group() -> None:
     """Newsletters to a segment: create, preview, send, watch and report."""
-
-
-def _data_option(value: str | None) -> dict | None:
-    if value is None:
-        return None
-    if value.startswith("@"):
-        path = Path(value[1:])
-        try:
-            value = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise click.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint="--data") from exc
-    return parse_json(value, option="--data")
 
 
 @campaign_group.command("create")
@@ -49,7 +37,7 @@ def create_cmd(settings, name, template, segment, subject, send_at, local_time, 
     from mailer.app import App
 
     app = App(settings)
-    payload = _data_option(data)
+    payload = parse_json_or_file(data, option="--data")
     with db.session_scope(settings) as s:
         c = campaigns.create(s, settings, app.renderer, name=name, template=template, segment=segment,
                              subjects=campaigns.parse_subjects(subject), data=payload,

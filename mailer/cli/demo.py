@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import click
 
 from mailer.cli.base import console, main, pass_settings
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import click
-from mailer.cli.base import EXIT_REJECTED, console, err_console, main, parse_json, pass_settings
+from mailer.cli.base import EXIT_REJECTED, console, err_console, main, parse_json_or_file, pass_settings
 
 
 @main.group("templates")
@@ -54,18 +54,6 @@ def _short(path: str | None, settings) -> str:
         return path
 
 
-def _load_data(value: str | None) -> dict | None:
-    if value is None:
-        return None
-    if value.startswith("@"):
-        path = Path(value[1:])
-        try:
-            value = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise click.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint="--data") from exc
-    return parse_json(value, option="--data")
-
-
 @main.command("preview")
 @click.argument("kind")
 @click.option("--locale", default="en", show_default=True, help="Locale (fallback applies: zh-HK -> zh-TW).")
@@ -84,7 +72,7 @@ def preview_cmd(settings, kind: str, locale: str, data: str | None, output: Path
     from mailer.rendering import Renderer, preview_context
 
     renderer = Renderer(settings)
-    payload = _load_data(data)
+    payload = parse_json_or_file(data, option="--data")
     if payload is None:
         payload = renderer.sample(kind)
     ctx = preview_context(settings, locale, currency=currency, first_name=first_name, timezone=timezone)
