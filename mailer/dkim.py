@@ -220,7 +220,7 @@ class Signer:
         return b"".join(signatures) + message
 
     def _signature(self, key: Key, names: list[str], body_hash: str, header_data: bytes, timestamp: int) -> bytes:
-        tags = [f"v=1", f"a={key.algorithm}", "c=relaxed/relaxed", f"d={self.domain}", f"s={key.selector}",
+        tags = ["v=1", f"a={key.algorithm}", "c=relaxed/relaxed", f"d={self.domain}", f"s={key.selector}",
                 f"t={timestamp}", "h=" + ":".join(names), f"bh={body_hash}"]
         # Fold between tags (CRLF TAB); relaxed canonicalization unfolds it again on both sides.
         lines: list[str] = []

@@ -562,7 +562,7 @@ def count(session: Session, settings: Settings, segment: Segment, *, now: dateti
 
 
 def _page_stmt(settings: Settings, segment: Segment, now: datetime, *, window: tuple | None = None):
-    cs, c = ConsentState.__table__.c, Customer.__table__.c
+    c = Customer.__table__.c
     return (select(c.id, c.email, c.email_hash, c.locale, c.timezone, c.first_name, c.last_name, c.currency)
             .select_from(_from()).where(*_base_where(settings, segment, now, bulk=window is not None,
                                                      window=window)))

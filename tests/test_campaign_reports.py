@@ -15,7 +15,7 @@ from mailer.app import App, set_app
 from mailer.broker import setup
 from mailer.cli import main
 from mailer.clock import utcnow
-from mailer.models import Bounce, CsatRating, Delivery, DeliveryStatus, TrackingEvent, TrackingKind
+from mailer.models import Bounce, CsatRating, Delivery, DeliveryStatus
 from mailer.transport import memory
 from tests.campaign_support import NEWS_KIND, add_customer, newsletter_templates
 from tests.conftest import make_settings

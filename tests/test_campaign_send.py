@@ -4,7 +4,7 @@ pause / resume / cancel, local-time delivery, frequency cap, resuming a fan-out 
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import dramatiq

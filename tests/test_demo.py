@@ -9,7 +9,6 @@ from email import message_from_bytes, policy
 
 import pytest
 
-from mailer.settings import PROJECT_ROOT
 
 
 @pytest.mark.slow

@@ -69,7 +69,6 @@ def check_templates(renderer: Renderer, kinds: Iterable[str] | None = None,
     required fields), and report every problem instead of stopping at the first."""
     problems: list[Problem] = []
     root = renderer.root
-    settings = renderer.settings
     renderer.forget()  # read everything fresh from disk
     wanted_locales = list(locales) if locales else None
     # Layout strings: every locale has every key English has.
