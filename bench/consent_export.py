@@ -4,7 +4,7 @@ Run:  python bench/consent_export.py [--events 1000000] [--no-pg] [--no-sqlite] 
 
 The events are a correctly hashed chain written with bulk executemany inserts (no ORM;
 tests/consent_support.py), with evidence rows and a wording on 70% of them.  Each
-export runs in a fresh child process (the real CLI code path, `consent_audit.export`),
+export runs in a fresh child process (the real CLI code path, `consent_export.export`),
 which reports its wall time and peak resident memory (ru_maxrss); the file is then
 verified on its own, and the database chain verified.  Targets (issue 5): export of
 1,000,000 events < 20 s with < 150 MB peak memory.  Figures go to docs/benchmarks.md.
@@ -39,27 +39,27 @@ SECRET = "bench"
 
 def child_export(url: str, fmt: str, out: str) -> None:
     """Runs in a fresh process: one export, then report time and peak RSS as JSON."""
-    from mailer import consent_audit
+    from mailer import consent_export
 
     settings = Settings(database_url=url, secret_key=SECRET)
     t0 = time.perf_counter()
     with db.session_scope(settings) as s, open(out, "w", encoding="utf-8", newline="") as fh:
-        summary = consent_audit.export(s, settings, fh, fmt=fmt)
+        summary = consent_export.export(s, settings, fh, fmt=fmt)
     dt = time.perf_counter() - t0
     print(json.dumps({"seconds": dt, "events": summary.events, "bytes": os.path.getsize(out),
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def child_verify(url: str, path: str | None) -> None:
-    from mailer import consent_audit
+    from mailer import consent_verify
 
     t0 = time.perf_counter()
     if path:
-        report = consent_audit.verify_file(path)
+        report = consent_verify.verify_file(path)
     else:
         settings = Settings(database_url=url, secret_key=SECRET)
         with db.session_scope(settings) as s:
-            report = consent_audit.verify_db(s, settings)
+            report = consent_verify.verify_db(s, settings)
     print(json.dumps({"seconds": time.perf_counter() - t0, "ok": report.ok, "events": report.events,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 

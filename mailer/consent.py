@@ -16,7 +16,7 @@ as the ``confirm_subscription`` notice.  Consent becomes current only when
 :func:`confirm` runs for that link (``POST /confirm/{token}``, see
 :mod:`mailer.web_consent`); confirming twice records one event.
 
-Verification and the compliance export live in :mod:`mailer.consent_audit`.
+Verification lives in :mod:`mailer.consent_verify`, the compliance export in :mod:`mailer.consent_export`.
 """
 
 from __future__ import annotations

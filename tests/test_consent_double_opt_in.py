@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from mailer import consent, consent_audit, segments
+from mailer import consent, consent_verify, segments
 from mailer.app import App, set_app
 from mailer.clock import utcnow
 from mailer.customers import by_email
@@ -111,7 +111,7 @@ def test_consent_counts_only_after_the_mailed_link_is_followed(smtp_app, worker,
     assert client.get(path).status_code == 200
     assert _events(smtp_app) == 1
     with smtp_app.session() as s:
-        assert consent_audit.verify_db(s, settings).ok
+        assert consent_verify.verify_db(s, settings).ok
 
 
 def _pending(app, email="late@example.com"):

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from mailer import consent, consent_audit, db
+from mailer import consent, consent_export, consent_verify, db
 from mailer.cli import main
 from mailer.customers import get_or_create
 from tests.conftest import make_settings
@@ -35,12 +35,12 @@ def _ledger(settings) -> None:
 def _export(settings, fmt: str, **filters) -> str:
     out = io.StringIO(newline="")
     with db.session_scope(settings) as s:
-        consent_audit.export(s, settings, out, fmt=fmt, **filters)
+        consent_export.export(s, settings, out, fmt=fmt, **filters)
     return out.getvalue()
 
 
-def _verify(text: str, fmt: str) -> consent_audit.Report:
-    return consent_audit.verify_stream(io.BytesIO(text.encode("utf-8")), fmt)
+def _verify(text: str, fmt: str) -> consent_verify.Report:
+    return consent_verify.verify_stream(io.BytesIO(text.encode("utf-8")), fmt)
 
 
 def _lines(text: str) -> list[str]:
@@ -71,7 +71,7 @@ def test_export_verifies_on_its_own_and_carries_every_hashed_field(settings, fmt
     assert report.ok, report.problem
     assert (report.events, report.first_seq, report.last_seq) == (8, 1, 8)
     with db.session_scope(settings) as s:
-        db_report = consent_audit.verify_db(s, settings)
+        db_report = consent_verify.verify_db(s, settings)
     assert db_report.ok and report.head_hash == db_report.head_hash
     # And every hashed field is present, with the clear evidence next to it
     if fmt == "jsonl":
@@ -132,7 +132,7 @@ def _forge(lines: list[str], fmt: str, seq: int) -> str:
     fields = dict(rec, seq=seq, subject_hash="e" * 64, purpose="newsletter", action="granted")
     fields["prev_hash"] = rec["hash"]
     fields["hash"] = consent.chain_hash(rec["hash"], fields)
-    return consent_audit._serialize(fields, fmt)
+    return consent_export._serialize(fields, fmt)
 
 
 def _parse(line: str, fmt: str) -> dict:
@@ -141,7 +141,7 @@ def _parse(line: str, fmt: str) -> dict:
     import csv
 
     row = next(csv.reader([line]))
-    rec = {k: (v or None) for k, v in zip(consent_audit.CSV_COLUMNS, row)}
+    rec = {k: (v or None) for k, v in zip(consent_export.CSV_COLUMNS, row)}
     rec["seq"] = int(rec["seq"])
     return rec
 
@@ -251,7 +251,7 @@ def test_any_single_edit_anywhere_in_the_file_fails(small_export, data):
     else:
         bad = raw[:pos] + byte + raw[pos:]
     # Then verification fails (never passes, never crashes)
-    report = consent_audit.verify_stream(io.BytesIO(bad), fmt)
+    report = consent_verify.verify_stream(io.BytesIO(bad), fmt)
     assert not report.ok
 
 
@@ -290,7 +290,7 @@ def test_export_memory_stays_flat_as_the_log_grows(tmp_path):
         # When each is exported (to a sink) under tracemalloc
         tracemalloc.start()
         with db.session_scope(settings) as s:
-            summary = consent_audit.export(s, settings, Sink(), fmt="jsonl")
+            summary = consent_export.export(s, settings, Sink(), fmt="jsonl")
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
         assert summary.events == n
@@ -306,5 +306,5 @@ field_values = st.one_of(st.none(), st.text(max_size=20), st.integers(-10, 10**1
 @hsettings(max_examples=300, deadline=None)
 def test_fast_canonical_is_byte_for_byte_the_reference(fields):
     # The verifier's fast encoder must hash exactly what the ledger hashed
-    assert consent_audit.fast_canonical(fields) == consent.canonical(fields)
-    assert consent_audit.fast_chain_hash("a" * 64, fields) == consent.chain_hash("a" * 64, fields)
+    assert consent_verify.fast_canonical(fields) == consent.canonical(fields)
+    assert consent_verify.fast_chain_hash("a" * 64, fields) == consent.chain_hash("a" * 64, fields)

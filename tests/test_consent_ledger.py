@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import func, select
 
-from mailer import consent, consent_audit, db
+from mailer import consent, consent_verify, db
 from mailer.clock import utcnow
 from mailer.customers import get_or_create
 from mailer.errors import ChainBroken, ConsentError, NotFound
@@ -48,7 +48,7 @@ def test_append_links_events_and_keeps_proof_out_of_the_chain(settings):
         # And the current state is the withdrawal
         assert not consent.has_consent(s, settings, alice.id, "newsletter")
         assert s.get(ConsentState, (alice.id, "newsletter")).event_id == second.id
-        assert consent_audit.verify_db(s, settings).ok
+        assert consent_verify.verify_db(s, settings).ok
 
 
 def test_history_answers_consent_at_a_past_moment(settings):
@@ -135,7 +135,7 @@ def test_the_database_refuses_update_and_delete(settings, statement):
     # Then nothing changed and the chain verifies
     with db.session_scope(settings) as s:
         assert s.execute(select(func.count()).select_from(ConsentEvent)).scalar_one() == 2
-        assert consent_audit.verify_db(s, settings).ok
+        assert consent_verify.verify_db(s, settings).ok
 
 
 def test_emptying_the_table_is_refused_too(settings):
@@ -210,14 +210,14 @@ def test_verify_names_the_first_tampered_event(settings, tamper, kind, seq):
     # Given a verified chain of six events
     _chain(settings, 6)
     with db.session_scope(settings) as s:
-        assert consent_audit.verify_db(s, settings).ok
+        assert consent_verify.verify_db(s, settings).ok
         # When someone with database access bypasses the append-only protection and tampers
         with unprotected(settings.database_url) as conn:
             tamper(conn, s)
     db.dispose_engines()
     # Then verification fails, naming what happened and where
     with db.session_scope(settings) as s:
-        report = consent_audit.verify_db(s, settings)
+        report = consent_verify.verify_db(s, settings)
     assert not report.ok
     assert report.problem.kind == kind, report.problem
     if seq is not None:

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from mailer import consent, consent_audit, db, gdpr, segments
+from mailer import consent, consent_verify, db, gdpr, segments
 from mailer.cli import main
 from mailer.clock import utcnow
 from mailer.customers import by_email, import_file
@@ -110,7 +110,7 @@ def test_erasure_removes_personal_data_keeps_consent_events_and_the_chain_verifi
         assert s.execute(select(func.count()).select_from(ConsentEvent)).scalar_one() == events_before + 2
         assert not consent.has_consent(s, settings, alice_id, "newsletter")
         # And the chain still verifies
-        report = consent_audit.verify_db(s, settings)
+        report = consent_verify.verify_db(s, settings)
         assert report.ok, report.problem
         # And a tombstone keeps the address suppressed for every mail
         tomb = s.execute(select(Suppression).where(Suppression.reason == "erased")).scalar_one()

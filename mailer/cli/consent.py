@@ -157,13 +157,13 @@ def check_cmd(settings, email, purpose, at) -> None:
 @pass_settings
 def verify_cmd(settings, file: Path | None) -> None:
     """Check the hash chain; names the first edited, removed, inserted or reordered event. Exit 1 if broken."""
-    from mailer import consent_audit, db
+    from mailer import consent_verify, db
 
     def run(progress=None):
         if file is not None:
-            return consent_audit.verify_file(file, progress=progress)
+            return consent_verify.verify_file(file, progress=progress)
         with db.session_scope(settings) as s:
-            return consent_audit.verify_db(s, settings, progress=progress)
+            return consent_verify.verify_db(s, settings, progress=progress)
 
     if on_terminal():
         with _bar("verifying") as bar:
@@ -203,7 +203,7 @@ def verify_cmd(settings, file: Path | None) -> None:
 @pass_settings
 def export_cmd(settings, since, until, purpose, email, fmt, output: Path, no_evidence: bool) -> None:
     """Stream the consent log with its chain hashes; `mailer consent verify --file` re-checks it."""
-    from mailer import consent_audit, db
+    from mailer import consent_export, db
 
     partial = output.with_name(output.name + ".partial")
     try:
@@ -213,11 +213,11 @@ def export_cmd(settings, since, until, purpose, email, fmt, output: Path, no_evi
             if on_terminal():
                 with _bar("exporting") as bar:
                     task = bar.add_task("events", total=None)
-                    summary = consent_audit.export(s, settings, out, **kwargs,
-                                                   on_total=lambda n: bar.update(task, total=n),
-                                                   progress=lambda n: bar.advance(task, n))
+                    summary = consent_export.export(s, settings, out, **kwargs,
+                                                    on_total=lambda n: bar.update(task, total=n),
+                                                    progress=lambda n: bar.advance(task, n))
             else:
-                summary = consent_audit.export(s, settings, out, **kwargs)
+                summary = consent_export.export(s, settings, out, **kwargs)
         os.replace(partial, output)
     finally:
         if partial.exists():
