@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from mailer import db, segments
+from mailer.segments import resolve as segments_resolve
 from tests.conftest import make_settings
 from mailer.models import Customer, CustomerTag, TrackingEvent
 
@@ -207,13 +208,13 @@ def test_streamed_and_counted_segments_equal_python(db_url, people, cond, data):
         _consent(conn, ids, consenting, suppressed)
     seg = segments.parse({"purpose": "newsletter", "where": cond}, settings=settings, name="random")
     # When the segment is streamed in small windows and counted
-    saved, segments.WINDOW_MAX_FACTOR = segments.WINDOW_MAX_FACTOR, factor
+    saved, segments_resolve.WINDOW_MAX_FACTOR = segments_resolve.WINDOW_MAX_FACTOR, factor
     try:
         with db.session_scope(settings) as s:
             pages = list(segments.stream(s, settings, seg, batch_size=batch, now=NOW))
             counted = segments.count(s, settings, seg, now=NOW)
     finally:
-        segments.WINDOW_MAX_FACTOR = saved
+        segments_resolve.WINDOW_MAX_FACTOR = saved
     # Then both equal the Python evaluation of consent, suppressions and the condition
     expected = [i for i, p, yes, sup in zip(ids, people, consenting, suppressed)
                 if yes and not sup and segments.evaluate(cond, p, now=NOW)]
@@ -231,7 +232,7 @@ def test_window_edges_with_tag_and_engagement_conditions(db_url, monkeypatch):
     with db.get_engine(db_url).begin() as conn:
         ids = _load(conn, people)
         _consent(conn, ids, [True] * 30, [False] * 30)
-    monkeypatch.setattr(segments, "WINDOW_MAX_FACTOR", 1)  # windows of one batch: many window edges
+    monkeypatch.setattr(segments_resolve, "WINDOW_MAX_FACTOR", 1)  # windows of one batch: many window edges
     for cond in ({"tags": {"any": ["VIP"]}}, {"tags": {"none": ["VIP"]}}, {"tags": {"all": ["VIP"]}},
                  {"engagement": {"opened_within_days": 7}}, {"not": {"engagement": {"within_days": 7}}}):
         seg = segments.parse({"purpose": "newsletter", "where": cond}, settings=settings, name="edges")
