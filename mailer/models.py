@@ -181,7 +181,7 @@ class Customer(Base):
                                                      lazy="selectin")
 
     __table_args__ = (
-        # Segment conditions filter on these; see mailer/segments.py.
+        # Segment conditions filter on these; see mailer/segments/.
         Index("ix_customers_total_spent", "total_spent"),
         Index("ix_customers_orders_count", "orders_count"),
         Index("ix_customers_last_order_at", "last_order_at"),
