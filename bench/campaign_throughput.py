@@ -2,6 +2,10 @@
 
 Run: python bench/campaign_throughput.py [--quick] [--recipients 20000] [--db both|sqlite|postgresql]
                                           [--threads 4] [--ed25519] [--no-pin] [--log-level INFO]
+                                          [--profile DIR] [--skip-reference]
+
+``--profile DIR`` records the worker with py-spy (``pip install py-spy``) while the
+campaign drains and prints the functions holding the GIL most often.
 
 For each database (SQLite, then PostgreSQL in a schema of its own):
 
