@@ -337,8 +337,6 @@ class Worker:
         env = settings_env(self.settings)
         env.setdefault("MAILER_LOG_LEVEL", "INFO")
         env.update(self.extra_env)
-        if os.environ.get("H6_SC"):
-            env["PYTHONPATH"] = os.environ["H6_SC"] + ":" + env["PYTHONPATH"]
         self.log_path = self.log_dir / f"worker-{self.index}-{uuid.uuid4().hex[:6]}.log"
         log = open(self.log_path, "wb")
         cpus = self.cpus
