@@ -134,14 +134,13 @@ def app(settings):
     set_app(previous)
 
 
-@pytest.fixture
-def stub_broker(app):
-    """The in-process broker with a running worker; ``stub_broker.drain()`` waits for all queues."""
+def _run_stub_worker(application):
+    """The in-process broker with a running worker; ``broker.drain()`` waits for all queues."""
     import dramatiq
 
     from mailer.broker import QUEUES, setup
 
-    broker = setup(app.settings)
+    broker = setup(application.settings)
     worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=2)
     worker.start()
 
@@ -155,6 +154,29 @@ def stub_broker(app):
     yield broker
     worker.stop()
     broker.close()
+
+
+@pytest.fixture
+def stub_broker(app):
+    """The in-process broker and worker for ``app`` (in-memory transport)."""
+    yield from _run_stub_worker(app)
+
+
+@pytest.fixture
+def smtp_app(db_url, smtp_sink):
+    """An App on the test database delivering to the real aiosmtpd sink, installed process-wide."""
+    settings = make_settings(database_url=db_url, smtp_url=smtp_sink.url, base_url="https://shop.example.com/m")
+    application = App(settings)
+    previous = set_app(application)
+    yield application
+    application.close()
+    set_app(previous)
+
+
+@pytest.fixture
+def smtp_worker(smtp_app):
+    """The in-process broker and worker for ``smtp_app``."""
+    yield from _run_stub_worker(smtp_app)
 
 
 @pytest.fixture

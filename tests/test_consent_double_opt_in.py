@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
 from mailer import consent, consent_verify, segments
-from mailer.app import App, set_app
+from mailer.app import App
 from mailer.clock import utcnow
 from mailer.customers import by_email
 from mailer.errors import TokenError
@@ -21,36 +21,6 @@ from tests.conftest import make_settings
 
 WORDING = "Yes, send me the Northwind newsletter. I can unsubscribe at any time."
 LINK = re.compile(r"(https?://[^\s\"'<>()]+/confirm/[A-Za-z0-9_\-.]+)")
-
-
-@pytest.fixture
-def smtp_app(db_url, smtp_sink):
-    settings = make_settings(database_url=db_url, smtp_url=smtp_sink.url, base_url="https://shop.example.com/m")
-    app = App(settings)
-    previous = set_app(app)
-    yield app
-    app.close()
-    set_app(previous)
-
-
-@pytest.fixture
-def worker(smtp_app):
-    import dramatiq
-
-    from mailer.broker import QUEUES, setup
-
-    broker = setup(smtp_app.settings)
-    w = dramatiq.Worker(broker, worker_timeout=50, worker_threads=2)
-    w.start()
-
-    def drain():
-        for q in QUEUES:
-            broker.join(q, timeout=30_000, fail_fast=True)
-        w.join()
-
-    broker.drain = drain
-    yield broker
-    w.stop()
 
 
 def _events(app) -> int:
@@ -66,14 +36,14 @@ def _link_from_mail(sink) -> str:
 
 
 @pytest.mark.smtp
-def test_consent_counts_only_after_the_mailed_link_is_followed(smtp_app, worker, smtp_sink):
+def test_consent_counts_only_after_the_mailed_link_is_followed(smtp_app, smtp_worker, smtp_sink):
     settings = smtp_app.settings
     # Given a sign-up with double opt-in
     pending, delivery_id = consent.double_opt_in(
         smtp_app, email="new.subscriber@example.com", purpose="newsletter", source="signup_form",
         proof=consent.Proof(ip="198.51.100.23", user_agent="Safari/18", form_id="footer", wording=WORDING,
                             wording_version="2026-01"), locale="pl")
-    worker.drain()
+    smtp_worker.drain()
     # Then the confirmation mail arrived over SMTP with the signed link, and nothing is granted yet
     assert [m.rcpt_tos for m in smtp_sink.received] == [["new.subscriber@example.com"]]
     url = _link_from_mail(smtp_sink)

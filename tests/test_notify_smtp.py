@@ -8,50 +8,18 @@ import pytest
 from sqlalchemy import select
 
 from mailer import notify
-from mailer.app import App, set_app
 from mailer.errors import InvalidAddress, MissingField, UnknownKind
 from mailer.models import Delivery, DeliveryStatus
-from tests.conftest import make_settings
 
 DATA = {"order_number": "1001", "new_eta": "2026-12-01"}
 
 
-@pytest.fixture
-def smtp_app(db_url, smtp_sink):
-    settings = make_settings(database_url=db_url, smtp_url=smtp_sink.url)
-    app = App(settings)
-    previous = set_app(app)
-    yield app
-    app.close()
-    set_app(previous)
-
-
-@pytest.fixture
-def worker_broker(smtp_app):
-    import dramatiq
-
-    from mailer.broker import QUEUES, setup
-
-    broker = setup(smtp_app.settings)
-    worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=2)
-    worker.start()
-
-    def drain():
-        for q in QUEUES:
-            broker.join(q, timeout=30_000, fail_fast=True)
-        worker.join()
-
-    broker.drain = drain
-    yield broker
-    worker.stop()
-
-
 @pytest.mark.smtp
-def test_notice_arrives_at_smtp_server_with_both_parts_and_message_id(smtp_app, worker_broker, smtp_sink):
+def test_notice_arrives_at_smtp_server_with_both_parts_and_message_id(smtp_app, smtp_worker, smtp_sink):
     # Given a configured app delivering to a real SMTP server
     # When a notice is triggered and the worker drains the queue
     delivery_id = notify("order_delayed", to="Alice@Example.com", data=DATA, settings=smtp_app.settings)
-    worker_broker.drain()
+    smtp_worker.drain()
     # Then exactly one message arrived, with subject, text and HTML parts and its Message-ID
     assert len(smtp_sink.received) == 1
     got = smtp_sink.received[0]
@@ -70,12 +38,12 @@ def test_notice_arrives_at_smtp_server_with_both_parts_and_message_id(smtp_app, 
 
 
 @pytest.mark.smtp
-def test_same_idempotency_key_twice_sends_one_mail(smtp_app, worker_broker, smtp_sink):
+def test_same_idempotency_key_twice_sends_one_mail(smtp_app, smtp_worker, smtp_sink):
     first = notify("order_delayed", to="bob@example.com", data=DATA, idempotency_key="k-1",
                    settings=smtp_app.settings)
     second = notify("order_delayed", to="bob@example.com", data=DATA, idempotency_key="k-1",
                     settings=smtp_app.settings)
-    worker_broker.drain()
+    smtp_worker.drain()
     assert first == second
     assert len(smtp_sink.received) == 1
 
