@@ -189,21 +189,10 @@ def import_codes(session: Session, pool: str, path: Path) -> ImportResult:
 
 def import_file(settings, pool: str, path: Path) -> ImportResult:
     """:func:`import_codes` in its own transaction (rolled back when a row is bad)."""
-    from mailer.db import session_factory
+    from mailer.db import all_or_nothing
 
-    session = session_factory(settings)()
-    try:
-        result = import_codes(session, pool, path)
-        if result.errors:
-            session.rollback()
-        else:
-            session.commit()
-        return result
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+    return all_or_nothing(settings, lambda session: import_codes(session, pool, path),
+                          keep=lambda result: not result.errors)
 
 
 def _free(pool: str, now: datetime):

@@ -246,21 +246,11 @@ def import_csv(session: Session, settings: Settings, path: Path, *, strict: bool
 def import_file(settings: Settings, path: Path, *, strict: bool = False,
                 progress: Callable[[int], None] | None = None) -> ImportResult:
     """Import in one transaction; roll back everything in strict mode when a row is bad."""
-    from mailer.db import session_factory
+    from mailer.db import all_or_nothing
 
-    session = session_factory(settings)()
-    try:
-        result = import_csv(session, settings, path, strict=strict, progress=progress)
-        if result.strict_aborted:
-            session.rollback()
-        else:
-            session.commit()
-        return result
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+    return all_or_nothing(settings, lambda session: import_csv(session, settings, path, strict=strict,
+                                                                progress=progress),
+                          keep=lambda result: not result.strict_aborted)
 
 
 def get_or_create(session: Session, settings: Settings, address: str, *, locale: str | None = None,

@@ -72,6 +72,27 @@ def session_scope(settings_or_url: Settings | str) -> Iterator[Session]:
         yield session
 
 
+def all_or_nothing(settings_or_url: Settings | str, work, *, keep) -> object:
+    """Run ``work(session)`` in one transaction; commit only when ``keep(result)`` is true.
+
+    For imports that must leave no trace when they reject their input (codes, strict
+    customer imports); an exception rolls back too.
+    """
+    session = session_factory(settings_or_url)()
+    try:
+        result = work(session)
+        if keep(result):
+            session.commit()
+        else:
+            session.rollback()
+        return result
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
 def alembic_config(url: str):
     from alembic.config import Config
 
