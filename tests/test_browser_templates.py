@@ -37,7 +37,8 @@ KINDS = _RENDERER.kinds()
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
-        msg = f"needs-service: chromium ({CHROMIUM} missing; apt-get install chromium)"
+        msg = (f"needs-service: chromium ({CHROMIUM} missing; apt-get install chromium chromium-driver "
+               "fonts-noto-core fonts-noto-cjk fonts-dejavu-core)")
         if os.environ.get("MAILER_REQUIRE_SERVICES") == "1":
             pytest.fail(msg + " (MAILER_REQUIRE_SERVICES=1)")
         pytest.skip(msg)
