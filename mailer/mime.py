@@ -176,7 +176,8 @@ class MailParts:
 def build(parts: MailParts) -> bytes:
     """Assemble the mail as bytes ready for SMTP DATA and DKIM signing."""
     utf8 = parts.utf8
-    boundary = "=_m" + hashlib.sha1(parts.message_id.encode("utf-8")).hexdigest()[:24]
+    # A MIME boundary derived from the Message-ID, not a security use of SHA-1.
+    boundary = "=_m" + hashlib.sha1(parts.message_id.encode("utf-8"), usedforsecurity=False).hexdigest()[:24]
     head = [
         fold("From", format_address(parts.from_name, parts.from_address, header="From", utf8=utf8).split(" ")),
         fold("To", format_address(parts.to_name, parts.to_address, header="To", utf8=utf8).split(" ")),
