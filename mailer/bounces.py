@@ -7,7 +7,10 @@
   ``Diagnostic-Code`` go through the same outcome table as live SMTP replies
   (:func:`mailer.smtp_codes.classify_dsn`).  A hard bounce suppresses the address at
   once; a soft bounce is counted and suppresses after ``MAILER_SOFT_BOUNCE_LIMIT``;
-  ``block``/``fail`` are recorded without suppressing anybody; ``delayed`` and
+  ``block``/``fail`` are recorded without suppressing anybody, and so is every
+  sender-side report (about our message, IP, domain, authentication or rate; see
+  :mod:`mailer.smtp_codes`), even a ``4.x.x`` the remote MTA gave up on, which also
+  warns the operator and counts ``mailer_sender_refusals_total``; ``delayed`` and
   ``delivered`` reports change nothing.  The delivery becomes ``bounced``.
 * **Complaint reports** (ARF, RFC 5965, ``report-type=feedback-report``) with feedback
   type ``abuse``, ``fraud`` or ``other``: the address is suppressed (reason
@@ -39,7 +42,7 @@ from sqlalchemy import select, update
 
 from mailer import consent, metrics, suppressions
 from mailer.addresses import email_hash
-from mailer.delivery import record_bounce
+from mailer.delivery import record_bounce, sender_refusal
 from mailer.errors import ConsentError, ValidationError
 from mailer.models import (
     Bounce,
@@ -233,7 +236,12 @@ def apply(s, settings: Settings, report: Report, *, source: str, raw: bytes) -> 
     status = rcpt.get("status", "")
     diagnostic = rcpt.get("diagnostic-code", "")
     result = classify_dsn(status, diagnostic)
-    kind = "soft" if result.outcome == "retry" else result.outcome   # the remote MTA gave up: soft
+    if result.sender_side:
+        # About us (size, content, our IP, authentication, rate), even when the remote MTA
+        # gave up retrying: never a bounce against the customer, never a suppression.
+        kind = result.outcome if result.outcome in ("block", "fail") else "block"
+    else:
+        kind = "soft" if result.outcome == "retry" else result.outcome   # the remote MTA gave up: soft
     if _already(s, delivery.id, kind):
         return Result(source, "duplicate", delivery.id, f"{kind} bounce already recorded")
     detail = f"{status} {diagnostic}".strip()
@@ -246,6 +254,9 @@ def apply(s, settings: Settings, report: Report, *, source: str, raw: bytes) -> 
         s.add(TrackingEvent(delivery_id=delivery.id, campaign_id=delivery.campaign_id,
                             customer_id=delivery.customer_id, kind=TrackingKind.bounce))
         suppressed = None
+        if result.sender_side:
+            sender_refusal(delivery, relay=delivery.relay or "dsn", code=result.code, enhanced=result.enhanced,
+                           reason=result.reason, reply=detail, effect="bounced later")
     # Delivery row: sent -> bounced (a DSN for a delivery not marked sent keeps its status).
     s.execute(update(Delivery).where(Delivery.id == delivery.id, Delivery.status == DeliveryStatus.sent)
               .values(status=DeliveryStatus.bounced, reason=f"bounced: {detail} ({result.reason})")

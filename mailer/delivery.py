@@ -22,7 +22,10 @@ The sequence, each database step its own short transaction:
    for a retry (transient, with Dramatiq's exponential backoff and jitter, until the
    delivery is ``MAILER_RETRY_MAX_AGE_S`` old, then ``failed``), or ``failed`` plus a
    bounce record and, for hard bounces, a suppression (permanent; see
-   :mod:`mailer.smtp_codes`).  The raw reply is always kept.
+   :mod:`mailer.smtp_codes`).  A refusal about *us* (sender side: size, content, our IP,
+   authentication, relaying, rate) is never a bounce against the customer: the delivery
+   fails or retries with the reason, and :func:`sender_refusal` warns the operator and
+   counts ``mailer_sender_refusals_total``.  The raw reply is always kept.
 
 **The duplicate window.**  A crash (kill -9, power loss) after the relay accepted the
 message in step 4 and before step 5 commits leaves the row ``sending`` with a lease
@@ -78,6 +81,7 @@ from mailer.models import (
     TrackingKind,
 )
 from mailer.rendering import TRANSACTIONAL
+from mailer.smtp_codes import SENDER
 
 log = logging.getLogger("mailer.delivery")
 
@@ -434,7 +438,11 @@ def _record_transient(app, delivery: Delivery, owner: str, exc: TransientDeliver
     _finish(app, delivery.id, owner, status=DeliveryStatus.queued, reason=str(exc), smtp_code=exc.code,
             smtp_reply=exc.reply)
     metrics.count("retried", queue=delivery.queue, kind=delivery.kind)
-    log.warning("delivery %s: transient failure, will retry: %s", delivery.id, exc)
+    if getattr(exc, "side", "") == SENDER:
+        sender_refusal(delivery, relay=getattr(exc, "relay", ""), code=exc.code, enhanced=exc.enhanced,
+                       reason=getattr(exc, "reason", ""), reply=exc.reply, effect="will retry")
+    else:
+        log.warning("delivery %s: transient failure, will retry: %s", delivery.id, exc)
     raise exc
 
 
@@ -445,11 +453,31 @@ def _record_permanent(app, delivery: Delivery, owner: str, exc: PermanentDeliver
     _finish(app, delivery.id, owner, status=DeliveryStatus.failed, reason=str(exc), smtp_code=exc.code,
             smtp_reply=exc.reply)
     metrics.count("failed", queue=delivery.queue, kind=delivery.kind)
+    if getattr(exc, "side", "") == SENDER:
+        # Our fault (size, content, IP, authentication, relaying, rate): never a bounce
+        # against the customer, never a suppression; the operator is told instead.
+        sender_refusal(delivery, relay=getattr(exc, "relay", ""), code=exc.code, enhanced=exc.enhanced,
+                       reason=reason, reply=exc.reply, effect="failed")
+        return
     if outcome in ("hard", "soft"):
         with app.session() as s:
             record_bounce(app.settings, s, delivery, kind=outcome, status_code=exc.enhanced or (
                 str(exc.code) if exc.code else None), reason=reason, raw=exc.reply)
     log.warning("delivery %s: permanent failure (%s): %s", delivery.id, outcome, exc)
+
+
+def sender_refusal(delivery: Delivery, *, relay: str, code: int | None, enhanced: str | None, reason: str,
+                   reply: str | None, effect: str) -> None:
+    """Tell the operator about a refusal that is about us, not the recipient (log and metric).
+
+    Shared with :mod:`mailer.bounces` (a DSN about us that arrives later).
+    """
+    metrics.count_sender_refusal(relay=relay, reason=reason)
+    log.warning("delivery %s %s: sender-side refusal, not the recipient's fault: relay %s, code %s, "
+                "enhanced %s, reason %s; reply: %s", delivery.id, effect, relay or "unknown", code,
+                enhanced or "none", reason, reply,
+                extra={"delivery_id": delivery.id, "relay": relay or "unknown", "smtp_code": code,
+                       "enhanced": enhanced, "refusal_reason": reason})
 
 
 def record_bounce(settings, s, delivery: Delivery, *, kind: str, status_code: str | None, reason: str,

@@ -6,7 +6,7 @@
      ├── ConfigurationError          bad setting or missing file
      ├── ValidationError             bad input from a person or a service
      │    ├── InvalidAddress         an e-mail address failed validation
-     │    ├── HeaderInjection        CR/LF or unencodable text in a header
+     │    ├── HeaderInjection        a control character or unencodable text in a header
      │    ├── UnknownKind            no such notice kind / template
      │    ├── MissingField           required data field absent
      │    ├── InvalidEvent           shop event does not match its schema
@@ -51,7 +51,7 @@ class InvalidAddress(ValidationError):
 
 
 class HeaderInjection(ValidationError):
-    """Header text contains CR/LF or cannot be encoded."""
+    """Header text contains a control character (after line breaks are flattened) or cannot be encoded."""
 
 
 class UnknownKind(ValidationError):

@@ -5,6 +5,14 @@
 time or from a DSN), ``soft_bounced``, ``complained``, ``suppressed`` (blocked by the
 suppression list) and ``skipped`` (no consent, frequency cap).
 
+``mailer_sender_refusals_total{relay, reason}`` counts refusals that are about *us*,
+not the recipient (message too large, content refused as spam, our IP blocked, sender
+authentication failed, relaying denied, our sender refused, rate limited; the
+``reason`` is the row's reason in :data:`mailer.smtp_codes.OUTCOMES`, a fixed set), by
+the relay that reported them (``dsn`` for a later delivery status notification whose
+relay is not known).  Alert on it: each one is a mail that did not go out through no
+fault of the customer.
+
 Dramatiq runs several worker processes per ``dramatiq`` command, so a worker uses
 Prometheus' multiprocess mode: :mod:`mailer.boot` points ``PROMETHEUS_MULTIPROC_DIR``
 at Dramatiq's metrics directory *before* this module is imported, every process
@@ -21,10 +29,22 @@ import os
 from prometheus_client import Counter
 
 DELIVERIES = Counter("mailer_deliveries_total", "Delivery outcomes", ["outcome", "queue", "kind"])
+SENDER_REFUSALS = Counter("mailer_sender_refusals_total",
+                          "Refusals about our side (message, IP, domain, authentication, rate), not the recipient",
+                          ["relay", "reason"])
 
 
 def count(outcome: str, *, queue: str, kind: str, amount: float = 1) -> None:
     DELIVERIES.labels(outcome=outcome, queue=queue, kind=kind).inc(amount)
+
+
+def count_sender_refusal(*, relay: str, reason: str) -> None:
+    SENDER_REFUSALS.labels(relay=relay or "unknown", reason=reason).inc()
+
+
+def sender_refusals(*, relay: str, reason: str) -> float:
+    """This process's count of sender-side refusals (tests)."""
+    return SENDER_REFUSALS.labels(relay=relay or "unknown", reason=reason)._value.get()
 
 
 def value(outcome: str, *, queue: str, kind: str) -> float:

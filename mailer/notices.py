@@ -82,11 +82,12 @@ def create(app: App, kind: str, *, to: str | None = None, customer_id: int | Non
         probe = Delivery(id=0, kind=kind, to_address=address, locale=loc, data=data, purpose=spec.purpose)
         rendered = renderer.render(kind, loc, data, context=render_context(settings, probe, customer) | {
             "unsubscribe_url": "#", "preferences_url": "#"})
-        # CR/LF smuggled into the subject through the data is refused now, not at send time
-        # (delivery issue: header injection).
-        from mailer.mime import check_header_text
+        # The header rule (mailer.mime.header_text) applied now, not at send time: line
+        # breaks in the subject are flattened (the renderer already did), and any other
+        # control character smuggled in through the data is refused before anything is stored.
+        from mailer.mime import header_text
 
-        check_header_text("Subject", rendered.subject)
+        header_text("Subject", rendered.subject)
         ikey = idempotency_key(kind, key, to=address, data=data, locale=loc)
         purpose = purpose_for(spec.purpose, data)
         existing = s.execute(select(Delivery.id).where(Delivery.idempotency_key == ikey)).scalar_one_or_none()

@@ -11,13 +11,30 @@ Outcomes:
              not the address: nothing is suppressed; look at the relay and DNS.
 * ``fail``   permanent for this message only (too large, bad syntax); nothing suppressed.
 
+Each row also names a **side**: ``sender`` (the refusal is about us: the message's
+size or content, our IP or domain reputation, our authentication, relaying, our sender
+address, our rate), ``recipient`` (the address or mailbox), or neither.  A sender-side
+refusal is never a bounce against the customer: it is never ``hard`` or ``soft``, is
+never counted towards ``MAILER_SOFT_BOUNCE_LIMIT`` and never suppresses anybody; the
+delivery fails (or, for a 4xx, is retried) with the reason, and the operator is told
+(:mod:`mailer.delivery` logs a warning and counts ``mailer_sender_refusals_total``).
+
 Each row of :data:`OUTCOMES` gives an enhanced status code (RFC 3463; a trailing dot
 means "this class or subject"), a basic reply-code prefix, and/or a regular expression
 on the reply text; a row matches when every criterion it gives matches, and the first
-matching row wins.  The order is the precedence: exact enhanced codes, then text
-patterns (only ever on 5xx replies: a 4xx is never made permanent by its wording),
-then enhanced-code classes, then bare reply codes.  No reply at all (connection
-refused, reset, timeout) is ``retry``.
+matching row wins, so the enhanced code and the text decide together.  The order is
+the precedence:
+
+1. wording that puts the refusal on our side (size, authentication, relaying, sender
+   address, rate, spam/content, blocked IP), on 5xx and 4xx replies alike: a reply
+   that blames us is never the recipient's fault, whatever its code;
+2. exact enhanced codes that name the recipient (5.1.1, 5.2.2...), then those that
+   name us (5.1.8, 5.3.4, 5.7.8...);
+3. wording of 5xx replies about the recipient (user unknown, mailbox full);
+4. vague exact codes (5.1.0, 5.2.0...), enhanced-code classes, then bare reply codes.
+
+Text rules on a 4xx are always ``retry``: a 4xx is never made permanent by its
+wording.  No reply at all (connection refused, reset, timeout) is ``retry``.
 """
 
 from __future__ import annotations
@@ -35,54 +52,100 @@ class Rule:
     pattern: str = ""        # case-insensitive regular expression on the reply text
     outcome: str = "fail"
     reason: str = ""
+    side: str = ""           # SENDER, RECIPIENT or "" (see below)
 
+
+#: Sides: whose problem a refusal is.  ``sender`` is ours (the message, our IP, domain,
+#: authentication, rate): never a bounce against the customer, always an operator alert.
+#: ``recipient`` is the address or mailbox.  ``""``: neither is known.
+SENDER = "sender"
+RECIPIENT = "recipient"
+
+# Wording that puts a refusal on our side, whatever its code (see the precedence above).
+_TOO_LARGE = (r"message (size|length) exceed|message (is )?too (big|large)|\bsize exceeds (the )?(fixed|maximum)|"
+              r"exceeds? (the )?(fixed |maximum |allowed )?(message )?size|message size limit")
+_CONTENT = (r"\bspam\b|unsolicited|content (was )?(rejected|refused|not accepted)|message content|"
+            r"(rejected|refused) (due to|because of|for) (its )?(content|policy reasons)|policy reasons|"
+            r"\bvirus\b|malware|phishing|\bbulk mail")
+_BLOCKED = (r"\bblocked\b|block ?list|blacklist|deny ?list|\brbl\b|dnsbl|spamhaus|spamcop|barracuda|"
+            r"reputation|\bbanned\b|client host|sending ip|your ip|\bip address\b.{0,40}(block|reject|denied|list)")
+_AUTH = r"authenticat|\bdmarc\b|\bspf\b|\bdkim\b|credentials|must issue a starttls|tls required"
+_RELAY = (r"relay(ing)? (access )?(denied|not permitted|not allowed|prohibited)|unable to relay|"
+          r"not permitted to relay|we do not relay")
+_SENDER = (r"sender (address |domain )?(rejected|refused|denied|blocked|unknown|invalid)|"
+           r"sender.{0,40}(unverified|not verified|verification failed)|sender domain|invalid sender|bad sender|"
+           r"from address .{0,30}(rejected|refused|denied|invalid)")
+_RATE = (r"rate limit|rate-limit|too many (messages|connections|mails|e-?mails|recipients)|throttl|"
+         r"sending (rate|limit|quota)|unusual rate|exceeded .{0,30}(rate|sending)")
+#: Only a 4xx: retry later, closing connection (a deferral of us, not of the mailbox).
+_DEFERRED = r"try again later|closing connection|temporarily (deferred|rejected)"
+_GREYLIST = r"greylist|graylist"
 
 OUTCOMES: tuple[Rule, ...] = (
-    # -- exact enhanced status codes (RFC 3463 and common use) ------------------------------
-    Rule("5.1.0", outcome="hard", reason="address rejected"),
-    Rule("5.1.1", outcome="hard", reason="user unknown"),
-    Rule("5.1.2", outcome="hard", reason="domain does not exist"),
-    Rule("5.1.3", outcome="hard", reason="bad destination address syntax"),
-    Rule("5.1.6", outcome="hard", reason="mailbox moved, no forwarding address"),
-    Rule("5.1.7", outcome="block", reason="our sender address syntax refused"),
-    Rule("5.1.8", outcome="block", reason="our sender domain refused"),
-    Rule("5.1.10", outcome="hard", reason="null MX: domain accepts no mail"),
-    Rule("5.2.1", outcome="hard", reason="mailbox disabled"),
-    Rule("5.4.1", outcome="hard", reason="recipient address rejected"),
-    Rule("5.4.4", outcome="hard", reason="unable to route"),
-    Rule("5.2.0", outcome="soft", reason="mailbox unavailable"),
-    Rule("5.2.2", outcome="soft", reason="mailbox full"),
-    Rule("5.3.2", outcome="soft", reason="system not accepting messages"),
-    Rule("4.2.2", outcome="retry", reason="mailbox full (temporary)"),
-    Rule("5.2.3", outcome="fail", reason="message too large"),
-    Rule("5.3.4", outcome="fail", reason="message too large for system"),
-    Rule("5.5.2", outcome="fail", reason="syntax error"),
+    # -- our side, by wording, first: a reply that blames our message, IP, domain,
+    #    authentication or rate is never the recipient's fault, whatever else it says ------
+    *(row for pattern, outcome, reason in (
+        (_TOO_LARGE, "fail", "message too large"),
+        (_AUTH, "block", "sender authentication failed"),
+        (_RELAY, "block", "relaying denied"),
+        (_SENDER, "block", "our sender refused"),
+        (_RATE, "block", "rate limited"),
+        (_CONTENT, "block", "content refused as spam / policy"),
+        (_BLOCKED, "block", "sending IP or domain blocked"),
+    ) for row in (Rule(basic="5", pattern=pattern, outcome=outcome, reason=reason, side=SENDER),
+                  Rule(basic="4", pattern=pattern, outcome="retry", reason=reason, side=SENDER))),
+    Rule(basic="4", pattern=_GREYLIST, outcome="retry", reason="greylisted", side=SENDER),
+    Rule(basic="4", pattern=_DEFERRED, outcome="retry", reason="deferred (rate / reputation)", side=SENDER),
+    # -- exact enhanced status codes that name the recipient (RFC 3463) --------------------
+    Rule("5.1.1", outcome="hard", reason="user unknown", side=RECIPIENT),
+    Rule("5.1.2", outcome="hard", reason="domain does not exist", side=RECIPIENT),
+    Rule("5.1.3", outcome="hard", reason="bad destination address syntax", side=RECIPIENT),
+    Rule("5.1.6", outcome="hard", reason="mailbox moved, no forwarding address", side=RECIPIENT),
+    Rule("5.1.10", outcome="hard", reason="null MX: domain accepts no mail", side=RECIPIENT),
+    Rule("5.2.1", outcome="hard", reason="mailbox disabled", side=RECIPIENT),
+    Rule("5.2.2", outcome="soft", reason="mailbox full", side=RECIPIENT),
+    Rule("4.2.2", outcome="retry", reason="mailbox full (temporary)", side=RECIPIENT),
+    # -- exact enhanced status codes that name us -----------------------------------------
+    Rule("5.1.7", outcome="block", reason="our sender address syntax refused", side=SENDER),
+    Rule("5.1.8", outcome="block", reason="our sender domain refused", side=SENDER),
+    Rule("5.2.3", outcome="fail", reason="message too large", side=SENDER),
+    Rule("5.3.4", outcome="fail", reason="message too large", side=SENDER),
+    Rule("5.7.27", outcome="block", reason="our sender domain has a null MX", side=SENDER),
+    Rule("5.7.0", outcome="block", reason="sender authentication failed", side=SENDER),
+    Rule("5.7.8", outcome="block", reason="sender authentication failed", side=SENDER),
+    Rule("5.7.26", outcome="block", reason="sender authentication failed", side=SENDER),
     Rule("5.6.7", outcome="fail", reason="non-ASCII address not supported (SMTPUTF8)"),
-    Rule("5.7.1", outcome="block", reason="delivery not authorized / policy"),
-    Rule("5.7.26", outcome="block", reason="authentication (SPF/DKIM/DMARC) failed"),
-    Rule("5.7.27", outcome="hard", reason="sender address has null MX"),
-    # -- wording of permanent replies, when the enhanced code says little -----------------
-    Rule(basic="5", pattern=r"sender (address )?(rejected|refused|denied)|sender.*(unverified|not verified)",
-         outcome="block", reason="our sender refused"),
+    # -- wording of permanent replies about the recipient ----------------------------------
     Rule(basic="5", pattern=r"mailbox (is )?full|over ?quota|quota exceeded|insufficient storage",
-         outcome="soft", reason="mailbox full"),
+         outcome="soft", reason="mailbox full", side=RECIPIENT),
     Rule(basic="5", pattern=r"user unknown|unknown user|no such (user|mailbox|recipient)|"
                             r"does not exist|mailbox unavailable|recipient (address )?rejected|"
                             r"invalid recipient",
-         outcome="hard", reason="user unknown"),
-    Rule(basic="5", pattern=r"\bspam\b|blocked|block ?list|blacklist|reputation|\brbl\b|dmarc|"
-                            r"\bspf\b|\bdkim\b", outcome="block", reason="refused as spam / policy"),
+         outcome="hard", reason="user unknown", side=RECIPIENT),
+    # -- exact codes that say little on their own (the wording above decided first) -------
+    Rule("5.1.0", outcome="hard", reason="address rejected", side=RECIPIENT),
+    Rule("5.2.0", outcome="soft", reason="mailbox unavailable", side=RECIPIENT),
+    Rule("5.3.2", outcome="soft", reason="system not accepting messages", side=RECIPIENT),
+    Rule("5.4.1", outcome="hard", reason="recipient address rejected", side=RECIPIENT),
+    Rule("5.4.4", outcome="hard", reason="unable to route", side=RECIPIENT),
     # -- enhanced status classes -----------------------------------------------------------
-    Rule("5.7.", outcome="block", reason="policy refusal"),
-    Rule("5.1.", outcome="hard", reason="bad destination address"),
+    Rule("5.7.", outcome="block", reason="policy refusal", side=SENDER),
+    Rule("5.6.", outcome="fail", reason="message content refused", side=SENDER),
+    Rule("5.5.", outcome="fail", reason="protocol or syntax error", side=SENDER),
+    Rule("5.1.", outcome="hard", reason="bad destination address", side=RECIPIENT),
+    Rule("4.7.", outcome="retry", reason="deferred by policy (rate / reputation)", side=SENDER),
     Rule("4.", outcome="retry", reason="temporary failure"),
     Rule("5.", outcome="fail", reason="permanent failure"),
     # -- bare reply codes (no enhanced code in the reply) ----------------------------------
-    Rule(basic="550", outcome="hard", reason="mailbox unavailable"),
-    Rule(basic="551", outcome="hard", reason="user not local"),
-    Rule(basic="552", outcome="soft", reason="exceeded storage allocation"),
-    Rule(basic="553", outcome="hard", reason="mailbox name not allowed"),
-    Rule(basic="556", outcome="hard", reason="domain does not accept mail"),
+    Rule(basic="530", outcome="block", reason="sender authentication failed", side=SENDER),
+    Rule(basic="534", outcome="block", reason="sender authentication failed", side=SENDER),
+    Rule(basic="535", outcome="block", reason="sender authentication failed", side=SENDER),
+    Rule(basic="538", outcome="block", reason="sender authentication failed", side=SENDER),
+    Rule(basic="550", outcome="hard", reason="mailbox unavailable", side=RECIPIENT),
+    Rule(basic="551", outcome="hard", reason="user not local", side=RECIPIENT),
+    Rule(basic="552", outcome="soft", reason="exceeded storage allocation", side=RECIPIENT),
+    Rule(basic="553", outcome="hard", reason="mailbox name not allowed", side=RECIPIENT),
+    Rule(basic="556", outcome="hard", reason="domain does not accept mail", side=RECIPIENT),
     Rule(basic="554", outcome="fail", reason="transaction failed"),
     Rule(basic="4", outcome="retry", reason="temporary failure"),
     Rule(basic="5", outcome="fail", reason="permanent failure"),
@@ -98,6 +161,12 @@ class Outcome:
     reason: str
     code: int | None
     enhanced: str | None
+    side: str = ""
+
+    @property
+    def sender_side(self) -> bool:
+        """Our fault (message, IP, domain, authentication, rate): never counted against the recipient."""
+        return self.side == SENDER
 
 
 def _matches(rule: Rule, code: int, enhanced: str | None, reply: str) -> bool:
@@ -131,7 +200,7 @@ def classify(code: int | None, reply: str = "") -> Outcome:
     enhanced = enhanced_code(code, reply)
     for rule in OUTCOMES:
         if _matches(rule, code, enhanced, reply):
-            return Outcome(rule.outcome, rule.reason, code, enhanced)
+            return Outcome(rule.outcome, rule.reason, code, enhanced, rule.side)
     return Outcome("retry" if 400 <= code < 500 else "fail", "unclassified reply", code, enhanced)
 
 
@@ -162,4 +231,6 @@ def error_for_reply(code: int, reply: str, *, relay: str = "") -> DeliveryError:
               enhanced=result.enhanced, reply=f"{code} {reply}")
     err.outcome = result.outcome  # type: ignore[attr-defined]
     err.reason = result.reason  # type: ignore[attr-defined]
+    err.side = result.side  # type: ignore[attr-defined]
+    err.relay = relay  # type: ignore[attr-defined]
     return err

@@ -26,23 +26,49 @@ def parts(**changes) -> MailParts:
     return MailParts(**base)
 
 
+#: Every kind of line break the header rule flattens (the ones the issue names first).
+LINE_BREAKS = ["\r\n", "\n", "\r", "\u2028", "\x85", "\u2029", "\x0b", "\x0c", "\r\n\t "]
+
+
+@pytest.mark.parametrize("brk", LINE_BREAKS)
+def test_line_breaks_in_header_text_are_flattened_never_a_new_header(brk):
+    # Given a subject, both display names and an extra header value that try to start a Bcc header
+    raw = build(parts(subject=f"Hi{brk}Bcc: victim@example.net", to_name=f"Alice{brk}Bcc: victim@example.net",
+                      from_name=f"Shop{brk}X-Evil: 1",
+                      headers=[("List-Id", f"<a.example.com>{brk}Bcc: victim@example.net")]))
+    # Then the strict parser finds no injected header, and each value is one line with one space
+    msg = message_from_bytes(raw, policy=policy.strict)
+    assert msg["Bcc"] is None and msg["X-Evil"] is None
+    assert msg["Subject"] == "Hi Bcc: victim@example.net"
+    assert msg["To"].addresses[0].display_name == "Alice Bcc: victim@example.net"
+    assert msg["To"].addresses[0].addr_spec == "alice@example.com"
+    assert msg["From"].addresses[0].display_name == "Shop X-Evil: 1"
+    assert msg["List-Id"] == "<a.example.com> Bcc: victim@example.net"
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    # And the head holds no line break but CRLF (between fields and in folds)
+    assert b"\n" not in head.replace(b"\r\n", b"") and b"\r" not in head.replace(b"\r\n", b"")
+    assert "\u2028".encode() not in head and b"\xc2\x85" not in head
+
+
 @pytest.mark.parametrize("field,changes", [
-    ("Subject", dict(subject="Hi\r\nBcc: victim@example.net")),
-    ("Subject", dict(subject="Hi\nBcc: victim@example.net")),
-    ("Subject", dict(subject="Hi\rthere")),
     ("Subject", dict(subject="Hi\x00there")),
-    ("Subject", dict(subject="Hi\u2028Bcc: x@example.net")),
-    ("Subject", dict(subject="Hi\x85there")),
-    ("To", dict(to_name="Alice\r\nBcc: victim@example.net")),
+    ("Subject", dict(subject="Hi\x1b[31mthere")),
+    ("Subject", dict(subject="Hi\x7fthere")),
+    ("Subject", dict(subject="Hi\x9bthere")),
+    ("To", dict(to_name="Alice\x00")),
+    ("From", dict(from_name="Shop\x1b")),
     ("To", dict(to_address="alice@example.com>\r\nBcc: <victim@example.net")),
+    ("To", dict(to_address="alice@example.com\u2028")),
     ("To", dict(to_address="alice@example.com, victim@example.net")),
-    ("From", dict(from_name="Shop\nX-Evil: 1")),
-    ("List-Id", dict(headers=[("List-Id", "<a.example.com>\r\nBcc: victim@example.net")])),
+    ("List-Id", dict(headers=[("List-Id", "<a.example.com>\x00")])),
     ("X-Evil: 1\r\nBcc", dict(headers=[("X-Evil: 1\r\nBcc", "victim@example.net")])),
+    ("X-Evil\u2028", dict(headers=[("X-Evil\u2028", "1")])),
 ])
-def test_cr_lf_and_control_characters_are_refused_naming_the_header(field, changes):
+def test_other_control_characters_and_line_breaks_outside_text_are_refused_naming_the_header(field, changes):
+    # Given a control character that is not a line break in text, or any in an address or field name
     with pytest.raises(HeaderInjection) as info:
         build(parts(**changes))
+    # Then the mail is refused, naming the header
     assert info.value.field == field
     assert field.split(":")[0] in str(info.value)
 
@@ -168,3 +194,24 @@ def test_line_breaks_in_data_never_become_a_header(app):
     (sent,) = memory.outbox("default")
     msg = message_from_bytes(sent.raw, policy=policy.strict)
     assert msg["Bcc"] is None and "\n" not in msg["Subject"] and sent.recipient == "a@example.com"
+
+
+@pytest.mark.parametrize("brk", ["\r\n", "\n", "\r", "\u2028", "\x85"])
+def test_line_breaks_from_data_and_customer_names_are_flattened_end_to_end(app, brk):
+    # Given a notice whose data puts a line break into the subject, to a customer whose name has one
+    from mailer.customers import get_or_create
+    from mailer.transport import memory
+
+    with app.session() as s:
+        c = get_or_create(s, app.settings, "grace@example.com", locale="en")
+        c.first_name, c.last_name = f"Grace{brk}Bcc: victim@example.net", "Hopper"
+    created = notices.create(app, "order_delayed", to="grace@example.com",
+                             data={"order_number": f"1{brk}Bcc: victim@example.net", "new_eta": "2026-12-01"})
+    # When it is sent
+    assert delivery.process(app, created.delivery_id).status == "sent"
+    # Then there is no Bcc header, the subject and the display name are one line each, and only the customer got it
+    (sent,) = memory.outbox("default")
+    msg = message_from_bytes(sent.raw, policy=policy.strict)
+    assert msg["Bcc"] is None and sent.recipient == "grace@example.com"
+    assert "1 Bcc: victim@example.net" in msg["Subject"] and brk not in msg["Subject"]
+    assert msg["To"].addresses[0].display_name == "Grace Bcc: victim@example.net Hopper"

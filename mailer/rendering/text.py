@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
+from mailer.mime import LINE_BREAK_CHARS
 from mailer.rendering.mjml_check import _PH, _VOID
 
 
@@ -119,7 +120,15 @@ def tidy_text(text: str) -> str:
     return _BLANK_RUNS.sub("\n\n", text).strip() + "\n"
 
 
+#: Blanks and every kind of line break (the same set as the header rule, :mod:`mailer.mime`).
+_LINE_RUNS = re.compile(f"[ \t{LINE_BREAK_CHARS}]+")
+
+
 def _one_line(text: str) -> str:
-    """Subject / preheader on one line; no-break spaces (French « : ») survive."""
-    return re.sub(r"[ \t\r\n]+", " ", text).strip()
+    """Subject / preheader on one line; no-break spaces (French « : ») survive.
+
+    Line breaks of every kind (CR, LF, NEL, U+2028...) become one space, as the header
+    rule in :mod:`mailer.mime` does, so the subject shown is the subject sent.
+    """
+    return _LINE_RUNS.sub(" ", text).strip()
 

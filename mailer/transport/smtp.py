@@ -24,7 +24,7 @@ from mailer.errors import (
     SMTPUTF8Unsupported,
     TransientDeliveryError,
 )
-from mailer.smtp_codes import error_for_reply
+from mailer.smtp_codes import SENDER, error_for_reply
 from mailer.transport import SendResult
 
 #: Seconds to wait on the relay before calling the attempt failed.
@@ -66,8 +66,13 @@ class SMTPTransport:
             if self.username:
                 conn.login(self.username, self.password or "")
         except smtplib.SMTPAuthenticationError as exc:
-            raise PermanentDeliveryError(f"{self.name}: authentication failed: {exc.smtp_error!r}",
-                                         code=exc.smtp_code) from exc
+            # Through the reply table like any refusal: sender side (our credentials), never
+            # the recipient's fault.
+            err = error_for_reply(exc.smtp_code, "authentication failed: " + _text(exc.smtp_error),
+                                  relay=self.name)
+            if isinstance(err, PermanentDeliveryError):
+                err.side = SENDER  # type: ignore[attr-defined]
+            raise err from exc
         except (OSError, smtplib.SMTPException) as exc:
             raise TransientDeliveryError(f"{self.name}: cannot connect: {exc}") from exc
         return conn
