@@ -12,7 +12,7 @@ For each database (SQLite, then PostgreSQL in a schema of its own):
 1. N customers with newsletter consent are written in bulk; the shipped
    ``newsletter/seasonal_sale`` (tracking on, ~36 KB per mail) is created as a campaign
    to segment ``newsletter_all`` through :func:`mailer.campaigns.create`.
-2. One ``python -m dramatiq mailer.boot --processes 1`` worker (pinned to CPU 0) with
+2. One ``python -m dramatiq mailer.worker.boot --processes 1`` worker (pinned to CPU 0) with
    DKIM RSA-2048 on (``--ed25519``: dual-signed) sends it through the real path
    (``campaigns.send`` -> fan-out actor -> ``send_batch`` -> delivery.process) over Redis
    (db 8) to ``bench/sink.py``, a lean asyncio SMTP sink pinned to the other CPU.
@@ -181,8 +181,8 @@ def report_campaign(r: dict) -> None:
 # -- (a) the transport ceiling ----------------------------------------------------------------------
 def prebuilt_messages(settings, count: int) -> list[tuple[str, str, bytes]]:
     """``count`` distinct, finished, DKIM-signed messages composed by the product."""
-    from mailer.compose import compose
-    from mailer.dkim import Signer
+    from mailer.delivery.compose import compose
+    from mailer.message.dkim import Signer
     from mailer.models import Delivery
     from mailer.rendering import Renderer
     from mailer.clock import utcnow

@@ -6,7 +6,7 @@
   inserts, a valid hash chain), far faster than the ledger's one-event-per-call API;
   everything after that (campaign create/send, fan-out, ``send_batch``) is the product's
   own path.
-* :class:`Worker` runs ``python -m dramatiq mailer.boot --processes 1`` with mailer's
+* :class:`Worker` runs ``python -m dramatiq mailer.worker.boot --processes 1`` with mailer's
   settings in its environment and reads its process tree's CPU time and RSS from /proc.
 * :func:`dkim_keys` makes a fresh RSA-2048 and Ed25519 key in a temp dir.
 
@@ -189,7 +189,7 @@ def databases(requested: str) -> list[str]:
 def populate(settings: Settings, n: int, *, chunk: int = 5000, start: int = 0) -> None:
     """``n`` customers, each with current newsletter consent (a valid consent hash chain)."""
     from mailer.addresses import email_hash
-    from mailer.consent import GENESIS, chain_hash
+    from mailer.consent.ledger import GENESIS, chain_hash
     from mailer.models import ConsentEvent, ConsentState, Customer
 
     salt = settings.effective_hash_salt
@@ -241,7 +241,7 @@ def populate(settings: Settings, n: int, *, chunk: int = 5000, start: int = 0) -
 
 
 def dkim_keys(directory: Path) -> tuple[Path, Path]:
-    from mailer.dkim import generate_keys
+    from mailer.message.dkim import generate_keys
 
     return generate_keys(directory / "dkim")
 
@@ -278,7 +278,7 @@ def settings_env(settings: Settings) -> dict:
 # -- campaigns --------------------------------------------------------------------------------
 def create_campaign(settings: Settings, name: str) -> int:
     """``mailer campaign create`` for the shipped seasonal-sale newsletter (tracking on)."""
-    from mailer import campaigns
+    from mailer.campaigns import service as campaigns
     from mailer.app import App
 
     app = App(settings)
@@ -291,9 +291,10 @@ def create_campaign(settings: Settings, name: str) -> int:
 
 def send_campaign(settings: Settings, campaign_id: int) -> float:
     """``mailer campaign send``: running, fan-out enqueued on Redis; returns the time it was sent."""
-    from mailer import campaign_actors, campaigns
+    from mailer.campaigns import fanout as campaign_actors
+    from mailer.campaigns import service as campaigns
     from mailer.app import App, set_app
-    from mailer.broker import setup
+    from mailer.queue.broker import setup
 
     app = App(settings)
     previous = set_app(app)
@@ -321,7 +322,7 @@ def delivery_counts(settings: Settings, campaign_id: int | None = None) -> dict[
 # -- the worker ---------------------------------------------------------------------------------
 @dataclass
 class Worker:
-    """One ``dramatiq mailer.boot`` command with ``processes`` worker processes."""
+    """One ``dramatiq mailer.worker.boot`` command with ``processes`` worker processes."""
 
     settings: Settings
     log_dir: Path
@@ -347,7 +348,7 @@ class Worker:
                 os.sched_setaffinity(0, cpus)
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "mailer.boot", "--processes", str(self.processes),
+            [sys.executable, "-m", "dramatiq", "mailer.worker.boot", "--processes", str(self.processes),
              "--threads", str(self.threads), "--queues", *self.queues, "--worker-shutdown-timeout", "5000"],
             cwd=self.log_dir, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pre)
         log.close()

@@ -39,7 +39,7 @@ SECRET = "bench"
 
 def child_export(url: str, fmt: str, out: str) -> None:
     """Runs in a fresh process: one export, then report time and peak RSS as JSON."""
-    from mailer import consent_export
+    from mailer.consent import export as consent_export
 
     settings = Settings(database_url=url, secret_key=SECRET)
     t0 = time.perf_counter()
@@ -51,7 +51,7 @@ def child_export(url: str, fmt: str, out: str) -> None:
 
 
 def child_verify(url: str, path: str | None) -> None:
-    from mailer import consent_verify
+    from mailer.consent import verify as consent_verify
 
     t0 = time.perf_counter()
     if path:

@@ -63,9 +63,11 @@ def _wrap(acc: collections.Counter, obj, name: str, label: str) -> None:
 
 
 def product_path(kind: str, n: int, tmp: Path, keys, sink: SinkProcess) -> dict:
-    from mailer import campaign_actors, campaigns, delivery
+    from mailer.campaigns import fanout as campaign_actors
+    from mailer.campaigns import service as campaigns
+    from mailer.delivery import process as delivery
     from mailer.app import App, set_app
-    from mailer.broker import setup
+    from mailer.queue.broker import setup
     from mailer.models import Delivery
 
     database = Database(kind, tmp / f"product-{kind}")

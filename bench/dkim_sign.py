@@ -13,8 +13,8 @@ from pathlib import Path
 import dkim as dkimpy
 
 from mailer.clock import utcnow
-from mailer.dkim import Signer, generate_keys, load_key
-from mailer.mime import MailParts, build
+from mailer.message.dkim import Signer, generate_keys, load_key
+from mailer.message.mime import MailParts, build
 
 
 def main(n: int = 300) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mailer import db  # noqa: E402
-from mailer.customers import import_file  # noqa: E402
+from mailer.customers.records import import_file  # noqa: E402
 from mailer.settings import Settings  # noqa: E402
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

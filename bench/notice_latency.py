@@ -38,9 +38,9 @@ def notice_sender(count: int, rate: float, campaign_n: int, results: dict):
     """The ``during`` hook: wait for the drain to start, then send notices at a steady rate."""
 
     def during(settings, sink, t_send) -> dict:
-        from mailer import notices
+        from mailer.notices import trigger as notices
         from mailer.app import App
-        from mailer.broker import QUEUE_TRANSACTIONAL
+        from mailer.queue.broker import QUEUE_TRANSACTIONAL
 
         app = App(settings)
         data = app.renderer.sample(NOTICE_KIND)
@@ -60,7 +60,7 @@ def notice_sender(count: int, rate: float, campaign_n: int, results: dict):
             result = notices.create(app, NOTICE_KIND, customer_id=1 + (i * 37) % campaign_n, data=data,
                                     key=f"bench-delay-{i}-{t_send}")
             t_enqueue = time.time()
-            notices.enqueue(result.delivery_id, queue=QUEUE_TRANSACTIONAL)
+            notices.enqueue(result)
             sent[str(result.delivery_id)] = (t_call, t_enqueue)
         behind = time.monotonic() - (start + (count - 1) * interval)
         results["sent"] = sent

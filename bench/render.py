@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import mjml  # noqa: E402
 
-from mailer.mime import MailParts, build  # noqa: E402
+from mailer.message.mime import MailParts, build  # noqa: E402
 from mailer.rendering import Renderer, preview_context  # noqa: E402
 from mailer.settings import Settings  # noqa: E402
 
@@ -220,7 +220,7 @@ def main() -> int:
     both_s = timed(lambda i: mime_for(renderer.render(kind, locale, data, context=tracked[i % 1000]), i), n)
     stdlib_s = timed(lambda i: stdlib_mime(sample[i % 50], i), max(200, n // 20), repeat=3)
     # Where the MIME time goes: the base64 bodies, and what chunked b64encode would take instead.
-    from mailer import mime as mime_module
+    from mailer.message import mime as mime_module
 
     b64_s = timed(lambda i: (mime_module._b64_body(sample[i % 50].html), mime_module._b64_body(sample[i % 50].text)),
                   n)

@@ -6,7 +6,7 @@ Run: python bench/scale_out.py [--quick] [--recipients 10000] [--db sqlite|postg
 Three campaigns on the stage of ``bench/campaign_throughput.py`` (Redis db 8, DKIM
 RSA-2048, the seasonal-sale newsletter, the lean sink), each in a fresh database:
 
-1. one ``dramatiq mailer.boot --processes 1`` worker;
+1. one ``dramatiq mailer.worker.boot --processes 1`` worker;
 2. ``--processes 2`` (two worker processes, same machine);
 3. ``--processes 2`` again with ``MAILER_RELAY_RATE=--rate``: the Redis-backed limiter is
    shared by both processes, so per calendar second (the limiter's buckets) the sink may

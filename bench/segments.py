@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
 
-from mailer import consent, db, segments  # noqa: E402
+from mailer import db, segments  # noqa: E402
+from mailer.consent import ledger as consent
 from mailer.addresses import email_hash  # noqa: E402
 from mailer.settings import Settings  # noqa: E402
 

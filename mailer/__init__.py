@@ -2,26 +2,30 @@
 
 The public Python API:
 
-* :func:`mailer.notify` enqueues a transactional or marketing notice.
-* :mod:`mailer.events` ``publish`` reports a shop event to the automations.
+* :func:`mailer.notify` stores and enqueues a transactional or marketing notice
+  (:func:`mailer.notices.trigger.notify`).
+* :func:`mailer.publish` reports a shop event to the automations
+  (:func:`mailer.automations.publish.publish`).
+
+Both are loaded on first use (module ``__getattr__``), so ``import mailer.settings``
+and the other ground-floor modules do not pull in the whole engine.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-
-def notify(kind: str, *, to: str | None = None, customer_id: int | None = None, data: dict | None = None,
-           locale: str | None = None, idempotency_key: str | None = None, settings=None):
-    """Validate and enqueue notice ``kind`` for one recipient; return the delivery id.
-
-    Raises :class:`mailer.errors.ValidationError` (unknown kind, missing field, invalid
-    address) before anything is stored or enqueued.
-    """
-    from mailer.notices import notify as _notify
-
-    return _notify(kind, to=to, customer_id=customer_id, data=data or {}, locale=locale,
-                   idempotency_key=idempotency_key, settings=settings)
+__all__ = ["notify", "publish", "__version__"]
 
 
-__all__ = ["notify", "__version__"]
+def __getattr__(name: str):
+    # Lazy public API (PEP 562): importing the package must stay cheap for every submodule.
+    if name == "notify":
+        from mailer.notices.trigger import notify
+
+        return notify
+    if name == "publish":
+        from mailer.automations.publish import publish
+
+        return publish
+    raise AttributeError(f"module 'mailer' has no attribute {name!r}")

@@ -48,7 +48,7 @@ class App:
 
     @cached_property
     def signer(self):
-        from mailer.dkim import Signer
+        from mailer.message.dkim import Signer
 
         return Signer.from_settings(self.settings)
 

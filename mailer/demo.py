@@ -14,12 +14,13 @@ from pathlib import Path
 import dramatiq
 from sqlalchemy import func, select
 
-from mailer import consent, db
+from mailer import db
+from mailer.consent import ledger as consent
 from mailer.app import App, set_app
-from mailer.broker import QUEUES, setup
-from mailer.customers import by_email, import_file
+from mailer.queue.broker import QUEUES, setup
+from mailer.customers.records import by_email, import_file
 from mailer.models import Delivery, DeliveryStatus
-from mailer.notices import notify
+from mailer.notices.trigger import notify
 from mailer.settings import Settings
 
 DEMO_CSV = Path(__file__).resolve().parent / "demo_data" / "customers.csv"
@@ -101,6 +102,6 @@ def _cols():
 
 
 # Campaigns issue: the demo also sends a newsletter to every subscriber (mailer/campaigns.py).
-from mailer.campaigns import demo_campaign  # noqa: E402
+from mailer.campaigns.service import demo_campaign  # noqa: E402
 
 STEPS.append(demo_campaign)

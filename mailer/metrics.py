@@ -14,7 +14,7 @@ relay is not known).  Alert on it: each one is a mail that did not go out throug
 fault of the customer.
 
 Dramatiq runs several worker processes per ``dramatiq`` command, so a worker uses
-Prometheus' multiprocess mode: :mod:`mailer.boot` points ``PROMETHEUS_MULTIPROC_DIR``
+Prometheus' multiprocess mode: :mod:`mailer.worker.boot` points ``PROMETHEUS_MULTIPROC_DIR``
 at Dramatiq's metrics directory *before* this module is imported, every process
 writes its counters there, and one exposition server per ``dramatiq`` command
 (:func:`serve`, forked by :class:`ExposedPrometheus`) serves the sum of all of them,
@@ -69,7 +69,7 @@ def exposition() -> tuple[bytes, str]:
 def serve() -> int:
     """Serve :func:`exposition` over HTTP on ``MAILER_METRICS_PORT`` until terminated.
 
-    Runs as the Dramatiq fork process of a worker command (see :mod:`mailer.boot`).
+    Runs as the Dramatiq fork process of a worker command (see :mod:`mailer.worker.boot`).
     """
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from mailer import consent
-from mailer.customers import get_or_create
+from mailer.consent import ledger as consent
+from mailer.customers.records import get_or_create
 from mailer.settings import PROJECT_ROOT
 
 NEWS_KIND = "newsletter/test_news"

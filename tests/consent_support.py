@@ -16,7 +16,8 @@ from typing import Iterator
 
 import sqlalchemy as sa
 
-from mailer import consent, db
+from mailer import db
+from mailer.consent import ledger as consent
 from mailer.addresses import email_hash
 from mailer.models import ConsentEvent, ConsentEvidence, ConsentState, Customer
 from mailer.settings import Settings

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dkim as dkimpy
 
-from mailer.dkim import Signer, generate_keys, load_key
+from mailer.message.dkim import Signer, generate_keys, load_key
 
 DOMAIN = "example.com"
 RSA_SELECTOR = "mailer"

@@ -10,17 +10,19 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, update
 
-from mailer import automations, consent, delivery
+from mailer import automations
+from mailer.consent import ledger as consent
+from mailer.delivery import process as delivery
 from mailer.app import App, set_app
 from mailer.automations import Waves, out_of_quiet_hours, parse_rule, wave_plan
 from mailer.automations.hooks import _last_release
 from mailer.cli import main
 from mailer.clock import utcnow
-from mailer.customers import get_or_create
+from mailer.customers.records import get_or_create
 from mailer.errors import ConfigurationError
-from mailer.events import publish
+from mailer.automations.publish import publish
 from mailer.models import Delivery, DeliveryStatus, RewardCode
-from mailer.notices import purpose_for
+from mailer.notices.trigger import purpose_for
 from mailer.rendering import Renderer
 from mailer.settings import PROJECT_ROOT
 from tests.conftest import make_settings
@@ -34,7 +36,7 @@ SHIPPED = PROJECT_ROOT / "automations"
 @pytest.fixture
 def auto(db_url):
     """An App with the shipped rules on a stub broker (no worker: rows stay as the rules left them)."""
-    from mailer.broker import setup
+    from mailer.queue.broker import setup
 
     settings = make_settings(database_url=db_url, automations_dir=SHIPPED, quiet_hours="")
     app = App(settings)
@@ -430,7 +432,7 @@ def test_vip_crossing_gives_one_code_once(auto):
 
 
 def codes_left(s) -> int:
-    from mailer import codes
+    from mailer.automations import codes
 
     return codes.status(s, "vip").free
 
@@ -462,7 +464,7 @@ def test_exhausted_pool_sends_nothing_and_alerts(auto, caplog):
     assert [(d.status, "code" in d.data) for d in ben] == [(DeliveryStatus.failed, False)]
     # And the customer update itself was applied
     with auto.session() as s:
-        from mailer.customers import by_email
+        from mailer.customers.records import by_email
 
         assert by_email(s, "ben@example.com").tag_names == ["VIP"]
 
@@ -476,7 +478,8 @@ def test_no_code_is_taken_for_a_customer_without_consent(auto):
 
 
 def test_code_of_a_reward_mail_skipped_at_send_time_goes_back_to_the_pool(auto):
-    from mailer import actors, sweeper  # noqa: F401  (actors registers the automations' sweeper hook)
+    from mailer.worker import actors  # noqa: F401  (actors registers the automations' sweeper hook)
+    from mailer.delivery import sweeper
 
     assert automations.release_codes_hook in sweeper.HOOKS
     # Given a reward mail queued with the pool's only code
@@ -499,7 +502,7 @@ def test_code_of_a_reward_mail_skipped_at_send_time_goes_back_to_the_pool(auto):
 
 
 def test_docs_name_every_event_field_and_rule_key():
-    from mailer.events import ITEM_FIELDS, SCHEMAS
+    from mailer.events.schemas import ITEM_FIELDS, SCHEMAS
 
     doc = (PROJECT_ROOT / "docs" / "automations.md").read_text(encoding="utf-8")
     for type_, fields in SCHEMAS.items():

@@ -17,14 +17,15 @@ import dramatiq
 import pytest
 from sqlalchemy import func, select
 
-from mailer import consent, sweeper
+from mailer.consent import ledger as consent
+from mailer.delivery import sweeper
 from mailer.app import App, set_app
-from mailer.broker import setup
+from mailer.queue.broker import setup
 from mailer.clock import utcnow
-from mailer.customers import get_or_create
-from mailer.events import publish
+from mailer.customers.records import get_or_create
+from mailer.automations.publish import publish
 from mailer.models import Delivery, DeliveryStatus, RewardCode
-from mailer.notices import purpose_for
+from mailer.notices.trigger import purpose_for
 from mailer.settings import PROJECT_ROOT
 from tests.conftest import make_settings
 

@@ -1,6 +1,6 @@
 """Scheduled automation sends survive a worker being killed: nothing lost, nothing sent twice.
 
-Real ``dramatiq mailer.boot`` worker processes on Redis, the database and the SMTP sink.
+Real ``dramatiq mailer.worker.boot`` worker processes on Redis, the database and the SMTP sink.
 The first worker is killed (SIGKILL, no clean shutdown) after the sends are scheduled
 and while one of them sits in its memory as a delayed Dramatiq message; a notice is
 published while no worker runs; then the schedules are made due (time travel in the
@@ -21,14 +21,15 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from mailer import consent, db
+from mailer import db
+from mailer.consent import ledger as consent
 from mailer.app import App, set_app
-from mailer.broker import setup
+from mailer.queue.broker import setup
 from mailer.clock import utcnow
-from mailer.customers import get_or_create
-from mailer.events import publish
+from mailer.customers.records import get_or_create
+from mailer.automations.publish import publish
 from mailer.models import Delivery, DeliveryStatus
-from mailer.notices import purpose_for
+from mailer.notices.trigger import purpose_for
 from mailer.settings import PROJECT_ROOT
 from tests.conftest import make_settings
 from tests.test_automations_e2e import wait_for
@@ -40,7 +41,7 @@ SHIPPED = PROJECT_ROOT / "automations"
 
 def start_worker(env: dict) -> subprocess.Popen:
     # Its own session, so the whole process group (main + worker processes) can be killed.
-    return subprocess.Popen([sys.executable, "-m", "dramatiq", "mailer.boot", "--processes", "1", "--threads", "2"],
+    return subprocess.Popen([sys.executable, "-m", "dramatiq", "mailer.worker.boot", "--processes", "1", "--threads", "2"],
                             cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
 

@@ -8,11 +8,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from mailer import bounces, consent, delivery
+from mailer.delivery import bounces
+from mailer.consent import ledger as consent
+from mailer.delivery import process as delivery
 from mailer.addresses import email_hash
 from mailer.cli import main
-from mailer.compose import message_id, return_path
-from mailer.customers import get_or_create
+from mailer.delivery.compose import message_id, return_path
+from mailer.customers.records import get_or_create
 from mailer.models import (
     Bounce,
     ConsentEvent,

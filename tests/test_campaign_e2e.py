@@ -25,11 +25,12 @@ import httpx
 import pytest
 import uvicorn
 
-from mailer import campaign_actors, campaigns
+from mailer.campaigns import fanout as campaign_actors
+from mailer.campaigns import service as campaigns
 from mailer.app import App, set_app
-from mailer.broker import QUEUES, setup
+from mailer.queue.broker import QUEUES, setup
 from mailer.settings import PROJECT_ROOT
-from mailer.web import create_app
+from mailer.web.app import create_app
 from tests.campaign_support import add_customer
 from tests.conftest import make_settings
 from tests.smtp_sink import free_port
@@ -163,7 +164,7 @@ def test_marketer_creates_previews_sends_watches_and_reports_from_the_cli(db_url
         for i in range(12):
             add_customer(s, settings, f"reader{i}@example.com", locale=("pl", "en", "zh-TW")[i % 3])
     app.close()
-    worker = subprocess.Popen([sys.executable, "-m", "dramatiq", "mailer.boot", "--processes", "1", "--threads", "2"],
+    worker = subprocess.Popen([sys.executable, "-m", "dramatiq", "mailer.worker.boot", "--processes", "1", "--threads", "2"],
                               env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         created = _cli(env, "campaign", "create", "--name", "Autumn launch", "--template", "newsletter/product_launch",

@@ -10,9 +10,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, update
 
-from mailer import apikeys, campaign_actors, campaigns, reports, tracking
+from mailer.web import apikeys
+from mailer.campaigns import fanout as campaign_actors
+from mailer.campaigns import service as campaigns
+from mailer.campaigns import reports
+from mailer.tracking import service as tracking
 from mailer.app import App, set_app
-from mailer.broker import setup
+from mailer.queue.broker import setup
 from mailer.cli import main
 from mailer.clock import utcnow
 from mailer.models import Bounce, CsatRating, Delivery, DeliveryStatus

@@ -11,10 +11,14 @@ import dramatiq
 import pytest
 from sqlalchemy import func, select, update
 
-from mailer import campaign_actors, campaigns, consent, reports, suppressions
-from mailer import delivery as delivery_service
+from mailer.campaigns import fanout as campaign_actors
+from mailer.campaigns import service as campaigns
+from mailer.consent import ledger as consent
+from mailer.campaigns import reports
+from mailer.consent import suppressions
+from mailer.delivery import process as delivery_service
 from mailer.app import App, set_app
-from mailer.broker import QUEUES, setup
+from mailer.queue.broker import QUEUES, setup
 from mailer.clock import utcnow
 from mailer.errors import InvalidState, SegmentError, TemplateError, ValidationError
 from mailer.models import Campaign, CampaignStatus, Customer, Delivery, DeliveryStatus
@@ -358,7 +362,7 @@ def test_local_time_schedules_each_recipient_at_their_own_ten_oclock(env):
     with env.app.session() as s:
         s.execute(update(Delivery).where(Delivery.campaign_id == cid)
                   .values(send_after=utcnow() - timedelta(seconds=1)))
-    from mailer import sweeper
+    from mailer.delivery import sweeper
 
     sweeper.sweep(env.app)
     env.drain()

@@ -11,10 +11,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from mailer import codes, db
+from mailer import db
+from mailer.automations import codes
 from mailer.cli import main
 from mailer.clock import utcnow
-from mailer.customers import get_or_create
+from mailer.customers.records import get_or_create
 from mailer.errors import PoolExhausted, ValidationError
 from mailer.models import Delivery, DeliveryStatus, RewardCode
 from tests.conftest import make_settings

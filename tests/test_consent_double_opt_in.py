@@ -10,13 +10,16 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from mailer import consent, consent_verify, segments
+from mailer import segments
+from mailer.consent import ledger as consent
+from mailer.notices.confirmation import double_opt_in
+from mailer.consent import verify as consent_verify
 from mailer.app import App
 from mailer.clock import utcnow
-from mailer.customers import by_email
+from mailer.customers.records import by_email
 from mailer.errors import TokenError
 from mailer.models import ConsentEvent, ConsentRequest, Delivery, DeliveryStatus
-from mailer.web import create_app
+from mailer.web.app import create_app
 from tests.conftest import make_settings
 
 WORDING = "Yes, send me the Northwind newsletter. I can unsubscribe at any time."
@@ -39,7 +42,7 @@ def _link_from_mail(sink) -> str:
 def test_consent_counts_only_after_the_mailed_link_is_followed(smtp_app, smtp_worker, smtp_sink):
     settings = smtp_app.settings
     # Given a sign-up with double opt-in
-    pending, delivery_id = consent.double_opt_in(
+    pending, delivery_id = double_opt_in(
         smtp_app, email="new.subscriber@example.com", purpose="newsletter", source="signup_form",
         proof=consent.Proof(ip="198.51.100.23", user_agent="Safari/18", form_id="footer", wording=WORDING,
                             wording_version="2026-01"), locale="pl")
@@ -120,12 +123,12 @@ def test_confirming_twice_through_the_service_records_one_event(app):
 
 
 def test_repeated_sign_up_reuses_the_pending_request_and_existing_consent_sends_nothing(app, stub_broker):
-    first, d1 = consent.double_opt_in(app, email="twice@example.com", purpose="newsletter")
-    second, d2 = consent.double_opt_in(app, email="twice@example.com", purpose="newsletter")
+    first, d1 = double_opt_in(app, email="twice@example.com", purpose="newsletter")
+    second, d2 = double_opt_in(app, email="twice@example.com", purpose="newsletter")
     assert d1 is not None and d2 is None and second.request_id == first.request_id and not second.created
     with app.session() as s:
         consent.confirm(s, app.settings, first.token)
-    third, d3 = consent.double_opt_in(app, email="twice@example.com", purpose="newsletter")
+    third, d3 = double_opt_in(app, email="twice@example.com", purpose="newsletter")
     assert third.already_granted and d3 is None
     stub_broker.drain()
     with app.session() as s:

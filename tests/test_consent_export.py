@@ -11,9 +11,12 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from mailer import consent, consent_export, consent_verify, db
+from mailer import db
+from mailer.consent import ledger as consent
+from mailer.consent import export as consent_export
+from mailer.consent import verify as consent_verify
 from mailer.cli import main
-from mailer.customers import get_or_create
+from mailer.customers.records import get_or_create
 from tests.conftest import make_settings
 from tests.consent_support import bulk_chain
 

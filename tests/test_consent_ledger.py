@@ -8,9 +8,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import func, select
 
-from mailer import consent, consent_verify, db
+from mailer import db
+from mailer.consent import ledger as consent
+from mailer.consent import verify as consent_verify
 from mailer.clock import utcnow
-from mailer.customers import get_or_create
+from mailer.customers.records import get_or_create
 from mailer.errors import ChainBroken, ConsentError, NotFound
 from mailer.models import ConsentEvent, ConsentEvidence, ConsentState
 from tests.conftest import make_settings

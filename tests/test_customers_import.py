@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from mailer.addresses import email_hash
 from mailer.cli import main
-from mailer.customers import import_file
+from mailer.customers.records import import_file
 from mailer.models import Customer, CustomerTag, SpendTier
 
 HEADER = ("email,first_name,last_name,locale,timezone,country,tags,total_spent,currency,orders_count,"

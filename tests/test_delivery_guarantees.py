@@ -10,7 +10,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from mailer import delivery, metrics, notices
+from mailer import metrics
+from mailer.delivery import process as delivery
+from mailer.notices import trigger as notices
 from mailer.app import App, set_app
 from mailer.clock import utcnow
 from mailer.errors import TransientDeliveryError
@@ -62,7 +64,7 @@ def test_processing_twice_sends_once(smtp_app, sink):
 
 
 def test_enqueued_twice_through_the_broker_sends_once(app, stub_broker):
-    from mailer import actors
+    from mailer.worker import actors
     from mailer.transport import memory
 
     d = new_notice(app, "broker@example.com")

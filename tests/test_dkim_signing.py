@@ -10,9 +10,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from mailer.clock import utcnow
-from mailer.dkim import Signer, relaxed_body, relaxed_header
+from mailer.message.dkim import Signer, relaxed_body, relaxed_header
 from mailer.errors import ConfigurationError
-from mailer.mime import MailParts, build
+from mailer.message.mime import MailParts, build
 from tests.dkim_support import dkim_settings, signed_header_names, signer, verify_all
 from tests.conftest import make_settings
 
@@ -156,9 +156,10 @@ def test_cli_generates_keys_and_prints_their_dns_records(tmp_path):
 @pytest.mark.smtp
 def test_mails_received_by_a_real_relay_verify_including_list_unsubscribe(db_url, keys_root, tmp_path):
     # Given DKIM keys in the settings, a real SMTP server and a marketing kind
-    from mailer import delivery, notices
+    from mailer.delivery import process as delivery
+    from mailer.notices import trigger as notices
     from mailer.app import App
-    from mailer.compose import compose
+    from mailer.delivery.compose import compose
     from mailer.models import Delivery
     from tests.campaign_support import NEWS_KIND, newsletter_templates
     from tests.smtp_sink import SMTPSink

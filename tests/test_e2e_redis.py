@@ -14,10 +14,10 @@ from click.testing import CliRunner
 
 from mailer import db
 from mailer.app import App, set_app
-from mailer.broker import QUEUE_BULK, QUEUE_TRANSACTIONAL, setup
+from mailer.queue.broker import QUEUE_BULK, QUEUE_TRANSACTIONAL, setup
 from mailer.cli import main
 from mailer.models import Delivery, DeliveryStatus
-from mailer.notices import notify
+from mailer.notices.trigger import notify
 from mailer.settings import PROJECT_ROOT
 from tests.conftest import make_settings
 

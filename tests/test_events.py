@@ -14,7 +14,7 @@ from mailer import db
 from mailer.app import App, set_app
 from mailer.cli import main
 from mailer.errors import InvalidEvent, MissingField, ValidationError
-from mailer.events import EVENT_TYPES, SCHEMAS, publish, validate
+from mailer.events.schemas import EVENT_TYPES, SCHEMAS, publish, validate
 from mailer.models import Customer, Delivery, DeliveryStatus, ShopEvent
 from mailer.settings import PROJECT_ROOT
 from tests.conftest import make_settings
@@ -41,7 +41,7 @@ def events_app(db_url, tmp_path):
     """An App whose automations are only the shipped order_delayed rule, on a stub broker."""
     import dramatiq
 
-    from mailer.broker import setup
+    from mailer.queue.broker import setup
     from mailer.transport import memory
 
     memory.clear()
@@ -212,8 +212,8 @@ def test_cli_publish_shows_what_happened_and_refuses_bad_events(tmp_path):
 def test_http_post_events_with_api_key_and_idempotency(events_app):
     from fastapi.testclient import TestClient
 
-    from mailer import apikeys
-    from mailer.web import create_app
+    from mailer.web import apikeys
+    from mailer.web.app import create_app
 
     with events_app.session() as s:
         key = apikeys.create(s, "shop").key

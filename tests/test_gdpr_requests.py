@@ -9,10 +9,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from mailer import consent, consent_verify, db, gdpr, segments
+from mailer import db, segments
+from mailer.consent import ledger as consent
+from mailer.consent import verify as consent_verify
+from mailer.customers import gdpr
 from mailer.cli import main
 from mailer.clock import utcnow
-from mailer.customers import by_email, import_file
+from mailer.customers.records import by_email, import_file
 from mailer.errors import NotFound
 from mailer.models import (
     ConsentEvent,
@@ -23,7 +26,7 @@ from mailer.models import (
     Suppression,
     TrackingEvent,
 )
-from mailer.notices import notify
+from mailer.notices.trigger import notify
 from mailer.settings import PROJECT_ROOT
 from tests.conftest import make_settings
 

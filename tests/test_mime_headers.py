@@ -6,11 +6,12 @@ from email import message_from_bytes, message_from_string, policy
 
 import pytest
 
-from mailer import delivery, notices
+from mailer.delivery import process as delivery
+from mailer.notices import trigger as notices
 from mailer.app import App, set_app
 from mailer.clock import utcnow
 from mailer.errors import HeaderInjection
-from mailer.mime import MailParts, build, format_address, unstructured
+from mailer.message.mime import MailParts, build, format_address, unstructured
 from mailer.models import Delivery, DeliveryStatus
 from tests.conftest import make_settings
 from tests.smtp_sink import SMTPSink
@@ -199,7 +200,7 @@ def test_line_breaks_in_data_never_become_a_header(app):
 @pytest.mark.parametrize("brk", ["\r\n", "\n", "\r", "\u2028", "\x85"])
 def test_line_breaks_from_data_and_customer_names_are_flattened_end_to_end(app, brk):
     # Given a notice whose data puts a line break into the subject, to a customer whose name has one
-    from mailer.customers import get_or_create
+    from mailer.customers.records import get_or_create
     from mailer.transport import memory
 
     with app.session() as s:

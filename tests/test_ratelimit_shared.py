@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from mailer import ratelimit
-from mailer.ratelimit import Limiter, RateLimited
+from mailer.transport import ratelimit
+from mailer.transport.ratelimit import Limiter, RateLimited
 from mailer.transport.pool import Relay, RelayPool, parse_relays, relay_rate
 from mailer.transport.memory import MemoryTransport
 from tests.conftest import make_settings

@@ -227,10 +227,10 @@ def test_bad_template_fails_at_enqueue_and_stores_nothing(tmp_path, db_url):
     app = App(settings)
     previous = set_app(app)
     try:
-        from mailer.broker import setup
+        from mailer.queue.broker import setup
 
         setup(settings)
-        from mailer.notices import notify
+        from mailer.notices.trigger import notify
 
         # When a notice is triggered with that data
         with pytest.raises(TemplateError) as info:

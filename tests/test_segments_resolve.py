@@ -10,9 +10,11 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from sqlalchemy import event, select
 
-from mailer import consent, db, segments, suppressions
+from mailer import db, segments
+from mailer.consent import ledger as consent
+from mailer.consent import suppressions
 from mailer.cli import main
-from mailer.customers import get_or_create, import_file
+from mailer.customers.records import get_or_create, import_file
 from mailer.errors import SegmentError
 from mailer.models import Customer
 from mailer.settings import PROJECT_ROOT

@@ -12,9 +12,12 @@ import logging
 import pytest
 from sqlalchemy import select
 
-from mailer import bounces, delivery, metrics, notices
+from mailer import metrics
+from mailer.delivery import bounces
+from mailer.delivery import process as delivery
+from mailer.notices import trigger as notices
 from mailer.app import App, set_app
-from mailer.compose import return_path
+from mailer.delivery.compose import return_path
 from mailer.errors import TransientDeliveryError
 from mailer.models import Bounce, Delivery, DeliveryStatus, Suppression
 from tests.bounce_support import dsn

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mailer.errors import PermanentDeliveryError, TransientDeliveryError
-from mailer.smtp_codes import OUTCOMES, RECIPIENT, SENDER, classify, classify_dsn, error_for_reply
+from mailer.transport.smtp_codes import OUTCOMES, RECIPIENT, SENDER, classify, classify_dsn, error_for_reply
 
 
 @pytest.mark.parametrize("code,reply,outcome", [

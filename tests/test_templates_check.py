@@ -91,7 +91,7 @@ def test_every_locale_renders_its_own_language_and_footer(renderer, kind):
 def test_every_kind_and_locale_builds_a_mime_message_the_strict_parser_accepts(renderer):
     from datetime import datetime, timezone
 
-    from mailer.mime import MailParts, build
+    from mailer.message.mime import MailParts, build
 
     for kind in renderer.kinds():
         for loc in SUPPORTED_LOCALES:

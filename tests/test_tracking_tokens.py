@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from mailer import tokens, tracking
+from mailer import tokens
+from mailer.tracking import service as tracking
 from mailer.errors import TokenError
 from mailer.models import Delivery
 from tests.conftest import make_settings

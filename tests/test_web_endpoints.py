@@ -14,8 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from mailer import delivery as delivery_service
-from mailer import notices, tracking
+from mailer.delivery import process as delivery_service
+from mailer.notices import trigger as notices
+from mailer.tracking import service as tracking
 from mailer.app import App, set_app
 from mailer.clock import utcnow
 from mailer.models import (
@@ -29,7 +30,7 @@ from mailer.models import (
     TrackingKind,
 )
 from mailer.transport import memory
-from mailer.web import create_app
+from mailer.web.app import create_app
 from tests.campaign_support import NEWS_KIND, SHOP_URL, add_customer, newsletter_templates
 from tests.conftest import make_settings
 

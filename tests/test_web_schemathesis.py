@@ -11,10 +11,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings as hypothesis_settings
 
-from mailer import apikeys
+from mailer.web import apikeys
 from mailer.app import App, set_app
 from mailer.transport import memory
-from mailer.web import create_app
+from mailer.web.app import create_app
 from tests.conftest import make_settings
 
 #: Generated requests per API operation.
@@ -26,7 +26,7 @@ def web_app(db_url):
     memory.clear()
     app = App(make_settings(database_url=db_url))
     previous = set_app(app)
-    from mailer.broker import setup
+    from mailer.queue.broker import setup
 
     setup(app.settings)  # stub broker: accepted notices are enqueued in process
     with app.session() as s:

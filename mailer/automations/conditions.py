@@ -65,7 +65,7 @@ def event_matches(cond: dict, data: dict) -> bool:
 def customer_matches(cond: tuple, customer, now: datetime, session: Session | None = None) -> bool:
     """A segment condition on a customer, or on a before-the-event snapshot (mailer.segments)."""
     from mailer import segments
-    from mailer.events import Snapshot
+    from mailer.events.schemas import Snapshot
 
     if isinstance(customer, Snapshot):
         customer = {**customer.__dict__, "tags": list(customer.tag_names)}

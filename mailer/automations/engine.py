@@ -21,7 +21,7 @@ from mailer.automations.conditions import customer_matches, event_matches
 from mailer.automations.restock import _fan_out_restock
 from mailer.automations.rules import Rule, format_duration
 from mailer.automations.sends import _Context, _format, _ikey, _lock, _notice_data, _schedule
-from mailer.broker import QUEUE_TRANSACTIONAL
+from mailer.queue import port
 from mailer.clock import utcnow
 from mailer.models import Customer, Delivery, DeliveryStatus, ShopEvent
 
@@ -47,7 +47,7 @@ def cancel_group(session: Session, rule: str, group: str, *, reason: str) -> int
 def handle(session: Session, app, rules: list[Rule], event: ShopEvent, customer: Customer | None, before,
            now: datetime) -> list:
     """Run every rule for one stored event inside the caller's transaction; return the actions."""
-    from mailer.events import Action, event_data
+    from mailer.events.schemas import Action, event_data
 
     ctx = _Context(session, app, event, event_data(event), now)
     actions: list[Action] = []
@@ -85,7 +85,7 @@ def handle(session: Session, app, rules: list[Rule], event: ShopEvent, customer:
 
 
 def _trigger(ctx: _Context, rule: Rule, customer: Customer, base: dict) -> list:
-    from mailer.events import Action
+    from mailer.events.schemas import Action
 
     s = ctx.session
     group = _format(rule.group, base)
@@ -123,25 +123,18 @@ def _trigger(ctx: _Context, rule: Rule, customer: Customer, base: dict) -> list:
 # -- after the commit --------------------------------------------------------------------------------
 def wake(app, actions: Iterable, *, now: datetime | None = None) -> None:
     """Enqueue sends that are due; give soon-due scheduled ones a delayed Dramatiq message."""
-    from mailer import actors
-    from mailer.notices import enqueue
-
     now = now or utcnow()
     for action in actions:
         if action.delivery_id is None:
             continue
         if action.outcome == "queued":
-            enqueue(action.delivery_id, queue=_queue_of(app, action.delivery_id))
+            port.enqueue_delivery(action.delivery_id, _queue_of(app, action.delivery_id))
         elif action.outcome == "scheduled" and action.send_after is not None:
             delay_s = (action.send_after - utcnow()).total_seconds()
             if 0 < delay_s <= FAST_PATH_MAX_DELAY_S:
-                queue = _queue_of(app, action.delivery_id)
-                actor = actors.send_notice if queue == QUEUE_TRANSACTIONAL else actors.send_one_bulk
-                try:
-                    actor.send_with_options(args=(action.delivery_id,), delay=int(delay_s * 1000) + 1)
-                except Exception as exc:  # noqa: BLE001 - the sweeper wakes it anyway
-                    log.warning("delivery %s: no delayed message (%s); the sweeper will wake it",
-                                action.delivery_id, exc, extra={"delivery_id": action.delivery_id})
+                # Broker down: the scheduled row is committed and the sweeper wakes it when due.
+                port.enqueue_delivery(action.delivery_id, _queue_of(app, action.delivery_id),
+                                      delay_ms=int(delay_s * 1000) + 1)
 
 
 def _queue_of(app, delivery_id: int) -> str:

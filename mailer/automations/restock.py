@@ -61,7 +61,7 @@ def wave_plan(n: int, stock: int | None, waves: Waves | None) -> list[int]:
 
 
 def _fan_out_restock(ctx: _Context, rule: Rule) -> list:
-    from mailer.events import Action
+    from mailer.events.schemas import Action
 
     s = ctx.session
     sku = ctx.data["sku"]
@@ -88,7 +88,7 @@ def _fan_out_restock(ctx: _Context, rule: Rule) -> list:
 
 def _restock_one(ctx: _Context, rule: Rule, customer: Customer, base: dict, item: dict, offset: timedelta,
                  wave: int):
-    from mailer.events import Action
+    from mailer.events.schemas import Action
 
     s = ctx.session
     group = _format(rule.group, base)

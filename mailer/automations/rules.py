@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterable
 
-from mailer import codes as codes_service
+from mailer.automations import codes as codes_service
 from mailer.errors import ConfigurationError, MailerError, ValidationError
 from mailer.rendering import TRANSACTIONAL
 from mailer.settings import Settings
@@ -39,7 +39,7 @@ RULE_KEYS = ("description", "event", "kind", "enabled", "delay", "delays", "grou
 
 
 def _csat_links(settings: Settings, values: dict) -> dict:
-    from mailer import tracking
+    from mailer.tracking import service as tracking
 
     return tracking.csat_urls(settings, values["order_number"], values.get("customer_id"))
 
@@ -177,7 +177,7 @@ def _check_keys(table: dict, allowed: Iterable[str], where: str) -> None:
 
 
 def _check_event_if(cond: dict, event: str, where: str) -> dict:
-    from mailer.events import SCHEMAS
+    from mailer.events.schemas import SCHEMAS
 
     fields = SCHEMAS[event]
     for name, test in cond.items():
@@ -211,7 +211,7 @@ def _check_segment_condition(cond: Any, where: str, path: Path) -> tuple:
 
 def parse_rule(path: Path, settings: Settings, renderer=None) -> Rule:
     """Read and check one rule file; errors name the file, the key and what is allowed."""
-    from mailer.events import SCHEMAS
+    from mailer.events.schemas import SCHEMAS
 
     where = str(path)
     try:

@@ -18,7 +18,8 @@ def apikey_group() -> None:
 @pass_settings
 def create_cmd(settings, name: str) -> None:
     """Create a key named NAME and print it; it is stored hashed and cannot be shown again."""
-    from mailer import apikeys, db
+    from mailer import db
+    from mailer.web import apikeys
 
     with db.session_scope(settings) as s:
         created = apikeys.create(s, name)
@@ -31,7 +32,8 @@ def create_cmd(settings, name: str) -> None:
 @pass_settings
 def list_cmd(settings) -> None:
     """Every key: name, prefix, created, revoked."""
-    from mailer import apikeys, db
+    from mailer import db
+    from mailer.web import apikeys
 
     table = Table("name", "prefix", "created", "revoked")
     with db.session_scope(settings) as s:
@@ -46,7 +48,8 @@ def list_cmd(settings) -> None:
 @pass_settings
 def revoke_cmd(settings, name: str) -> None:
     """Revoke the key named NAME at once."""
-    from mailer import apikeys, db
+    from mailer import db
+    from mailer.web import apikeys
 
     with db.session_scope(settings) as s:
         apikeys.revoke(s, name)

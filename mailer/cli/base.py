@@ -80,7 +80,7 @@ def parse_json_or_file(value: str | None, *, option: str) -> dict | None:
 def setup_broker(settings: Settings):
     """Connect the actors to the configured broker (Redis, or the stub for stub://)."""
     from mailer.app import App, set_app
-    from mailer.broker import setup
+    from mailer.queue.broker import setup
 
     set_app(App(settings))
     return setup(settings)

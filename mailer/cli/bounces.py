@@ -30,7 +30,7 @@ def bounces_group() -> None:
 @pass_settings
 def ingest_cmd(settings, paths: tuple[str, ...], as_json: bool) -> None:
     """Parse DSNs and ARF complaints in PATH... (files or Maildirs) and update suppressions."""
-    from mailer import bounces
+    from mailer.delivery import bounces
     from mailer.app import App
 
     app = App(settings)

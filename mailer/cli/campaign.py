@@ -33,7 +33,8 @@ def campaign_group() -> None:
 @pass_settings
 def create_cmd(settings, name, template, segment, subject, send_at, local_time, no_tracking, data) -> None:
     """Validate and store a draft campaign; prints its id."""
-    from mailer import campaigns, db
+    from mailer import db
+    from mailer.campaigns import service as campaigns
     from mailer.app import App
 
     app = App(settings)
@@ -59,7 +60,8 @@ def create_cmd(settings, name, template, segment, subject, send_at, local_time, 
 @pass_settings
 def preview_cmd(settings, campaign_id: int, email: str, output: Path) -> None:
     """Write the campaign's HTML (and text) as EMAIL would receive it."""
-    from mailer import campaigns, db
+    from mailer import db
+    from mailer.campaigns import service as campaigns
     from mailer.app import App
 
     app = App(settings)
@@ -77,7 +79,9 @@ def preview_cmd(settings, campaign_id: int, email: str, output: Path) -> None:
 @pass_settings
 def send_cmd(settings, campaign_id: int) -> None:
     """Start sending a draft (or schedule it for its --send-at)."""
-    from mailer import campaign_actors, campaigns, db
+    from mailer import db
+    from mailer.campaigns import fanout as campaign_actors
+    from mailer.campaigns import service as campaigns
 
     setup_broker(settings)
     with db.session_scope(settings) as s:
@@ -96,7 +100,8 @@ def send_cmd(settings, campaign_id: int) -> None:
 @pass_settings
 def pause_cmd(settings, campaign_id: int) -> None:
     """Pause: nothing more goes out until resume."""
-    from mailer import campaigns, db
+    from mailer import db
+    from mailer.campaigns import service as campaigns
 
     with db.session_scope(settings) as s:
         held = campaigns.pause(s, campaign_id)
@@ -108,7 +113,9 @@ def pause_cmd(settings, campaign_id: int) -> None:
 @pass_settings
 def resume_cmd(settings, campaign_id: int) -> None:
     """Resume a paused campaign."""
-    from mailer import campaign_actors, campaigns, db
+    from mailer import db
+    from mailer.campaigns import fanout as campaign_actors
+    from mailer.campaigns import service as campaigns
     from mailer.app import get_app
 
     setup_broker(settings)
@@ -127,7 +134,8 @@ def resume_cmd(settings, campaign_id: int) -> None:
 @pass_settings
 def cancel_cmd(settings, campaign_id: int) -> None:
     """Cancel: no further mail of this campaign is sent."""
-    from mailer import campaigns, db
+    from mailer import db
+    from mailer.campaigns import service as campaigns
 
     with db.session_scope(settings) as s:
         n = campaigns.cancel(s, campaign_id)
@@ -138,7 +146,8 @@ def cancel_cmd(settings, campaign_id: int) -> None:
 @pass_settings
 def list_cmd(settings) -> None:
     """Every campaign, newest first."""
-    from mailer import campaigns, db
+    from mailer import db
+    from mailer.campaigns import service as campaigns
 
     table = Table("id", "name", "status", "template", "segment", "options", "created (UTC)")
     with db.session_scope(settings) as s:
@@ -153,10 +162,11 @@ def list_cmd(settings) -> None:
 
 
 def _snapshot(settings, campaign_id: int, estimate: dict):
-    from mailer import db, reports, segments
+    from mailer import db, segments
+    from mailer.campaigns import reports
     from mailer.models import Campaign
 
-    from mailer import campaigns
+    from mailer.campaigns import service as campaigns
 
     with db.session_scope(settings) as s:
         # The completion rule (fan-out done, nothing pending) is applied on read as well as
@@ -255,7 +265,8 @@ def _watch(settings, campaign_id: int, estimate: dict):
 @pass_settings
 def report_cmd(settings, campaign_id: int, output: Path) -> None:
     """A self-contained HTML page: figures, a chart of opens and clicks over time, top links."""
-    from mailer import db, reports
+    from mailer import db
+    from mailer.campaigns import reports
 
     with db.session_scope(settings) as s:
         page = reports.html_report(s, campaign_id)
@@ -287,7 +298,8 @@ def _messages(paths: tuple[Path, ...]):
 @pass_settings
 def ingest_cmd(settings, paths: tuple[Path, ...]) -> None:
     """Apply unsubscribe requests from .eml files or Maildir folders (subject: unsubscribe <token>)."""
-    from mailer import db, tracking
+    from mailer import db
+    from mailer.tracking import service as tracking
 
     done = ignored = 0
     for f in _messages(paths):

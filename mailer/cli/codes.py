@@ -29,7 +29,7 @@ def import_cmd(settings, pool: str, path: Path) -> None:
     "code,value,expires_at" is optional. All or nothing: any bad row imports nothing
     (exit code 1). Codes already in the pool are kept as they are.
     """
-    from mailer.codes import import_file
+    from mailer.automations.codes import import_file
 
     result = import_file(settings, pool, path)
     for error in result.errors[:MAX_PRINTED_ERRORS]:
@@ -48,7 +48,7 @@ def import_cmd(settings, pool: str, path: Path) -> None:
 @pass_settings
 def status_cmd(settings, pool: str) -> None:
     """Show how many codes POOL has, has given out, and has left."""
-    from mailer.codes import pools, status
+    from mailer.automations.codes import pools, status
     from mailer.db import session_scope
 
     with session_scope(settings) as s:

@@ -70,7 +70,9 @@ def consent_group() -> None:
 def grant_cmd(settings, email, purpose, source, basis, double_opt_in, ip, user_agent, form_id, wording_file,
               wording_version, occurred_at) -> None:
     """Record that EMAIL consents to PURPOSE (or start a double opt-in)."""
-    from mailer import consent, db, suppressions
+    from mailer import db
+    from mailer.consent import ledger as consent
+    from mailer.consent import suppressions
     from mailer.addresses import email_hash, normalize
 
     proof = consent.Proof(ip=ip, user_agent=user_agent, form_id=form_id, wording=_wording(wording_file),
@@ -85,7 +87,7 @@ def grant_cmd(settings, email, purpose, source, basis, double_opt_in, ip, user_a
             raise click.BadParameter("a double opt-in happens when the link is followed; drop --occurred-at",
                                      param_hint="--occurred-at")
         setup_broker(settings)
-        pending, delivery_id = consent.double_opt_in(get_app(), email=address, purpose=purpose, source=source,
+        pending, delivery_id = confirmation.double_opt_in(get_app(), email=address, purpose=purpose, source=source,
                                                      basis=basis, proof=proof)
         if pending.already_granted:
             console.print(f"{address} already consents to {purpose}; no confirmation sent")
@@ -122,7 +124,8 @@ def grant_cmd(settings, email, purpose, source, basis, double_opt_in, ip, user_a
 @pass_settings
 def withdraw_cmd(settings, email, purpose, source, ip, user_agent, form_id, occurred_at) -> None:
     """Record that EMAIL withdraws consent for PURPOSE (takes effect at once)."""
-    from mailer import consent, db
+    from mailer import db
+    from mailer.consent import ledger as consent
 
     with db.session_scope(settings) as s:
         ev = consent.withdraw(s, settings, email=email, purpose=purpose, source=source,
@@ -139,7 +142,8 @@ def withdraw_cmd(settings, email, purpose, source, ip, user_agent, form_id, occu
 @pass_settings
 def check_cmd(settings, email, purpose, at) -> None:
     """Does EMAIL have consent for PURPOSE now (or --at T)? Exit 0 yes, 1 no."""
-    from mailer import consent, db
+    from mailer import db
+    from mailer.consent import ledger as consent
 
     when = _when(at, "--at")
     with db.session_scope(settings) as s:
@@ -157,7 +161,8 @@ def check_cmd(settings, email, purpose, at) -> None:
 @pass_settings
 def verify_cmd(settings, file: Path | None) -> None:
     """Check the hash chain; names the first edited, removed, inserted or reordered event. Exit 1 if broken."""
-    from mailer import consent_verify, db
+    from mailer import db
+    from mailer.consent import verify as consent_verify
 
     def run(progress=None):
         if file is not None:
@@ -203,7 +208,8 @@ def verify_cmd(settings, file: Path | None) -> None:
 @pass_settings
 def export_cmd(settings, since, until, purpose, email, fmt, output: Path, no_evidence: bool) -> None:
     """Stream the consent log with its chain hashes; `mailer consent verify --file` re-checks it."""
-    from mailer import consent_export, db
+    from mailer import db
+    from mailer.consent import export as consent_export
 
     partial = output.with_name(output.name + ".partial")
     try:

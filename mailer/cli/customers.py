@@ -8,7 +8,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mailer.cli.base import EXIT_REJECTED, console, err_console, main, on_terminal, pass_settings
-from mailer.customers import import_file
+from mailer.customers.records import import_file
 
 #: Bad rows printed at most; the rest are counted.
 MAX_PRINTED_ERRORS = 50

@@ -21,7 +21,7 @@ def dkim_group() -> None:
 @pass_settings
 def keygen_cmd(settings, directory: Path, rsa_bits: int) -> None:
     """Write dkim-rsa.pem and dkim-ed25519.pem (mode 0600) into DIRECTORY; never overwrites."""
-    from mailer.dkim import generate_keys
+    from mailer.message.dkim import generate_keys
 
     rsa_path, ed_path = generate_keys(directory, rsa_bits=rsa_bits)
     console.print(f"wrote {rsa_path} and {ed_path}")
@@ -33,7 +33,7 @@ def keygen_cmd(settings, directory: Path, rsa_bits: int) -> None:
 @pass_settings
 def dns_cmd(settings) -> None:
     """Print the TXT records for the configured keys (MAILER_DKIM_*)."""
-    from mailer.dkim import Signer
+    from mailer.message.dkim import Signer
 
     signer = Signer.from_settings(settings)
     if not signer.enabled:

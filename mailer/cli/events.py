@@ -25,7 +25,7 @@ def publish_cmd(settings, type_: str, data: str, idempotency_key: str | None, as
     automations did. Exit code 1 when an automation failed (e.g. a reward pool ran out)."""
     payload = parse_json(data, option="--data")
     setup_broker(settings)
-    from mailer.events import publish
+    from mailer.automations.publish import publish
 
     result = publish(type_, payload, idempotency_key=idempotency_key, settings=settings)
     if as_json:

@@ -28,6 +28,6 @@ def serve_cmd(settings, host: str | None, port: int | None, workers: int, proxy_
         return
     setup_broker(settings)
     from mailer.app import get_app
-    from mailer.web import create_app
+    from mailer.web.app import create_app
 
     uvicorn.run(create_app(app=get_app()), host=host, port=port, proxy_headers=proxy_headers, log_level="info")

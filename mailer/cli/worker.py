@@ -1,4 +1,4 @@
-"""``mailer worker``: a thin wrapper over ``dramatiq mailer.boot``."""
+"""``mailer worker``: a thin wrapper over ``dramatiq mailer.worker.boot``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from mailer.broker import QUEUES
+from mailer.queue.broker import QUEUES
 from mailer.cli.base import main, pass_settings
 
 
@@ -19,7 +19,7 @@ from mailer.cli.base import main, pass_settings
 @pass_settings
 def worker_cmd(settings, processes, threads, queues, dramatiq_args) -> None:
     """Run Dramatiq workers on the Redis broker (extra arguments go to dramatiq)."""
-    args = [sys.executable, "-m", "dramatiq", "mailer.boot",
+    args = [sys.executable, "-m", "dramatiq", "mailer.worker.boot",
             "--threads", str(threads or settings.worker_threads)]
     if processes:
         args += ["--processes", str(processes)]

@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from mailer import i18n
+from mailer.rendering import i18n
 from mailer.errors import TemplateError, UnknownKind, ValidationError
 from mailer.i18n import fallback_chain
 from mailer.rendering.kinds import SUPPORTED_LOCALES, KindSpec

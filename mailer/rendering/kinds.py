@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailer import i18n
+from mailer.rendering import i18n
 from mailer.errors import MissingField, TemplateError, ValidationError
 
 TRANSACTIONAL = "transactional"

@@ -36,7 +36,7 @@ import jinja2
 import jinja2.meta
 import mjml
 
-from mailer import i18n
+from mailer.rendering import i18n
 from mailer.errors import MissingField, TemplateError, UnknownKind, ValidationError
 from mailer.i18n import fallback_chain
 from mailer.rendering.kinds import KindSpec, _check_value, _parse_kind

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
-from mailer.mime import LINE_BREAK_CHARS
+from mailer.message.mime import LINE_BREAK_CHARS
 from mailer.rendering.mjml_check import _PH, _VOID
 
 

@@ -120,7 +120,7 @@ def parse(data: dict, *, settings: Settings, name: str, path: Path | None = None
     if not isinstance(purpose, str) or not purpose:
         raise _fail(path, "purpose", f"required: the consent purpose recipients must have "
                                      f"({', '.join(settings.purposes)} or restock:<sku>)")
-    from mailer.consent import purpose_ok
+    from mailer.consent.ledger import purpose_ok
 
     try:
         purpose_ok(settings, purpose)

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from mailer import ratelimit
+from mailer.transport import ratelimit
 from mailer.errors import ConfigurationError, SMTPUTF8Unsupported, TransientDeliveryError
 from mailer.settings import Settings
 from mailer.transport import SendResult, Transport, open_transport

@@ -24,7 +24,7 @@ from mailer.errors import (
     SMTPUTF8Unsupported,
     TransientDeliveryError,
 )
-from mailer.smtp_codes import SENDER, error_for_reply
+from mailer.transport.smtp_codes import SENDER, error_for_reply
 from mailer.transport import SendResult
 
 #: Seconds to wait on the relay before calling the attempt failed.

@@ -2,7 +2,7 @@
 and a real SMTP server, plus the levers to hurt them (kill -9, restart Redis, cut the
 database off).
 
-* :class:`Workers` starts ``python -m dramatiq mailer.boot`` in its own session so the
+* :class:`Workers` starts ``python -m dramatiq mailer.worker.boot`` in its own session so the
   whole process group can be killed with SIGKILL, exactly as a crashed machine would.
 * :class:`RedisServer` runs a private ``redis-server`` on a free port (the shared one on
   6379 is never touched) that can be stopped and started again, empty.
@@ -92,7 +92,7 @@ class PgSchema:
 # -- worker processes -------------------------------------------------------------------------
 @dataclass
 class Workers:
-    """``dramatiq mailer.boot`` processes sharing one environment."""
+    """``dramatiq mailer.worker.boot`` processes sharing one environment."""
 
     env: dict
     log_dir: Path
@@ -104,7 +104,7 @@ class Workers:
         log = open(self.log_dir / f"worker-{n}.log", "wb")
         env = {**self.env, **{k: str(v) for k, v in extra_env.items()}}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "mailer.boot", "--processes", "1", "--threads", str(self.threads),
+            [sys.executable, "-m", "dramatiq", "mailer.worker.boot", "--processes", "1", "--threads", str(self.threads),
              "--queues", "transactional", "bulk", "default", "--worker-shutdown-timeout", "3000"],
             cwd=self.log_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
@@ -294,9 +294,10 @@ class Stage:
 def campaign_stage(settings, tmp: Path, *, consenting: int, without: int = 0, domain: str = "example.com",
                    address=None) -> Stage:
     """Customers, consent, a test newsletter, a segment and a draft campaign in the database."""
-    from mailer import campaigns, consent
+    from mailer.campaigns import service as campaigns
+    from mailer.consent import ledger as consent
     from mailer.app import App
-    from mailer.customers import get_or_create
+    from mailer.customers.records import get_or_create
     from tests.campaign_support import NEWS_KIND
 
     address = address or (lambda i: f"c{i:05d}@{domain}")
@@ -332,9 +333,10 @@ def write_segment(segments_dir: Path) -> Path:
 
 def send_campaign(settings, campaign_id: int) -> None:
     """``mailer campaigns send``: running, and the fan-out message on the (Redis) broker."""
-    from mailer import campaign_actors, campaigns
+    from mailer.campaigns import fanout as campaign_actors
+    from mailer.campaigns import service as campaigns
     from mailer.app import App, set_app
-    from mailer.broker import setup
+    from mailer.queue.broker import setup
 
     app = App(settings)
     previous = set_app(app)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailer import consent
+from mailer.consent import ledger as consent
 from mailer.app import App
 from mailer.models import Customer, DeliveryStatus
 from tests.faults.harness import (

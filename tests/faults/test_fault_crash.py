@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from mailer import db
-from mailer.compose import message_id
+from mailer.delivery.compose import message_id
 from mailer.models import Delivery
 from tests.campaign_support import newsletter_templates
 from tests.conftest import make_settings

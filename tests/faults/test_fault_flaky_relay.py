@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailer.addresses import email_hash
-from mailer.compose import message_id
+from mailer.delivery.compose import message_id
 from mailer.db import session_scope
 from mailer.models import Bounce, DeliveryStatus, Suppression, SuppressionReason
 from tests.faults.harness import (

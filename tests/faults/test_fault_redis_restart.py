@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from mailer.compose import message_id
+from mailer.delivery.compose import message_id
 from mailer.models import DeliveryStatus
 from tests.faults.harness import (
     FINISH_TIMEOUT_S,

@@ -1,0 +1,456 @@
+"""Campaigns: a newsletter to a segment, validated at creation, sent, paused, resumed, cancelled.
+
+Life cycle::
+
+    draft --send--> running --(fan-out done, nothing pending)--> completed
+      |  \\--send (send_at in the future)--> scheduled --(due)--> running
+      |                 running/scheduled --pause--> paused --resume--> running/scheduled
+      \\--cancel (from any state but completed)--> cancelled
+
+* **Create** validates everything a send will need: the template is a newsletter kind,
+  the segment exists and asks for the template's consent purpose, and for every locale
+  among the segment's possible recipients the template compiles and renders with the
+  campaign's data and a subject exists (``--subject`` or the template's own).
+* **Send** moves the campaign to ``running`` and enqueues the fan-out
+  (:mod:`mailer.campaign_actors`), which streams the segment in keyset batches and
+  creates one delivery per recipient under the idempotency key
+  ``campaign:<id>:<customer id>``; see there for resuming without resending.
+* **Pause** holds every delivery not yet sent (status ``held``), and the delivery gate
+  holds any that a worker had already picked up; **resume** releases them.  **Cancel**
+  cancels every delivery not yet sent.  Either way at most the mails already in a
+  worker's hands at that instant (one per worker thread) still go out.
+* Consent, suppressions and the frequency cap are checked again for each recipient at
+  send time by :func:`mailer.delivery.gate`; the campaign never bypasses them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from mailer.clock import utcnow
+from mailer.errors import InvalidState, NotFound, TemplateError, ValidationError
+from mailer.models import (
+    Campaign,
+    CampaignStatus,
+    ConsentState,
+    Customer,
+    Delivery,
+    DeliveryStatus,
+)
+from mailer.settings import Settings
+
+log = logging.getLogger("mailer.campaigns")
+
+#: Delivery statuses that still may (or may again) lead to a mail.
+PENDING = (DeliveryStatus.queued, DeliveryStatus.scheduled, DeliveryStatus.sending, DeliveryStatus.held)
+#: Longest campaign name, characters.
+MAX_NAME_CHARS = 200
+
+_LOCAL_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_SUBJECT_LOCALE = re.compile(r"^([a-z]{2,3}(?:-[A-Za-z]{2,4})?)=(.+)$", re.S)
+
+
+# -- parsing helpers ---------------------------------------------------------------------------
+def parse_subjects(values: tuple[str, ...] | list[str] | None) -> dict[str, str]:
+    """``--subject TEXT`` (every locale) and/or ``--subject pl=TEXT`` (one locale) -> {locale: text}.
+
+    A plain text is stored under ``"*"``; it is the fallback for every locale without its own.
+    """
+    out: dict[str, str] = {}
+    for raw in values or ():
+        if not raw or not raw.strip():
+            raise ValidationError("--subject must not be empty", field="subject")
+        m = _SUBJECT_LOCALE.match(raw)
+        loc, text = (m.group(1), m.group(2)) if m else ("*", raw)
+        if "\n" in text or "\r" in text:
+            raise ValidationError("--subject must be one line", field="subject")
+        if loc in out:
+            raise ValidationError(f"--subject given twice for {'every locale' if loc == '*' else loc}",
+                                  field="subject")
+        out[loc] = text.strip()
+    return out
+
+
+def parse_send_at(value: str | None, settings: Settings) -> datetime | None:
+    """ISO-8601; a time without offset is read in the shop's time zone (MAILER_DEFAULT_TIMEZONE)."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError as exc:
+        raise ValidationError(f"--send-at {value!r} is not an ISO-8601 time (e.g. 2026-12-01T09:00+01:00)",
+                              field="send_at") from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=_zone(settings.default_timezone, settings))
+    return parsed.astimezone(timezone.utc)
+
+
+def parse_local_time(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not _LOCAL_TIME.match(value.strip()):
+        raise ValidationError(f"--local-time {value!r}: use HH:MM, 24-hour (e.g. 10:00)", field="local_time")
+    return value.strip()
+
+
+def _zone(name: str | None, settings: Settings):
+    for candidate in (name, settings.default_timezone, "UTC"):
+        if not candidate:
+            continue
+        try:
+            return ZoneInfo(candidate)
+        except (ZoneInfoNotFoundError, ValueError):
+            continue
+    return timezone.utc
+
+
+def next_local_time(start: datetime, hhmm: str, zone_name: str | None, settings: Settings) -> datetime:
+    """The first moment at or after ``start`` when the clock in ``zone_name`` shows ``hhmm`` (UTC).
+
+    Customers without a time zone get the shop's (MAILER_DEFAULT_TIMEZONE), so every
+    recipient's mail goes out within the 24 hours after ``start``.
+    """
+    tz = _zone(zone_name, settings)
+    hour, minute = (int(p) for p in hhmm.split(":"))
+    local = start.astimezone(tz)
+    day: date = local.date()
+    for _ in range(3):
+        target = datetime.combine(day, time(hour, minute), tzinfo=tz)
+        # Round-trip through UTC: a wall time skipped by a DST change moves forward, as clocks do.
+        target_utc = target.astimezone(timezone.utc)
+        if target_utc >= start:
+            return target_utc
+        day += timedelta(days=1)
+    raise AssertionError("unreachable: a local time recurs every day")
+
+
+# -- creation and validation ------------------------------------------------------------------
+def _segment_locales(session: Session, purpose: str, settings: Settings) -> list[str]:
+    """Locales among customers who could be in a segment of ``purpose`` (current consent).
+
+    A superset of the segment's own locales (conditions are not applied), so validation
+    never misses one; DISTINCT over the consent-state join touches only consenting customers.
+    """
+    rows = session.execute(
+        select(Customer.locale).select_from(ConsentState)
+        .join(Customer, Customer.id == ConsentState.customer_id)
+        .where(ConsentState.purpose == purpose, ConsentState.granted.is_(True), Customer.email.is_not(None))
+        .distinct()
+    ).scalars().all()
+    return sorted({loc or settings.default_locale for loc in rows} | {settings.default_locale})
+
+
+def validate(session: Session, settings: Settings, renderer, *, template: str, segment_name: str,
+             subjects: dict[str, str], data: dict) -> tuple[str, list[str]]:
+    """Check a campaign can be sent; return (consent purpose, template locales that will be used)."""
+    from mailer import segments
+
+    if not template.startswith("newsletter/"):
+        raise ValidationError(f"--template {template!r}: campaigns send newsletter kinds "
+                              f"(newsletter/<name>); known: "
+                              f"{', '.join(k for k in renderer.kinds() if k.startswith('newsletter/')) or 'none'}",
+                              field="template")
+    spec = renderer.spec(template)
+    segment = segments.load(settings, segment_name)
+    if segment.purpose != spec.purpose:
+        raise ValidationError(f"segment {segment_name!r} selects consent for {segment.purpose!r} but "
+                              f"{template} is a {spec.purpose!r} mail; pick a segment for {spec.purpose!r}",
+                              field="segment")
+    renderer.validate(template, data)
+    used: dict[str, list[str]] = {}
+    for loc in _segment_locales(session, segment.purpose, settings):
+        resolved = renderer.resolve_locale(template, loc)
+        used.setdefault(resolved, []).append(loc)
+    for resolved, asked in sorted(used.items()):
+        subject = _subject_for(subjects, resolved)  # None: the template's own subject for the locale
+        try:
+            rendered = renderer.render(template, resolved, data, context=_probe_context(settings),
+                                       subject=subject, cache_key=f"validate:{template}")
+        except TemplateError as exc:
+            raise TemplateError(f"{exc} (needed for customers with locale {', '.join(asked)})",
+                                template=None) from exc
+        if not rendered.subject.strip():
+            raise ValidationError(f"the subject for locale {resolved} is empty; give --subject "
+                                  f"{resolved}=TEXT or set [subject] {resolved} in kind.toml", field="subject")
+    return segment.purpose, sorted(used)
+
+
+def _subject_for(subjects: dict[str, str], locale: str) -> str | None:
+    from mailer.rendering import fallback_chain
+
+    for loc in fallback_chain(locale):
+        if loc in subjects:
+            return subjects[loc]
+    return subjects.get("*")
+
+
+def _probe_context(settings: Settings) -> dict:
+    return {"first_name": "Ann", "last_name": "Example", "email": "ann@example.com",
+            "currency": settings.default_currency, "delivery_id": 0,
+            "unsubscribe_url": settings.base_url + "/u/preview", "preferences_url": settings.base_url + "/p/preview"}
+
+
+def subjects_for_render(subjects: dict[str, str], locales: list[str]) -> dict[str, str]:
+    """Expand ``"*"`` into each template locale that has no subject of its own."""
+    out = {k: v for k, v in subjects.items() if k != "*"}
+    if "*" in subjects:
+        for loc in locales:
+            out.setdefault(loc, subjects["*"])
+        out.setdefault("en", subjects["*"])
+    return out
+
+
+def create(session: Session, settings: Settings, renderer, *, name: str, template: str, segment: str,
+           subjects: dict[str, str] | None = None, data: dict | None = None, send_at: datetime | None = None,
+           local_time: str | None = None, tracking: bool = True) -> Campaign:
+    """Validate and store a draft campaign."""
+    name = (name or "").strip()
+    if not name or len(name) > MAX_NAME_CHARS or any(c in name for c in "\r\n\x00"):
+        raise ValidationError(f"--name must be 1-{MAX_NAME_CHARS} characters on one line", field="name")
+    subjects = dict(subjects or {})
+    data = dict(data if data is not None else renderer.sample(template) if _is_kind(renderer, template) else {})
+    local_time = parse_local_time(local_time)
+    purpose, locales = validate(session, settings, renderer, template=template, segment_name=segment,
+                                subjects=subjects, data=data)
+    if send_at is not None and send_at.tzinfo is None:
+        raise ValidationError("send_at must carry a time zone", field="send_at")
+    campaign = Campaign(name=name, template=template, segment=segment, purpose=purpose,
+                        subjects=subjects_for_render(subjects, renderer.spec(template).locales), data=data, status=CampaignStatus.draft,
+                        send_at=send_at, local_time=local_time, tracking=tracking, cursor=0, fanout_done=False)
+    session.add(campaign)
+    session.flush()
+    log.info("campaign %s created: %s -> segment %s (%s)", campaign.id, template, segment, ", ".join(locales))
+    return campaign
+
+
+def _is_kind(renderer, template: str) -> bool:
+    try:
+        renderer.spec(template)
+        return True
+    except ValidationError:
+        return False
+
+
+def get(session: Session, campaign_id: int) -> Campaign:
+    campaign = session.get(Campaign, campaign_id)
+    if campaign is None:
+        raise NotFound(f"no campaign with id {campaign_id}")
+    return campaign
+
+
+def list_campaigns(session: Session) -> list[Campaign]:
+    return list(session.execute(select(Campaign).order_by(Campaign.id.desc())).scalars())
+
+
+# -- state changes ----------------------------------------------------------------------------
+def send(session: Session, settings: Settings, campaign_id: int, *, now: datetime | None = None) -> Campaign:
+    """Start sending (or schedule for ``send_at``); the caller enqueues the fan-out after commit."""
+    now = now or utcnow()
+    c = get(session, campaign_id)
+    if c.status is not CampaignStatus.draft:
+        raise InvalidState(f"campaign {c.id} is {c.status.value}; only a draft can be sent "
+                           f"(use resume for a paused one)")
+    if c.send_at is not None and c.send_at > now:
+        c.status = CampaignStatus.scheduled
+    else:
+        c.status = CampaignStatus.running
+        c.started_at = now
+        c.fanout_heartbeat_at = now
+    return c
+
+
+def pause(session: Session, campaign_id: int) -> int:
+    """Pause: hold every delivery not yet sent; returns how many were held."""
+    c = get(session, campaign_id)
+    if c.status not in (CampaignStatus.running, CampaignStatus.scheduled):
+        raise InvalidState(f"campaign {c.id} is {c.status.value}; only a running or scheduled one can be paused")
+    c.status = CampaignStatus.paused
+    session.flush()
+    # One UPDATE over the (campaign_id, status) index; rows a worker holds under a lease
+    # are stopped by the gate (it sees the paused campaign) instead.
+    res = session.execute(update(Delivery)
+                          .where(Delivery.campaign_id == c.id,
+                                 Delivery.status.in_([DeliveryStatus.queued, DeliveryStatus.scheduled]))
+                          .values(status=DeliveryStatus.held, reason="campaign paused", updated_at=utcnow())
+                          .execution_options(synchronize_session=False))
+    return res.rowcount
+
+
+def release_held(session: Session, campaign_id: int) -> None:
+    """Held deliveries back to queued (or scheduled, if they wait for a local time)."""
+    now = utcnow()
+    # Two UPDATEs on (campaign_id, status): local-time rows keep their send_after.
+    session.execute(update(Delivery)
+                    .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.held,
+                           Delivery.send_after.is_(None))
+                    .values(status=DeliveryStatus.queued, reason=None, updated_at=now)
+                    .execution_options(synchronize_session=False))
+    session.execute(update(Delivery)
+                    .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.held,
+                           Delivery.send_after.is_not(None))
+                    .values(status=DeliveryStatus.scheduled, reason=None, updated_at=now)
+                    .execution_options(synchronize_session=False))
+
+
+def resume(session: Session, campaign_id: int, *, now: datetime | None = None) -> Campaign:
+    """Resume a paused campaign; the caller enqueues its deliveries and fan-out after commit."""
+    now = now or utcnow()
+    c = get(session, campaign_id)
+    if c.status is not CampaignStatus.paused:
+        raise InvalidState(f"campaign {c.id} is {c.status.value}; only a paused one can be resumed")
+    if c.started_at is None and c.send_at is not None and c.send_at > now:
+        c.status = CampaignStatus.scheduled
+    else:
+        c.status = CampaignStatus.running
+        c.started_at = c.started_at or now
+        c.fanout_heartbeat_at = now
+    session.flush()
+    release_held(session, c.id)
+    return c
+
+
+def cancel(session: Session, campaign_id: int) -> int:
+    """Cancel: no further mail of this campaign is sent; returns how many deliveries were cancelled."""
+    c = get(session, campaign_id)
+    if c.status in (CampaignStatus.completed, CampaignStatus.cancelled):
+        raise InvalidState(f"campaign {c.id} is already {c.status.value}")
+    c.status = CampaignStatus.cancelled
+    c.finished_at = utcnow()
+    session.flush()
+    # Everything not yet in a worker's hands, over the (campaign_id, status) index.
+    res = session.execute(update(Delivery)
+                          .where(Delivery.campaign_id == c.id,
+                                 Delivery.status.in_([DeliveryStatus.queued, DeliveryStatus.scheduled,
+                                                      DeliveryStatus.held]))
+                          .values(status=DeliveryStatus.cancelled, reason="campaign cancelled",
+                                  updated_at=utcnow())
+                          .execution_options(synchronize_session=False))
+    return res.rowcount
+
+
+def queued_ids(session: Session, campaign_id: int, *, after_id: int = 0, limit: int = 10_000) -> list[int]:
+    """Ids of the campaign's queued deliveries, in id order (for re-enqueueing after resume)."""
+    # (campaign_id, status) index, then id order for keyset paging by the caller.
+    return list(session.execute(select(Delivery.id)
+                                .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.queued,
+                                       Delivery.id > after_id)
+                                .order_by(Delivery.id).limit(limit)).scalars())
+
+
+# -- preview ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preview:
+    subject: str
+    locale: str
+    html: str
+    text: str
+
+
+def preview(session: Session, settings: Settings, renderer, campaign_id: int, email: str) -> Preview:
+    """Render the campaign as ``email`` would receive it (their name and locale if known)."""
+    from mailer.addresses import email_hash, normalize
+    from mailer.delivery.compose import render_context
+    from mailer.delivery import personalize as headers
+
+    c = get(session, campaign_id)
+    address = normalize(email)
+    customer = session.execute(select(Customer).where(Customer.email == address)).scalar_one_or_none()
+    probe = Delivery(id=0, kind=c.template, campaign_id=c.id, customer_id=customer.id if customer else None,
+                     to_address=address, to_hash=email_hash(address, settings.effective_hash_salt),
+                     locale=(customer.locale if customer else None) or settings.default_locale,
+                     data={}, purpose=c.purpose, created_at=utcnow())
+    context = render_context(settings, probe, customer)
+    context, _ = headers.decorate(settings, probe, customer, context, [])
+    data, options = headers.render_args(settings, probe, context)
+    rendered = renderer.render(c.template, probe.locale, data, context=context, **options)
+    rendered = headers.after_render(context, rendered)
+    return Preview(subject=rendered.subject, locale=rendered.locale, html=rendered.html, text=rendered.text)
+
+
+# -- housekeeping (sweeper hook) ---------------------------------------------------------------
+def due_and_stalled(session: Session, settings: Settings, *, now: datetime | None = None
+                    ) -> tuple[list[int], list[int]]:
+    """Scheduled campaigns now due (moved to running) and running fan-outs silent too long.
+
+    A conditional UPDATE per campaign decides which worker's sweeper restarts it, so
+    several workers do not start the same fan-out twice (and if they did, the fan-out's
+    own optimistic cursor check lets only one advance).
+    """
+    now = now or utcnow()
+    stale = now - timedelta(seconds=settings.sweep_stale_s)
+    started: list[int] = []
+    # Few campaigns are ever scheduled or running at once: a plain scan of campaigns.
+    for cid in session.execute(select(Campaign.id).where(Campaign.status == CampaignStatus.scheduled,
+                                                         Campaign.send_at <= now)).scalars():
+        res = session.execute(update(Campaign).where(Campaign.id == cid, Campaign.status == CampaignStatus.scheduled)
+                              .values(status=CampaignStatus.running, started_at=now, fanout_heartbeat_at=now)
+                              .execution_options(synchronize_session=False))
+        if res.rowcount == 1:
+            started.append(cid)
+    stalled: list[int] = []
+    rows = session.execute(select(Campaign.id, Campaign.fanout_heartbeat_at)
+                           .where(Campaign.status == CampaignStatus.running, Campaign.fanout_done.is_(False),
+                                  or_(Campaign.fanout_heartbeat_at.is_(None),
+                                      Campaign.fanout_heartbeat_at < stale))).all()
+    for cid, beat in rows:
+        cond = Campaign.fanout_heartbeat_at.is_(None) if beat is None else Campaign.fanout_heartbeat_at == beat
+        res = session.execute(update(Campaign).where(Campaign.id == cid, cond)
+                              .values(fanout_heartbeat_at=now).execution_options(synchronize_session=False))
+        if res.rowcount == 1:
+            stalled.append(cid)
+    return started, stalled
+
+
+def finish_completed(session: Session, *, now: datetime | None = None) -> list[int]:
+    """Running campaigns whose fan-out is done and nothing is pending become completed."""
+    now = now or utcnow()
+    done: list[int] = []
+    for c in session.execute(select(Campaign).where(Campaign.status == CampaignStatus.running,
+                                                    Campaign.fanout_done.is_(True))).scalars():
+        # EXISTS on the (campaign_id, status) index: stops at the first pending delivery.
+        pending = session.execute(select(Delivery.id).where(Delivery.campaign_id == c.id,
+                                                            Delivery.status.in_(PENDING)).limit(1)).first()
+        if pending is None:
+            c.status = CampaignStatus.completed
+            c.finished_at = now
+            done.append(c.id)
+    return done
+
+
+def held_in_running(session: Session) -> list[int]:
+    """Running campaigns that still have held deliveries (a worker held one while resume ran)."""
+    return list(session.execute(
+        select(Delivery.campaign_id).join(Campaign, Campaign.id == Delivery.campaign_id)
+        .where(Campaign.status.in_([CampaignStatus.running, CampaignStatus.scheduled]),
+               Delivery.status == DeliveryStatus.held).distinct()).scalars())
+
+
+__all__ = ["create", "validate", "send", "pause", "resume", "cancel", "preview", "get", "list_campaigns",
+           "next_local_time", "parse_subjects", "parse_send_at", "parse_local_time", "queued_ids"]
+
+
+# -- the embedded demo ----------------------------------------------------------------------------
+#: The newsletter and segment ``mailer demo`` sends.
+DEMO_TEMPLATE, DEMO_SEGMENT = "newsletter/seasonal_sale", "newsletter_all"
+
+
+def demo_campaign(app, run_id: str) -> str:
+    """A step of ``mailer demo``: send the seasonal-sale newsletter to every subscriber."""
+    from mailer.campaigns import fanout as campaign_actors
+
+    renderer = app.renderer
+    with app.session() as s:
+        c = create(s, app.settings, renderer, name=f"Demo newsletter {run_id}", template=DEMO_TEMPLATE,
+                   segment=DEMO_SEGMENT, data=renderer.sample(DEMO_TEMPLATE))
+        send(s, app.settings, c.id)
+        cid = c.id
+    campaign_actors.start(app, cid)
+    return (f"campaign {cid}: {DEMO_TEMPLATE} to segment {DEMO_SEGMENT} "
+            f"(see it with: mailer campaign status {cid})")

@@ -1,0 +1,393 @@
+"""The consent ledger: append-only, hash-chained events, current state and double opt-in.
+
+Every change of consent is a new row in ``consent_events``; rows are never updated or
+deleted (database triggers refuse it).  Each event's ``hash`` is
+``sha256(prev_hash || canonical_json(content))``, where the content holds no personal
+data in clear: the address, IP and user agent enter as salted digests, while their
+clear values live in ``consent_evidence`` and can be erased without breaking the chain.
+
+``consent_state`` keeps the outcome of the latest event per (customer, purpose), updated
+in the same transaction as the append, so "may we mail C for P now" is one primary-key
+lookup, and segments join it.
+
+Double opt-in: :func:`request_double_opt_in` stores a ``consent_requests`` row and
+returns a signed link (token purpose ``confirm``); :func:`mailer.notices.confirmation.send_confirmation` mails it
+as the ``confirm_subscription`` notice.  Consent becomes current only when
+:func:`confirm` runs for that link (``POST /confirm/{token}``, see
+:mod:`mailer.web_consent`); confirming twice records one event.
+
+Verification lives in :mod:`mailer.consent_verify`, the compliance export in :mod:`mailer.consent_export`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select, text, update
+from sqlalchemy.orm import Session
+
+from mailer import tokens
+from mailer.addresses import email_hash, normalize
+from mailer.clock import utcnow
+from mailer.errors import ConsentError, NotFound, TokenError
+from mailer.models import (
+    ConsentAction,
+    ConsentEvent,
+    ConsentEvidence,
+    ConsentRequest,
+    ConsentSource,
+    ConsentState,
+    Customer,
+    LawfulBasis,
+)
+from mailer.settings import Settings
+
+#: prev_hash of the first event in the chain.
+GENESIS = "0" * 64
+#: PostgreSQL advisory lock key that serializes appends so the chain never forks.
+CHAIN_LOCK_KEY = 0x6D61696C  # "mail"
+#: Token purpose of double opt-in links (its own signing key, see mailer.tokens).
+CONFIRM_TOKEN_PURPOSE = "confirm"
+#: The notice kind that carries the double opt-in link.
+CONFIRM_KIND = "confirm_subscription"
+#: A second sign-up for the same (customer, purpose) within this many seconds reuses the
+#: pending request and sends no second mail (protects inboxes from form floods).
+CONFIRM_RESEND_MIN_S = 600
+
+#: Fields covered by an event's hash, in this order.
+HASHED_FIELDS = ("seq", "subject_hash", "purpose", "action", "basis", "source", "occurred_at",
+                 "recorded_at", "form_id", "wording_sha256", "wording_version", "confirmed_at",
+                 "ip_digest", "user_agent_digest")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def canonical(fields: dict) -> bytes:
+    """The bytes an event's hash covers (also used by ``verify --file``)."""
+    return json.dumps({k: fields.get(k) for k in HASHED_FIELDS}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+
+
+def chain_hash(prev_hash: str, fields: dict) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical(fields)).hexdigest()
+
+
+def event_fields(ev: ConsentEvent) -> dict:
+    """An event's hashed content, as plain JSON values."""
+    return {
+        "seq": ev.seq, "subject_hash": ev.subject_hash, "purpose": ev.purpose,
+        "action": ev.action.value, "basis": ev.basis.value, "source": ev.source.value,
+        "occurred_at": _iso(ev.occurred_at), "recorded_at": _iso(ev.recorded_at),
+        "form_id": ev.form_id, "wording_sha256": ev.wording_sha256, "wording_version": ev.wording_version,
+        "confirmed_at": _iso(ev.confirmed_at), "ip_digest": ev.ip_digest,
+        "user_agent_digest": ev.user_agent_digest,
+    }
+
+
+def _digest(settings: Settings, value: str | None) -> str | None:
+    if value is None:
+        return None
+    return hashlib.sha256(settings.effective_hash_salt + value.encode("utf-8")).hexdigest()
+
+
+def purpose_ok(settings: Settings, purpose: str) -> str:
+    """Validate a consent purpose name: a configured one or ``restock:<sku>``."""
+    if purpose in settings.purposes or (purpose.startswith("restock:") and len(purpose) > len("restock:")):
+        return purpose
+    raise ConsentError(f"unknown consent purpose {purpose!r}; configured: {', '.join(settings.purposes)}, "
+                       "or restock:<sku>")
+
+
+@dataclass(frozen=True)
+class Proof:
+    """How consent was given or withdrawn (GDPR Art. 7(1))."""
+
+    ip: str | None = None
+    user_agent: str | None = None
+    form_id: str | None = None
+    wording: str | None = None
+    wording_version: str | None = None
+    confirmed_at: datetime | None = None
+
+    def cleaned(self) -> "Proof":
+        """Empty strings become None, so an export file (CSV has no null) round-trips exactly."""
+        return Proof(ip=self.ip or None, user_agent=self.user_agent or None, form_id=self.form_id or None,
+                     wording=self.wording or None, wording_version=self.wording_version or None,
+                     confirmed_at=self.confirmed_at)
+
+    def to_json(self) -> dict:
+        return {"ip": self.ip, "user_agent": self.user_agent, "form_id": self.form_id, "wording": self.wording,
+                "wording_version": self.wording_version}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Proof":
+        return cls(**{k: data.get(k) for k in ("ip", "user_agent", "form_id", "wording", "wording_version")})
+
+
+def _lock_chain(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_KEY})
+
+
+def append(session: Session, settings: Settings, *, customer: Customer, purpose: str,
+           action: ConsentAction | str, source: ConsentSource | str,
+           basis: LawfulBasis | str = LawfulBasis.consent, occurred_at: datetime | None = None,
+           proof: Proof | None = None) -> ConsentEvent:
+    """Append one consent event, extend the chain and update the current state."""
+    purpose_ok(settings, purpose)
+    try:
+        action = ConsentAction(action)
+        source = ConsentSource(source)
+        basis = LawfulBasis(basis)
+    except ValueError as exc:
+        raise ConsentError(f"{exc}; actions: {', '.join(a.value for a in ConsentAction)}; sources: "
+                           f"{', '.join(s.value for s in ConsentSource)}; bases: "
+                           f"{', '.join(b.value for b in LawfulBasis)}") from None
+    if basis is LawfulBasis.soft_opt_in and action is ConsentAction.granted and not settings.soft_opt_in:
+        raise ConsentError("soft opt-in is switched off for this deployment (MAILER_SOFT_OPT_IN=0)")
+    if customer.email is None:
+        raise ConsentError(f"customer {customer.id} was erased; no consent can be recorded")
+    proof = (proof or Proof()).cleaned()
+    now = utcnow()
+    occurred_at = occurred_at or now
+    if occurred_at.tzinfo is None:
+        raise ConsentError("occurred_at must carry a time zone (UTC)")
+    _lock_chain(session)
+    # The chain tail: the highest seq. Appends are serialized by the advisory lock on
+    # PostgreSQL and by SQLite's single writer; seq is UNIQUE as a backstop.
+    last = session.execute(select(ConsentEvent.seq, ConsentEvent.hash)
+                           .order_by(ConsentEvent.seq.desc()).limit(1)).first()
+    seq, prev = (last.seq + 1, last.hash) if last else (1, GENESIS)
+    ev = ConsentEvent(
+        seq=seq, customer_id=customer.id, subject_hash=email_hash(customer.email, settings.effective_hash_salt),
+        purpose=purpose, action=action, basis=basis, source=source, occurred_at=occurred_at, recorded_at=now,
+        form_id=proof.form_id, wording=proof.wording, wording_version=proof.wording_version,
+        wording_sha256=hashlib.sha256(proof.wording.encode("utf-8")).hexdigest() if proof.wording else None,
+        confirmed_at=proof.confirmed_at, ip_digest=_digest(settings, proof.ip),
+        user_agent_digest=_digest(settings, proof.user_agent), prev_hash=prev,
+    )
+    ev.hash = chain_hash(prev, event_fields(ev))
+    session.add(ev)
+    session.flush()
+    session.add(ConsentEvidence(event_id=ev.id, email=customer.email, ip=proof.ip, user_agent=proof.user_agent))
+    _update_state(session, ev)
+    return ev
+
+
+def _update_state(session: Session, ev: ConsentEvent) -> None:
+    state = session.get(ConsentState, (ev.customer_id, ev.purpose))
+    if state is not None and state.updated_at > ev.occurred_at:
+        return  # a later event already decided the current state (back-dated import)
+    if state is None:
+        state = ConsentState(customer_id=ev.customer_id, purpose=ev.purpose)
+        session.add(state)
+    state.granted = ev.action is ConsentAction.granted
+    state.basis = ev.basis
+    state.event_id = ev.id
+    state.updated_at = ev.occurred_at
+
+
+def has_consent(session: Session, settings: Settings, customer_id: int, purpose: str,
+                at: datetime | None = None) -> bool:
+    """Does the customer have consent for ``purpose`` now (or at time ``at``)?
+
+    Soft opt-in counts only while the deployment allows it.
+    """
+    if at is None:
+        # Current state: one primary-key lookup.
+        row = session.execute(select(ConsentState.granted, ConsentState.basis)
+                              .where(ConsentState.customer_id == customer_id, ConsentState.purpose == purpose)
+                              ).first()
+    else:
+        # Historical state: the latest event at or before ``at``, walking
+        # ix_consent_events_customer_purpose backwards.
+        row = session.execute(
+            select(ConsentEvent.action == ConsentAction.granted, ConsentEvent.basis)
+            .where(ConsentEvent.customer_id == customer_id, ConsentEvent.purpose == purpose,
+                   ConsentEvent.occurred_at <= at)
+            .order_by(ConsentEvent.occurred_at.desc(), ConsentEvent.id.desc()).limit(1)).first()
+    if row is None or not row[0]:
+        return False
+    return row[1] is LawfulBasis.consent or settings.soft_opt_in
+
+
+def current_purposes(session: Session, settings: Settings, customer_id: int) -> list[str]:
+    """The purposes a customer may be mailed for now (granted, and soft opt-in allowed)."""
+    # consent_state's primary key starts with customer_id: one short range scan.
+    rows = session.execute(select(ConsentState.purpose, ConsentState.basis)
+                           .where(ConsentState.customer_id == customer_id, ConsentState.granted.is_(True))
+                           .order_by(ConsentState.purpose)).all()
+    return [p for p, b in rows if b is LawfulBasis.consent or settings.soft_opt_in]
+
+
+# -- conveniences for the CLI, the web endpoints and other capabilities ---------------------
+def customer_by_email(session: Session, email: str) -> Customer:
+    """The (not erased) customer with this address, or NotFound."""
+    address = normalize(email)
+    customer = session.execute(select(Customer).where(Customer.email == address)).scalar_one_or_none()
+    if customer is None:
+        raise NotFound(f"no customer with address {address}")
+    return customer
+
+
+def _customer(session: Session, settings: Settings, customer: Customer | None, email: str | None, *,
+              create: bool) -> Customer:
+    if (customer is None) == (email is None):
+        raise ConsentError("give exactly one of customer or email")
+    if customer is not None:
+        return customer
+    if create:
+        from mailer.customers.records import get_or_create
+
+        return get_or_create(session, settings, email)
+    return customer_by_email(session, email)
+
+
+def grant(session: Session, settings: Settings, *, purpose: str, source: ConsentSource | str,
+          customer: Customer | None = None, email: str | None = None,
+          basis: LawfulBasis | str = LawfulBasis.consent, occurred_at: datetime | None = None,
+          proof: Proof | None = None) -> ConsentEvent:
+    """Record a single opt-in grant (the customer is created when the address is new)."""
+    customer = _customer(session, settings, customer, email, create=True)
+    return append(session, settings, customer=customer, purpose=purpose, action=ConsentAction.granted,
+                  source=source, basis=basis, occurred_at=occurred_at, proof=proof)
+
+
+def withdraw(session: Session, settings: Settings, *, purpose: str, customer: Customer | None = None,
+             email: str | None = None, source: ConsentSource | str = ConsentSource.admin,
+             occurred_at: datetime | None = None, proof: Proof | None = None) -> ConsentEvent:
+    """Record a withdrawal; always appended, even when no consent was current (it is proof too)."""
+    customer = _customer(session, settings, customer, email, create=False)
+    state = session.get(ConsentState, (customer.id, purpose))
+    basis = state.basis if state is not None else LawfulBasis.consent
+    return append(session, settings, customer=customer, purpose=purpose, action=ConsentAction.withdrawn,
+                  source=source, basis=basis, occurred_at=occurred_at, proof=proof)
+
+
+# -- double opt-in ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PendingConfirmation:
+    """A stored double opt-in request and the signed link that confirms it."""
+
+    request_id: int
+    customer_id: int
+    purpose: str
+    token: str
+    url: str
+    expires_at: datetime
+    #: False when a recent pending request was reused (no second mail is sent).
+    created: bool = True
+    #: True when the customer already had current consent (nothing stored, nothing sent).
+    already_granted: bool = False
+
+
+def confirm_url(settings: Settings, token: str) -> str:
+    return f"{settings.base_url.rstrip('/')}/confirm/{token}"
+
+
+def _confirm_token(settings: Settings, request: ConsentRequest) -> str:
+    ttl = max(1, int((request.expires_at - utcnow()).total_seconds()))
+    return tokens.sign(settings.secret_key, CONFIRM_TOKEN_PURPOSE, {"r": request.id}, ttl_s=ttl)
+
+
+def request_double_opt_in(session: Session, settings: Settings, *, purpose: str,
+                          source: ConsentSource | str = ConsentSource.signup_form,
+                          customer: Customer | None = None, email: str | None = None,
+                          basis: LawfulBasis | str = LawfulBasis.consent,
+                          proof: Proof | None = None, locale: str | None = None) -> PendingConfirmation:
+    """Store a pending request and mint its link; consent is NOT granted until confirmed.
+
+    Commit the session, then call :func:`mailer.notices.confirmation.send_confirmation`
+    (or use :func:`mailer.notices.confirmation.double_opt_in`).
+    """
+    purpose_ok(settings, purpose)
+    source, basis = ConsentSource(source), LawfulBasis(basis)
+    customer = _customer(session, settings, customer, email, create=True)
+    if customer.email is None:
+        raise ConsentError(f"customer {customer.id} was erased; no consent can be requested")
+    if locale and not customer.locale:
+        customer.locale = locale
+    now = utcnow()
+    if has_consent(session, settings, customer.id, purpose):
+        return PendingConfirmation(0, customer.id, purpose, "", "", now, created=False, already_granted=True)
+    # The newest open request for this (customer, purpose); requests are few per customer.
+    recent = session.execute(
+        select(ConsentRequest).where(ConsentRequest.customer_id == customer.id, ConsentRequest.purpose == purpose,
+                                     ConsentRequest.confirmed_at.is_(None), ConsentRequest.expires_at > now)
+        .order_by(ConsentRequest.requested_at.desc()).limit(1)).scalar_one_or_none()
+    if recent is not None and (now - recent.requested_at).total_seconds() < CONFIRM_RESEND_MIN_S:
+        token = _confirm_token(settings, recent)
+        return PendingConfirmation(recent.id, customer.id, purpose, token, confirm_url(settings, token),
+                                   recent.expires_at, created=False)
+    request = ConsentRequest(customer_id=customer.id, purpose=purpose, basis=basis, source=source,
+                             requested_at=now, expires_at=now + timedelta(hours=settings.confirm_link_ttl_hours),
+                             proof=(proof or Proof()).cleaned().to_json())
+    session.add(request)
+    session.flush()
+    token = _confirm_token(settings, request)
+    return PendingConfirmation(request.id, customer.id, purpose, token, confirm_url(settings, token),
+                               request.expires_at)
+
+
+
+
+@dataclass(frozen=True)
+class ConfirmResult:
+    #: "confirmed" (this call recorded consent) or "already_confirmed" (an earlier call did).
+    status: str
+    request_id: int
+    purpose: str
+    event_id: int | None
+    locale: str | None
+
+
+def pending_request(session: Session, settings: Settings, token: str) -> ConsentRequest:
+    """The request a confirmation link points to; TokenError when forged or expired (unless confirmed)."""
+    # The MAC is checked first; expiry is judged from the stored request, so a link that
+    # was already followed still answers "already confirmed" after it expired.
+    payload = tokens.verify(settings.secret_key, CONFIRM_TOKEN_PURPOSE, token, now=0)
+    request_id = payload.get("r")
+    if not isinstance(request_id, int):
+        raise TokenError("confirmation token carries no request id")
+    request = session.get(ConsentRequest, request_id)
+    if request is None:
+        raise TokenError("this confirmation link is no longer valid (the request was removed)")
+    if request.confirmed_at is None and request.expires_at <= utcnow():
+        raise TokenError(f"this confirmation link expired at {request.expires_at:%Y-%m-%d %H:%M} UTC; "
+                         "please sign up again")
+    return request
+
+
+def confirm(session: Session, settings: Settings, token: str, *, ip: str | None = None,
+            user_agent: str | None = None) -> ConfirmResult:
+    """Follow a double opt-in link: record the grant once; a second call changes nothing."""
+    request = pending_request(session, settings, token)
+    customer = session.get(Customer, request.customer_id)
+    locale = customer.locale if customer else None
+    if request.confirmed_at is not None:
+        return ConfirmResult("already_confirmed", request.id, request.purpose, request.event_id, locale)
+    now = utcnow()
+    # Conditional UPDATE as the claim: of two clicks racing, exactly one matches the row.
+    won = session.execute(update(ConsentRequest)
+                          .where(ConsentRequest.id == request.id, ConsentRequest.confirmed_at.is_(None))
+                          .values(confirmed_at=now)
+                          .execution_options(synchronize_session=False)).rowcount == 1
+    if not won:
+        session.refresh(request)
+        return ConfirmResult("already_confirmed", request.id, request.purpose, request.event_id, locale)
+    if customer is None or customer.email is None:
+        raise ConsentError("this address was erased; the confirmation cannot be recorded")
+    signup = Proof.from_json(request.proof or {})
+    proof = Proof(ip=signup.ip, user_agent=signup.user_agent, form_id=signup.form_id, wording=signup.wording,
+                  wording_version=signup.wording_version, confirmed_at=now)
+    ev = append(session, settings, customer=customer, purpose=request.purpose, action=ConsentAction.granted,
+                source=request.source, basis=request.basis, occurred_at=now, proof=proof)
+    session.refresh(request)
+    request.event_id = ev.id
+    request.proof = dict(request.proof or {}) | {"confirm_ip": ip, "confirm_user_agent": user_agent}
+    return ConfirmResult("confirmed", request.id, request.purpose, ev.id, locale)

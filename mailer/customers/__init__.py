@@ -1,0 +1,1 @@
+"""Customers: the records and their import, and data subject requests (GDPR export, erasure)."""

@@ -1,0 +1,153 @@
+"""Per-delivery headers and template links: unsubscribe, preferences, tracking.
+
+Every mail gets a ``Feedback-ID`` (``campaign:kind:type:sender``, the Gmail Postmaster
+format).  Marketing mail (any purpose other than ``transactional``) also gets:
+
+* ``List-Unsubscribe: <https://.../u/TOKEN>, <mailto:unsubscribe@...?subject=...>`` and
+  ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058; DKIM signs both);
+* ``List-Id: "Store purpose" <purpose.domain>`` (RFC 2919);
+* the template context ``unsubscribe_url`` and ``preferences_url`` as real signed links,
+  which the footer shows, localized, next to the store's postal address.
+
+Campaign mail with tracking on (and, when ``MAILER_TRACKING_REQUIRES_CONSENT`` is set,
+the customer's consent for the ``tracking`` purpose) also gets ``wrap_link(url)`` for
+click tracking (the renderer rewrites every http(s) link through it) and an open pixel
+(``open_pixel_url``; :func:`after_render` inserts it before ``</body>`` when the
+template does not place it itself).
+
+Everything here is a pure function of the delivery and settings (plus the immutable
+campaign options), so a retried delivery gets exactly the same links.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+from mailer.tracking import service as tracking
+from mailer.models import Customer, Delivery
+from mailer.rendering import TRANSACTIONAL
+from mailer.settings import Settings
+
+#: The header value RFC 8058 requires for one-click unsubscribe.
+ONE_CLICK = "List-Unsubscribe=One-Click"
+
+
+@dataclass(frozen=True)
+class CampaignOptions:
+    """The parts of a campaign that shape each of its mails (fixed once it is created)."""
+
+    id: int
+    tracking: bool
+    subjects: dict
+    data: dict
+
+
+@lru_cache(maxsize=512)
+def campaign_options(database_url: str, campaign_id: int) -> CampaignOptions | None:
+    """A campaign's tracking flag and subjects, read once per process (they never change)."""
+    from mailer.db import session_scope
+    from mailer.models import Campaign
+
+    with session_scope(database_url) as s:
+        c = s.get(Campaign, campaign_id)
+        if c is None:
+            return None
+        return CampaignOptions(id=c.id, tracking=bool(c.tracking), subjects=dict(c.subjects or {}),
+                               data=dict(c.data or {}))
+
+
+def sender_domain(settings: Settings) -> str:
+    return settings.from_address.rpartition("@")[2].rstrip(">").strip() or "localhost"
+
+
+def list_id(settings: Settings, purpose: str) -> str:
+    """``"Northwind Shop newsletter" <newsletter.example.com>``: one list per consent purpose."""
+    label = re.sub(r"[^a-z0-9-]+", "-", purpose.lower()).strip("-") or "list"
+    phrase = f"{settings.store_name} {purpose}"
+    value = f"<{label}.{sender_domain(settings)}>"
+    if phrase.isascii() and re.fullmatch(r"[\x20-\x7e]+", phrase):
+        phrase = phrase.replace("\\", "").replace('"', "")
+        value = f'"{phrase}" {value}'
+    return value
+
+
+def _tracking_allowed(settings: Settings, delivery: Delivery, customer: Customer | None) -> bool:
+    if not settings.tracking_requires_consent:
+        return True
+    if customer is None or customer.id is None:
+        return False
+    from mailer.consent import ledger as consent
+    from mailer.db import session_scope
+
+    with session_scope(settings) as s:
+        return consent.has_consent(s, settings, customer.id, "tracking")
+
+
+def decorate(settings: Settings, delivery: Delivery, customer: Customer | None, context: dict,
+             headers: list[tuple[str, str]]) -> tuple[dict, list[tuple[str, str]]]:
+    """Add the links templates need and the headers the mail must carry."""
+    marketing = delivery.purpose != TRANSACTIONAL
+    campaign = f"c{delivery.campaign_id}" if delivery.campaign_id else delivery.kind.replace(":", "-")
+    headers.append(("Feedback-ID", f"{campaign}:{delivery.kind.replace(':', '-')}:"
+                                   f"{'marketing' if marketing else 'transactional'}:{sender_domain(settings)}"))
+    customer_id = delivery.customer_id or (customer.id if customer is not None else None)
+    prefs = tracking.preferences_url(settings, customer_id, delivery)
+    context["preferences_url"] = prefs
+    if not marketing:
+        # Transactional mail has nothing to unsubscribe from; the link leads to the preferences.
+        context.setdefault("unsubscribe_url", prefs)
+        return context, headers
+    unsubscribe = tracking.unsubscribe_url(settings, delivery)
+    context["unsubscribe_url"] = unsubscribe
+    headers.append(("List-Unsubscribe", f"<{unsubscribe}>, <{tracking.unsubscribe_mailto(settings, delivery)}>"))
+    headers.append(("List-Unsubscribe-Post", ONE_CLICK))
+    headers.append(("List-Id", list_id(settings, delivery.purpose)))
+    options = campaign_options(settings.database_url, delivery.campaign_id) if delivery.campaign_id else None
+    if options is not None:
+        if options.tracking and delivery.id and _tracking_allowed(settings, delivery, customer):
+            context["wrap_link"] = lambda url, _d=delivery: tracking.click_url(settings, _d, url)
+            context["open_pixel_url"] = tracking.open_url(settings, delivery)
+    return context, headers
+
+
+def render_args(settings: Settings, delivery: Delivery, context: dict) -> tuple[dict, dict]:
+    """The data and extra ``Renderer.render`` arguments for one delivery.
+
+    Campaign deliveries store no data of their own: the campaign's data (the same for
+    every recipient) is read once per process, so a million deliveries do not each carry
+    a copy of the newsletter's content.  Campaign mail also renders with the campaign's
+    per-locale subjects and a compile cache of its own.
+    """
+    if not delivery.campaign_id:
+        return delivery.data, {}
+    options = campaign_options(settings.database_url, delivery.campaign_id)
+    if options is None:
+        return delivery.data, {}
+    data = {**options.data, **(delivery.data or {})}
+    extra: dict = {"cache_key": f"campaign:{delivery.campaign_id}"}
+    if options.subjects:
+        extra["subject"] = options.subjects
+    return data, extra
+
+
+_BODY_END = re.compile(r"</body\s*>", re.I)
+
+
+def pixel_html(url: str) -> str:
+    return (f'<img src="{url}" width="1" height="1" alt="" '
+            'style="display:block;width:1px;height:1px;border:0;opacity:0" />')
+
+
+def after_render(context: dict, rendered):
+    """Insert the open pixel before ``</body>`` unless the template already shows it."""
+    url = context.get("open_pixel_url")
+    if not url or url in rendered.html:
+        return rendered
+    html = rendered.html
+    match = None
+    for match in _BODY_END.finditer(html):
+        pass
+    html = html[:match.start()] + pixel_html(url) + html[match.start():] if match else html + pixel_html(url)
+    return replace(rendered, html=html)

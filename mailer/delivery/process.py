@@ -1,0 +1,522 @@
+"""Sending one delivery: rate tokens, claim under a lease, gate, compose, send, record.
+
+The sequence, each database step its own short transaction:
+
+0. **Look and wait**: read the row; if it is final, not due, or leased by a live worker,
+   stop here.  Otherwise take the rate-limit tokens (recipient domain, then a relay
+   with a free token, see :mod:`mailer.ratelimit`), sleeping if the limit is reached,
+   before any lease exists, so waiting never eats into one.  With no limit set there is
+   nothing to wait for and this read is skipped: the claim decides the same cases.
+1. **Claim**: one conditional UPDATE moves the row to ``sending`` with a lease
+   (``lease_owner``, ``lease_until``) only if it is ``queued``, a due ``scheduled``, or a
+   ``sending`` whose lease expired (its worker died).  Anything else means the delivery
+   is done or in another worker's hands: running twice sends once.
+2. **Gate**: re-checked at send time, not only at enqueue: suppressions (always win),
+   current consent for the mail's purpose, the marketing frequency cap.  On PostgreSQL
+   the consent row is read ``FOR SHARE`` and that read transaction stays open until the
+   relay has answered, so a withdrawal (which updates that row) commits only after an
+   in-flight mail is through: no mail is accepted after a withdrawal has committed.
+3. **Compose**: render, MIME, DKIM (``utf8`` headers only for internationalized addresses).
+4. **Send** over the chosen relay.
+5. **Record** right after the SMTP reply: ``sent`` with the reply, or back to ``queued``
+   for a retry (transient, with Dramatiq's exponential backoff and jitter, until the
+   delivery is ``MAILER_RETRY_MAX_AGE_S`` old, then ``failed``), or ``failed`` plus a
+   bounce record and, for hard bounces, a suppression (permanent; see
+   :mod:`mailer.smtp_codes`).  A refusal about *us* (sender side: size, content, our IP,
+   authentication, relaying, rate) is never a bounce against the customer: the delivery
+   fails or retries with the reason, and :func:`sender_refusal` warns the operator and
+   counts ``mailer_sender_refusals_total``.  The raw reply is always kept.
+
+**The duplicate window.**  A crash (kill -9, power loss) after the relay accepted the
+message in step 4 and before step 5 commits leaves the row ``sending`` with a lease
+nobody renews; when the lease expires another worker claims it and sends it again.
+Each worker thread has at most one message in that window (it handles one delivery
+at a time), so a crash duplicates at most one message per thread of the dead process,
+and in practice none (the window is one SMTP reply plus one commit).  Step 5 retries
+its commit for up to half a lease while the database is unreachable, so a database
+outage does not widen the window.  A connection that breaks after the message data
+was sent but before the relay's reply arrived is the same case seen from the relay
+side: the message may have been accepted, and the retry may duplicate it.  Everything
+else (a crash before step 4, a lost broker message, a relay refusal) sends nothing twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import lazyload
+
+from mailer import metrics
+from mailer.consent import ledger as consent
+from mailer.transport import ratelimit
+from mailer.consent import suppressions
+from mailer.clock import utcnow
+from mailer.delivery.compose import compose
+from mailer.errors import (
+    DeliveryError,
+    MailerError,
+    PermanentDeliveryError,
+    TemplateError,
+    TransientDeliveryError,
+    ValidationError,
+)
+from mailer.logs import log_context
+from mailer.models import (
+    Bounce,
+    Campaign,
+    CampaignStatus,
+    ConsentState,
+    Customer,
+    Delivery,
+    DeliveryStatus,
+    SuppressionReason,
+    TrackingEvent,
+    TrackingKind,
+)
+from mailer.rendering import TRANSACTIONAL
+from mailer.transport.smtp_codes import SENDER
+
+log = logging.getLogger("mailer.delivery")
+
+#: Statuses after which a delivery is never touched again by the sender.
+FINAL = frozenset({DeliveryStatus.sent, DeliveryStatus.failed, DeliveryStatus.bounced,
+                   DeliveryStatus.suppressed, DeliveryStatus.skipped, DeliveryStatus.cancelled})
+
+#: Seconds between attempts to commit a result while the database is unreachable.
+RECORD_RETRY_PAUSE_S = 0.5
+
+
+class LeaseHeld(TransientDeliveryError):
+    """Another worker holds a live lease on this delivery; try again after it expires."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    delivery_id: int
+    status: str
+    detail: str = ""
+
+
+def worker_id() -> str:
+    """Who holds a lease: host, process, thread and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class _Peek:
+    status: DeliveryStatus
+    to_address: str | None
+    send_after: object
+    lease_owner: str | None
+    lease_until: object
+    queue: str
+    kind: str
+
+
+def _peek(app, delivery_id: int) -> _Peek | None:
+    with app.session() as s:
+        # Primary-key read of the few columns that decide whether to wait for tokens at all.
+        row = s.execute(select(Delivery.status, Delivery.to_address, Delivery.send_after, Delivery.lease_owner,
+                               Delivery.lease_until, Delivery.queue, Delivery.kind)
+                        .where(Delivery.id == delivery_id)).first()
+    return None if row is None else _Peek(*row)
+
+
+# The per-mail statements are built once, with bind parameters: building a select() or
+# update() costs about as much CPU (~0.1 ms) as running it (bench/campaign_throughput.py).
+_CLAIM = (update(Delivery)
+          .where(Delivery.id == bindparam("d_id"),
+                 or_(Delivery.status == DeliveryStatus.queued,
+                     and_(Delivery.status == DeliveryStatus.scheduled,
+                          or_(Delivery.send_after.is_(None), Delivery.send_after <= bindparam("d_now"))),
+                     and_(Delivery.status == DeliveryStatus.sending, Delivery.lease_until < bindparam("d_now"))))
+          .values(status=DeliveryStatus.sending, lease_owner=bindparam("d_owner"),
+                  lease_until=bindparam("d_lease_until"), attempts=Delivery.attempts + 1,
+                  updated_at=bindparam("d_now"))
+          .execution_options(synchronize_session=False))
+_CLAIM_RETURNING = _CLAIM.returning(Delivery)
+_CAMPAIGN_STATUS = select(Campaign.status).where(Campaign.id == bindparam("c_id"))
+
+
+@functools.lru_cache(maxsize=64)
+def _finish_stmt(names: tuple[str, ...]):
+    """The lease-guarded UPDATE that records a result, setting the columns ``names``."""
+    return (update(Delivery)
+            .where(Delivery.id == bindparam("d_id"), Delivery.lease_owner == bindparam("d_owner"))
+            .values({name: bindparam("v_" + name) for name in names})
+            .execution_options(synchronize_session=False))
+
+
+def claim(app, delivery_id: int, owner: str) -> Delivery | Outcome:
+    """Take the lease on a delivery, or say why not (final, not due, or held elsewhere)."""
+    now = utcnow()
+    lease_until = now + timedelta(seconds=app.settings.lease_s)
+    with app.session() as s:
+        # One conditional UPDATE is the claim: two workers racing for the same row cannot
+        # both match it, whatever the isolation level.
+        # RETURNING hands back the claimed row in the same statement (one query per mail
+        # less); only when nothing matched is the row read to say why.
+        delivery = s.execute(_CLAIM_RETURNING, {"d_id": delivery_id, "d_now": now, "d_owner": owner,
+                                                "d_lease_until": lease_until}).scalar_one_or_none()
+        if delivery is not None:
+            return delivery
+        delivery = s.get(Delivery, delivery_id)
+        if delivery is None:
+            return Outcome(delivery_id, "missing", "no such delivery")
+        if delivery.status in FINAL:
+            return Outcome(delivery_id, delivery.status.value, "already final")
+        if delivery.status is DeliveryStatus.scheduled:
+            return Outcome(delivery_id, "scheduled", f"not due before {delivery.send_after}")
+        if delivery.status is DeliveryStatus.held:
+            # Campaigns: held while its campaign is paused; resume re-enqueues it.
+            return Outcome(delivery_id, "held", delivery.reason or "campaign paused")
+        raise LeaseHeld(f"delivery {delivery_id} is leased by {delivery.lease_owner} until {delivery.lease_until}")
+
+
+def _finish(app, delivery_id: int, owner: str, *, status: DeliveryStatus, reason: str | None = None,
+            **values) -> bool:
+    """Record a result if we still hold the lease; retries the commit while the DB is down."""
+    deadline = time.monotonic() + app.settings.lease_s / 2
+    while True:
+        try:
+            with app.session() as s:
+                columns = dict(status=status, reason=reason, lease_owner=None, lease_until=None,
+                               updated_at=utcnow(), **values)
+                res = s.execute(_finish_stmt(tuple(sorted(columns))),
+                                {"d_id": delivery_id, "d_owner": owner,
+                                 **{"v_" + k: v for k, v in columns.items()}})
+                if res.rowcount != 1:
+                    log.error("delivery %s: lease lost before recording %s (another worker reclaimed it)",
+                              delivery_id, status.value, extra={"delivery_id": delivery_id})
+                return res.rowcount == 1
+        except (OperationalError, DBAPIError) as exc:
+            if not _is_connection_error(exc) or time.monotonic() > deadline:
+                raise
+            log.warning("delivery %s: database unreachable while recording %s; retrying", delivery_id,
+                        status.value, extra={"delivery_id": delivery_id})
+            time.sleep(RECORD_RETRY_PAUSE_S)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, OperationalError) or bool(getattr(exc, "connection_invalidated", False))
+
+
+def gate(app, s, delivery: Delivery, customer: Customer | None, *,
+         lock: bool = False) -> tuple[DeliveryStatus, str] | None:
+    """Why this delivery must not go out now, or None if it may.
+
+    ``lock``: read the consent row ``FOR SHARE`` (PostgreSQL) so a withdrawal waits for
+    the caller's transaction, which the caller keeps open until the relay answered.
+    """
+    settings = app.settings
+    if delivery.campaign_id is not None:
+        # Campaigns: pause and cancel take effect for mail not yet sent, including a delivery
+        # a worker claimed just before the pause (primary-key read of the campaign's status).
+        campaign_status = s.execute(_CAMPAIGN_STATUS, {"c_id": delivery.campaign_id}).scalar_one_or_none()
+        if campaign_status is CampaignStatus.cancelled:
+            return DeliveryStatus.cancelled, "campaign cancelled"
+        if campaign_status is CampaignStatus.paused:
+            return DeliveryStatus.held, "campaign paused"
+    hit = suppressions.suppression_for(s, delivery.to_hash, delivery.purpose)
+    if hit is not None:
+        return DeliveryStatus.suppressed, f"suppressed: {hit.reason.value} ({hit.scope})"
+    if delivery.purpose == TRANSACTIONAL:
+        return None
+    if customer is None or customer.email is None:
+        return DeliveryStatus.skipped, "no customer record (erased?) for a marketing mail"
+    purposes = _consent_purposes(delivery)
+    if lock and s.get_bind().dialect.name == "postgresql":
+        # Share-lock the consent_state rows this mail depends on (primary key lookups);
+        # SQLite has no FOR SHARE (the query would be a plain read, one per mail for
+        # nothing) and relies on the re-check below alone.
+        s.execute(select(ConsentState.granted)
+                  .where(ConsentState.customer_id == customer.id, ConsentState.purpose.in_(purposes))
+                  .with_for_update(read=True))
+    granted = [p for p in purposes if consent.has_consent(s, settings, customer.id, p)]
+    if not granted:
+        return DeliveryStatus.skipped, f"no current consent for {delivery.purpose}"
+    if len(granted) < len(purposes):
+        # A merged back-in-stock mail: list only the products whose restock request is
+        # still current (the customer may have withdrawn one since the mail was merged).
+        # The stored row keeps what was scheduled; this send carries the kept products.
+        keep = set(granted)
+        products = [p for p in delivery.data["products"] if _restock_purpose(delivery, p) in keep]
+        delivery.data = {**delivery.data, "products": products,
+                         "sku": products[0].get("sku", delivery.data.get("sku"))}
+    if settings.frequency_cap > 0:
+        since = utcnow() - timedelta(hours=settings.frequency_window_hours)
+        # Marketing mails sent to this customer in the window (ix_deliveries_customer_sent).
+        sent = s.execute(select(func.count()).select_from(Delivery)
+                         .where(Delivery.customer_id == customer.id, Delivery.sent_at >= since,
+                                Delivery.purpose != TRANSACTIONAL, Delivery.id != delivery.id)).scalar_one()
+        if sent >= settings.frequency_cap:
+            return DeliveryStatus.skipped, (f"frequency cap: {sent} marketing mails in the last "
+                                            f"{settings.frequency_window_hours} h")
+    return None
+
+
+def _restock_purpose(delivery: Delivery, product: dict) -> str:
+    sku = product.get("sku") if isinstance(product, dict) else None
+    return f"restock:{sku}" if sku else delivery.purpose
+
+
+def _consent_purposes(delivery: Delivery) -> list[str]:
+    """The consent purposes a marketing mail rests on: its own, or for a merged
+    back-in-stock mail the ``restock:<sku>`` request of every product it lists."""
+    products = (delivery.data or {}).get("products")
+    if delivery.purpose.startswith("restock:") and isinstance(products, list) and products:
+        return list(dict.fromkeys(_restock_purpose(delivery, p) for p in products))
+    return [delivery.purpose]
+
+
+def _age_s(delivery: Delivery) -> float:
+    """Seconds since the delivery became due (its send_after, or its creation)."""
+    start = delivery.send_after or delivery.created_at
+    return (utcnow() - start).total_seconds() if start else 0.0
+
+
+def _reserve(app, to_address: str | None):
+    """Take the domain token, then a relay with a free token; None when no pool is in use."""
+    settings = app.settings
+    if settings.domain_rate > 0 and to_address:
+        waited = ratelimit.limiter_for(settings).acquire(ratelimit.domain_key(to_address), settings.domain_rate)
+        if waited:
+            log.debug("waited %.2f s for the %s rate limit", waited, ratelimit.domain_key(to_address))
+    choose = getattr(app.transport, "choose", None)
+    return choose() if choose is not None else None
+
+
+def process(app, delivery_id: int, *, owner: str | None = None) -> Outcome:
+    """Send one delivery if it is due and allowed; safe to call any number of times."""
+    with log_context(delivery_id=delivery_id):
+        return _process(app, delivery_id, owner or worker_id())
+
+
+def _rate_limited(app) -> bool:
+    """Can taking rate-limit tokens make this worker wait (a domain or relay limit is set)?"""
+    return app.settings.domain_rate > 0 or getattr(app.transport, "limiter", None) is not None
+
+
+def _process(app, delivery_id: int, owner: str) -> Outcome:
+    settings = app.settings
+    if not _rate_limited(app):
+        # The peek only keeps us from waiting for tokens for a delivery we would not send;
+        # without limits the claim alone decides the same cases (final, held, not due,
+        # leased elsewhere) and one query per mail is saved (bench/campaign_throughput.py).
+        relay = _reserve(app, None)
+        return _claimed(app, delivery_id, owner, relay)
+    peek = _peek(app, delivery_id)
+    if peek is None:
+        return Outcome(delivery_id, "missing", "no such delivery")
+    if peek.status in FINAL:
+        return Outcome(delivery_id, peek.status.value, "already final")
+    if peek.status is DeliveryStatus.held:  # campaigns: its campaign is paused; resume re-enqueues it
+        return Outcome(delivery_id, "held", "campaign paused")
+    now = utcnow()
+    if peek.status is DeliveryStatus.scheduled and peek.send_after is not None and peek.send_after > now:
+        return Outcome(delivery_id, "scheduled", f"not due before {peek.send_after}")
+    if peek.status is DeliveryStatus.sending and peek.lease_until is not None and peek.lease_until >= now:
+        raise LeaseHeld(f"delivery {delivery_id} is leased by {peek.lease_owner} until {peek.lease_until}")
+    try:
+        relay = _reserve(app, peek.to_address)
+    except ratelimit.RateLimited:
+        metrics.count("rate_limited", queue=peek.queue, kind=peek.kind)
+        raise
+    return _claimed(app, delivery_id, owner, relay)
+
+
+def _claimed(app, delivery_id: int, owner: str, relay) -> Outcome:
+    """Claim, then gate, compose, send and record (steps 1-5 of the module docstring)."""
+    settings = app.settings
+    claimed = claim(app, delivery_id, owner)
+    if isinstance(claimed, Outcome):
+        return claimed
+    delivery = claimed
+    kind, queue = delivery.kind, delivery.queue
+    if delivery.attempts > 1 and _age_s(delivery) > settings.retry_max_age_s:
+        reason = (f"gave up after {delivery.attempts - 1} attempts over {settings.retry_max_age_s} s; "
+                  f"last: {delivery.smtp_reply or delivery.reason or 'no reply'}")
+        _finish(app, delivery_id, owner, status=DeliveryStatus.failed, reason=reason)
+        metrics.count("failed", queue=queue, kind=kind)
+        log.warning("delivery %s failed: %s", delivery_id, reason)
+        return Outcome(delivery_id, "failed", reason)
+    try:
+        step, value = _attempt(app, delivery, relay)
+    except TransientDeliveryError as exc:
+        return _record_transient(app, delivery, owner, exc)
+    except PermanentDeliveryError as exc:
+        _record_permanent(app, delivery, owner, exc)
+        return Outcome(delivery_id, "failed", str(exc))
+    except BaseException as exc:
+        # Database trouble or a bug before anything was sent: hand the lease back (best
+        # effort, retried while the database is down) so a retry need not wait for it.
+        try:
+            _finish(app, delivery_id, owner, status=DeliveryStatus.queued, reason=f"error: {exc}"[:500])
+        except Exception:  # noqa: BLE001 - the lease expires on its own
+            log.warning("delivery %s: could not release the lease after %r", delivery_id, exc)
+        raise
+    if step == "blocked":
+        status, reason = value
+        _finish(app, delivery_id, owner, status=status, reason=reason)
+        metrics.count(status.value, queue=queue, kind=kind)
+        log.info("delivery %s %s: %s", delivery_id, status.value, reason)
+        return Outcome(delivery_id, status.value, reason)
+    if step == "invalid":
+        # A broken template or header never half-sends: fail this delivery, keep the reason.
+        _finish(app, delivery_id, owner, status=DeliveryStatus.failed, reason=str(value))
+        metrics.count("failed", queue=queue, kind=kind)
+        log.error("delivery %s failed to compose: %s", delivery_id, value)
+        return Outcome(delivery_id, "failed", str(value))
+    composed, result = value
+    _finish(app, delivery_id, owner, status=DeliveryStatus.sent, sent_at=utcnow(),
+            message_id=composed.message_id, smtp_code=result.code, smtp_reply=result.reply,
+            relay=result.relay)
+    metrics.count("sent", queue=queue, kind=kind)
+    log.info("delivery %s sent via %s: %s", delivery_id, result.relay, result.reply)
+    return Outcome(delivery_id, "sent", result.reply)
+
+
+def _attempt(app, delivery: Delivery, relay):
+    """Gate, compose and send inside one read transaction (see the module docstring, step 2).
+
+    Returns ("blocked", (status, reason)), ("invalid", error) or ("sent", (composed, result));
+    delivery errors from the relay propagate.
+    """
+    settings = app.settings
+    s = app.sessions()
+    try:
+        # Without the customer's tags (Customer.tags loads "selectin": a second query per
+        # mail that nothing on the send path reads; bench/campaign_throughput.py).
+        customer = (s.get(Customer, delivery.customer_id, options=[lazyload(Customer.tags)])
+                    if delivery.customer_id else None)
+        blocked = gate(app, s, delivery, customer, lock=True)
+        if blocked is not None:
+            return "blocked", blocked
+        try:
+            composed = compose(settings, app.renderer, app.signer, delivery, customer)
+        except (TemplateError, ValidationError) as exc:
+            return "invalid", exc
+        send = app.transport.send
+        if relay is not None:
+            result = send(envelope_from=composed.envelope_from, recipient=composed.recipient,
+                          message=composed.message, relay=relay)
+        else:
+            result = send(envelope_from=composed.envelope_from, recipient=composed.recipient,
+                          message=composed.message)
+        return "sent", (composed, result)
+    finally:
+        # Ends the read transaction (releasing the consent lock); it wrote nothing, and a
+        # connection that died meanwhile must not hide the relay's answer.
+        try:
+            s.rollback()
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            s.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _record_transient(app, delivery: Delivery, owner: str, exc: TransientDeliveryError) -> Outcome:
+    """Back to ``queued`` and re-raise for Dramatiq's backoff, or ``failed`` once too old."""
+    settings = app.settings
+    if _age_s(delivery) > settings.retry_max_age_s:
+        reason = (f"gave up after {delivery.attempts} attempts over {settings.retry_max_age_s} s; "
+                  f"last: {exc}")
+        _finish(app, delivery.id, owner, status=DeliveryStatus.failed, reason=reason, smtp_code=exc.code,
+                smtp_reply=exc.reply)
+        metrics.count("failed", queue=delivery.queue, kind=delivery.kind)
+        log.warning("delivery %s failed: %s", delivery.id, reason)
+        return Outcome(delivery.id, "failed", reason)
+    _finish(app, delivery.id, owner, status=DeliveryStatus.queued, reason=str(exc), smtp_code=exc.code,
+            smtp_reply=exc.reply)
+    metrics.count("retried", queue=delivery.queue, kind=delivery.kind)
+    if getattr(exc, "side", "") == SENDER:
+        sender_refusal(delivery, relay=getattr(exc, "relay", ""), code=exc.code, enhanced=exc.enhanced,
+                       reason=getattr(exc, "reason", ""), reply=exc.reply, effect="will retry")
+    else:
+        log.warning("delivery %s: transient failure, will retry: %s", delivery.id, exc)
+    raise exc
+
+
+def _record_permanent(app, delivery: Delivery, owner: str, exc: PermanentDeliveryError) -> None:
+    """A permanent refusal: fail the delivery and, for bounces, suppress the address."""
+    outcome = getattr(exc, "outcome", "fail")
+    reason = getattr(exc, "reason", str(exc))
+    _finish(app, delivery.id, owner, status=DeliveryStatus.failed, reason=str(exc), smtp_code=exc.code,
+            smtp_reply=exc.reply)
+    metrics.count("failed", queue=delivery.queue, kind=delivery.kind)
+    if getattr(exc, "side", "") == SENDER:
+        # Our fault (size, content, IP, authentication, relaying, rate): never a bounce
+        # against the customer, never a suppression; the operator is told instead.
+        sender_refusal(delivery, relay=getattr(exc, "relay", ""), code=exc.code, enhanced=exc.enhanced,
+                       reason=reason, reply=exc.reply, effect="failed")
+        return
+    if outcome in ("hard", "soft"):
+        with app.session() as s:
+            record_bounce(app.settings, s, delivery, kind=outcome, status_code=exc.enhanced or (
+                str(exc.code) if exc.code else None), reason=reason, raw=exc.reply)
+    log.warning("delivery %s: permanent failure (%s): %s", delivery.id, outcome, exc)
+
+
+def sender_refusal(delivery: Delivery, *, relay: str, code: int | None, enhanced: str | None, reason: str,
+                   reply: str | None, effect: str) -> None:
+    """Tell the operator about a refusal that is about us, not the recipient (log and metric).
+
+    Shared with :mod:`mailer.bounces` (a DSN about us that arrives later).
+    """
+    metrics.count_sender_refusal(relay=relay, reason=reason)
+    log.warning("delivery %s %s: sender-side refusal, not the recipient's fault: relay %s, code %s, "
+                "enhanced %s, reason %s; reply: %s", delivery.id, effect, relay or "unknown", code,
+                enhanced or "none", reason, reply,
+                extra={"delivery_id": delivery.id, "relay": relay or "unknown", "smtp_code": code,
+                       "enhanced": enhanced, "refusal_reason": reason})
+
+
+def record_bounce(settings, s, delivery: Delivery, *, kind: str, status_code: str | None, reason: str,
+                  raw: str | None) -> str | None:
+    """Store a hard or soft bounce and apply the suppression rules; return the suppression made.
+
+    Hard: the address is suppressed at once.  Soft: counted, and suppressed once the
+    address has ``MAILER_SOFT_BOUNCE_LIMIT`` soft bounces.  Shared with
+    :mod:`mailer.bounces` (DSNs that arrive later).
+    """
+    s.add(Bounce(delivery_id=delivery.id, email_hash=delivery.to_hash, kind=kind, status_code=status_code,
+                 reason=reason, raw=raw))
+    s.add(TrackingEvent(delivery_id=delivery.id, campaign_id=delivery.campaign_id,
+                        customer_id=delivery.customer_id, kind=TrackingKind.bounce))
+    s.flush()
+    if kind == "hard":
+        suppressions.suppress(s, address_hash=delivery.to_hash, email=delivery.to_address,
+                              reason=SuppressionReason.hard_bounce, detail=f"{raw} ({reason})")
+        metrics.count("bounced", queue=delivery.queue, kind=delivery.kind)
+        return SuppressionReason.hard_bounce.value
+    metrics.count("soft_bounced", queue=delivery.queue, kind=delivery.kind)
+    # Soft bounces of this address so far (bounces.email_hash is indexed).
+    soft = s.execute(select(func.count()).select_from(Bounce)
+                     .where(Bounce.email_hash == delivery.to_hash, Bounce.kind == "soft")).scalar_one()
+    if soft >= settings.soft_bounce_limit:
+        suppressions.suppress(s, address_hash=delivery.to_hash, email=delivery.to_address,
+                              reason=SuppressionReason.soft_bounce,
+                              detail=f"{soft} soft bounces; last: {raw} ({reason})")
+        return SuppressionReason.soft_bounce.value
+    return None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Which exceptions the send actors hand to Dramatiq's Retries."""
+    if isinstance(exc, (TransientDeliveryError, OperationalError, DBAPIError)):
+        return True
+    if isinstance(exc, DeliveryError):
+        return False
+    return not isinstance(exc, MailerError)

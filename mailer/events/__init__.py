@@ -1,0 +1,1 @@
+"""Shop events: declared schemas, validation and the snapshot automations compare."""

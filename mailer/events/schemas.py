@@ -1,0 +1,367 @@
+"""Shop events: declared schemas, validation, and the values automations compare and return.
+
+Shops report what happened (an order was placed, delayed, shipped, delivered; a cart
+changed or was abandoned; a product is back in stock; a customer's totals changed) and
+mailer decides what to send, when, and what not to send (:mod:`mailer.automations`).
+This module is below the automations that use it: :data:`SCHEMAS` and :func:`validate`
+(an unknown type, a missing or mistyped field, or a field the schema does not declare is
+refused with :class:`~mailer.errors.InvalidEvent` naming the field, such as
+``data.items[2].quantity``), :class:`Snapshot` (the customer before the event),
+:class:`Action` and :class:`Published`.  Accepting an event (storing it and running the
+automations) is :func:`mailer.automations.publish.publish`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from mailer.addresses import normalize
+from mailer.app import App, get_app
+from mailer.clock import utcnow
+from mailer.errors import InvalidAddress, InvalidEvent, ValidationError
+from mailer.models import Customer, CustomerTag, ShopEvent
+from mailer.settings import Settings
+
+log = logging.getLogger("mailer.events")
+
+#: Longest free-text field (characters) unless a field says otherwise.
+TEXT_MAX_CHARS = 500
+#: Most entries in an ``items`` / ``tags`` list.
+LIST_MAX = 200
+#: Longest ``Idempotency-Key`` (characters).
+IDEMPOTENCY_KEY_MAX_CHARS = 240
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LOCALE = re.compile(r"^[a-zA-Z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+
+
+# -- field types -------------------------------------------------------------------------------
+def _text(value: Any, where: str, limit: int = TEXT_MAX_CHARS) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{where} must be a string, not {type(value).__name__}", field=where)
+    value = value.strip()
+    if not value:
+        raise InvalidEvent(f"{where} is empty", field=where)
+    if _CONTROL.search(value):
+        raise InvalidEvent(f"{where} contains a line break or control character", field=where)
+    if len(value) > limit:
+        raise InvalidEvent(f"{where} is longer than {limit} characters", field=where)
+    return value
+
+
+def _ident(value: Any, where: str) -> str:
+    """Order numbers, SKUs, cart ids: text without spaces that could break a key."""
+    text = _text(value, where, 100)
+    if not re.fullmatch(r"[^\s:{}]+", text):
+        raise InvalidEvent(f"{where} {text!r} must not contain spaces, ':' or braces", field=where)
+    return text
+
+
+def _email(value: Any, where: str) -> str:
+    try:
+        return normalize(_text(value, where, 320))
+    except InvalidAddress as exc:
+        raise InvalidEvent(f"{where}: {exc}", field=where) from exc
+
+
+def _int(minimum: int = 0):
+    def check(value: Any, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+                value = int(value)
+            else:
+                raise InvalidEvent(f"{where} must be a whole number", field=where)
+        if value < minimum:
+            raise InvalidEvent(f"{where} must be at least {minimum}", field=where)
+        return value
+    return check
+
+
+def _amount(value: Any, where: str) -> int | float:
+    """Money as a JSON number (129.9); numbers and numeric strings accepted, 2 decimals at most."""
+    if isinstance(value, bool):
+        raise InvalidEvent(f"{where} must be an amount such as 129.90", field=where)
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise InvalidEvent(f"{where} must be an amount such as 129.90", field=where) from None
+    if not amount.is_finite() or amount < 0:
+        raise InvalidEvent(f"{where} must be a non-negative amount", field=where)
+    if amount != amount.quantize(Decimal("0.01")) or amount >= Decimal("1e12"):
+        raise InvalidEvent(f"{where} must have at most 2 decimals and 12 digits", field=where)
+    # Templates format numbers (Babel); two decimals below 10^12 are exact enough as a double.
+    return int(amount) if amount == amount.to_integral_value() else float(amount)
+
+
+def _label(value: Any, where: str) -> str | dict:
+    """A product name: text, or text per locale ({"en": "Linen shirt", "pl": "Lniana koszula"})."""
+    if isinstance(value, dict):
+        if not value:
+            raise InvalidEvent(f"{where} is an empty object; give text or text per locale", field=where)
+        out = {}
+        for loc, text in value.items():
+            if not _LOCALE.match(str(loc)):
+                raise InvalidEvent(f"{where}.{loc} is not a locale tag such as en, pl or zh-TW", field=f"{where}.{loc}")
+            out[str(loc)] = _text(text, f"{where}.{loc}", 200)
+        return out
+    return _text(value, where, 200)
+
+
+def _when(value: Any, where: str) -> str:
+    """An ISO 8601 date or date-time, kept as the shop wrote it."""
+    text = _text(value, where, 40)
+    try:
+        datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidEvent(f"{where} {text!r} is not an ISO 8601 date or date-time", field=where) from None
+    return text
+
+
+def _url(value: Any, where: str) -> str:
+    text = _text(value, where, 2000)
+    if not re.match(r"^https?://[^\s]+$", text):
+        raise InvalidEvent(f"{where} must be an http(s) URL", field=where)
+    return text
+
+
+def _currency(value: Any, where: str) -> str:
+    text = _text(value, where, 3).upper()
+    if not re.fullmatch(r"[A-Z]{3}", text):
+        raise InvalidEvent(f"{where} {text!r} is not a three-letter ISO 4217 code", field=where)
+    return text
+
+
+def _locale(value: Any, where: str) -> str:
+    text = _text(value, where, 20)
+    if not _LOCALE.match(text):
+        raise InvalidEvent(f"{where} {text!r} is not a locale tag such as en, pl or zh-TW", field=where)
+    return text.replace("_", "-")
+
+
+def _timezone(value: Any, where: str) -> str:
+    text = _text(value, where, 64)
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidEvent(f"{where} {text!r} is not an IANA time zone such as Europe/Warsaw",
+                           field=where) from None
+    return text
+
+
+def _country(value: Any, where: str) -> str:
+    text = _text(value, where, 2).upper()
+    if not re.fullmatch(r"[A-Z]{2}", text):
+        raise InvalidEvent(f"{where} {text!r} is not a two-letter country code", field=where)
+    return text
+
+
+def _tags(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list):
+        raise InvalidEvent(f"{where} must be a list of tags", field=where)
+    if len(value) > LIST_MAX:
+        raise InvalidEvent(f"{where} has more than {LIST_MAX} tags", field=where)
+    return sorted({_text(t, f"{where}[{i}]", 100) for i, t in enumerate(value)})
+
+
+@dataclass(frozen=True)
+class Field:
+    """One declared field of an event (or of an item inside ``items``)."""
+
+    check: Callable[[Any, str], Any]
+    required: bool = False
+    doc: str = ""
+
+
+ITEM_FIELDS: dict[str, Field] = {
+    "name": Field(_label, True, "product name: text, or text per locale"),
+    "sku": Field(_ident, doc="stock-keeping unit"),
+    "variant": Field(lambda v, w: _text(v, w, 200), doc="size, colour, ..."),
+    "quantity": Field(_int(1), doc="how many (1 when not given)"),
+    "price": Field(_amount, doc="unit price"),
+    "url": Field(_url, doc="product page"),
+    "image_url": Field(_url, doc="product image"),
+}
+#: Cart items must carry their price (the reminder shows it).
+CART_ITEM_FIELDS: dict[str, Field] = {**ITEM_FIELDS, "price": Field(_amount, True, "unit price")}
+
+
+def _item_list(fields: dict[str, Field]):
+    def check(value: Any, where: str) -> list[dict]:
+        if not isinstance(value, list):
+            raise InvalidEvent(f"{where} must be a list of items", field=where)
+        if len(value) > LIST_MAX:
+            raise InvalidEvent(f"{where} has more than {LIST_MAX} items", field=where)
+        items = [_object(item, fields, f"{where}[{i}]") for i, item in enumerate(value)]
+        return [{**item, "quantity": item.get("quantity", 1)} for item in items]
+    return check
+
+
+_items = _item_list(ITEM_FIELDS)
+
+
+def _object(value: Any, fields: dict[str, Field], where: str) -> dict:
+    if not isinstance(value, dict):
+        raise InvalidEvent(f"{where} must be an object", field=where)
+    out: dict = {}
+    for name in value:
+        if name not in fields:
+            raise InvalidEvent(f"{where}.{name} is not a field of this object "
+                               f"(fields: {', '.join(fields)})", field=f"{where}.{name}")
+    for name, spec in fields.items():
+        raw = value.get(name)
+        if raw is None or raw == "":
+            if spec.required:
+                raise InvalidEvent(f"{where}.{name} is required", field=f"{where}.{name}")
+            continue
+        out[name] = spec.check(raw, f"{where}.{name}")
+    return out
+
+
+_COMMON = {"occurred_at": Field(_when, doc="when it happened at the shop (ISO 8601)")}
+_CUSTOMER = {"email": Field(_email, True, "the customer's address")}
+_ORDER = {**_CUSTOMER, "order_number": Field(_ident, True, "the shop's order number"),
+          "items": Field(_items, doc="ordered items"), "order_url": Field(_url, doc="the order's page in the shop"),
+          **_COMMON}
+_CART = {**_CUSTOMER, "cart_id": Field(_ident, True, "the shop's cart id"),
+         "items": Field(_item_list(CART_ITEM_FIELDS), True,
+                        "the cart's items (price required); an empty list means the cart was emptied"),
+         "total": Field(_amount, True, "cart total"),
+         "cart_url": Field(_url, True, "link that restores the cart"),
+         "currency": Field(_currency), **_COMMON}
+
+#: Every event type mailer accepts and its fields (``True`` = required).
+SCHEMAS: dict[str, dict[str, Field]] = {
+    "order_placed": {**_ORDER, "total": Field(_amount, doc="order total"), "currency": Field(_currency),
+                     "cart_id": Field(_ident, doc="the cart the order came from")},
+    "order_delayed": {**_ORDER, "new_eta": Field(_when, True, "new estimated delivery (ISO 8601)"),
+                      "previous_eta": Field(_when, doc="the estimate given before"),
+                      "reason": Field(_text, doc="why, in words for the customer"),
+                      "compensation_code": Field(_ident, doc="a code the shop gives as an apology"),
+                      "compensation_percent": Field(_int(1), doc="what that code is worth, percent off")},
+    "order_shipped": {**_ORDER, "carrier": Field(lambda v, w: _text(v, w, 100), True, "carrier name"),
+                      "tracking_number": Field(_ident, True, "carrier tracking number"),
+                      "tracking_url": Field(_url, True, "carrier tracking page"),
+                      "eta": Field(_when, doc="estimated delivery (ISO 8601)")},
+    "order_delivered": {**_ORDER, "delivered_at": Field(_when, doc="when it was delivered (ISO 8601)")},
+    "cart_updated": dict(_CART),
+    "cart_abandoned": dict(_CART),
+    "product_restocked": {"sku": Field(_ident, True, "the product's SKU (restock:<sku> requests)"),
+                          "name": Field(_label, True, "product name: text, or text per locale"),
+                          "price": Field(_amount, True, "price"),
+                          "url": Field(_url, True, "product page"),
+                          "stock": Field(_int(1), doc="units now available; low stock sends in waves"),
+                          "variant": Field(lambda v, w: _text(v, w, 200), doc="size, colour, ..."),
+                          "image_url": Field(_url, doc="product image"), "currency": Field(_currency),
+                          **_COMMON},
+    "customer_updated": {**_CUSTOMER,
+                         "total_spent": Field(_amount, doc="lifetime spend"),
+                         "orders_count": Field(_int(0), doc="lifetime orders"),
+                         "last_order_at": Field(_when, doc="last order time (ISO 8601)"),
+                         "tags": Field(_tags, doc="the customer's whole tag set (replaces it)"),
+                         "add_tags": Field(_tags, doc="tags to add"),
+                         "remove_tags": Field(_tags, doc="tags to remove"),
+                         "first_name": Field(lambda v, w: _text(v, w, 200)),
+                         "last_name": Field(lambda v, w: _text(v, w, 200)),
+                         "locale": Field(_locale), "timezone": Field(_timezone), "country": Field(_country),
+                         "currency": Field(_currency), **_COMMON},
+}
+
+EVENT_TYPES = tuple(SCHEMAS)
+
+
+def validate(type_: str, data: Any) -> dict:
+    """The event's data, checked and normalized; :class:`InvalidEvent` names the bad field."""
+    if type_ not in SCHEMAS:
+        raise InvalidEvent(f"unknown event type {type_!r}; known types: {', '.join(EVENT_TYPES)}", field="type")
+    cleaned = _object(data, SCHEMAS[type_], "data")
+    if type_ == "customer_updated" and "tags" in cleaned and ({"add_tags", "remove_tags"} & cleaned.keys()):
+        raise InvalidEvent("data.tags replaces the tag set; do not combine it with add_tags / remove_tags",
+                           field="data.tags")
+    return cleaned
+
+
+# -- customer snapshots --------------------------------------------------------------------------
+@dataclass
+class Snapshot:
+    """A detached copy of a customer's record, so a rule can compare before and after."""
+
+    id: int | None
+    email: str | None
+    first_name: str | None = None
+    last_name: str | None = None
+    locale: str | None = None
+    timezone: str | None = None
+    country: str | None = None
+    total_spent: Decimal = Decimal("0")
+    currency: str | None = None
+    orders_count: int = 0
+    last_order_at: datetime | None = None
+    predicted_spend_tier: Any = None
+    attributes: dict = field(default_factory=dict)
+    created_at: datetime | None = None
+    erased_at: datetime | None = None
+    tag_names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, c: Customer) -> "Snapshot":
+        return cls(id=c.id, email=c.email, first_name=c.first_name, last_name=c.last_name, locale=c.locale,
+                   timezone=c.timezone, country=c.country, total_spent=c.total_spent or Decimal("0"),
+                   currency=c.currency, orders_count=c.orders_count or 0, last_order_at=c.last_order_at,
+                   predicted_spend_tier=c.predicted_spend_tier, attributes=dict(c.attributes or {}),
+                   created_at=c.created_at, erased_at=c.erased_at, tag_names=list(c.tag_names))
+
+
+# -- results ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Action:
+    """What an automation did with an event, for the caller to read."""
+
+    automation: str
+    kind: str
+    outcome: str            # queued, scheduled, merged, cancelled, deduplicated, skipped, failed
+    customer_id: int | None = None
+    delivery_id: int | None = None
+    send_after: datetime | None = None
+    detail: str = ""
+
+    def as_dict(self) -> dict:
+        return {"automation": self.automation, "kind": self.kind, "outcome": self.outcome,
+                "customer_id": self.customer_id, "delivery_id": self.delivery_id,
+                "send_after": self.send_after.isoformat() if self.send_after else None, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Published:
+    event_id: int
+    type: str
+    #: True when the Idempotency-Key was seen before: nothing was applied again.
+    duplicate: bool
+    customer_id: int | None
+    actions: tuple[Action, ...] = ()
+
+    @property
+    def failures(self) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.outcome == "failed")
+
+    def as_dict(self) -> dict:
+        return {"event_id": self.event_id, "type": self.type, "duplicate": self.duplicate,
+                "customer_id": self.customer_id, "actions": [a.as_dict() for a in self.actions],
+                "failures": len(self.failures)}
+
+
+def event_data(event: ShopEvent) -> dict:
+    """A stored event's payload without mailer's bookkeeping fields."""
+    return {k: v for k, v in (event.data or {}).items() if not k.startswith("_")}

@@ -1,0 +1,1 @@
+"""The bytes of one mail: MIME building and DKIM signing."""

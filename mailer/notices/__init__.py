@@ -1,0 +1,1 @@
+"""Triggering transactional notices: validate, store one delivery per idempotency key, enqueue through the port."""

@@ -1,0 +1,1 @@
+"""The enqueue port: queue names, sending a message by actor name, building the Dramatiq broker."""

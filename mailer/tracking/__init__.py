@@ -1,0 +1,1 @@
+"""The recipient's own links: opens, clicks, unsubscribe, preferences, CSAT."""
