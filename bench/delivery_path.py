@@ -67,7 +67,7 @@ def product_path(kind: str, n: int, tmp: Path, keys, sink: SinkProcess) -> dict:
     from mailer.campaigns import service as campaigns
     from mailer.delivery import process as delivery
     from mailer.app import App, set_app
-    from mailer.queue.broker import setup
+    from mailer.worker.actors import setup
     from mailer.models import Delivery
 
     database = Database(kind, tmp / f"product-{kind}")

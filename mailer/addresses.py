@@ -11,7 +11,6 @@ from email_validator import EmailNotValidError, validate_email
 
 from mailer.errors import InvalidAddress
 
-
 #: RFC 5322 dot-atom local part: the common case that needs no full parse.
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 #: RFC 5321 limits, characters.

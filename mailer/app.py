@@ -16,7 +16,10 @@ from typing import Iterator
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import db
+from mailer.message.dkim import Signer
+from mailer.rendering import Renderer
 from mailer.settings import Settings
+from mailer.transport.pool import RelayPool
 
 
 class App:
@@ -36,20 +39,14 @@ class App:
 
     @cached_property
     def transport(self):
-        from mailer.transport.pool import RelayPool
-
         return RelayPool.from_settings(self.settings)
 
     @cached_property
     def renderer(self):
-        from mailer.rendering import Renderer
-
         return Renderer(self.settings)
 
     @cached_property
     def signer(self):
-        from mailer.message.dkim import Signer
-
         return Signer.from_settings(self.settings)
 
     def close(self) -> None:

@@ -15,20 +15,21 @@ import dramatiq
 from sqlalchemy import func, select
 
 from mailer import db
-from mailer.consent import ledger as consent
 from mailer.app import App, set_app
-from mailer.queue.broker import QUEUES, setup
+from mailer.campaigns import fanout
+from mailer.campaigns import service as campaigns
+from mailer.consent import ledger as consent
 from mailer.customers.records import by_email, import_file
-from mailer.models import Delivery, DeliveryStatus
+from mailer.models import Customer, Delivery, DeliveryStatus
 from mailer.notices.trigger import notify
+from mailer.queue.broker import QUEUES
 from mailer.settings import Settings
+from mailer.worker import actors
 
 DEMO_CSV = Path(__file__).resolve().parent / "demo_data" / "customers.csv"
 #: Customers who get a newsletter consent record in the demo.
 CONSENTING = ("alice@example.com", "mei@example.com", "jiwoo@example.com", "layla@example.com",
               "lukasz@example.com")
-#: Extra steps other capabilities add (campaigns...): callables (app, run_id) -> str summary.
-STEPS: list = []
 
 
 @dataclass
@@ -49,7 +50,7 @@ def run(settings: Settings, *, wait_s: float = 60.0) -> DemoResult:
     db.upgrade(settings)
     app = App(settings)
     set_app(app)
-    broker = setup(settings)
+    broker = actors.setup(settings)
     worker = dramatiq.Worker(broker, worker_timeout=100, worker_threads=4)
     worker.start()
     run_id = time.strftime("%Y%m%dT%H%M%S")
@@ -68,7 +69,7 @@ def run(settings: Settings, *, wait_s: float = 60.0) -> DemoResult:
                                        ip="192.0.2.10", user_agent="demo"))
         renderer = app.renderer
         with app.session() as s:
-            people = [(c, loc) for c, loc in s.execute(select(*_cols()))]
+            people = [(c, loc) for c, loc in s.execute(select(Customer.email, Customer.locale))]
         ids = []
         for email, _locale in people:
             ids.append(notify("order_delayed", to=email, data=renderer.sample("order_delayed"),
@@ -78,8 +79,7 @@ def run(settings: Settings, *, wait_s: float = 60.0) -> DemoResult:
                 continue
             ids.append(notify(kind, to="alice@example.com", data=renderer.sample(kind),
                               idempotency_key=f"demo-{run_id}-{kind}", settings=settings))
-        for step in STEPS:
-            notes.append(step(app, run_id))
+        notes.append(demo_campaign(app, run_id))
         deadline = time.monotonic() + wait_s
         for queue in QUEUES:
             broker.join(queue, timeout=int(max(1, deadline - time.monotonic()) * 1000), fail_fast=True)
@@ -95,13 +95,19 @@ def run(settings: Settings, *, wait_s: float = 60.0) -> DemoResult:
     return DemoResult(outbox=outbox, sent=sent, other={k.value: v for k, v in counts.items()}, notes=notes)
 
 
-def _cols():
-    from mailer.models import Customer
+# -- the embedded demo ----------------------------------------------------------------------------
+#: The newsletter and segment ``mailer demo`` sends.
+DEMO_TEMPLATE, DEMO_SEGMENT = "newsletter/seasonal_sale", "newsletter_all"
 
-    return Customer.email, Customer.locale
 
-
-# Campaigns issue: the demo also sends a newsletter to every subscriber (mailer/campaigns.py).
-from mailer.campaigns.service import demo_campaign  # noqa: E402
-
-STEPS.append(demo_campaign)
+def demo_campaign(app, run_id: str) -> str:
+    """A step of ``mailer demo``: send the seasonal-sale newsletter to every subscriber."""
+    renderer = app.renderer
+    with app.session() as s:
+        c = campaigns.create(s, app.settings, renderer, name=f"Demo newsletter {run_id}", template=DEMO_TEMPLATE,
+                   segment=DEMO_SEGMENT, data=renderer.sample(DEMO_TEMPLATE))
+        campaigns.send(s, app.settings, c.id)
+        cid = c.id
+    fanout.start(app, cid)
+    return (f"campaign {cid}: {DEMO_TEMPLATE} to segment {DEMO_SEGMENT} "
+            f"(see it with: mailer campaign status {cid})")

@@ -37,6 +37,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Enum,
     ForeignKey,
     Index,
     Integer,
@@ -82,8 +83,6 @@ class Base(DeclarativeBase):
 
 
 def _enum(cls: type[enum.Enum]):
-    from sqlalchemy import Enum
-
     return Enum(cls, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e],
                 validate_strings=True)
 

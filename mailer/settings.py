@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -175,8 +177,6 @@ ENV_VARS = {f.name: "MAILER_" + f.name.upper() for f in dataclasses.fields(Setti
 
 def settings_markdown() -> str:
     """The README's settings table, built from the ``#:`` comments above each field."""
-    import inspect
-    import re
 
     docs: dict[str, str] = {}
     pending: list[str] = []

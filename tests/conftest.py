@@ -138,7 +138,9 @@ def _run_stub_worker(application):
     """The in-process broker with a running worker; ``broker.drain()`` waits for all queues."""
     import dramatiq
 
-    from mailer.queue.broker import QUEUES, setup
+    from mailer.queue.broker import QUEUES
+
+    from mailer.worker.actors import setup
 
     broker = setup(application.settings)
     worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=2)

@@ -36,7 +36,7 @@ SHIPPED = PROJECT_ROOT / "automations"
 @pytest.fixture
 def auto(db_url):
     """An App with the shipped rules on a stub broker (no worker: rows stay as the rules left them)."""
-    from mailer.queue.broker import setup
+    from mailer.worker.actors import setup
 
     settings = make_settings(database_url=db_url, automations_dir=SHIPPED, quiet_hours="")
     app = App(settings)
@@ -478,10 +478,9 @@ def test_no_code_is_taken_for_a_customer_without_consent(auto):
 
 
 def test_code_of_a_reward_mail_skipped_at_send_time_goes_back_to_the_pool(auto):
-    from mailer.worker import actors  # noqa: F401  (actors registers the automations' sweeper hook)
-    from mailer.delivery import sweeper
+    from mailer.worker import actors
 
-    assert automations.release_codes_hook in sweeper.HOOKS
+    assert automations.release_codes_hook in actors.SWEEP_HOOKS
     # Given a reward mail queued with the pool's only code
     load_codes(auto, 1)
     cid = grant(auto, "ann@example.com", "loyalty")
@@ -495,7 +494,7 @@ def test_code_of_a_reward_mail_skipped_at_send_time_goes_back_to_the_pool(auto):
     assert delivery.process(auto, action.delivery_id).status == "skipped"
     # Then the next sweep returns the code to the pool
     _last_release["at"] = 0.0
-    sweeper.sweep(auto)
+    sweeper.sweep(auto, actors.SWEEP_HOOKS)
     with auto.session() as s:
         assert codes_left(s) == 1
         assert s.execute(select(RewardCode.customer_id)).scalar_one() is None

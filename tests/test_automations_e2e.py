@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from mailer.consent import ledger as consent
 from mailer.delivery import sweeper
 from mailer.app import App, set_app
-from mailer.queue.broker import setup
+from mailer.worker.actors import SWEEP_HOOKS, setup
 from mailer.clock import utcnow
 from mailer.customers.records import get_or_create
 from mailer.automations.publish import publish
@@ -71,7 +71,7 @@ def settle(app: App) -> None:
                 | ((Delivery.status == DeliveryStatus.scheduled) & (Delivery.send_after <= now)))).scalar_one()
         return busy == 0
 
-    sweeper.sweep(app)
+    sweeper.sweep(app, SWEEP_HOOKS)
     assert wait_for(quiet), "deliveries still in flight"
 
 

@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from mailer import db
 from mailer.consent import ledger as consent
 from mailer.app import App, set_app
-from mailer.queue.broker import setup
+from mailer.worker.actors import setup
 from mailer.clock import utcnow
 from mailer.customers.records import get_or_create
 from mailer.automations.publish import publish

@@ -28,7 +28,8 @@ import uvicorn
 from mailer.campaigns import fanout as campaign_actors
 from mailer.campaigns import service as campaigns
 from mailer.app import App, set_app
-from mailer.queue.broker import QUEUES, setup
+from mailer.queue.broker import QUEUES
+from mailer.worker.actors import setup
 from mailer.settings import PROJECT_ROOT
 from mailer.web.app import create_app
 from tests.campaign_support import add_customer

@@ -16,7 +16,7 @@ from mailer.campaigns import service as campaigns
 from mailer.campaigns import reports
 from mailer.tracking import service as tracking
 from mailer.app import App, set_app
-from mailer.queue.broker import setup
+from mailer.worker.actors import setup
 from mailer.cli import main
 from mailer.clock import utcnow
 from mailer.models import Bounce, CsatRating, Delivery, DeliveryStatus

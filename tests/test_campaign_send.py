@@ -18,7 +18,8 @@ from mailer.campaigns import reports
 from mailer.consent import suppressions
 from mailer.delivery import process as delivery_service
 from mailer.app import App, set_app
-from mailer.queue.broker import QUEUES, setup
+from mailer.queue.broker import QUEUES
+from mailer.worker.actors import SWEEP_HOOKS, setup
 from mailer.clock import utcnow
 from mailer.errors import InvalidState, SegmentError, TemplateError, ValidationError
 from mailer.models import Campaign, CampaignStatus, Customer, Delivery, DeliveryStatus
@@ -364,7 +365,7 @@ def test_local_time_schedules_each_recipient_at_their_own_ten_oclock(env):
                   .values(send_after=utcnow() - timedelta(seconds=1)))
     from mailer.delivery import sweeper
 
-    sweeper.sweep(env.app)
+    sweeper.sweep(env.app, SWEEP_HOOKS)
     env.drain()
     assert len(memory.outbox()) == 4
 

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from mailer import db
 from mailer.app import App, set_app
-from mailer.queue.broker import QUEUE_BULK, QUEUE_TRANSACTIONAL, setup
+from mailer.queue.broker import QUEUE_BULK, QUEUE_TRANSACTIONAL
+from mailer.worker.actors import setup
 from mailer.cli import main
 from mailer.models import Delivery, DeliveryStatus
 from mailer.notices.trigger import notify

@@ -41,7 +41,7 @@ def events_app(db_url, tmp_path):
     """An App whose automations are only the shipped order_delayed rule, on a stub broker."""
     import dramatiq
 
-    from mailer.queue.broker import setup
+    from mailer.worker.actors import setup
     from mailer.transport import memory
 
     memory.clear()

@@ -227,7 +227,7 @@ def test_bad_template_fails_at_enqueue_and_stores_nothing(tmp_path, db_url):
     app = App(settings)
     previous = set_app(app)
     try:
-        from mailer.queue.broker import setup
+        from mailer.worker.actors import setup
 
         setup(settings)
         from mailer.notices.trigger import notify

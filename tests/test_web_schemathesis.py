@@ -26,7 +26,7 @@ def web_app(db_url):
     memory.clear()
     app = App(make_settings(database_url=db_url))
     previous = set_app(app)
-    from mailer.queue.broker import setup
+    from mailer.worker.actors import setup
 
     setup(app.settings)  # stub broker: accepted notices are enqueued in process
     with app.session() as s:

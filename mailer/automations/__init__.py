@@ -47,6 +47,12 @@ Which module holds what (each imports only those above it):
   imports it for that).
 """
 
+from mailer.automations.conditions import customer_matches, event_matches, out_of_quiet_hours, parse_quiet_hours
+from mailer.automations.engine import FAST_PATH_MAX_DELAY_S, cancel_group, handle, wake
+
+# Last, as the single module did at its end: importing registers the sweeper hook (once).
+from mailer.automations.hooks import RELEASE_INTERVAL_S, release_codes_hook
+from mailer.automations.restock import AUDIENCE_BATCH, wave_plan
 from mailer.automations.rules import (
     ADD_DATA,
     AUDIENCES,
@@ -63,14 +69,8 @@ from mailer.automations.rules import (
     parse_duration,
     parse_rule,
 )
-from mailer.automations.conditions import customer_matches, event_matches, out_of_quiet_hours, parse_quiet_hours
 from mailer.automations.sends import KEY_MAX_CHARS, LOCK_CLASS
-from mailer.automations.restock import AUDIENCE_BATCH, wave_plan
-from mailer.automations.engine import FAST_PATH_MAX_DELAY_S, cancel_group, handle, wake
 from mailer.automations.views import Pending, pending
-
-# Last, as the single module did at its end: importing registers the sweeper hook (once).
-from mailer.automations.hooks import RELEASE_INTERVAL_S, release_codes_hook
 
 __all__ = [
     # rules

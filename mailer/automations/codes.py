@@ -25,7 +25,8 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, time as dtime, timezone
+from datetime import date, datetime, timezone
+from datetime import time as dtime
 from pathlib import Path
 
 from sqlalchemy import and_, func, or_, select, update
@@ -35,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
 from mailer.customers.records import RowError  # the same "line N, column C: reason" report as customer imports
+from mailer.db import all_or_nothing
 from mailer.errors import PoolExhausted, ValidationError
 from mailer.models import Delivery, DeliveryStatus, RewardCode
 
@@ -189,8 +191,6 @@ def import_codes(session: Session, pool: str, path: Path) -> ImportResult:
 
 def import_file(settings, pool: str, path: Path) -> ImportResult:
     """:func:`import_codes` in its own transaction (rolled back when a row is bad)."""
-    from mailer.db import all_or_nothing
-
     return all_or_nothing(settings, lambda session: import_codes(session, pool, path),
                           keep=lambda result: not result.errors)
 

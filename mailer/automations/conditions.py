@@ -12,20 +12,21 @@ from __future__ import annotations
 import logging
 import re
 from datetime import datetime, time, timedelta, timezone
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.orm import Session
 
+from mailer import segments
 from mailer.errors import ConfigurationError
+from mailer.events.schemas import Snapshot
 from mailer.settings import Settings
 
 log = logging.getLogger("mailer.automations")
 
 
 def _number(value: Any):
-    from decimal import Decimal, InvalidOperation
-
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
@@ -64,8 +65,6 @@ def event_matches(cond: dict, data: dict) -> bool:
 
 def customer_matches(cond: tuple, customer, now: datetime, session: Session | None = None) -> bool:
     """A segment condition on a customer, or on a before-the-event snapshot (mailer.segments)."""
-    from mailer import segments
-    from mailer.events.schemas import Snapshot
 
     if isinstance(customer, Snapshot):
         customer = {**customer.__dict__, "tags": list(customer.tag_names)}

@@ -21,9 +21,10 @@ from mailer.automations.conditions import customer_matches, event_matches
 from mailer.automations.restock import _fan_out_restock
 from mailer.automations.rules import Rule, format_duration
 from mailer.automations.sends import _Context, _format, _ikey, _lock, _notice_data, _schedule
-from mailer.queue import port
 from mailer.clock import utcnow
+from mailer.events.schemas import Action, event_data
 from mailer.models import Customer, Delivery, DeliveryStatus, ShopEvent
+from mailer.queue import port
 
 log = logging.getLogger("mailer.automations")
 
@@ -47,8 +48,6 @@ def cancel_group(session: Session, rule: str, group: str, *, reason: str) -> int
 def handle(session: Session, app, rules: list[Rule], event: ShopEvent, customer: Customer | None, before,
            now: datetime) -> list:
     """Run every rule for one stored event inside the caller's transaction; return the actions."""
-    from mailer.events.schemas import Action, event_data
-
     ctx = _Context(session, app, event, event_data(event), now)
     actions: list[Action] = []
     base = {**ctx.data, "event_id": event.id, "customer_id": customer.id if customer else None}
@@ -85,8 +84,6 @@ def handle(session: Session, app, rules: list[Rule], event: ShopEvent, customer:
 
 
 def _trigger(ctx: _Context, rule: Rule, customer: Customer, base: dict) -> list:
-    from mailer.events.schemas import Action
-
     s = ctx.session
     group = _format(rule.group, base)
     _lock(ctx, rule, group)

@@ -17,6 +17,7 @@ from mailer.automations.conditions import customer_matches
 from mailer.automations.rules import Rule, Waves
 from mailer.automations.sends import _Context, _format, _ikey, _lock, _notice_data, _schedule
 from mailer.clock import utcnow
+from mailer.events.schemas import Action
 from mailer.models import ConsentState, Customer, Delivery, DeliveryStatus, LawfulBasis
 
 #: Recipients read per query when a rule fans out to restock requests.
@@ -61,8 +62,6 @@ def wave_plan(n: int, stock: int | None, waves: Waves | None) -> list[int]:
 
 
 def _fan_out_restock(ctx: _Context, rule: Rule) -> list:
-    from mailer.events.schemas import Action
-
     s = ctx.session
     sku = ctx.data["sku"]
     audience = _restock_audience(ctx, sku)
@@ -88,8 +87,6 @@ def _fan_out_restock(ctx: _Context, rule: Rule) -> list:
 
 def _restock_one(ctx: _Context, rule: Rule, customer: Customer, base: dict, item: dict, offset: timedelta,
                  wave: int):
-    from mailer.events.schemas import Action
-
     s = ctx.session
     group = _format(rule.group, base)
     _lock(ctx, rule, group)

@@ -9,6 +9,7 @@ the per-file-state cache of the rules folder (:func:`load`, :func:`get`).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import string
 import threading
@@ -18,10 +19,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterable
 
+from mailer import segments
 from mailer.automations import codes as codes_service
 from mailer.errors import ConfigurationError, MailerError, ValidationError
-from mailer.rendering import TRANSACTIONAL
+from mailer.events.schemas import SCHEMAS
+from mailer.rendering import TRANSACTIONAL, Renderer
 from mailer.settings import Settings
+from mailer.tracking import service as tracking
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
 _DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -39,8 +43,6 @@ RULE_KEYS = ("description", "event", "kind", "enabled", "delay", "delays", "grou
 
 
 def _csat_links(settings: Settings, values: dict) -> dict:
-    from mailer.tracking import service as tracking
-
     return tracking.csat_urls(settings, values["order_number"], values.get("customer_id"))
 
 
@@ -177,8 +179,6 @@ def _check_keys(table: dict, allowed: Iterable[str], where: str) -> None:
 
 
 def _check_event_if(cond: dict, event: str, where: str) -> dict:
-    from mailer.events.schemas import SCHEMAS
-
     fields = SCHEMAS[event]
     for name, test in cond.items():
         if name not in fields:
@@ -198,8 +198,6 @@ def _check_event_if(cond: dict, event: str, where: str) -> dict:
 
 def _check_segment_condition(cond: Any, where: str, path: Path) -> tuple:
     """Customer conditions are segment conditions (mailer.segments); returns the checked tree."""
-    from mailer import segments
-
     if not isinstance(cond, dict):
         raise ConfigurationError(f"{where} must be a table (a segment condition such as "
                                  "{ tags = { any = [\"VIP\"] } })")
@@ -211,8 +209,6 @@ def _check_segment_condition(cond: Any, where: str, path: Path) -> tuple:
 
 def parse_rule(path: Path, settings: Settings, renderer=None) -> Rule:
     """Read and check one rule file; errors name the file, the key and what is allowed."""
-    from mailer.events.schemas import SCHEMAS
-
     where = str(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -360,8 +356,6 @@ def parse_rule(path: Path, settings: Settings, renderer=None) -> Rule:
 
 
 def _replace(rule: Rule, **changes) -> Rule:
-    import dataclasses
-
     return dataclasses.replace(rule, **changes)
 
 
@@ -371,8 +365,6 @@ _cache_lock = threading.Lock()
 
 def load(settings: Settings, renderer=None) -> list[Rule]:
     """Every rule in ``settings.automations_dir`` (``*.toml``, by name), checked; cached per file state."""
-    from mailer.rendering import Renderer
-
     directory = Path(settings.automations_dir)
     if not directory.is_dir():
         return []

@@ -20,16 +20,19 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from mailer.automations import codes as codes_service
-from mailer.consent import ledger as consent
-from mailer.consent import suppressions
 from mailer.addresses import email_hash
+from mailer.automations import codes as codes_service
 from mailer.automations.conditions import _number, out_of_quiet_hours
 from mailer.automations.rules import ADD_DATA, Rule
-from mailer.queue.broker import QUEUE_BULK, QUEUE_TRANSACTIONAL
 from mailer.clock import utcnow
+from mailer.consent import ledger as consent
+from mailer.consent import suppressions
+from mailer.delivery.compose import render_context
 from mailer.errors import PoolExhausted
+from mailer.events.schemas import Action
 from mailer.models import Customer, Delivery, DeliveryStatus, ShopEvent
+from mailer.notices.trigger import purpose_for
+from mailer.queue.broker import QUEUE_BULK, QUEUE_TRANSACTIONAL
 from mailer.rendering import TRANSACTIONAL
 from mailer.settings import Settings
 
@@ -119,7 +122,6 @@ def _probe(ctx: _Context, rule: Rule, customer: Customer, locale: str, data: dic
     """Render once per (kind, locale) per event, so a broken template fails the event, not the worker."""
     if (rule.kind, locale) in ctx.probed:
         return
-    from mailer.delivery.compose import render_context
 
     probe = Delivery(id=0, kind=rule.kind, to_address=customer.email, locale=locale, data=data,
                      purpose=rule.purpose)
@@ -131,8 +133,6 @@ def _probe(ctx: _Context, rule: Rule, customer: Customer, locale: str, data: dic
 def _schedule(ctx: _Context, rule: Rule, customer: Customer, data: dict, *, group: str, key: str,
               send_after: datetime):
     """Store one send for ``customer``: queued when due, scheduled otherwise; or say why not."""
-    from mailer.events.schemas import Action
-    from mailer.notices.trigger import purpose_for
 
     s, app, settings = ctx.session, ctx.app, ctx.app.settings
     existing = s.execute(select(Delivery.id).where(Delivery.idempotency_key == key)).scalar_one_or_none()
@@ -191,8 +191,6 @@ def _number_or_none(text_value: str | None) -> int | float | None:
 def _record_failure(ctx: _Context, rule: Rule, customer: Customer, data: dict, group: str, purpose: str,
                     reason: str):
     """A send the rule could not make (no reward code): a ``failed`` row that keeps the reason."""
-    from mailer.events.schemas import Action
-
     settings = ctx.app.settings
     delivery = Delivery(idempotency_key=_ikey(rule, group, f"failed:e{ctx.event.id}"), kind=rule.kind,
                         customer_id=customer.id, to_address=customer.email,

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailer.addresses import normalize
 from mailer.models import Delivery, DeliveryStatus
 
 
@@ -25,8 +26,6 @@ class Pending:
 
 def pending(session: Session, *, email: str | None = None, limit: int = 1000) -> list[Pending]:
     """Scheduled automation sends, soonest first (optionally one customer's)."""
-    from mailer.addresses import normalize
-
     # ix_deliveries_status_send_after: scheduled rows in time order.
     q = (select(Delivery).where(Delivery.status == DeliveryStatus.scheduled, Delivery.automation.is_not(None))
          .order_by(Delivery.send_after, Delivery.id).limit(limit))

@@ -36,11 +36,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from mailer import segments
 from mailer.campaigns import service as campaigns
-from mailer.queue import port
-from mailer.queue.port import QUEUE_BULK
 from mailer.clock import utcnow
 from mailer.errors import SegmentError
 from mailer.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
+from mailer.queue import port
+from mailer.queue.port import QUEUE_BULK
 
 log = logging.getLogger("mailer.campaigns")
 

@@ -26,6 +26,7 @@ from html import escape
 from sqlalchemy import distinct, func, literal_column, or_, select, union
 from sqlalchemy.orm import Session
 
+from mailer.clock import utcnow
 from mailer.errors import NotFound
 from mailer.models import Bounce, Campaign, CsatRating, Delivery, DeliveryStatus, TrackingEvent, TrackingKind
 
@@ -235,8 +236,6 @@ def _pct(v: float) -> str:
 
 def html_report(session: Session, campaign_id: int, *, generated_at: datetime | None = None) -> str:
     """A self-contained HTML page: figures, rates, a chart of opens and clicks, top links."""
-    from mailer.clock import utcnow
-
     f = figures(session, campaign_id)
     c = session.get(Campaign, campaign_id)
     points = timeline(session, campaign_id)

@@ -12,7 +12,7 @@ Life cycle::
   among the segment's possible recipients the template compiles and renders with the
   campaign's data and a subject exists (``--subject`` or the template's own).
 * **Send** moves the campaign to ``running`` and enqueues the fan-out
-  (:mod:`mailer.campaign_actors`), which streams the segment in keyset batches and
+  (:mod:`mailer.campaigns.fanout`), which streams the segment in keyset batches and
   creates one delivery per recipient under the idempotency key
   ``campaign:<id>:<customer id>``; see there for resuming without resending.
 * **Pause** holds every delivery not yet sent (status ``held``), and the delivery gate
@@ -34,7 +34,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from mailer import segments
+from mailer.addresses import email_hash, normalize
 from mailer.clock import utcnow
+from mailer.delivery import personalize as headers
+from mailer.delivery.compose import render_context
 from mailer.errors import InvalidState, NotFound, TemplateError, ValidationError
 from mailer.models import (
     Campaign,
@@ -44,6 +48,7 @@ from mailer.models import (
     Delivery,
     DeliveryStatus,
 )
+from mailer.rendering import fallback_chain
 from mailer.settings import Settings
 
 log = logging.getLogger("mailer.campaigns")
@@ -150,8 +155,6 @@ def _segment_locales(session: Session, purpose: str, settings: Settings) -> list
 def validate(session: Session, settings: Settings, renderer, *, template: str, segment_name: str,
              subjects: dict[str, str], data: dict) -> tuple[str, list[str]]:
     """Check a campaign can be sent; return (consent purpose, template locales that will be used)."""
-    from mailer import segments
-
     if not template.startswith("newsletter/"):
         raise ValidationError(f"--template {template!r}: campaigns send newsletter kinds "
                               f"(newsletter/<name>); known: "
@@ -183,8 +186,6 @@ def validate(session: Session, settings: Settings, renderer, *, template: str, s
 
 
 def _subject_for(subjects: dict[str, str], locale: str) -> str | None:
-    from mailer.rendering import fallback_chain
-
     for loc in fallback_chain(locale):
         if loc in subjects:
             return subjects[loc]
@@ -355,9 +356,6 @@ class Preview:
 
 def preview(session: Session, settings: Settings, renderer, campaign_id: int, email: str) -> Preview:
     """Render the campaign as ``email`` would receive it (their name and locale if known)."""
-    from mailer.addresses import email_hash, normalize
-    from mailer.delivery.compose import render_context
-    from mailer.delivery import personalize as headers
 
     c = get(session, campaign_id)
     address = normalize(email)
@@ -435,22 +433,3 @@ def held_in_running(session: Session) -> list[int]:
 __all__ = ["create", "validate", "send", "pause", "resume", "cancel", "preview", "get", "list_campaigns",
            "next_local_time", "parse_subjects", "parse_send_at", "parse_local_time", "queued_ids"]
 
-
-# -- the embedded demo ----------------------------------------------------------------------------
-#: The newsletter and segment ``mailer demo`` sends.
-DEMO_TEMPLATE, DEMO_SEGMENT = "newsletter/seasonal_sale", "newsletter_all"
-
-
-def demo_campaign(app, run_id: str) -> str:
-    """A step of ``mailer demo``: send the seasonal-sale newsletter to every subscriber."""
-    from mailer.campaigns import fanout as campaign_actors
-
-    renderer = app.renderer
-    with app.session() as s:
-        c = create(s, app.settings, renderer, name=f"Demo newsletter {run_id}", template=DEMO_TEMPLATE,
-                   segment=DEMO_SEGMENT, data=renderer.sample(DEMO_TEMPLATE))
-        send(s, app.settings, c.id)
-        cid = c.id
-    campaign_actors.start(app, cid)
-    return (f"campaign {cid}: {DEMO_TEMPLATE} to segment {DEMO_SEGMENT} "
-            f"(see it with: mailer campaign status {cid})")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
+from mailer import db
 from mailer.cli.base import console, err_console, main, pass_settings
+from mailer.web import apikeys
 
 
 @main.group("apikey")
@@ -18,8 +20,6 @@ def apikey_group() -> None:
 @pass_settings
 def create_cmd(settings, name: str) -> None:
     """Create a key named NAME and print it; it is stored hashed and cannot be shown again."""
-    from mailer import db
-    from mailer.web import apikeys
 
     with db.session_scope(settings) as s:
         created = apikeys.create(s, name)
@@ -32,8 +32,6 @@ def create_cmd(settings, name: str) -> None:
 @pass_settings
 def list_cmd(settings) -> None:
     """Every key: name, prefix, created, revoked."""
-    from mailer import db
-    from mailer.web import apikeys
 
     table = Table("name", "prefix", "created", "revoked")
     with db.session_scope(settings) as s:
@@ -48,8 +46,6 @@ def list_cmd(settings) -> None:
 @pass_settings
 def revoke_cmd(settings, name: str) -> None:
     """Revoke the key named NAME at once."""
-    from mailer import db
-    from mailer.web import apikeys
 
     with db.session_scope(settings) as s:
         apikeys.revoke(s, name)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import click
+
+from mailer.automations import format_duration, load, pending
 from mailer.cli.base import console, main, pass_settings
+from mailer.db import session_scope
 
 
 @main.group("automations")
@@ -15,8 +18,6 @@ def automations_group() -> None:
 @pass_settings
 def list_cmd(settings) -> None:
     """Show every rule: trigger, notice kind, delays, group, what cancels it. Fails on a bad file."""
-    from mailer.automations import format_duration, load
-
     rules = load(settings)
     if not rules:
         console.print(f"no automations in {settings.automations_dir}", markup=False)
@@ -60,8 +61,6 @@ def list_cmd(settings) -> None:
 @pass_settings
 def pending_cmd(settings, email: str | None, limit: int) -> None:
     """Show scheduled automation sends, soonest first."""
-    from mailer.automations import pending
-    from mailer.db import session_scope
 
     with session_scope(settings) as s:
         rows = pending(s, email=email, limit=limit)

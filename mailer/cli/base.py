@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 from rich.console import Console
 
+from mailer.app import App, set_app
 from mailer.errors import MailerError
+from mailer.queue.broker import setup
 from mailer.settings import Settings
 
 err_console = Console(stderr=True)
@@ -67,8 +70,6 @@ def parse_json_or_file(value: str | None, *, option: str) -> dict | None:
     if value is None:
         return None
     if value.startswith("@"):
-        from pathlib import Path
-
         path = Path(value[1:])
         try:
             value = path.read_text(encoding="utf-8")
@@ -79,8 +80,6 @@ def parse_json_or_file(value: str | None, *, option: str) -> dict | None:
 
 def setup_broker(settings: Settings):
     """Connect the actors to the configured broker (Redis, or the stub for stub://)."""
-    from mailer.app import App, set_app
-    from mailer.queue.broker import setup
 
     set_app(App(settings))
     return setup(settings)

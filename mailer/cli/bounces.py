@@ -16,7 +16,9 @@ import sys
 import click
 from rich.table import Table
 
+from mailer.app import App
 from mailer.cli.base import EXIT_REJECTED, console, main, on_terminal, pass_settings
+from mailer.delivery import bounces
 
 
 @main.group("bounces")
@@ -30,8 +32,6 @@ def bounces_group() -> None:
 @pass_settings
 def ingest_cmd(settings, paths: tuple[str, ...], as_json: bool) -> None:
     """Parse DSNs and ARF complaints in PATH... (files or Maildirs) and update suppressions."""
-    from mailer.delivery import bounces
-    from mailer.app import App
 
     app = App(settings)
     try:

@@ -7,9 +7,17 @@ import time
 from pathlib import Path
 
 import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mailer import db, segments
+from mailer.app import App, get_app
+from mailer.campaigns import fanout as campaign_actors
+from mailer.campaigns import reports
+from mailer.campaigns import service as campaigns
 from mailer.cli.base import console, err_console, main, on_terminal, parse_json_or_file, pass_settings, setup_broker
+from mailer.models import Campaign
+from mailer.tracking import service as tracking
 
 #: Seconds between refreshes of ``campaign status --watch``.
 WATCH_INTERVAL_S = 1.0
@@ -33,9 +41,6 @@ def campaign_group() -> None:
 @pass_settings
 def create_cmd(settings, name, template, segment, subject, send_at, local_time, no_tracking, data) -> None:
     """Validate and store a draft campaign; prints its id."""
-    from mailer import db
-    from mailer.campaigns import service as campaigns
-    from mailer.app import App
 
     app = App(settings)
     payload = parse_json_or_file(data, option="--data")
@@ -60,9 +65,6 @@ def create_cmd(settings, name, template, segment, subject, send_at, local_time, 
 @pass_settings
 def preview_cmd(settings, campaign_id: int, email: str, output: Path) -> None:
     """Write the campaign's HTML (and text) as EMAIL would receive it."""
-    from mailer import db
-    from mailer.campaigns import service as campaigns
-    from mailer.app import App
 
     app = App(settings)
     with db.session_scope(settings) as s:
@@ -79,15 +81,11 @@ def preview_cmd(settings, campaign_id: int, email: str, output: Path) -> None:
 @pass_settings
 def send_cmd(settings, campaign_id: int) -> None:
     """Start sending a draft (or schedule it for its --send-at)."""
-    from mailer import db
-    from mailer.campaigns import fanout as campaign_actors
-    from mailer.campaigns import service as campaigns
 
     setup_broker(settings)
     with db.session_scope(settings) as s:
         c = campaigns.send(s, settings, campaign_id)
         status, send_at = c.status.value, c.send_at
-    from mailer.app import get_app
 
     campaign_actors.start(get_app(), campaign_id)
     when = f" for {send_at:%Y-%m-%d %H:%M} UTC" if status == "scheduled" else ""
@@ -100,8 +98,6 @@ def send_cmd(settings, campaign_id: int) -> None:
 @pass_settings
 def pause_cmd(settings, campaign_id: int) -> None:
     """Pause: nothing more goes out until resume."""
-    from mailer import db
-    from mailer.campaigns import service as campaigns
 
     with db.session_scope(settings) as s:
         held = campaigns.pause(s, campaign_id)
@@ -113,10 +109,6 @@ def pause_cmd(settings, campaign_id: int) -> None:
 @pass_settings
 def resume_cmd(settings, campaign_id: int) -> None:
     """Resume a paused campaign."""
-    from mailer import db
-    from mailer.campaigns import fanout as campaign_actors
-    from mailer.campaigns import service as campaigns
-    from mailer.app import get_app
 
     setup_broker(settings)
     with db.session_scope(settings) as s:
@@ -134,8 +126,6 @@ def resume_cmd(settings, campaign_id: int) -> None:
 @pass_settings
 def cancel_cmd(settings, campaign_id: int) -> None:
     """Cancel: no further mail of this campaign is sent."""
-    from mailer import db
-    from mailer.campaigns import service as campaigns
 
     with db.session_scope(settings) as s:
         n = campaigns.cancel(s, campaign_id)
@@ -146,8 +136,6 @@ def cancel_cmd(settings, campaign_id: int) -> None:
 @pass_settings
 def list_cmd(settings) -> None:
     """Every campaign, newest first."""
-    from mailer import db
-    from mailer.campaigns import service as campaigns
 
     table = Table("id", "name", "status", "template", "segment", "options", "created (UTC)")
     with db.session_scope(settings) as s:
@@ -162,11 +150,6 @@ def list_cmd(settings) -> None:
 
 
 def _snapshot(settings, campaign_id: int, estimate: dict):
-    from mailer import db, segments
-    from mailer.campaigns import reports
-    from mailer.models import Campaign
-
-    from mailer.campaigns import service as campaigns
 
     with db.session_scope(settings) as s:
         # The completion rule (fan-out done, nothing pending) is applied on read as well as
@@ -227,8 +210,6 @@ def status_cmd(settings, campaign_id: int, watch: bool, as_json: bool) -> None:
 
 
 def _watch(settings, campaign_id: int, estimate: dict):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     f, total = _snapshot(settings, campaign_id, estimate)
     try:
         if on_terminal():
@@ -265,8 +246,6 @@ def _watch(settings, campaign_id: int, estimate: dict):
 @pass_settings
 def report_cmd(settings, campaign_id: int, output: Path) -> None:
     """A self-contained HTML page: figures, a chart of opens and clicks over time, top links."""
-    from mailer import db
-    from mailer.campaigns import reports
 
     with db.session_scope(settings) as s:
         page = reports.html_report(s, campaign_id)
@@ -298,8 +277,6 @@ def _messages(paths: tuple[Path, ...]):
 @pass_settings
 def ingest_cmd(settings, paths: tuple[Path, ...]) -> None:
     """Apply unsubscribe requests from .eml files or Maildir folders (subject: unsubscribe <token>)."""
-    from mailer import db
-    from mailer.tracking import service as tracking
 
     done = ignored = 0
     for f in _messages(paths):

@@ -7,7 +7,9 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from mailer.automations.codes import import_file, pools, status
 from mailer.cli.base import EXIT_REJECTED, console, main, pass_settings
+from mailer.db import session_scope
 
 #: Bad rows printed at most; the rest are counted.
 MAX_PRINTED_ERRORS = 50
@@ -29,8 +31,6 @@ def import_cmd(settings, pool: str, path: Path) -> None:
     "code,value,expires_at" is optional. All or nothing: any bad row imports nothing
     (exit code 1). Codes already in the pool are kept as they are.
     """
-    from mailer.automations.codes import import_file
-
     result = import_file(settings, pool, path)
     for error in result.errors[:MAX_PRINTED_ERRORS]:
         click.echo(f"{path}: {error}", err=True)
@@ -48,8 +48,6 @@ def import_cmd(settings, pool: str, path: Path) -> None:
 @pass_settings
 def status_cmd(settings, pool: str) -> None:
     """Show how many codes POOL has, has given out, and has left."""
-    from mailer.automations.codes import pools, status
-    from mailer.db import session_scope
 
     with session_scope(settings) as s:
         st = status(s, pool)

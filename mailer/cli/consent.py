@@ -8,9 +8,18 @@ from pathlib import Path
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy import func, select
 
-from mailer.cli.base import EXIT_REJECTED, console, err_console, main, on_terminal, pass_settings
-from mailer.models import ConsentSource, LawfulBasis
+from mailer import db
+from mailer.addresses import email_hash, normalize
+from mailer.app import get_app
+from mailer.cli.base import EXIT_REJECTED, console, err_console, main, on_terminal, pass_settings, setup_broker
+from mailer.consent import export as consent_export
+from mailer.consent import ledger as consent
+from mailer.notices import confirmation
+from mailer.consent import suppressions
+from mailer.consent import verify as consent_verify
+from mailer.models import ConsentEvent, ConsentSource, LawfulBasis
 
 SOURCES = [s.value for s in ConsentSource]
 BASES = [b.value for b in LawfulBasis]
@@ -70,18 +79,12 @@ def consent_group() -> None:
 def grant_cmd(settings, email, purpose, source, basis, double_opt_in, ip, user_agent, form_id, wording_file,
               wording_version, occurred_at) -> None:
     """Record that EMAIL consents to PURPOSE (or start a double opt-in)."""
-    from mailer import db
-    from mailer.consent import ledger as consent
-    from mailer.consent import suppressions
-    from mailer.addresses import email_hash, normalize
 
     proof = consent.Proof(ip=ip, user_agent=user_agent, form_id=form_id, wording=_wording(wording_file),
                           wording_version=wording_version)
     when = _when(occurred_at, "--occurred-at")
     address = normalize(email)
     if double_opt_in:
-        from mailer.app import get_app
-        from mailer.cli.base import setup_broker
 
         if when is not None:
             raise click.BadParameter("a double opt-in happens when the link is followed; drop --occurred-at",
@@ -124,8 +127,6 @@ def grant_cmd(settings, email, purpose, source, basis, double_opt_in, ip, user_a
 @pass_settings
 def withdraw_cmd(settings, email, purpose, source, ip, user_agent, form_id, occurred_at) -> None:
     """Record that EMAIL withdraws consent for PURPOSE (takes effect at once)."""
-    from mailer import db
-    from mailer.consent import ledger as consent
 
     with db.session_scope(settings) as s:
         ev = consent.withdraw(s, settings, email=email, purpose=purpose, source=source,
@@ -142,8 +143,6 @@ def withdraw_cmd(settings, email, purpose, source, ip, user_agent, form_id, occu
 @pass_settings
 def check_cmd(settings, email, purpose, at) -> None:
     """Does EMAIL have consent for PURPOSE now (or --at T)? Exit 0 yes, 1 no."""
-    from mailer import db
-    from mailer.consent import ledger as consent
 
     when = _when(at, "--at")
     with db.session_scope(settings) as s:
@@ -161,8 +160,6 @@ def check_cmd(settings, email, purpose, at) -> None:
 @pass_settings
 def verify_cmd(settings, file: Path | None) -> None:
     """Check the hash chain; names the first edited, removed, inserted or reordered event. Exit 1 if broken."""
-    from mailer import db
-    from mailer.consent import verify as consent_verify
 
     def run(progress=None):
         if file is not None:
@@ -175,10 +172,6 @@ def verify_cmd(settings, file: Path | None) -> None:
             if file is not None:
                 total = None
             else:
-                from sqlalchemy import func, select
-
-                from mailer.models import ConsentEvent
-
                 with db.session_scope(settings) as s:
                     total = s.execute(select(func.count()).select_from(ConsentEvent)).scalar_one()
             task = bar.add_task("events", total=total)
@@ -208,8 +201,6 @@ def verify_cmd(settings, file: Path | None) -> None:
 @pass_settings
 def export_cmd(settings, since, until, purpose, email, fmt, output: Path, no_evidence: bool) -> None:
     """Stream the consent log with its chain hashes; `mailer consent verify --file` re-checks it."""
-    from mailer import db
-    from mailer.consent import export as consent_export
 
     partial = output.with_name(output.name + ".partial")
     try:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-
 from mailer.cli.base import console, main, pass_settings
+from mailer.demo import run
 
 
 @main.command("demo")
 @pass_settings
 def demo_cmd(settings) -> None:
     """Create the database, load sample customers and consent, send notices, print the outbox."""
-    from mailer.demo import run
-
     result = run(settings)
     for note in result.notes:
         console.print(f"  {note}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mailer.cli.base import console, main, pass_settings
+from mailer.message.dkim import Signer, generate_keys
 
 
 @main.group("dkim")
@@ -21,8 +22,6 @@ def dkim_group() -> None:
 @pass_settings
 def keygen_cmd(settings, directory: Path, rsa_bits: int) -> None:
     """Write dkim-rsa.pem and dkim-ed25519.pem (mode 0600) into DIRECTORY; never overwrites."""
-    from mailer.message.dkim import generate_keys
-
     rsa_path, ed_path = generate_keys(directory, rsa_bits=rsa_bits)
     console.print(f"wrote {rsa_path} and {ed_path}")
     console.print("set MAILER_DKIM_DOMAIN, MAILER_DKIM_RSA_KEY and MAILER_DKIM_ED25519_KEY, "
@@ -33,8 +32,6 @@ def keygen_cmd(settings, directory: Path, rsa_bits: int) -> None:
 @pass_settings
 def dns_cmd(settings) -> None:
     """Print the TXT records for the configured keys (MAILER_DKIM_*)."""
-    from mailer.message.dkim import Signer
-
     signer = Signer.from_settings(settings)
     if not signer.enabled:
         raise click.UsageError("no DKIM key configured (MAILER_DKIM_DOMAIN, MAILER_DKIM_RSA_KEY, "

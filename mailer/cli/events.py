@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import click
+
+from mailer.automations.publish import publish
 from mailer.cli.base import EXIT_REJECTED, console, err_console, main, parse_json, pass_settings, setup_broker
 
 
@@ -25,7 +27,6 @@ def publish_cmd(settings, type_: str, data: str, idempotency_key: str | None, as
     automations did. Exit code 1 when an automation failed (e.g. a reward pool ran out)."""
     payload = parse_json(data, option="--data")
     setup_broker(settings)
-    from mailer.automations.publish import publish
 
     result = publish(type_, payload, idempotency_key=idempotency_key, settings=settings)
     if as_json:

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import click
 
+from mailer import db
+from mailer.addresses import normalize
 from mailer.cli.base import console, main, pass_settings
+from mailer.customers import gdpr
 
 
 @main.group("gdpr")
@@ -23,8 +26,6 @@ def gdpr_group() -> None:
 @pass_settings
 def export_cmd(settings, email: str, output: str) -> None:
     """Everything held about EMAIL as one JSON document (GDPR Art. 15 and 20)."""
-    from mailer import db
-    from mailer.customers import gdpr
 
     with db.session_scope(settings) as s:
         doc = gdpr.export(s, settings, email)
@@ -47,9 +48,6 @@ def export_cmd(settings, email: str, output: str) -> None:
 @pass_settings
 def erase_cmd(settings, email: str, yes: bool) -> None:
     """Erase EMAIL's personal data; a salted-hash tombstone keeps the address suppressed (Art. 17)."""
-    from mailer import db
-    from mailer.customers import gdpr
-    from mailer.addresses import normalize
 
     address = normalize(email)
     if not yes and sys.stdin.isatty():
@@ -67,8 +65,6 @@ def erase_cmd(settings, email: str, yes: bool) -> None:
 @pass_settings
 def purge_cmd(settings, days: int | None) -> None:
     """Retention: delete old tracking events."""
-    from mailer import db
-    from mailer.customers import gdpr
 
     with db.session_scope(settings) as s:
         n = gdpr.purge_tracking(s, settings, days)

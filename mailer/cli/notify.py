@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mailer.cli.base import console, main, parse_json, pass_settings, setup_broker
+from mailer.notices.trigger import notify
 
 
 @main.command("notify")
@@ -18,7 +19,6 @@ def notify_cmd(settings, kind: str, to: str, data: str, locale: str | None, idem
     """Enqueue notice KIND (e.g. order_delayed) for one recipient; prints the delivery id."""
     payload = parse_json(data, option="--data")
     setup_broker(settings)
-    from mailer.notices.trigger import notify
 
     delivery_id = notify(kind, to=to, data=payload, locale=locale, idempotency_key=idempotency_key,
                          settings=settings)

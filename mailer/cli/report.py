@@ -8,6 +8,8 @@ from datetime import datetime, timedelta, timezone
 import click
 from rich.table import Table
 
+from mailer import db
+from mailer.campaigns import reports
 from mailer.cli.base import console, main, pass_settings
 
 
@@ -37,8 +39,6 @@ def parse_since(value: str | None) -> datetime | None:
 @pass_settings
 def csat_cmd(settings, since: str | None) -> None:
     """CSAT score (share of 4-5 ratings), average and count; one rating per order, last click wins."""
-    from mailer import db
-    from mailer.campaigns import reports
 
     with db.session_scope(settings) as s:
         r = reports.csat(s, since=parse_since(since))

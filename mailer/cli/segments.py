@@ -7,6 +7,7 @@ import time
 import click
 from rich.table import Table
 
+from mailer import db, segments
 from mailer.cli.base import EXIT_REJECTED, console, err_console, main, pass_settings
 from mailer.errors import SegmentError
 
@@ -20,8 +21,6 @@ def segments_group() -> None:
 @pass_settings
 def list_cmd(settings) -> None:
     """Every segment with its consent purpose; invalid files are reported (exit 1)."""
-    from mailer import segments
-
     table = Table("segment", "purpose", "description", "file")
     bad = 0
     for path in segments.segment_files(settings):
@@ -44,8 +43,6 @@ def list_cmd(settings) -> None:
 @pass_settings
 def show_cmd(settings, name: str, do_count: bool, sample: int | None) -> None:
     """Show a segment's definition; --count and --sample resolve it against the database."""
-    from mailer import db, segments
-
     seg = segments.load(settings, name)
     console.print(f"[bold]{seg.name}[/]: {seg.description}" if seg.description else f"[bold]{seg.name}[/]")
     console.print(f"file:      {seg.path}", highlight=False, soft_wrap=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
+from mailer.app import get_app
 from mailer.cli.base import main, pass_settings, setup_broker
+from mailer.web.app import create_app
 
 
 @main.command("serve")
@@ -27,7 +29,5 @@ def serve_cmd(settings, host: str | None, port: int | None, workers: int, proxy_
                     proxy_headers=proxy_headers, log_level="info")
         return
     setup_broker(settings)
-    from mailer.app import get_app
-    from mailer.web.app import create_app
 
     uvicorn.run(create_app(app=get_app()), host=host, port=port, proxy_headers=proxy_headers, log_level="info")

@@ -12,7 +12,9 @@ import re
 from pathlib import Path
 
 import click
+
 from mailer.cli.base import EXIT_REJECTED, console, err_console, main, parse_json_or_file, pass_settings
+from mailer.rendering import Renderer, check_templates, preview_context
 
 
 @main.group("templates")
@@ -26,8 +28,6 @@ def templates_group() -> None:
 @pass_settings
 def check_cmd(settings, kinds: tuple[str, ...], locales: tuple[str, ...]) -> None:
     """Render every kind x locale with its sample data; exit 1 and list every problem."""
-    from mailer.rendering import Renderer, check_templates
-
     renderer = Renderer(settings)
     problems = check_templates(renderer, kinds or None, locales or None)
     checked_kinds = list(kinds) or renderer.kinds()
@@ -69,8 +69,6 @@ def _short(path: str | None, settings) -> str:
 def preview_cmd(settings, kind: str, locale: str, data: str | None, output: Path | None, currency: str | None,
                 first_name: str | None, timezone: str | None) -> None:
     """Render KIND for one locale and write the HTML and the plain-text part."""
-    from mailer.rendering import Renderer, preview_context
-
     renderer = Renderer(settings)
     payload = parse_json_or_file(data, option="--data")
     if payload is None:

@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from mailer.queue.broker import QUEUES
 from mailer.cli.base import main, pass_settings
+from mailer.queue.broker import QUEUES
 
 
 @main.command("worker", context_settings={"ignore_unknown_options": True})

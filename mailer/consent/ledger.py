@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from mailer import tokens
 from mailer.addresses import email_hash, normalize
 from mailer.clock import utcnow
+from mailer.customers.records import get_or_create
 from mailer.errors import ConsentError, NotFound, TokenError
 from mailer.models import (
     ConsentAction,
@@ -242,8 +243,6 @@ def _customer(session: Session, settings: Settings, customer: Customer | None, e
     if customer is not None:
         return customer
     if create:
-        from mailer.customers.records import get_or_create
-
         return get_or_create(session, settings, email)
     return customer_by_email(session, email)
 

@@ -29,8 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailer.consent import ledger as consent
-from mailer.consent.export import (CSV_COLUMNS, FORMAT_NAME, STREAM_ROWS, _event_columns, _record, _serialize,
-                                   _stream)
+from mailer.consent.export import CSV_COLUMNS, FORMAT_NAME, STREAM_ROWS, _event_columns, _record, _serialize, _stream
 from mailer.errors import ChainBroken
 from mailer.models import ConsentEvent, ConsentRequest, ConsentState
 from mailer.settings import Settings

@@ -25,10 +25,10 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from mailer.consent import ledger as consent
-from mailer.consent import suppressions
 from mailer.addresses import ascii_form, email_hash, normalize
 from mailer.clock import utcnow
+from mailer.consent import ledger as consent
+from mailer.consent import suppressions
 from mailer.errors import NotFound, ValidationError
 from mailer.models import (
     Bounce,

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from mailer.addresses import email_hash, normalize
 from mailer.clock import utcnow
+from mailer.db import all_or_nothing
 from mailer.errors import InvalidAddress, NotFound, ValidationError
 from mailer.models import Customer, CustomerTag, SpendTier
 from mailer.settings import Settings
@@ -246,8 +247,6 @@ def import_csv(session: Session, settings: Settings, path: Path, *, strict: bool
 def import_file(settings: Settings, path: Path, *, strict: bool = False,
                 progress: Callable[[int], None] | None = None) -> ImportResult:
     """Import in one transaction; roll back everything in strict mode when a row is bad."""
-    from mailer.db import all_or_nothing
-
     return all_or_nothing(settings, lambda session: import_csv(session, settings, path, strict=strict,
                                                                 progress=progress),
                           keep=lambda result: not result.strict_aborted)

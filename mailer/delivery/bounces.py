@@ -41,9 +41,9 @@ from typing import Iterable, Iterator
 from sqlalchemy import select, update
 
 from mailer import metrics
+from mailer.addresses import email_hash
 from mailer.consent import ledger as consent
 from mailer.consent import suppressions
-from mailer.addresses import email_hash
 from mailer.delivery.process import record_bounce, sender_refusal
 from mailer.errors import ConsentError, ValidationError
 from mailer.models import (

@@ -13,6 +13,7 @@ from email.utils import parseaddr
 
 from mailer.addresses import ascii_form
 from mailer.clock import utcnow
+from mailer.delivery import personalize as header_hooks
 from mailer.message.mime import MailParts, build
 from mailer.models import Customer, Delivery
 from mailer.rendering import Rendered
@@ -74,7 +75,6 @@ def compose(settings: Settings, renderer, signer, delivery: Delivery, customer: 
         utf8 = needs_smtputf8(settings, delivery.to_address)
     context = render_context(settings, delivery, customer)
     extra_headers: list[tuple[str, str]] = [("X-Mailer-Delivery", str(delivery.id))]
-    from mailer.delivery import personalize as header_hooks
 
     context, extra_headers = header_hooks.decorate(settings, delivery, customer, context, extra_headers)
     # Campaign mail renders with the campaign's data, subjects and compile cache key

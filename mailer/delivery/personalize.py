@@ -25,10 +25,12 @@ import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from mailer.tracking import service as tracking
-from mailer.models import Customer, Delivery
+from mailer.consent import ledger as consent
+from mailer.db import session_scope
+from mailer.models import Campaign, Customer, Delivery
 from mailer.rendering import TRANSACTIONAL
 from mailer.settings import Settings
+from mailer.tracking import service as tracking
 
 #: The header value RFC 8058 requires for one-click unsubscribe.
 ONE_CLICK = "List-Unsubscribe=One-Click"
@@ -47,8 +49,6 @@ class CampaignOptions:
 @lru_cache(maxsize=512)
 def campaign_options(database_url: str, campaign_id: int) -> CampaignOptions | None:
     """A campaign's tracking flag and subjects, read once per process (they never change)."""
-    from mailer.db import session_scope
-    from mailer.models import Campaign
 
     with session_scope(database_url) as s:
         c = s.get(Campaign, campaign_id)
@@ -78,8 +78,6 @@ def _tracking_allowed(settings: Settings, delivery: Delivery, customer: Customer
         return True
     if customer is None or customer.id is None:
         return False
-    from mailer.consent import ledger as consent
-    from mailer.db import session_scope
 
     with session_scope(settings) as s:
         return consent.has_consent(s, settings, customer.id, "tracking")

@@ -57,10 +57,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import lazyload
 
 from mailer import metrics
-from mailer.consent import ledger as consent
-from mailer.transport import ratelimit
-from mailer.consent import suppressions
 from mailer.clock import utcnow
+from mailer.consent import ledger as consent
+from mailer.consent import suppressions
 from mailer.delivery.compose import compose
 from mailer.errors import (
     DeliveryError,
@@ -84,6 +83,7 @@ from mailer.models import (
     TrackingKind,
 )
 from mailer.rendering import TRANSACTIONAL
+from mailer.transport import ratelimit
 from mailer.transport.smtp_codes import SENDER
 
 log = logging.getLogger("mailer.delivery")

@@ -13,25 +13,17 @@ automations) is :func:`mailer.automations.publish.publish`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import delete, insert, select
-from sqlalchemy.exc import IntegrityError
-
 from mailer.addresses import normalize
-from mailer.app import App, get_app
-from mailer.clock import utcnow
-from mailer.errors import InvalidAddress, InvalidEvent, ValidationError
-from mailer.models import Customer, CustomerTag, ShopEvent
-from mailer.settings import Settings
+from mailer.errors import InvalidAddress, InvalidEvent
+from mailer.models import Customer, ShopEvent
 
 log = logging.getLogger("mailer.events")
 

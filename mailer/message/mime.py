@@ -27,8 +27,8 @@ import base64
 import hashlib
 import re
 from dataclasses import dataclass, field
-from email.utils import format_datetime
 from datetime import datetime
+from email.utils import format_datetime
 
 from mailer.errors import HeaderInjection
 

@@ -36,13 +36,19 @@ Modules (one concept each; this ``__init__`` re-exports the public names, so
 """
 
 from mailer.i18n import fallback_chain
-from mailer.rendering.check import (PREVIEW_NAMES, PREVIEW_PREFERENCES, PREVIEW_UNSUBSCRIBE, Problem, check_templates,
-                                    preview_context)
+from mailer.rendering.check import (
+                                    PREVIEW_NAMES,
+                                    PREVIEW_PREFERENCES,
+                                    PREVIEW_UNSUBSCRIBE,
+                                    Problem,
+                                    check_templates,
+                                    preview_context,
+)
 from mailer.rendering.kinds import FIELD_TYPES, SUPPORTED_LOCALES, TRANSACTIONAL, FieldSpec, KindSpec
-from mailer.rendering.layouts import LAYOUTS, STRINGS_FILE
+
 # Private names re-exported for bench/campaign_throughput.py, which resolves a layout by hand
 # (``rendering._MarkedLoader`` ...); new code should import them from mailer.rendering.layouts.
-from mailer.rendering.layouts import _compile_env, _LineMap, _MarkedLoader  # noqa: F401
+from mailer.rendering.layouts import LAYOUTS, STRINGS_FILE, _compile_env, _LineMap, _MarkedLoader  # noqa: F401
 from mailer.rendering.links import UNTRACKED
 from mailer.rendering.mjml_check import CONTAINERS, ENDING_TAGS, PARENTS
 from mailer.rendering.renderer import COMPILE_CACHE_ENTRIES, CONTEXT_KEYS, Compiled, Rendered, Renderer

@@ -14,14 +14,13 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from mailer.rendering import i18n
 from mailer.errors import TemplateError, UnknownKind, ValidationError
 from mailer.i18n import fallback_chain
+from mailer.rendering import i18n
 from mailer.rendering.kinds import SUPPORTED_LOCALES, KindSpec
 from mailer.rendering.layouts import LAYOUTS, STRINGS_FILE
 from mailer.rendering.renderer import Renderer
 from mailer.settings import Settings
-
 
 # =========================================================================================
 # Checking every template (``mailer templates check``)

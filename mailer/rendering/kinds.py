@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailer.rendering import i18n
 from mailer.errors import MissingField, TemplateError, ValidationError
+from mailer.rendering import i18n
 
 TRANSACTIONAL = "transactional"
 #: The locales every kind is written in (``mailer templates check`` reports gaps).

@@ -32,18 +32,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+import css_inline
 import jinja2
 import jinja2.meta
 import mjml
 
-from mailer.rendering import i18n
 from mailer.errors import MissingField, TemplateError, UnknownKind, ValidationError
 from mailer.i18n import fallback_chain
+from mailer.rendering import i18n
 from mailer.rendering.kinds import KindSpec, _check_value, _parse_kind
 from mailer.rendering.layouts import LAYOUTS, STRINGS_FILE, _compile_env, _LineMap, _MarkedLoader, _template_frame_line
 from mailer.rendering.links import _track, _track_links
-from mailer.rendering.mjml_check import (_JINJA, _PH, _PH_COMMENT, _BalanceChecker, _check_structure, _nearest_token,
-                                         _statement_word, _Token, _unmask)
+from mailer.rendering.mjml_check import (
+    _JINJA,
+    _PH,
+    _PH_COMMENT,
+    _BalanceChecker,
+    _check_structure,
+    _nearest_token,
+    _statement_word,
+    _Token,
+    _unmask,
+)
 from mailer.rendering.text import _one_line, html_to_text, tidy_text
 from mailer.settings import Settings
 
@@ -324,8 +334,6 @@ class Renderer:
         except Exception as exc:  # noqa: BLE001 - MRML raises plain ValueErrors
             raise err(f"MJML does not compile: {exc}") from exc
         if inline_css:
-            import css_inline
-
             try:
                 # Only the mj-style inline="inline" CSS is inlined; other <style> tags stay as they are.
                 # (css-inline 0.24 inlines nothing when keep_at_rules is combined with inline_style_tags=False.)

@@ -13,7 +13,6 @@ from html.parser import HTMLParser
 from mailer.message.mime import LINE_BREAK_CHARS
 from mailer.rendering.mjml_check import _PH, _VOID
 
-
 # =========================================================================================
 # Plain text
 # =========================================================================================

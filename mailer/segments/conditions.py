@@ -14,9 +14,9 @@ from typing import Any
 
 from sqlalchemy import and_, exists, func, not_, or_, select, true
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
-from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
 from mailer.errors import SegmentError

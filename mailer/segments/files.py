@@ -31,6 +31,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from mailer.consent.ledger import purpose_ok
 from mailer.errors import ConsentError, SegmentError
 from mailer.models import SpendTier
 from mailer.settings import Settings
@@ -120,7 +121,6 @@ def parse(data: dict, *, settings: Settings, name: str, path: Path | None = None
     if not isinstance(purpose, str) or not purpose:
         raise _fail(path, "purpose", f"required: the consent purpose recipients must have "
                                      f"({', '.join(settings.purposes)} or restock:<sku>)")
-    from mailer.consent.ledger import purpose_ok
 
     try:
         purpose_ok(settings, purpose)

@@ -33,6 +33,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email import message_from_bytes, policy
 from urllib.parse import quote, urlsplit
 
 from sqlalchemy import select
@@ -41,12 +42,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mailer import tokens
-from mailer.consent import ledger as consent
 from mailer.clock import utcnow
+from mailer.consent import ledger as consent
 from mailer.errors import TokenError
 from mailer.models import (
     ConsentAction,
     ConsentSource,
+    ConsentState,
     CsatRating,
     Customer,
     Delivery,
@@ -299,8 +301,6 @@ def unsubscribe(session: Session, settings: Settings, link: Link, *, ip: str | N
 
 
 def _currently_granted(session: Session, customer_id: int, purpose: str) -> bool:
-    from mailer.models import ConsentState
-
     # The current-state row, one primary-key lookup; regardless of basis (soft opt-in too).
     return bool(session.execute(select(ConsentState.granted).where(ConsentState.customer_id == customer_id,
                                                                    ConsentState.purpose == purpose))
@@ -309,8 +309,6 @@ def _currently_granted(session: Session, customer_id: int, purpose: str) -> bool
 
 def current_preferences(session: Session, settings: Settings, customer: Customer) -> dict[str, bool]:
     """Purpose -> granted now, for the configured purposes plus the customer's restock requests."""
-    from mailer.models import ConsentState
-
     # All state rows of one customer (primary key prefix): a handful at most.
     rows = dict(session.execute(select(ConsentState.purpose, ConsentState.granted)
                                 .where(ConsentState.customer_id == customer.id)).all())
@@ -386,8 +384,6 @@ def unsubscribe_by_mail(session: Session, settings: Settings, raw: bytes) -> Uns
 
     Returns None when the message carries no valid token (it changes nothing then).
     """
-    from email import message_from_bytes, policy
-
     try:
         msg = message_from_bytes(raw, policy=policy.default)
         subject = str(msg.get("Subject", ""))

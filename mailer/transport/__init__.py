@@ -16,48 +16,26 @@ Relays are combined (weights, failover, rate limits) by :mod:`mailer.transport.p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
 from urllib.parse import urlsplit
 
 from mailer.errors import ConfigurationError
+from mailer.transport.base import SendResult, Transport
+from mailer.transport.memory import MemoryTransport
+from mailer.transport.outbox import OutboxTransport
+from mailer.transport.smtp import SMTPTransport
 
 
-@dataclass(frozen=True)
-class SendResult:
-    """What the relay answered when it accepted the message."""
-
-    code: int
-    reply: str
-    relay: str
-
-
-class Transport(Protocol):
-    """Send one finished message to one recipient."""
-
-    name: str
-
-    def send(self, *, envelope_from: str, recipient: str, message: bytes) -> SendResult: ...
-
-    def supports_smtputf8(self) -> bool: ...
-
-    def close(self) -> None: ...
+__all__ = ["SendResult", "Transport", "open_transport"]
 
 
 def open_transport(url: str) -> Transport:
     """Build the transport a URL names (see the module docstring for the schemes)."""
     scheme = urlsplit(url).scheme
     if scheme in ("smtp", "smtps"):
-        from mailer.transport.smtp import SMTPTransport
-
         return SMTPTransport(url)
     if scheme == "outbox":
-        from mailer.transport.outbox import OutboxTransport
-
         return OutboxTransport(url)
     if scheme == "memory":
-        from mailer.transport.memory import MemoryTransport
-
         return MemoryTransport(url)
     raise ConfigurationError(f"MAILER_SMTP_URL: unknown transport scheme {scheme!r} in {url!r} "
                              "(use smtp://, smtps://, outbox:// or memory://)")

@@ -10,11 +10,10 @@ import threading
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-
 from urllib.parse import parse_qs, urlsplit
 
 from mailer.errors import SMTPUTF8Unsupported
-from mailer.transport import SendResult
+from mailer.transport.base import SendResult
 
 _boxes: dict[str, list["Sent"]] = {}
 _lock = threading.Lock()

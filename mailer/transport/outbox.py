@@ -14,7 +14,7 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 from mailer.clock import utcnow
-from mailer.transport import SendResult
+from mailer.transport.base import SendResult
 
 _lock = threading.Lock()
 

@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from mailer.transport import ratelimit
 from mailer.errors import ConfigurationError, SMTPUTF8Unsupported, TransientDeliveryError
 from mailer.settings import Settings
-from mailer.transport import SendResult, Transport, open_transport
+from mailer.transport import open_transport, ratelimit
+from mailer.transport.base import SendResult, Transport
 
 #: Seconds a relay that failed to connect is skipped before it is tried again.
 RELAY_COOLDOWN_S = 30.0

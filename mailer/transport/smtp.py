@@ -24,8 +24,8 @@ from mailer.errors import (
     SMTPUTF8Unsupported,
     TransientDeliveryError,
 )
+from mailer.transport.base import SendResult
 from mailer.transport.smtp_codes import SENDER, error_for_reply
-from mailer.transport import SendResult
 
 #: Seconds to wait on the relay before calling the attempt failed.
 DEFAULT_TIMEOUT_S = 30.0

@@ -35,15 +35,10 @@ from fastapi.exceptions import HTTPException
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
-from mailer.web import apikeys
-from mailer.web import idempotency
-from mailer.notices import trigger as notices
-from mailer.tracking import service as tracking
-from mailer.web.pages import recipient as web_pages
-from mailer.app import App
+from mailer.app import App, get_app, set_app
 from mailer.errors import (
     ConsentError,
     InvalidState,
@@ -53,8 +48,13 @@ from mailer.errors import (
     TokenError,
     ValidationError,
 )
-from mailer.models import ApiKey, Customer, Delivery
+from mailer.models import ApiKey, CsatRating, Customer
+from mailer.notices import trigger as notices
+from mailer.queue.broker import setup
 from mailer.settings import Settings
+from mailer.tracking import service as tracking
+from mailer.web import apikeys, idempotency
+from mailer.web.pages import recipient as web_pages
 
 log = logging.getLogger("mailer.web")
 
@@ -320,10 +320,6 @@ def csat_rate(token: str, request: Request) -> HTMLResponse:
 
 
 def _existing_rating(s, link: tracking.Link) -> int | None:
-    from sqlalchemy import select
-
-    from mailer.models import CsatRating
-
     return s.execute(select(CsatRating.rating).where(CsatRating.order_number == link.order_number)
                      ).scalar_one_or_none()
 
@@ -430,8 +426,6 @@ def healthz(request: Request) -> dict:
 
 def app_from_env() -> FastAPI:
     """uvicorn factory (``mailer serve --workers N``): settings from MAILER_*, broker connected."""
-    from mailer.app import get_app, set_app
-    from mailer.queue.broker import setup
 
     settings = Settings.from_env()
     set_app(App(settings))

@@ -5,7 +5,6 @@
 * ``send_one_bulk(delivery_id)``     bulk queue, one delivery (retries out of a batch).
 * ``sweep()``                        default queue: re-enqueue deliveries whose message was
                                      lost (broker restart, crash) and wake due scheduled ones.
-
 * ``fan_out(campaign_id)``           bulk queue, a campaign's segment into deliveries.
 
 Services never import this module: they send by actor name through
@@ -28,6 +27,7 @@ from mailer.campaigns import fanout
 from mailer.campaigns.fanout import sweep_hook as campaigns_sweep_hook
 from mailer.delivery import process as delivery_service
 from mailer.delivery import sweeper
+from mailer.queue import broker as queue_broker
 from mailer.queue import port
 from mailer.queue.port import QUEUE_BULK, QUEUE_DEFAULT, QUEUE_TRANSACTIONAL
 
@@ -89,23 +89,27 @@ def send_batch(delivery_ids: list[int]) -> None:
         except Exception as exc:  # noqa: BLE001 - isolate one recipient's failure from the batch
             if not delivery_service.is_retryable(exc):
                 raise
-            send_one_bulk.send_with_options(args=(delivery_id,), delay=app.settings.retry_min_backoff_ms)
+            port.send(port.SEND_ONE_BULK, delivery_id, delay_ms=app.settings.retry_min_backoff_ms)
+
+
+@dramatiq.actor(queue_name=QUEUE_BULK, priority=PRIORITY_BULK, max_retries=20, min_backoff=1000,
+                max_backoff=60_000)
+def fan_out(campaign_id: int) -> None:
+    """Fan out up to ``fanout.BATCHES_PER_MESSAGE`` batches, then continue in a new message."""
+    if fanout.fan_out_step(get_app(), campaign_id):
+        port.send(port.FAN_OUT, campaign_id)
+
+
+#: The extra sweeps every worker runs after the deliveries' (see mailer.delivery.sweeper.SweepHook).
+SWEEP_HOOKS: tuple[sweeper.SweepHook, ...] = (campaigns_sweep_hook, release_codes_hook)
 
 
 @dramatiq.actor(queue_name=QUEUE_DEFAULT, max_retries=0)
 def sweep() -> None:
-    from mailer.delivery import sweeper
-
-    sweeper.sweep(get_app())
+    sweeper.sweep(get_app(), SWEEP_HOOKS)
 
 
-ACTORS = [send_notice, send_one_bulk, send_batch, sweep]
-
-
-def register(actor: dramatiq.Actor) -> dramatiq.Actor:
-    """Other modules' actors join :data:`ACTORS` so :func:`bind` moves them too."""
-    ACTORS.append(actor)
-    return actor
+ACTORS = (send_notice, send_one_bulk, send_batch, fan_out, sweep)
 
 
 def bind(broker: dramatiq.Broker) -> None:
@@ -115,5 +119,8 @@ def bind(broker: dramatiq.Broker) -> None:
         broker.declare_actor(actor)
 
 
-from mailer.campaigns import fanout as campaign_actors  # noqa: E402,F401  (campaign fan-out actor and sweeper hook)
-from mailer import automations  # noqa: E402,F401  (automations' sweeper hook: unsent reward codes go back)
+def setup(settings, **broker_options) -> dramatiq.Broker:
+    """For a process that consumes in-process (the demo, tests): set up the broker and declare the actors on it."""
+    broker = queue_broker.setup(settings, **broker_options)
+    bind(broker)
+    return broker

@@ -6,9 +6,8 @@ Revision ID: 0001
 Revises: 
 Create Date: 2026-11-23 00:20:27.626656
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0001'
 down_revision = None

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mailer.automations.publish import publish
 from mailer.events import schemas as events
-from mailer.web import idempotency
 from mailer.models import ApiKey
+from mailer.web import idempotency
 from mailer.web.app import get_mailer, idempotent, require_api_key
 
 router = APIRouter()

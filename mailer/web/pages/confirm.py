@@ -17,12 +17,12 @@ from html import escape
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from mailer.consent import ledger as consent
-from mailer.web.pages import recipient as web_pages
 from mailer.app import App, get_app
+from mailer.consent import ledger as consent
 from mailer.errors import ConsentError, TokenError
 from mailer.models import Customer
 from mailer.rendering import fallback_chain
+from mailer.web.pages import recipient as web_pages
 
 log = logging.getLogger("mailer.web_consent")
 
