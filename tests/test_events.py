@@ -14,7 +14,8 @@ from mailer import db
 from mailer.app import App, set_app
 from mailer.cli import main
 from mailer.errors import InvalidEvent, MissingField, ValidationError
-from mailer.events.schemas import EVENT_TYPES, SCHEMAS, publish, validate
+from mailer.events.schemas import EVENT_TYPES, SCHEMAS, validate
+from mailer.automations.publish import publish
 from mailer.models import Customer, Delivery, DeliveryStatus, ShopEvent
 from mailer.settings import PROJECT_ROOT
 from tests.conftest import make_settings

@@ -16,7 +16,7 @@ from mailer.app import get_app
 from mailer.cli.base import EXIT_REJECTED, console, err_console, main, on_terminal, pass_settings, setup_broker
 from mailer.consent import export as consent_export
 from mailer.consent import ledger as consent
-from mailer.notices import confirmation
+from mailer.notices.trigger import confirmation
 from mailer.consent import suppressions
 from mailer.consent import verify as consent_verify
 from mailer.models import ConsentEvent, ConsentSource, LawfulBasis
