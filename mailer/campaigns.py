@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
 from mailer.errors import InvalidState, NotFound, TemplateError, ValidationError
+from mailer.i18n import fallback_chain
 from mailer.models import (
     Campaign,
     CampaignStatus,
@@ -164,6 +165,9 @@ def validate(session: Session, settings: Settings, renderer, *, template: str, s
                               f"{template} is a {spec.purpose!r} mail; pick a segment for {spec.purpose!r}",
                               field="segment")
     renderer.validate(template, data)
+    # Subjects are data, never code: the restricted, sandboxed grammar, checked before anything renders.
+    for loc, text in subjects.items():
+        renderer.check_text(template, text, field=subject_field(loc))
     used: dict[str, list[str]] = {}
     for loc in _segment_locales(session, segment.purpose, settings):
         resolved = renderer.resolve_locale(template, loc)
@@ -182,9 +186,12 @@ def validate(session: Session, settings: Settings, renderer, *, template: str, s
     return segment.purpose, sorted(used)
 
 
-def _subject_for(subjects: dict[str, str], locale: str) -> str | None:
-    from mailer.rendering import fallback_chain
+def subject_field(locale_key: str) -> str:
+    """How errors name a campaign subject: ``subject[pl]``, or ``subject[*]`` for every locale."""
+    return f"subject[{locale_key}]"
 
+
+def _subject_for(subjects: dict[str, str], locale: str) -> str | None:
     for loc in fallback_chain(locale):
         if loc in subjects:
             return subjects[loc]

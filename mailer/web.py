@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from mailer import apikeys, idempotency, notices, tracking, web_pages
+from mailer import apikeys, i18n, idempotency, notices, tracking, web_pages
 from mailer.app import App
 from mailer.errors import (
     ConsentError,
@@ -345,9 +345,6 @@ def csat_comment(token: str, request: Request,
 
 
 # -- notice API -------------------------------------------------------------------------------
-_LOCALE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8}){0,3}$"
-
-
 class NoticeIn(BaseModel):
     """A notice to send: the kind, one recipient (address or customer id), the template data."""
 
@@ -357,7 +354,8 @@ class NoticeIn(BaseModel):
     email: str | None = Field(default=None, max_length=320, description="Recipient address.")
     customer_id: int | None = Field(default=None, ge=1, le=2**63 - 1, description="Or a known customer's id.")
     data: dict[str, Any] = Field(default_factory=dict, description="Template data (see the kind's schema).")
-    locale: str | None = Field(default=None, max_length=20, pattern=_LOCALE_PATTERN,
+    # The rule of mailer.i18n.is_valid_locale (the CLI's --locale checks the same one).
+    locale: str | None = Field(default=None, max_length=i18n.MAX_LOCALE_CHARS, pattern=i18n.LOCALE_PATTERN,
                                description="Override the customer's locale, e.g. pl or zh-TW.")
 
 

@@ -11,6 +11,7 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from mailer.errors import MailerError
 from mailer.settings import Settings
@@ -30,7 +31,9 @@ class MailerGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MailerError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            # The message is escaped: "subject[pl]" or user text must not be read as Rich markup.
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True,
+                              soft_wrap=True)
             sys.exit(EXIT_ERROR)
 
 
@@ -47,6 +50,20 @@ def settings_of(ctx: click.Context) -> Settings:
 
 
 pass_settings = click.make_pass_decorator(Settings)
+
+
+def check_locale(ctx: click.Context, param: click.Parameter, value):
+    """Click callback for every ``--locale``: the API's rule (:func:`mailer.i18n.is_valid_locale`).
+
+    A bad value is a usage error naming the option (exit code 2) before anything runs.
+    """
+    from mailer.i18n import MAX_LOCALE_CHARS, is_valid_locale
+
+    for v in (value if isinstance(value, tuple) else (value,)):
+        if v is not None and not is_valid_locale(v):
+            raise click.BadParameter(f"{v[:40]!r} is not a locale (e.g. pl, zh-TW, pt_BR; language of 2-3 letters, "
+                                     f"at most {MAX_LOCALE_CHARS} characters)", ctx=ctx, param=param)
+    return value
 
 
 def parse_json(value: str | None, *, option: str) -> dict:
