@@ -60,6 +60,7 @@ from mailer.automations.rules import (
     format_duration,
     get,
     load,
+    load_each,
     parse_duration,
     parse_rule,
 )
@@ -75,7 +76,7 @@ from mailer.automations.hooks import RELEASE_INTERVAL_S, release_codes_hook
 __all__ = [
     # rules
     "ADD_DATA", "AUDIENCES", "EVENT_OPS", "RULE_KEYS", "Merge", "Repeat", "Reward", "Rule", "Waves",
-    "format_duration", "get", "load", "parse_duration", "parse_rule",
+    "format_duration", "get", "load", "load_each", "parse_duration", "parse_rule",
     # conditions
     "customer_matches", "event_matches", "out_of_quiet_hours", "parse_quiet_hours",
     # sends
