@@ -41,6 +41,9 @@ class Settings:
     smtp_url: str = "outbox://outbox"
     #: Further relays (comma separated ``url#weight``) used with weights and failover.
     smtp_relays: str = ""
+    #: Absolute base URL of the mails' images (product pictures): ``https://cdn.example.com/mail``;
+    #: empty = the packaged sample images (the outbox copies them next to its mails).
+    asset_base_url: str = ""
     #: ``From`` of every mail.
     from_address: str = "Northwind Shop <shop@example.com>"
     #: Envelope sender domain for VERP return paths (``bounces+<delivery id>@domain``).

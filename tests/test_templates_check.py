@@ -145,7 +145,7 @@ def test_cli_preview_writes_html_and_text_with_locale_fallback(tmp_path):
     html = out.read_text(encoding="utf-8")
     text = out.with_suffix(".txt").read_text(encoding="utf-8")
     assert "您的訂單將延遲送達" in html and html.startswith("<!")
-    assert text.startswith("Subject: 您的訂單 NW-10482") and "https://shop.example.com/orders/NW-10482" in text
+    assert text.startswith("Subject: [Northwind Shop] 您的訂單 NW-10482") and "https://shop.example.com/orders/NW-10482" in text
 
 
 def test_cli_preview_takes_data_and_names_a_missing_field(tmp_path):

@@ -37,7 +37,7 @@ import jinja2.meta
 from jinja2.exceptions import SecurityError
 import mjml
 
-from mailer import i18n
+from mailer import assets, i18n
 from mailer.errors import MissingField, TemplateError, TemplateTextError, UnknownKind, ValidationError
 from mailer.i18n import fallback_chain
 from mailer.rendering.kinds import KindSpec, _check_value, _parse_kind
@@ -149,7 +149,10 @@ class Renderer:
                                 template=str(path), line=exc.lineno) from exc
         if not isinstance(data, dict):
             raise TemplateError("sample.json must hold a JSON object", template=str(path))
-        return data
+        try:
+            return assets.resolve(data, self.settings)  # "asset:<file>" -> MAILER_ASSET_BASE_URL/<file>
+        except ValueError as exc:
+            raise TemplateError(f"sample.json: {exc}", template=str(path)) from exc
 
     def validate(self, kind: str, data: dict[str, Any]) -> KindSpec:
         """Raise :class:`MissingField` naming the first absent required field, or
