@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from fastapi import Request
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailer.errors import ConfigurationError
@@ -69,7 +70,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise _BodyTooLarge()
+                    raise _BodyTooLarge(self.max_body_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -85,8 +86,11 @@ class BodyLimitMiddleware:
                 await _too_large(send, f"request body larger than {self.max_body_bytes} bytes")
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """Raised from ``receive`` mid-body; FastAPI re-raises HTTPExceptions, so this becomes a 413."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body larger than {limit} bytes")
 
 
 async def _too_large(send: Send, message: str, status: int = 413) -> None:
