@@ -1,6 +1,7 @@
 """Triggering a notice: validate, store one delivery per idempotency key, enqueue.
 
-Everything is checked before anything is stored or enqueued: the kind exists, the
+Everything is checked before anything is stored or enqueued: the data keeps within
+:mod:`mailer.limits` (sizes, depth, no NaN/Infinity, 64-bit integers), the kind exists, the
 required data fields are present, the address is valid, and the template renders for
 the recipient's locale with this data.  The delivery row is committed first and the
 Dramatiq message sent after; if the broker is down at that moment the row stays
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from mailer import limits
 from mailer.addresses import email_hash, normalize
 from mailer.app import App, get_app
 from mailer.broker import QUEUE_BULK, QUEUE_TRANSACTIONAL
@@ -62,6 +64,7 @@ def create(app: App, kind: str, *, to: str | None = None, customer_id: int | Non
            status: DeliveryStatus = DeliveryStatus.queued) -> Enqueued:
     """Validate and store the delivery (no enqueue); return its id and whether it is new."""
     data = dict(data or {})
+    limits.ensure(data)
     settings = app.settings
     renderer = app.renderer
     spec = renderer.validate(kind, data)

@@ -122,6 +122,10 @@ class Settings:
     http_host: str = "127.0.0.1"
     #: `mailer serve` port.
     http_port: int = 8000
+    #: Largest HTTP request body accepted, bytes (larger ones get 413, chunked bodies included).
+    max_body_bytes: int = 262_144
+    #: Proxies (comma-separated IPs or CIDRs) whose ``X-Forwarded-For`` is believed; empty: the socket peer is the client.
+    trusted_proxies: str = ""
     #: Threads per worker process when run by ``mailer worker``.
     worker_threads: int = 8
     #: Consent purposes this deployment knows besides ``restock:<sku>``.

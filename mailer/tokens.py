@@ -5,6 +5,9 @@ where the payload is compact JSON of ids (never an address or a name) and an exp
 (Unix seconds).  Each token *purpose* ("o", "c", "u", "p", "confirm", "csat") signs
 with its own derived key, so a token minted for one link is refused by another.
 Forged, tampered, truncated or expired tokens raise :class:`~mailer.errors.TokenError`.
+Parsing is strict: only the canonical unpadded base64url text of each part is accepted
+(no ``=`` padding, no stray or trailing characters, no non-zero unused bits), so one
+token has exactly one spelling.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from typing import Any
 
@@ -26,11 +30,24 @@ def _b64e(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _b64d(text: str) -> bytes:
+    """Decode canonical unpadded base64url; anything else (padding, junk, slack bits) is a TokenError."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise TokenError("token is not canonical base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (ValueError, TypeError) as exc:
         raise TokenError("token is not valid base64") from exc
+    if _b64e(raw) != text:
+        raise TokenError("token is not canonical base64url")
+    return raw
+
+
+def _strict_constant(name: str):
+    raise ValueError(f"{name} is not allowed in a token")
 
 
 def _key(secret: str, purpose: str) -> bytes:
@@ -54,11 +71,13 @@ def verify(secret: str, purpose: str, token: str, *, now: float | None = None) -
         raise TokenError("malformed token")
     body_b64, mac_b64 = token.split(".")
     raw, mac = _b64d(body_b64), _b64d(mac_b64)
+    if len(mac) != MAC_BYTES:
+        raise TokenError("token signature has the wrong length")
     expected = hmac.new(_key(secret, purpose), raw, hashlib.sha256).digest()[:MAC_BYTES]
     if not hmac.compare_digest(mac, expected):
         raise TokenError("token signature does not match (forged or tampered)")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_strict_constant)
     except ValueError as exc:  # pragma: no cover - only reachable with the right key
         raise TokenError("token payload is not JSON") from exc
     if not isinstance(body, dict):

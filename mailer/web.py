@@ -18,6 +18,10 @@ reuse :func:`require_api_key` and :func:`idempotent`.
 
 A tampered, forged or expired token changes nothing and gets 404.  Every handler is a
 plain ``def`` so FastAPI runs it in its thread pool next to the synchronous database.
+
+Bad input is a 422 whose ``detail[]`` lists every problem found (``loc``, ``msg``,
+``type``, ``field``); bodies over ``MAILER_MAX_BODY_BYTES`` get 413; cross-site POSTs to
+the preference and CSAT pages get 403 (see :mod:`mailer.web_security`).
 """
 
 from __future__ import annotations
@@ -31,14 +35,14 @@ import re
 from typing import Annotated, Any, Callable
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Header, Request
-from fastapi.exceptions import HTTPException
+from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from mailer import apikeys, i18n, idempotency, notices, tracking, web_pages
+from mailer import apikeys, i18n, idempotency, limits, notices, tracking, web_pages, web_security
 from mailer.app import App
 from mailer.errors import (
     ConsentError,
@@ -98,7 +102,17 @@ def idempotent(request: Request, api_key: ApiKey, endpoint: str, key: str | None
 
 
 def client_ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    """The client's IP for consent proof (``X-Forwarded-For`` only from ``MAILER_TRUSTED_PROXIES``)."""
+    return web_security.client_ip(request, get_mailer(request).settings)
+
+
+def refuse_cross_site(request: Request) -> HTMLResponse | None:
+    """A 403 page for a browser's cross-site POST to a recipient page, else None."""
+    m = get_mailer(request)
+    if web_security.is_cross_site(request, m.settings):
+        log.info("cross-site POST to %s refused", web_security.redact(request.url.path))
+        return HTMLResponse(web_pages.invalid(m.settings.default_locale), status_code=403, headers=NO_STORE)
+    return None
 
 
 def _clean(value: str | None, limit: int) -> str | None:
@@ -116,12 +130,40 @@ def _field_loc(field: str | None) -> list[str]:
     return ["body", *field.split(".")]
 
 
+def _problem(field: str | None, msg: str, type_: str = "value_error") -> dict:
+    return {"loc": _field_loc(field), "msg": msg, "type": type_, "field": field}
+
+
 def _validation_response(exc: ValidationError | TemplateError) -> JSONResponse:
+    problems = getattr(exc, "problems", None)
+    if problems:
+        return JSONResponse({"detail": [_problem(f, msg) for f, msg in problems]}, status_code=422)
     field = getattr(exc, "field", None)
     if isinstance(exc, TemplateError) and not field:
         field = "data"
-    return JSONResponse({"detail": [{"loc": _field_loc(field), "msg": str(exc), "type": "value_error",
-                                     "field": field}]}, status_code=422)
+    return JSONResponse({"detail": [_problem(field, str(exc))]}, status_code=422)
+
+
+def _dotted(loc: tuple | list) -> str | None:
+    """``("body", "data", "items", 3, "name")`` as ``data.items[3].name``."""
+    out = ""
+    for part in loc[1:] if loc and loc[0] in ("body", "header", "query", "path") else loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or None
+
+
+def _request_validation_response(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, without echoing the input (it may hold NaN, which JSON cannot carry), plus data limits."""
+    detail = []
+    for err in exc.errors():
+        loc = [p if isinstance(p, (str, int)) else str(p) for p in err.get("loc", ())]
+        detail.append({"loc": loc, "msg": str(err.get("msg", "invalid")), "type": str(err.get("type", "value_error")),
+                       "field": _dotted(loc)})
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and "data" in body and not any(d["field"] and d["field"].startswith("data")
+                                                             for d in detail):
+        detail.extend(_problem(f, msg) for f, msg in limits.check(body["data"]))
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 def _mailer_error_response(_request: Request, exc: MailerError) -> JSONResponse:
@@ -139,6 +181,8 @@ def create_app(settings: Settings | None = None, *, app: App | None = None) -> F
                   description="Tracking, one-click unsubscribe, preference centre and the notice API.")
     api.state.mailer = mailer_app
     api.add_exception_handler(MailerError, _mailer_error_response)
+    api.add_exception_handler(RequestValidationError, _request_validation_response)
+    api.add_middleware(web_security.BodyLimitMiddleware, max_body_bytes=mailer_app.settings.max_body_bytes)
     api.include_router(router)
     for name in OPTIONAL_ROUTERS:
         if importlib.util.find_spec(name) is not None:
@@ -146,7 +190,7 @@ def create_app(settings: Settings | None = None, *, app: App | None = None) -> F
     return api
 
 
-router = APIRouter()
+router = APIRouter(route_class=web_security.StrictJSONRoute)
 
 
 # -- tracking ---------------------------------------------------------------------------------
@@ -224,7 +268,11 @@ def unsubscribe_page(token: str, request: Request) -> HTMLResponse:
 def unsubscribe_one_click(token: str, request: Request,
                           list_unsubscribe: Annotated[str | None, Form(alias="List-Unsubscribe")] = None
                           ) -> HTMLResponse:
-    """RFC 8058 one-click unsubscribe: withdraws consent for the mail's purpose at once."""
+    """RFC 8058 one-click unsubscribe: withdraws consent for the mail's purpose at once.
+
+    Mail providers send this POST cross-site and without cookies, so it has no
+    cross-site check: the signed token is the authority.
+    """
     m = get_mailer(request)
     try:
         link = _read_unsubscribe(m, token)
@@ -275,6 +323,8 @@ def preferences_save(token: str, request: Request,
                      purposes: Annotated[list[str], Form()] = [],  # noqa: B006 - FastAPI copies defaults
                      ) -> HTMLResponse:
     """Save the ticked purposes: one consent event (source preference_centre) per change."""
+    if (refused := refuse_cross_site(request)) is not None:
+        return refused
     m = get_mailer(request)
     with m.session() as s:
         try:
@@ -330,6 +380,8 @@ def csat_comment(token: str, request: Request,
                  comment: Annotated[str | None, Form(max_length=20_000)] = None,
                  rating: Annotated[int | None, Form(ge=1, le=5)] = None) -> HTMLResponse:
     """Save a comment (and optionally a changed rating) for the order."""
+    if (refused := refuse_cross_site(request)) is not None:
+        return refused
     m = get_mailer(request)
     try:
         link = tracking.read(m.settings, tracking.CSAT, token)
@@ -371,8 +423,11 @@ class Problem(BaseModel):
 
 
 def _create_notice(m: App, api_key: ApiKey, body: NoticeIn, idem_key: str | None) -> notices.Enqueued:
+    problems = limits.check(body.data)
     if (body.email is None) == (body.customer_id is None):
-        raise ValidationError("give exactly one of email or customer_id", field="email")
+        problems.insert(0, ("email", "give exactly one of email or customer_id"))
+    if problems:
+        raise limits.InvalidData(problems)
     spec = m.renderer.validate(body.kind, body.data)
     if len(notices.purpose_for(spec.purpose, body.data)) > 100:
         raise ValidationError("data makes the consent purpose longer than 100 characters", field="data")

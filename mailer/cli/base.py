@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from mailer import limits
 from mailer.errors import MailerError
 from mailer.settings import Settings
 
@@ -70,12 +71,19 @@ def parse_json(value: str | None, *, option: str) -> dict:
     if not value:
         return {}
     try:
-        data = json.loads(value)
+        data = json.loads(value, parse_constant=limits.reject_constant)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                                  param_hint=option) from exc
+    except ValueError as exc:  # NaN / Infinity literals
+        raise click.BadParameter(str(exc), param_hint=option) from exc
+    except RecursionError:
+        raise click.BadParameter("JSON nests too deeply", param_hint=option) from None
     if not isinstance(data, dict):
         raise click.BadParameter("must be a JSON object", param_hint=option)
+    problems = limits.check(data, "data")
+    if problems:
+        raise click.BadParameter("; ".join(msg for _, msg in problems), param_hint=option)
     return data
 
 
