@@ -33,10 +33,10 @@ _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _SMTP = re.compile(r"(?<![\d.])([245]\d\d)(?:[ -]|$)(?![.\d]*%)")
 _DAEMON = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|maildelivery|mail-delivery|"
                      r"mdaemon|mailadmin|bounce|bounces|noreply-dmarc|double-bounce|"
-                     r"nobody|mail\.delivery|microsoftexchange\w*)$", re.I)
+                     r"nobody|mail\.delivery|microsoftexchange\w*)$", re.IGNORECASE)
 _BOUNCE_FROM = re.compile(r"mailer[- ]daemon|postmaster|mail delivery|delivery (sub)?system|"
                           r"mail administrator|mail system|internet mail delivery|"
-                          r"microsoftexchange|mailer_daemon|undeliverable", re.I)
+                          r"microsoftexchange|mailer_daemon|undeliverable", re.IGNORECASE)
 _BOUNCE_SUBJECT = re.compile(
     r"undeliver|undelivered|delivery (status notification|failure|failed|notification|problem|"
     r"has failed|report|error)|failure notice|returned mail|mail delivery (failed|failure|system|error)|"
@@ -45,15 +45,15 @@ _BOUNCE_SUBJECT = re.compile(
     r"warning: could not send|mail system error|permanent (error|failure)|"
     r"returned to sender|nicht zustellbar|unzustellbar|non remis|non recapitabile|"
     r"no se puede entregar|failed delivery|delivery notification|delayed mail|"
-    r"\bdelay(ed)?\b|undeliverable|error sending|could not send", re.I)
+    r"\bdelay(ed)?\b|undeliverable|error sending|could not send", re.IGNORECASE)
 _DELAY_SUBJECT = re.compile(r"\(delay\)|delayed mail|warning: could not send message for past|"
                             r"delivery (status notification )?\(delay\)|still trying|delivery delayed|"
-                            r"not yet been delivered|delay notification|is delayed", re.I)
+                            r"not yet been delivered|delay notification|is delayed", re.IGNORECASE)
 _AUTOREPLY_SUBJECT = re.compile(
     r"out of (the )?office|auto(matic)?[- ]?(reply|response|antwort|r[ée]ponse)|\bautoreply\b|"
     r"vacation|abwesenheit|away from (the |my )?(office|desk)|on leave|holiday|"
     r"automatische antwort|r[ée]ponse automatique|respuesta autom[aá]tica|risposta automatica|"
-    r"absence|ausser haus|I am (currently )?(out|away)|not in the office|\bOOO\b|自動", re.I)
+    r"absence|ausser haus|I am (currently )?(out|away)|not in the office|\bOOO\b|自動", re.IGNORECASE)
 _AUTO_HEADERS = ("x-autoreply", "x-autorespond", "x-auto-response-suppress-ignored", "x-autoresponse",
                  "x-vacation", "x-mail-autoreply", "x-cr-autoreply")
 
@@ -92,7 +92,7 @@ def _hdr(msg: Message | None, name: str) -> str:
         return ""
     try:
         return " ".join(str(make_header(decode_header(str(v)))).split())
-    except Exception:  # undecodable encoded-word: keep it raw
+    except (ValueError, LookupError, UnicodeError, TypeError):  # undecodable encoded-word: keep it raw
         return " ".join(str(v).split())
 
 
@@ -170,7 +170,7 @@ def decide(diagnostic: str, context: str, status_field: str, *, smtp_code: str =
         reason = "blocked"
     if (action_field.lower().startswith("failed") and status.startswith("4")
             and (reason in ("onhold", "undefined", "systemerror")
-                 or reason == "networkerror" and re.search(r"timed? ?out|connect", diag + context[:2000], re.I))):
+                 or reason == "networkerror" and re.search(r"timed? ?out|connect", diag + context[:2000], re.IGNORECASE))):
         reason = "expired"  # a temporary failure given up on: the queue lifetime ran out
     if action_field.lower().startswith("delayed") and reason not in reasons.SENDER_SIDE:
         reason = "expired" if reason in ("expired", "onhold", "undefined", "networkerror") else reason
@@ -185,7 +185,7 @@ _STAGE = re.compile(
     r"(?:after|in reply to|in response to|during|while (?:talking|sending))\s+(?:the\s+)?"
     r"(MAIL(?:\s+FROM)?|RCPT(?:\s+TO)?|DATA|end\s+of\s+(?:DATA|message)|initial\s+connection|"
     r"HELO|EHLO|connect|greeting|banner)|^\s*>>>\s*(MAIL|RCPT|DATA)\b|\[(RCPT|MAIL|DATA)_?(?:TO|FROM)?\]",
-    re.I | re.M)
+    re.IGNORECASE | re.MULTILINE)
 
 
 def _stage(text: str) -> str:
@@ -204,7 +204,7 @@ def _stage(text: str) -> str:
 
 
 #: Lines of a human-readable bounce that quote the remote host's reply.
-_REPLY_LINE = re.compile(r"^\s*(?:<<<.*|.*\(reason: .*|.*\bsaid: .*|.*Remote Server returned .*)$", re.I | re.M)
+_REPLY_LINE = re.compile(r"^\s*(?:<<<.*|.*\(reason: .*|.*\bsaid: .*|.*Remote Server returned .*)$", re.IGNORECASE | re.MULTILINE)
 
 
 def _context_line(context: str, wording: str) -> str:
@@ -219,19 +219,19 @@ def _ids(ev: parse.Evidence, verp_prefix: str) -> tuple[str | None, int | None]:
     orig = ev.original
     mid = _hdr(orig, "Message-ID") or None
     if mid is None and ev.original_text:
-        m = re.search(r"^\s*message-id:\s*(<[^>\s]{1,500}>)", ev.original_text, re.I | re.M)
+        m = re.search(r"^\s*message-id:\s*(<[^>\s]{1,500}>)", ev.original_text, re.IGNORECASE | re.MULTILINE)
         mid = m.group(1) if m else None
     if mid is None and ev.arf:
         mid = None
     delivery = None
     x = _hdr(orig, "X-Mailer-Delivery")
     if not x and ev.original_text:
-        m = re.search(r"^\s*x-mailer-delivery:\s*(\d{1,18})\s*$", ev.original_text, re.I | re.M)
+        m = re.search(r"^\s*x-mailer-delivery:\s*(\d{1,18})\s*$", ev.original_text, re.IGNORECASE | re.MULTILINE)
         x = m.group(1) if m else ""
     if x.strip().isdigit():
         delivery = int(x.strip())
     else:
-        verp = re.compile(re.escape(verp_prefix) + r"\+(\d{1,18})@", re.I)
+        verp = re.compile(re.escape(verp_prefix) + r"\+(\d{1,18})@", re.IGNORECASE)
         places = [_hdr(orig, "Return-Path"), _hdr(orig, "Sender")]
         places += [_hdr(ev.headers, h) for h in ("To", "Delivered-To", "X-Original-To", "Envelope-To")]
         if ev.arf:
@@ -262,7 +262,7 @@ def _text_recipients(ev: parse.Evidence, exclude: set[str]) -> list[str]:
     for line in ev.text.splitlines():
         if re.search(r"message-?id|in-reply-to|references|^\s*(from|reply-to|sender)\s*:|"
                      r"(contact|write to|e-?mail) (the |your )?(postmaster|administrator|support)",
-                     line, re.I):
+                     line, re.IGNORECASE):
             continue
         for a in parse.addresses(line):
             local = a.split("@")[0]

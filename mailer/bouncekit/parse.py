@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import mailbox
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from email.parser import HeaderParser
 from email.policy import compat32
 from pathlib import Path
-from typing import Iterator
 
 #: Largest message read, bytes (a DSN may carry the whole original mail).
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024
@@ -48,7 +48,7 @@ ORIGINAL_MARKER = re.compile(
     r"(?:message|original) headers? follows?|headers of (?:the )?(?:original|returned) message|"
     r"the header of the original message|text of the original|received: from|return-path: "
     r"|forwarded message|begin (?:returned|original) message|your message (?:reads|follows))",
-    re.I | re.M)
+    re.IGNORECASE | re.MULTILINE)
 
 _ADDR = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _FIELD_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)[ \t]*:[ \t]*(.*)$")
@@ -78,7 +78,7 @@ def load(raw: bytes) -> Message:
 def _decode(part: Message) -> str:
     try:
         payload = part.get_payload(decode=True)
-    except Exception:  # malformed transfer encoding: take it as it is
+    except (ValueError, TypeError, UnicodeError, AssertionError):  # malformed transfer encoding: take it raw
         payload = None
     if payload is None:
         p = part.get_payload()
@@ -141,12 +141,12 @@ def _fields_of(part: Message) -> list[tuple[str, str]]:
 
 
 def _looks_like_dsn(text: str) -> bool:
-    return bool(re.search(r"^(final|original)-recipient\s*:", text, re.I | re.M)
-                and re.search(r"^(status|action)\s*:", text, re.I | re.M))
+    return bool(re.search(r"^(final|original)-recipient\s*:", text, re.IGNORECASE | re.MULTILINE)
+                and re.search(r"^(status|action)\s*:", text, re.IGNORECASE | re.MULTILINE))
 
 
 def _looks_like_arf(text: str) -> bool:
-    return bool(re.search(r"^feedback-type\s*:", text, re.I | re.M))
+    return bool(re.search(r"^feedback-type\s*:", text, re.IGNORECASE | re.MULTILINE))
 
 
 def _is_report(msg: Message, depth: int = 0) -> bool:
@@ -229,7 +229,7 @@ def collect(msg: Message) -> Evidence:
     if m and m.start() > 0:
         ev.text, ev.original_text = body[:m.start()], body[m.start():]
         if ev.original is None:
-            inline = re.search(r"^(?:[A-Za-z-]+:[^\n]*\n(?:[ \t][^\n]*\n)*){2,}", ev.original_text, re.M)
+            inline = re.search(r"^(?:[A-Za-z-]+:[^\n]*\n(?:[ \t][^\n]*\n)*){2,}", ev.original_text, re.MULTILINE)
             if inline:
                 ev.original = HeaderParser(policy=compat32).parsestr(inline.group(0))
     else:
