@@ -200,7 +200,8 @@ def main() -> None:
     args = ap.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"SQLAlchemy {sa.__version__}, SQLite {__import__('sqlite3').sqlite_version}", flush=True)
-    base = Settings(secret_key="bench", segments_dir=ROOT / "segments")
+    # One data set is generated for both databases, so both are seeded with one pinned salt.
+    base = Settings(secret_key="bench", hash_salt="bench-salt", segments_dir=ROOT / "segments")
     data = None
 
     def dataset():
@@ -217,7 +218,7 @@ def main() -> None:
             path = Path("bench-segments.db").resolve() if args.keep else Path(tmp) / "bench.db"
             url = f"sqlite:///{path}"
             if not path.exists():
-                db.upgrade(url)
+                db.upgrade(base.replace(database_url=url))
                 t0 = time.perf_counter()
                 load_sqlite(path, dataset())
                 print(f"SQLite loaded in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -234,7 +235,7 @@ def main() -> None:
         url = f"{PG_URL}?options=-csearch_path%3D{schema}"
         try:
             if not exists:
-                db.upgrade(url)
+                db.upgrade(base.replace(database_url=url))
                 t0 = time.perf_counter()
                 load_pg(PG_URL, schema, dataset())
                 print(f"PostgreSQL loaded in {time.perf_counter() - t0:.1f} s", flush=True)

@@ -37,7 +37,7 @@ def message_id(settings: Settings, delivery_id: int) -> str:
     """Deterministic Message-ID: the delivery id plus an HMAC so ids cannot be guessed."""
     _, address = from_parts(settings)
     domain = address.rpartition("@")[2] or "localhost"
-    mac = hmac.new(settings.secret_key.encode(), f"mid:{delivery_id}".encode(), hashlib.sha256).hexdigest()[:16]
+    mac = hmac.new(settings.signing_keys[0].encode(), f"mid:{delivery_id}".encode(), hashlib.sha256).hexdigest()[:16]
     return f"<{delivery_id}.{mac}@{domain}>"
 
 

@@ -292,7 +292,7 @@ def confirm_url(settings: Settings, token: str) -> str:
 
 def _confirm_token(settings: Settings, request: ConsentRequest) -> str:
     ttl = max(1, int((request.expires_at - utcnow()).total_seconds()))
-    return tokens.sign(settings.secret_key, CONFIRM_TOKEN_PURPOSE, {"r": request.id}, ttl_s=ttl)
+    return tokens.sign(settings.signing_keys, CONFIRM_TOKEN_PURPOSE, {"r": request.id}, ttl_s=ttl)
 
 
 def request_double_opt_in(session: Session, settings: Settings, *, purpose: str,
@@ -378,7 +378,7 @@ def pending_request(session: Session, settings: Settings, token: str) -> Consent
     """The request a confirmation link points to; TokenError when forged or expired (unless confirmed)."""
     # The MAC is checked first; expiry is judged from the stored request, so a link that
     # was already followed still answers "already confirmed" after it expired.
-    payload = tokens.verify(settings.secret_key, CONFIRM_TOKEN_PURPOSE, token, now=0)
+    payload = tokens.verify(settings.signing_keys, CONFIRM_TOKEN_PURPOSE, token, now=0)
     request_id = payload.get("r")
     if not isinstance(request_id, int):
         raise TokenError("confirmation token carries no request id")

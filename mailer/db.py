@@ -54,11 +54,14 @@ def get_engine(settings_or_url: Settings | str) -> Engine:
 
 
 def dispose_engines() -> None:
-    """Close every pooled connection (tests, forked processes)."""
+    """Close every pooled connection (tests, forked processes) and forget cached salts."""
+    from mailer import instance_secrets
+
     with _lock:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+    instance_secrets.forget()
 
 
 def session_factory(settings_or_url: Settings | str) -> sessionmaker[Session]:
@@ -93,10 +96,12 @@ def all_or_nothing(settings_or_url: Settings | str, work, *, keep) -> object:
         session.close()
 
 
-def alembic_config(url: str):
+def alembic_config(url: str, settings: Settings | None = None):
+    """Alembic's config for ``url``; migration 0003 reads the keys it needs from ``settings``."""
     from alembic.config import Config
 
     cfg = Config()
+    cfg.attributes["mailer_settings"] = settings
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
@@ -106,8 +111,14 @@ def upgrade(settings_or_url: Settings | str, revision: str = "head") -> None:
     """Create or migrate the schema to ``revision`` with Alembic."""
     from alembic import command
 
-    url = settings_or_url if isinstance(settings_or_url, str) else settings_or_url.database_url
-    command.upgrade(alembic_config(url), revision)
+    if isinstance(settings_or_url, str):
+        url, settings = settings_or_url, None
+    else:
+        url, settings = settings_or_url.database_url, settings_or_url
+    command.upgrade(alembic_config(url, settings), revision)
+    from mailer import instance_secrets
+
+    instance_secrets.forget()  # the upgrade may have stored the salt
 
 
 def downgrade(settings_or_url: Settings | str, revision: str) -> None:
@@ -115,6 +126,9 @@ def downgrade(settings_or_url: Settings | str, revision: str) -> None:
 
     url = settings_or_url if isinstance(settings_or_url, str) else settings_or_url.database_url
     command.downgrade(alembic_config(url), revision)
+    from mailer import instance_secrets
+
+    instance_secrets.forget()
 
 
 def current_revision(settings_or_url: Settings | str) -> str | None:

@@ -23,6 +23,8 @@ Tables and what they are for:
 * ``shop_events``      events received from shops, idempotent.
 * ``reward_codes``     discount and gift-card codes, each given to at most one customer.
 * ``csat_ratings``     one rating per order (last click wins).
+* ``instance_secrets`` secrets born with the database (the address-hash salt); see
+                       mailer/instance_secrets.py.  Back them up with the data.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     Numeric,
     String,
     Text,
@@ -536,3 +539,17 @@ class CsatRating(Base):
 
     def __repr__(self) -> str:
         return f"<CsatRating order={self.order_number!r} rating={self.rating}>"
+
+
+class InstanceSecret(Base):
+    """A secret generated once with the database and kept with it (never rotated by config)."""
+
+    __tablename__ = "instance_secrets"
+
+    #: What the secret is for, e.g. ``address_hash_salt``.
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
+
+    def __repr__(self) -> str:  # never the value
+        return f"<InstanceSecret name={self.name!r}>"

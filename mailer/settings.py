@@ -8,7 +8,6 @@ every variable; keep that table and this module in step.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,9 +49,13 @@ class Settings:
     bounce_domain: str = "example.com"
     #: Public base URL of ``mailer serve`` (tracking, unsubscribe, preferences).
     base_url: str = "http://127.0.0.1:8000"
-    #: HMAC key for tokens; set a long random value in production.
+    #: HMAC key for link tokens and Message-IDs; set a long random value in production.
     secret_key: str = "change-me-in-production"
-    #: Salt for the e-mail hashes kept in tombstones and the consent chain.
+    #: Keys for rotation, comma separated, newest first: new links are signed with the first,
+    #: links signed with any listed key still verify. When set, replaces MAILER_SECRET_KEY.
+    secret_keys: tuple[str, ...] = ()
+    #: Optional. The address-hash salt (tombstones, consent chain) lives in the database
+    #: (table instance_secrets); if set, this seeds it for a new database and must equal it after.
     hash_salt: str = ""
     #: Folder of notice kinds and newsletters (templates/<kind>/kind.toml, <locale>.mjml).
     templates_dir: Path = PROJECT_ROOT / "templates"
@@ -142,10 +145,16 @@ class Settings:
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
+    def signing_keys(self) -> tuple[str, ...]:
+        """Token keys, newest first: ``MAILER_SECRET_KEYS``, else ``MAILER_SECRET_KEY`` alone."""
+        return self.secret_keys or (self.secret_key,)
+
+    @property
     def effective_hash_salt(self) -> bytes:
-        """Salt for address hashes: explicit, or derived from the secret key."""
-        salt = self.hash_salt or hashlib.sha256(("salt:" + self.secret_key).encode()).hexdigest()
-        return salt.encode()
+        """Salt for address hashes: the one stored in the database (see mailer/instance_secrets.py)."""
+        from mailer import instance_secrets
+
+        return instance_secrets.address_hash_salt(self)
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)

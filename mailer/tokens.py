@@ -8,6 +8,11 @@ Forged, tampered, truncated or expired tokens raise :class:`~mailer.errors.Token
 Parsing is strict: only the canonical unpadded base64url text of each part is accepted
 (no ``=`` padding, no stray or trailing characters, no non-zero unused bits), so one
 token has exactly one spelling.
+
+Key rotation: ``secret`` may be one key or a sequence of keys, newest first
+(``Settings.signing_keys``).  :func:`sign` uses the newest; :func:`verify` accepts a
+token signed with any of them, so links already sent keep working until their key
+is removed from the list.
 """
 
 from __future__ import annotations
@@ -18,12 +23,23 @@ import hmac
 import json
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from mailer.errors import TokenError
+from mailer.errors import ConfigurationError, TokenError
 
 #: Length of the MAC kept in a token, bytes (128 bits).
 MAC_BYTES = 16
+
+#: One key, or several newest first.
+Keys = str | Sequence[str]
+
+
+def _keys(secret: Keys) -> tuple[str, ...]:
+    keys = (secret,) if isinstance(secret, str) else tuple(secret)
+    if not keys:
+        raise ConfigurationError("no secret key configured for tokens (MAILER_SECRET_KEYS is empty)")
+    return keys
 
 
 def _b64e(data: bytes) -> str:
@@ -54,18 +70,18 @@ def _key(secret: str, purpose: str) -> bytes:
     return hmac.new(secret.encode("utf-8"), b"mailer-token:" + purpose.encode("ascii"), hashlib.sha256).digest()
 
 
-def sign(secret: str, purpose: str, payload: dict[str, Any], *, ttl_s: int | None = None,
+def sign(secret: Keys, purpose: str, payload: dict[str, Any], *, ttl_s: int | None = None,
          now: float | None = None) -> str:
     """Mint a token for ``purpose`` carrying ``payload`` (ids only), valid ``ttl_s`` seconds."""
     body = dict(payload)
     if ttl_s is not None:
         body["x"] = int((now if now is not None else time.time()) + ttl_s)
     raw = json.dumps(body, separators=(",", ":"), sort_keys=True).encode("utf-8")
-    mac = hmac.new(_key(secret, purpose), raw, hashlib.sha256).digest()[:MAC_BYTES]
+    mac = hmac.new(_key(_keys(secret)[0], purpose), raw, hashlib.sha256).digest()[:MAC_BYTES]
     return _b64e(raw) + "." + _b64e(mac)
 
 
-def verify(secret: str, purpose: str, token: str, *, now: float | None = None) -> dict[str, Any]:
+def verify(secret: Keys, purpose: str, token: str, *, now: float | None = None) -> dict[str, Any]:
     """Check a token's MAC and expiry; return its payload (without the expiry)."""
     if not isinstance(token, str) or token.count(".") != 1 or len(token) > 2048:
         raise TokenError("malformed token")
@@ -73,8 +89,9 @@ def verify(secret: str, purpose: str, token: str, *, now: float | None = None) -
     raw, mac = _b64d(body_b64), _b64d(mac_b64)
     if len(mac) != MAC_BYTES:
         raise TokenError("token signature has the wrong length")
-    expected = hmac.new(_key(secret, purpose), raw, hashlib.sha256).digest()[:MAC_BYTES]
-    if not hmac.compare_digest(mac, expected):
+    matches = [hmac.compare_digest(mac, hmac.new(_key(key, purpose), raw, hashlib.sha256).digest()[:MAC_BYTES])
+               for key in _keys(secret)]  # every key is tried, so timing does not tell which one matched
+    if not any(matches):
         raise TokenError("token signature does not match (forged or tampered)")
     try:
         body = json.loads(raw, parse_constant=_strict_constant)
