@@ -190,7 +190,7 @@ def populate(settings: Settings, n: int, *, chunk: int = 5000, start: int = 0) -
     """``n`` customers, each with current newsletter consent (a valid consent hash chain)."""
     from mailer.addresses import email_hash
     from mailer.consent import GENESIS, chain_hash
-    from mailer.models import ConsentEvent, ConsentState, Customer
+    from mailer.models import ConsentEvent, Customer
 
     salt = settings.effective_hash_salt
     now = dt.datetime.now(dt.timezone.utc)
@@ -205,7 +205,7 @@ def populate(settings: Settings, n: int, *, chunk: int = 5000, start: int = 0) -
     seq, prev = (last.seq, last.hash) if last else (0, GENESIS)
     for lo in range(start, start + n, chunk):
         hi = min(lo + chunk, start + n)
-        customers, events, states = [], [], []
+        customers, events = [], []
         for i in range(lo, hi):
             cid = base_id + (i - start) + 1
             email = f"customer{i:07d}@example{i % 97}.com"
@@ -217,19 +217,18 @@ def populate(settings: Settings, n: int, *, chunk: int = 5000, start: int = 0) -
             fields = {"seq": seq, "subject_hash": h, "purpose": "newsletter", "action": "granted",
                       "basis": "consent", "source": "signup_form", "occurred_at": iso, "recorded_at": iso,
                       "form_id": "bench", "wording_sha256": wording_sha, "wording_version": None,
-                      "confirmed_at": None, "ip_digest": None, "user_agent_digest": None}
+                      "confirmed_at": None, "ip_digest": None, "user_agent_digest": None,
+                      "customer_id": cid, "chain_format": 2}
             digest = chain_hash(prev, fields)
             events.append(dict(id=seq, seq=seq, customer_id=cid, subject_hash=h, purpose="newsletter",
                                action="granted", basis="consent", source="signup_form", occurred_at=now,
                                recorded_at=now, form_id="bench", wording=wording, wording_sha256=wording_sha,
-                               prev_hash=prev, hash=digest))
+                               prev_hash=prev, hash=digest, chain_format=2))
             prev = digest
-            states.append(dict(customer_id=cid, purpose="newsletter", granted=True, basis="consent", event_id=seq,
-                               updated_at=now))
         with engine.begin() as conn:
             conn.execute(sa.insert(Customer), customers)
             conn.execute(sa.insert(ConsentEvent), events)
-            conn.execute(sa.insert(ConsentState), states)
+            # consent_state is derived by the database's trigger on consent_events INSERT.
     if engine.dialect.name == "postgresql":
         with engine.begin() as conn:
             for table in ("customers", "consent_events", "consent_state"):

@@ -118,6 +118,8 @@ def load_sqlite(path: Path, data) -> None:
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA synchronous=OFF")
     for table, rows in zip(COLS, data):
+        if table == "consent_state":
+            continue  # derived from consent_events by the database's trigger (migration 0002)
         cols = COLS[table]
         marks = ", ".join("?" * len(cols.split(",")))
         conn.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", (tuple(map(ts, r)) for r in rows))

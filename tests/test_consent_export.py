@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from mailer import consent, consent_export, consent_verify, db
+from mailer import consent, consent_export, consent_verify, csvsafe, db
 from mailer.cli import main
 from mailer.customers import get_or_create
 from tests.conftest import make_settings
@@ -141,8 +141,9 @@ def _parse(line: str, fmt: str) -> dict:
     import csv
 
     row = next(csv.reader([line]))
-    rec = {k: (v or None) for k, v in zip(consent_export.CSV_COLUMNS, row)}
-    rec["seq"] = int(rec["seq"])
+    rec = {k: (csvsafe.unescape(v) or None) for k, v in zip(consent_export.CSV_COLUMNS, row)}
+    for k in ("seq", "chain_format", "customer_id", "event_id"):
+        rec[k] = int(rec[k]) if rec[k] is not None else None
     return rec
 
 
