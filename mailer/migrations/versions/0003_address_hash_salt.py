@@ -7,7 +7,7 @@ whose address is still known; if no configured key reproduces that hash the upgr
 stops, changing nothing.
 
 Revision ID: 0003
-Revises: 0001 (re-chain onto 0002, consent chain v2, when both are merged)
+Revises: 0002
 Create Date: 2026-12-01 00:00:00
 """
 import hashlib
@@ -18,9 +18,7 @@ import sqlalchemy as sa
 from alembic import context, op
 
 revision = '0003'
-# NOTE for the merge: this belongs after '0002' (consent chain v2, written on another
-# branch); it says '0001' only so it runs on a branch where 0002 does not exist yet.
-down_revision = '0001'
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 
