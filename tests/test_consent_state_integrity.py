@@ -139,7 +139,7 @@ def test_v1_events_before_the_boundary_still_verify_and_new_events_are_v2(db_url
     # Given a database at revision 0001 with three v1 events
     from tests.conftest import make_settings
 
-    settings = make_settings(database_url=db_url)
+    settings = make_settings(database_url=db_url, hash_salt="pre-0003-salt")  # 0001 has no stored salt
     db.downgrade(db_url, "0001")
     db.dispose_engines()
     with db.session_scope(settings) as s:
@@ -166,7 +166,7 @@ def test_v1_events_before_the_boundary_still_verify_and_new_events_are_v2(db_url
                           "SELECT customer_id, purpose, action = 'granted', basis, id, occurred_at FROM "
                           "consent_events WHERE seq = 3"))
     # When the database is migrated to head and two events are appended
-    db.upgrade(db_url)
+    db.upgrade(settings)
     db.dispose_engines()
     with db.session_scope(settings) as s:
         cust = consent.customer_by_email(s, "old@example.com")
