@@ -181,11 +181,11 @@ def report_campaign(r: dict) -> None:
 # -- (a) the transport ceiling ----------------------------------------------------------------------
 def prebuilt_messages(settings, count: int) -> list[tuple[str, str, bytes]]:
     """``count`` distinct, finished, DKIM-signed messages composed by the product."""
+    from mailer.clock import utcnow
     from mailer.delivery.compose import compose
     from mailer.message.dkim import Signer
     from mailer.models import Delivery
     from mailer.rendering import Renderer
-    from mailer.clock import utcnow
 
     renderer = Renderer(settings)
     signer = Signer.from_settings(settings)
@@ -228,10 +228,10 @@ def naive_reference(settings, sink: SinkProcess, sample: int) -> dict:
 
     import dkim
     import mjml
+    from mailer.i18n import text_direction
 
     from mailer import rendering
     from mailer.clock import utcnow
-    from mailer.i18n import text_direction
 
     renderer = rendering.Renderer(settings)
     data = renderer.sample(TEMPLATE)

@@ -6,7 +6,7 @@
   inserts, a valid hash chain), far faster than the ledger's one-event-per-call API;
   everything after that (campaign create/send, fan-out, ``send_batch``) is the product's
   own path.
-* :class:`Worker` runs ``python -m dramatiq mailer.worker.boot --processes 1`` with mailer's
+* :class:`Worker` runs ``python -m dramatiq mailer.boot --processes 1`` with mailer's
   settings in its environment and reads its process tree's CPU time and RSS from /proc.
 * :func:`dkim_keys` makes a fresh RSA-2048 and Ed25519 key in a temp dir.
 
@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 import sqlalchemy as sa  # noqa: E402
 
 from mailer import db  # noqa: E402
+from mailer.instance_secrets import address_hash_salt
 from mailer.settings import Settings  # noqa: E402
 
 PG_URL = os.environ.get("MAILER_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -190,9 +191,9 @@ def populate(settings: Settings, n: int, *, chunk: int = 5000, start: int = 0) -
     """``n`` customers, each with current newsletter consent (a valid consent hash chain)."""
     from mailer.addresses import email_hash
     from mailer.consent.ledger import GENESIS, chain_hash
-    from mailer.models import ConsentEvent, ConsentState, Customer
+    from mailer.models import ConsentEvent, Customer
 
-    salt = settings.effective_hash_salt
+    salt = address_hash_salt(settings)
     now = dt.datetime.now(dt.timezone.utc)
     iso = now.isoformat(timespec="microseconds")
     wording = "Yes, send me the newsletter"
@@ -205,7 +206,7 @@ def populate(settings: Settings, n: int, *, chunk: int = 5000, start: int = 0) -
     seq, prev = (last.seq, last.hash) if last else (0, GENESIS)
     for lo in range(start, start + n, chunk):
         hi = min(lo + chunk, start + n)
-        customers, events, states = [], [], []
+        customers, events = [], []
         for i in range(lo, hi):
             cid = base_id + (i - start) + 1
             email = f"customer{i:07d}@example{i % 97}.com"
@@ -217,19 +218,18 @@ def populate(settings: Settings, n: int, *, chunk: int = 5000, start: int = 0) -
             fields = {"seq": seq, "subject_hash": h, "purpose": "newsletter", "action": "granted",
                       "basis": "consent", "source": "signup_form", "occurred_at": iso, "recorded_at": iso,
                       "form_id": "bench", "wording_sha256": wording_sha, "wording_version": None,
-                      "confirmed_at": None, "ip_digest": None, "user_agent_digest": None}
+                      "confirmed_at": None, "ip_digest": None, "user_agent_digest": None,
+                      "customer_id": cid, "chain_format": 2}
             digest = chain_hash(prev, fields)
             events.append(dict(id=seq, seq=seq, customer_id=cid, subject_hash=h, purpose="newsletter",
                                action="granted", basis="consent", source="signup_form", occurred_at=now,
                                recorded_at=now, form_id="bench", wording=wording, wording_sha256=wording_sha,
-                               prev_hash=prev, hash=digest))
+                               prev_hash=prev, hash=digest, chain_format=2))
             prev = digest
-            states.append(dict(customer_id=cid, purpose="newsletter", granted=True, basis="consent", event_id=seq,
-                               updated_at=now))
         with engine.begin() as conn:
             conn.execute(sa.insert(Customer), customers)
             conn.execute(sa.insert(ConsentEvent), events)
-            conn.execute(sa.insert(ConsentState), states)
+            # consent_state is derived by the database's trigger on consent_events INSERT.
     if engine.dialect.name == "postgresql":
         with engine.begin() as conn:
             for table in ("customers", "consent_events", "consent_state"):
@@ -278,8 +278,8 @@ def settings_env(settings: Settings) -> dict:
 # -- campaigns --------------------------------------------------------------------------------
 def create_campaign(settings: Settings, name: str) -> int:
     """``mailer campaign create`` for the shipped seasonal-sale newsletter (tracking on)."""
-    from mailer.campaigns import service as campaigns
     from mailer.app import App
+    from mailer.campaigns import service as campaigns
 
     app = App(settings)
     with app.session() as s:
@@ -291,10 +291,10 @@ def create_campaign(settings: Settings, name: str) -> int:
 
 def send_campaign(settings: Settings, campaign_id: int) -> float:
     """``mailer campaign send``: running, fan-out enqueued on Redis; returns the time it was sent."""
+    from mailer.app import App, set_app
     from mailer.campaigns import fanout as campaign_actors
     from mailer.campaigns import service as campaigns
-    from mailer.app import App, set_app
-    from mailer.worker.actors import setup
+    from mailer.queue.broker import setup
 
     app = App(settings)
     previous = set_app(app)
@@ -322,7 +322,7 @@ def delivery_counts(settings: Settings, campaign_id: int | None = None) -> dict[
 # -- the worker ---------------------------------------------------------------------------------
 @dataclass
 class Worker:
-    """One ``dramatiq mailer.worker.boot`` command with ``processes`` worker processes."""
+    """One ``dramatiq mailer.boot`` command with ``processes`` worker processes."""
 
     settings: Settings
     log_dir: Path
@@ -348,7 +348,7 @@ class Worker:
                 os.sched_setaffinity(0, cpus)
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "mailer.worker.boot", "--processes", str(self.processes),
+            [sys.executable, "-m", "dramatiq", "mailer.boot", "--processes", str(self.processes),
              "--threads", str(self.threads), "--queues", *self.queues, "--worker-shutdown-timeout", "5000"],
             cwd=self.log_dir, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pre)
         log.close()

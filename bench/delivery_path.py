@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlalchemy as sa  # noqa: E402
-
 from common import (  # noqa: E402
     Database,
     bench_settings,
@@ -63,12 +62,12 @@ def _wrap(acc: collections.Counter, obj, name: str, label: str) -> None:
 
 
 def product_path(kind: str, n: int, tmp: Path, keys, sink: SinkProcess) -> dict:
+    from mailer.app import App, set_app
     from mailer.campaigns import fanout as campaign_actors
     from mailer.campaigns import service as campaigns
     from mailer.delivery import process as delivery
-    from mailer.app import App, set_app
-    from mailer.worker.actors import setup
     from mailer.models import Delivery
+    from mailer.worker.actors import setup
 
     database = Database(kind, tmp / f"product-{kind}")
     try:
@@ -121,9 +120,9 @@ def product_path(kind: str, n: int, tmp: Path, keys, sink: SinkProcess) -> dict:
 
 def core_floor(kind: str, tmp: Path, rounds: int) -> float:
     """The send path's per-mail SQL through Core with prebuilt statements; CPU ms per mail."""
-    from mailer.clock import utcnow
-    from mailer.models import Campaign, ConsentState, Customer, Delivery, DeliveryStatus, Suppression
     from mailer import db
+    from mailer.clock import utcnow
+    from mailer.models import Campaign, ConsentState, Customer, Delivery, Suppression
 
     database = Database(kind, tmp / f"core-{kind}")
     try:

@@ -38,9 +38,8 @@ def notice_sender(count: int, rate: float, campaign_n: int, results: dict):
     """The ``during`` hook: wait for the drain to start, then send notices at a steady rate."""
 
     def during(settings, sink, t_send) -> dict:
-        from mailer.notices import trigger as notices
         from mailer.app import App
-        from mailer.queue.broker import QUEUE_TRANSACTIONAL
+        from mailer.notices import trigger as notices
 
         app = App(settings)
         data = app.renderer.sample(NOTICE_KIND)

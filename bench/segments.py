@@ -32,8 +32,9 @@ sys.path.insert(0, str(ROOT))
 import sqlalchemy as sa  # noqa: E402
 
 from mailer import db, segments  # noqa: E402
-from mailer.consent import ledger as consent
 from mailer.addresses import email_hash  # noqa: E402
+from mailer.consent import ledger as consent
+from mailer.instance_secrets import address_hash_salt
 from mailer.settings import Settings  # noqa: E402
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -119,6 +120,8 @@ def load_sqlite(path: Path, data) -> None:
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA synchronous=OFF")
     for table, rows in zip(COLS, data):
+        if table == "consent_state":
+            continue  # derived from consent_events by the database's trigger (migration 0002)
         cols = COLS[table]
         marks = ", ".join("?" * len(cols.split(",")))
         conn.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", (tuple(map(ts, r)) for r in rows))
@@ -201,14 +204,15 @@ def main() -> None:
     args = ap.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"SQLAlchemy {sa.__version__}, SQLite {__import__('sqlite3').sqlite_version}", flush=True)
-    base = Settings(secret_key="bench", segments_dir=ROOT / "segments")
+    # One data set is generated for both databases, so both are seeded with one pinned salt.
+    base = Settings(secret_key="bench", hash_salt="bench-salt", segments_dir=ROOT / "segments")
     data = None
 
     def dataset():
         nonlocal data
         if data is None:
             t0 = time.perf_counter()
-            data = generate(args.customers, args.consent_share, base.effective_hash_salt)
+            data = generate(args.customers, args.consent_share, address_hash_salt(base))
             print(f"generated {len(data[0]):,} customers, {len(data[2]):,} consenting, {len(data[4]):,} suppressed, "
                   f"{len(data[5]):,} tracking events in {time.perf_counter() - t0:.1f} s", flush=True)
         return data
@@ -218,7 +222,7 @@ def main() -> None:
             path = Path("bench-segments.db").resolve() if args.keep else Path(tmp) / "bench.db"
             url = f"sqlite:///{path}"
             if not path.exists():
-                db.upgrade(url)
+                db.upgrade(base.replace(database_url=url))
                 t0 = time.perf_counter()
                 load_sqlite(path, dataset())
                 print(f"SQLite loaded in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -235,7 +239,7 @@ def main() -> None:
         url = f"{PG_URL}?options=-csearch_path%3D{schema}"
         try:
             if not exists:
-                db.upgrade(url)
+                db.upgrade(base.replace(database_url=url))
                 t0 = time.perf_counter()
                 load_pg(PG_URL, schema, dataset())
                 print(f"PostgreSQL loaded in {time.perf_counter() - t0:.1f} s", flush=True)

@@ -53,12 +53,26 @@ def get_engine(settings_or_url: Settings | str) -> Engine:
         return engine
 
 
+_generation = [0]
+
+
+def _bump_generation() -> None:
+    _generation[0] += 1
+
+
+def generation() -> int:
+    """Changes whenever engines are disposed or the schema is migrated: caches of values read
+    from the database (the address-hash salt, :mod:`mailer.instance_secrets`) key on it."""
+    return _generation[0]
+
+
 def dispose_engines() -> None:
-    """Close every pooled connection (tests, forked processes)."""
+    """Close every pooled connection (tests, forked processes) and forget cached salts."""
     with _lock:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+    _bump_generation()
 
 
 def session_factory(settings_or_url: Settings | str) -> sessionmaker[Session]:
@@ -93,10 +107,12 @@ def all_or_nothing(settings_or_url: Settings | str, work, *, keep) -> object:
         session.close()
 
 
-def alembic_config(url: str):
+def alembic_config(url: str, settings: Settings | None = None):
+    """Alembic's config for ``url``; migration 0003 reads the keys it needs from ``settings``."""
     from alembic.config import Config
 
     cfg = Config()
+    cfg.attributes["mailer_settings"] = settings
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
@@ -106,8 +122,13 @@ def upgrade(settings_or_url: Settings | str, revision: str = "head") -> None:
     """Create or migrate the schema to ``revision`` with Alembic."""
     from alembic import command
 
-    url = settings_or_url if isinstance(settings_or_url, str) else settings_or_url.database_url
-    command.upgrade(alembic_config(url), revision)
+    if isinstance(settings_or_url, str):
+        url, settings = settings_or_url, None
+    else:
+        url, settings = settings_or_url.database_url, settings_or_url
+    command.upgrade(alembic_config(url, settings), revision)
+
+    _bump_generation()  # the upgrade may have stored the salt: values cached from the old schema are stale
 
 
 def downgrade(settings_or_url: Settings | str, revision: str) -> None:
@@ -115,6 +136,8 @@ def downgrade(settings_or_url: Settings | str, revision: str) -> None:
 
     url = settings_or_url if isinstance(settings_or_url, str) else settings_or_url.database_url
     command.downgrade(alembic_config(url), revision)
+
+    _bump_generation()
 
 
 def current_revision(settings_or_url: Settings | str) -> str | None:

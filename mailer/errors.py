@@ -10,7 +10,8 @@
      │    ├── UnknownKind            no such notice kind / template
      │    ├── MissingField           required data field absent
      │    ├── InvalidEvent           shop event does not match its schema
-     │    └── SegmentError           segment file invalid
+     │    ├── SegmentError           segment file invalid
+     │    └── TemplateTextError      user-supplied template text (subject...) refused
      ├── TemplateError               MJML or Jinja problem (names file, locale, line)
      ├── TokenError                  forged, tampered or expired token
      ├── ConsentError                consent ledger problem
@@ -68,6 +69,10 @@ class InvalidEvent(ValidationError):
 
 class SegmentError(ValidationError):
     """A segment definition is invalid."""
+
+
+class TemplateTextError(ValidationError):
+    """User-supplied template text (a subject or preheader) is refused; ``field`` names it (``subject[pl]``)."""
 
 
 class TemplateError(MailerError):

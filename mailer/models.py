@@ -10,8 +10,10 @@ Tables and what they are for:
 * ``consent_events``   append-only, hash-chained consent ledger (never UPDATE/DELETE).
 * ``consent_evidence`` the personal parts of an event's proof (IP, user agent, address);
                        erasable, while the chain covers only their salted digests.
-* ``consent_state``    current state per (customer, purpose), maintained with each append,
+* ``consent_state``    current state per (customer, purpose), derived by a database trigger
+                       from each appended event (guard triggers refuse every other write),
                        so "has consent now" is one indexed lookup.
+* ``consent_chain_formats`` where each chain format starts (v2 hashes also cover customer_id).
 * ``consent_requests`` pending double opt-in confirmations.
 * ``campaigns``        newsletters to a segment, with a keyset checkpoint for resuming.
 * ``deliveries``       one row per mail we intend to send; unique idempotency key.
@@ -23,6 +25,8 @@ Tables and what they are for:
 * ``shop_events``      events received from shops, idempotent.
 * ``reward_codes``     discount and gift-card codes, each given to at most one customer.
 * ``csat_ratings``     one rating per order (last click wins).
+* ``instance_secrets`` secrets born with the database (the address-hash salt); see
+                       mailer/instance_secrets.py.  Back them up with the data.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     Numeric,
+    SmallInteger,
     String,
     Text,
     TypeDecorator,
@@ -211,9 +217,10 @@ class CustomerTag(Base):
 
 
 class ConsentEvent(Base):
-    """One appended consent change. The chain hash covers every column but ``id`` and
-    ``customer_id``; personal proof lives in ``consent_evidence`` and enters the chain as
-    salted digests, so erasure leaves the chain intact."""
+    """One appended consent change. The chain hash covers every column but ``id``, the
+    wording text (it enters as ``wording_sha256``) and, in format 1 only, ``customer_id``;
+    personal proof lives in ``consent_evidence`` and enters the chain as salted digests,
+    so erasure leaves the chain intact."""
 
     __tablename__ = "consent_events"
 
@@ -238,6 +245,8 @@ class ConsentEvent(Base):
     user_agent_digest: Mapped[str | None] = mapped_column(String(64))
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+    #: Chain format of this event's hash: 1 (before migration 0002) or 2 (covers customer_id).
+    chain_format: Mapped[int] = mapped_column(SmallInteger, default=2, server_default="1")
 
     __table_args__ = (
         # "Latest event for (customer, purpose) at time T" walks this index backwards.
@@ -250,6 +259,19 @@ class ConsentEvent(Base):
     def __repr__(self) -> str:
         return (f"<ConsentEvent seq={self.seq} customer_id={self.customer_id} purpose={self.purpose!r} "
                 f"action={self.action.value if self.action else None}>")
+
+
+class ConsentChainFormat(Base):
+    """Where a chain format starts (rows written by migrations only; triggers refuse changes)."""
+
+    __tablename__ = "consent_chain_formats"
+
+    chain_format: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    first_seq: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
+
+    def __repr__(self) -> str:
+        return f"<ConsentChainFormat v{self.chain_format} from seq {self.first_seq}>"
 
 
 class ConsentEvidence(Base):
@@ -267,7 +289,12 @@ class ConsentEvidence(Base):
 
 
 class ConsentState(Base):
-    """Current consent per (customer, purpose): the latest event's outcome."""
+    """Current consent per (customer, purpose): the latest event's outcome.
+
+    Written only by the ``consent_events_derive_state`` trigger (migration 0002); guard
+    triggers refuse any INSERT/UPDATE that is not the ledger's derivation, and DELETE.
+    ``event_id`` names the event the row derives from; readers join it (primary key) to
+    confirm it is a grant of this customer and purpose."""
 
     __tablename__ = "consent_state"
 
@@ -535,3 +562,17 @@ class CsatRating(Base):
 
     def __repr__(self) -> str:
         return f"<CsatRating order={self.order_number!r} rating={self.rating}>"
+
+
+class InstanceSecret(Base):
+    """A secret generated once with the database and kept with it (never rotated by config)."""
+
+    __tablename__ = "instance_secrets"
+
+    #: What the secret is for, e.g. ``address_hash_salt``.
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
+
+    def __repr__(self) -> str:  # never the value
+        return f"<InstanceSecret name={self.name!r}>"

@@ -8,7 +8,6 @@ every variable; keep that table and this module in step.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
 import os
 import re
@@ -43,15 +42,22 @@ class Settings:
     smtp_url: str = "outbox://outbox"
     #: Further relays (comma separated ``url#weight``) used with weights and failover.
     smtp_relays: str = ""
+    #: Absolute base URL of the mails' images (product pictures): ``https://cdn.example.com/mail``;
+    #: empty = the packaged sample images (the outbox copies them next to its mails).
+    asset_base_url: str = ""
     #: ``From`` of every mail.
     from_address: str = "Northwind Shop <shop@example.com>"
     #: Envelope sender domain for VERP return paths (``bounces+<delivery id>@domain``).
     bounce_domain: str = "example.com"
     #: Public base URL of ``mailer serve`` (tracking, unsubscribe, preferences).
     base_url: str = "http://127.0.0.1:8000"
-    #: HMAC key for tokens; set a long random value in production.
+    #: HMAC key for link tokens and Message-IDs; set a long random value in production.
     secret_key: str = "change-me-in-production"
-    #: Salt for the e-mail hashes kept in tombstones and the consent chain.
+    #: Keys for rotation, comma separated, newest first: new links are signed with the first,
+    #: links signed with any listed key still verify. When set, replaces MAILER_SECRET_KEY.
+    secret_keys: tuple[str, ...] = ()
+    #: Optional. The address-hash salt (tombstones, consent chain) lives in the database
+    #: (table instance_secrets); if set, this seeds it for a new database and must equal it after.
     hash_salt: str = ""
     #: Folder of notice kinds and newsletters (templates/<kind>/kind.toml, <locale>.mjml).
     templates_dir: Path = PROJECT_ROOT / "templates"
@@ -121,6 +127,10 @@ class Settings:
     http_host: str = "127.0.0.1"
     #: `mailer serve` port.
     http_port: int = 8000
+    #: Largest HTTP request body accepted, bytes (larger ones get 413, chunked bodies included).
+    max_body_bytes: int = 262_144
+    #: Proxies (comma-separated IPs or CIDRs) whose ``X-Forwarded-For`` is believed; empty: the socket peer is the client.
+    trusted_proxies: str = ""
     #: Threads per worker process when run by ``mailer worker``.
     worker_threads: int = 8
     #: Consent purposes this deployment knows besides ``restock:<sku>``.
@@ -137,10 +147,9 @@ class Settings:
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
-    def effective_hash_salt(self) -> bytes:
-        """Salt for address hashes: explicit, or derived from the secret key."""
-        salt = self.hash_salt or hashlib.sha256(("salt:" + self.secret_key).encode()).hexdigest()
-        return salt.encode()
+    def signing_keys(self) -> tuple[str, ...]:
+        """Token keys, newest first: ``MAILER_SECRET_KEYS``, else ``MAILER_SECRET_KEY`` alone."""
+        return self.secret_keys or (self.secret_key,)
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -139,7 +139,6 @@ def _run_stub_worker(application):
     import dramatiq
 
     from mailer.queue.broker import QUEUES
-
     from mailer.worker.actors import setup
 
     broker = setup(application.settings)

@@ -1,7 +1,8 @@
 """Helpers for consent tests and benchmarks: a fast valid chain, and deliberate tampering.
 
-``bulk_chain`` writes customers and a correctly hashed chain with executemany (no ORM),
-so a million events take seconds.  ``unprotected`` opens a connection on which the
+``bulk_chain`` writes customers and a correctly hashed chain (format v2) with
+executemany (no ORM), so a million events take seconds; the database's derivation
+trigger keeps consent_state.  ``unprotected`` opens a connection on which the
 append-only triggers (and foreign keys) are switched off, the way an attacker with
 database access would, so tamper tests can change rows the application never could.
 """
@@ -17,9 +18,10 @@ from typing import Iterator
 import sqlalchemy as sa
 
 from mailer import db
-from mailer.consent import ledger as consent
 from mailer.addresses import email_hash
-from mailer.models import ConsentEvent, ConsentEvidence, ConsentState, Customer
+from mailer.consent import ledger as consent
+from mailer.instance_secrets import address_hash_salt
+from mailer.models import ConsentEvent, ConsentEvidence, Customer
 from mailer.settings import Settings
 
 #: Rows per executemany round trip.
@@ -30,11 +32,11 @@ WORDING = "Yes, send me the Northwind newsletter. I can unsubscribe at any time.
 
 def bulk_chain(settings: Settings, n_events: int, *, n_customers: int | None = None, seed: int = 1,
                purposes: tuple[str, ...] = ("newsletter", "product_updates", "loyalty"),
-               with_state: bool = True, progress=None) -> None:
+               progress=None) -> None:
     """Append ``n_events`` valid events (and their customers and evidence) after the current head."""
     rng = random.Random(seed)
     engine = db.get_engine(settings)
-    salt = settings.effective_hash_salt
+    salt = address_hash_salt(settings)
     n_customers = n_customers or max(1, n_events // 3)
     wording_sha = hashlib.sha256(WORDING.encode()).hexdigest()
     with engine.begin() as conn:
@@ -54,7 +56,6 @@ def bulk_chain(settings: Settings, n_events: int, *, n_customers: int | None = N
         last = conn.execute(sa.select(t.seq, t.hash, t.id).order_by(t.seq.desc()).limit(1)).first()
         seq, prev, next_id = (last.seq, last.hash, last.id + 1) if last else (0, consent.GENESIS, 1)
         events, evidence = [], []
-        state: dict[tuple[int, str], tuple[bool, int, datetime]] = {}
         for i in range(n_events):
             seq += 1
             cid = first_id + rng.randrange(n_customers)
@@ -69,7 +70,8 @@ def bulk_chain(settings: Settings, n_events: int, *, n_customers: int | None = N
                       "occurred_at": consent._iso(when), "recorded_at": consent._iso(when),
                       "form_id": "footer" if granted else None, "wording_sha256": wording_sha if granted else None,
                       "wording_version": "2026-01" if granted else None, "confirmed_at": None,
-                      "ip_digest": hashlib.sha256(salt + ip.encode()).hexdigest(), "user_agent_digest": None}
+                      "ip_digest": hashlib.sha256(salt + ip.encode()).hexdigest(), "user_agent_digest": None,
+                      "customer_id": cid, "chain_format": consent.CHAIN_FORMAT}
             h = consent.chain_hash(prev, fields)
             events.append({"id": next_id, "seq": seq, "customer_id": cid, "subject_hash": fields["subject_hash"],
                            "purpose": purpose, "action": fields["action"], "basis": "consent",
@@ -77,10 +79,8 @@ def bulk_chain(settings: Settings, n_events: int, *, n_customers: int | None = N
                            "form_id": fields["form_id"], "wording": WORDING if granted else None,
                            "wording_version": fields["wording_version"], "wording_sha256": fields["wording_sha256"],
                            "confirmed_at": None, "ip_digest": fields["ip_digest"], "user_agent_digest": None,
-                           "prev_hash": prev, "hash": h})
+                           "prev_hash": prev, "hash": h, "chain_format": consent.CHAIN_FORMAT})
             evidence.append({"event_id": next_id, "email": email, "ip": ip, "user_agent": None})
-            if with_state:
-                state[(cid, purpose)] = (granted, next_id, when)
             prev = h
             next_id += 1
             if len(events) >= CHUNK:
@@ -92,20 +92,11 @@ def bulk_chain(settings: Settings, n_events: int, *, n_customers: int | None = N
         if events:
             conn.execute(sa.insert(ConsentEvent.__table__), events)
             conn.execute(sa.insert(ConsentEvidence.__table__), evidence)
-        if with_state and state:
-            st = ConsentState.__table__
-            keys = list(state)
-            for k in range(0, len(keys), CHUNK):
-                part = keys[k:k + CHUNK]
-                conn.execute(sa.delete(st).where(sa.tuple_(st.c.customer_id, st.c.purpose).in_(part)))
-                conn.execute(sa.insert(st), [{"customer_id": c, "purpose": p, "granted": state[(c, p)][0],
-                                              "basis": "consent", "event_id": state[(c, p)][1],
-                                              "updated_at": state[(c, p)][2]} for c, p in part])
 
 
 @contextlib.contextmanager
 def unprotected(url: str) -> Iterator[sa.Connection]:
-    """A connection on which consent_events can be changed: triggers and foreign keys off.
+    """A connection on which consent_events and consent_state can be changed: triggers and foreign keys off.
 
     This is what an attacker with database access could do; the application never does.
     """
@@ -116,6 +107,9 @@ def unprotected(url: str) -> Iterator[sa.Connection]:
                 conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
                 conn.exec_driver_sql("DROP TRIGGER IF EXISTS consent_events_no_update")
                 conn.exec_driver_sql("DROP TRIGGER IF EXISTS consent_events_no_delete")
+                for name in ("consent_events_derive_state", "consent_state_guard_insert",
+                             "consent_state_guard_update", "consent_state_guard_delete"):
+                    conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
             else:
                 # Replica mode skips ordinary triggers and foreign-key checks for this session.
                 conn.exec_driver_sql("SET session_replication_role = replica")

@@ -11,16 +11,16 @@ from click.testing import CliRunner
 from sqlalchemy import select, update
 
 from mailer import automations
-from mailer.consent import ledger as consent
-from mailer.delivery import process as delivery
 from mailer.app import App, set_app
 from mailer.automations import Waves, out_of_quiet_hours, parse_rule, wave_plan
 from mailer.automations.hooks import _last_release
+from mailer.automations.publish import publish
 from mailer.cli import main
 from mailer.clock import utcnow
+from mailer.consent import ledger as consent
 from mailer.customers.records import get_or_create
+from mailer.delivery import process as delivery
 from mailer.errors import ConfigurationError
-from mailer.automations.publish import publish
 from mailer.models import Delivery, DeliveryStatus, RewardCode
 from mailer.notices.trigger import purpose_for
 from mailer.rendering import Renderer
@@ -478,6 +478,7 @@ def test_no_code_is_taken_for_a_customer_without_consent(auto):
 
 
 def test_code_of_a_reward_mail_skipped_at_send_time_goes_back_to_the_pool(auto):
+    from mailer.delivery import sweeper
     from mailer.worker import actors
 
     assert automations.release_codes_hook in actors.SWEEP_HOOKS

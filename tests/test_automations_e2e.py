@@ -17,16 +17,16 @@ import dramatiq
 import pytest
 from sqlalchemy import func, select
 
-from mailer.consent import ledger as consent
-from mailer.delivery import sweeper
 from mailer.app import App, set_app
-from mailer.worker.actors import SWEEP_HOOKS, setup
-from mailer.clock import utcnow
-from mailer.customers.records import get_or_create
 from mailer.automations.publish import publish
+from mailer.clock import utcnow
+from mailer.consent import ledger as consent
+from mailer.customers.records import get_or_create
+from mailer.delivery import sweeper
 from mailer.models import Delivery, DeliveryStatus, RewardCode
 from mailer.notices.trigger import purpose_for
 from mailer.settings import PROJECT_ROOT
+from mailer.worker.actors import SWEEP_HOOKS, setup
 from tests.conftest import make_settings
 
 pytestmark = [pytest.mark.redis, pytest.mark.smtp]

@@ -22,15 +22,15 @@ import pytest
 from sqlalchemy import select, update
 
 from mailer import db
-from mailer.consent import ledger as consent
 from mailer.app import App, set_app
-from mailer.worker.actors import setup
-from mailer.clock import utcnow
-from mailer.customers.records import get_or_create
 from mailer.automations.publish import publish
+from mailer.clock import utcnow
+from mailer.consent import ledger as consent
+from mailer.customers.records import get_or_create
 from mailer.models import Delivery, DeliveryStatus
 from mailer.notices.trigger import purpose_for
 from mailer.settings import PROJECT_ROOT
+from mailer.worker.actors import setup
 from tests.conftest import make_settings
 from tests.test_automations_e2e import wait_for
 

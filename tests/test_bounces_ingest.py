@@ -8,13 +8,14 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from mailer.delivery import bounces
-from mailer.consent import ledger as consent
-from mailer.delivery import process as delivery
 from mailer.addresses import email_hash
 from mailer.cli import main
-from mailer.delivery.compose import message_id, return_path
+from mailer.consent import ledger as consent
 from mailer.customers.records import get_or_create
+from mailer.delivery import bounces
+from mailer.delivery import process as delivery
+from mailer.delivery.compose import message_id, return_path
+from mailer.instance_secrets import address_hash_salt
 from mailer.models import (
     Bounce,
     ConsentEvent,
@@ -39,7 +40,7 @@ def sent_delivery(app, email: str, *, purpose: str = "newsletter", grant: tuple[
                 consent.append(s, settings, customer=c, purpose=p, action="granted", source="signup_form")
         n = s.execute(select(func.count()).select_from(Delivery)).scalar_one()
         d = Delivery(idempotency_key=f"test:{email}:{n}", kind="order_delayed", customer_id=c.id, to_address=c.email,
-                     to_hash=email_hash(c.email, settings.effective_hash_salt), locale="en", data={},
+                     to_hash=email_hash(c.email, address_hash_salt(settings)), locale="en", data={},
                      purpose=purpose, queue="bulk", status=DeliveryStatus.sent)
         s.add(d)
         s.flush()
@@ -95,7 +96,7 @@ def test_soft_bounces_are_counted_and_suppress_at_the_limit(app, tmp_path):
     assert [r.outcome for r in results] == ["soft"] * limit
     assert "suppressed" not in results[-2].detail and "suppressed (soft_bounce)" in results[-1].detail
     with app.session() as s:
-        h = email_hash("full@example.org", app.settings.effective_hash_salt)
+        h = email_hash("full@example.org", address_hash_salt(app.settings))
         reasons = s.execute(select(Suppression.reason).where(Suppression.email_hash == h)).scalars().all()
         assert reasons == [SuppressionReason.soft_bounce]
 

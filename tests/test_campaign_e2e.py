@@ -25,13 +25,13 @@ import httpx
 import pytest
 import uvicorn
 
+from mailer.app import App, set_app
 from mailer.campaigns import fanout as campaign_actors
 from mailer.campaigns import service as campaigns
-from mailer.app import App, set_app
 from mailer.queue.broker import QUEUES
-from mailer.worker.actors import setup
 from mailer.settings import PROJECT_ROOT
 from mailer.web.app import create_app
+from mailer.worker.actors import setup
 from tests.campaign_support import add_customer
 from tests.conftest import make_settings
 from tests.smtp_sink import free_port

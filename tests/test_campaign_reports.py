@@ -10,17 +10,17 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, update
 
-from mailer.web import apikeys
-from mailer.campaigns import fanout as campaign_actors
-from mailer.campaigns import service as campaigns
-from mailer.campaigns import reports
-from mailer.tracking import service as tracking
 from mailer.app import App, set_app
-from mailer.worker.actors import setup
+from mailer.campaigns import fanout as campaign_actors
+from mailer.campaigns import reports
+from mailer.campaigns import service as campaigns
 from mailer.cli import main
 from mailer.clock import utcnow
 from mailer.models import Bounce, CsatRating, Delivery, DeliveryStatus
+from mailer.tracking import service as tracking
 from mailer.transport import memory
+from mailer.web import apikeys
+from mailer.worker.actors import setup
 from tests.campaign_support import NEWS_KIND, add_customer, newsletter_templates
 from tests.conftest import make_settings
 

@@ -11,19 +11,19 @@ import dramatiq
 import pytest
 from sqlalchemy import func, select, update
 
+from mailer.app import App, set_app
 from mailer.campaigns import fanout as campaign_actors
-from mailer.campaigns import service as campaigns
-from mailer.consent import ledger as consent
 from mailer.campaigns import reports
+from mailer.campaigns import service as campaigns
+from mailer.clock import utcnow
+from mailer.consent import ledger as consent
 from mailer.consent import suppressions
 from mailer.delivery import process as delivery_service
-from mailer.app import App, set_app
-from mailer.queue.broker import QUEUES
-from mailer.worker.actors import SWEEP_HOOKS, setup
-from mailer.clock import utcnow
 from mailer.errors import InvalidState, SegmentError, TemplateError, ValidationError
 from mailer.models import Campaign, CampaignStatus, Customer, Delivery, DeliveryStatus
+from mailer.queue.broker import QUEUES
 from mailer.transport import memory
+from mailer.worker.actors import SWEEP_HOOKS, setup
 from tests.campaign_support import NEWS_KIND, add_customer, newsletter_templates
 from tests.conftest import make_settings
 

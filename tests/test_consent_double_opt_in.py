@@ -11,14 +11,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
 from mailer import segments
-from mailer.consent import ledger as consent
-from mailer.notices.confirmation import double_opt_in
-from mailer.consent import verify as consent_verify
 from mailer.app import App
 from mailer.clock import utcnow
+from mailer.consent import ledger as consent
+from mailer.consent import verify as consent_verify
 from mailer.customers.records import by_email
 from mailer.errors import TokenError
 from mailer.models import ConsentEvent, ConsentRequest, Delivery, DeliveryStatus
+from mailer.notices.confirmation import double_opt_in
 from mailer.web.app import create_app
 from tests.conftest import make_settings
 

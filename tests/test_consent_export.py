@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from mailer import db
-from mailer.consent import ledger as consent
-from mailer.consent import export as consent_export
-from mailer.consent import verify as consent_verify
+from mailer import csvsafe, db
 from mailer.cli import main
+from mailer.consent import export as consent_export
+from mailer.consent import ledger as consent
+from mailer.consent import verify as consent_verify
 from mailer.customers.records import get_or_create
 from tests.conftest import make_settings
 from tests.consent_support import bulk_chain
@@ -144,8 +146,9 @@ def _parse(line: str, fmt: str) -> dict:
     import csv
 
     row = next(csv.reader([line]))
-    rec = {k: (v or None) for k, v in zip(consent_export.CSV_COLUMNS, row)}
-    rec["seq"] = int(rec["seq"])
+    rec = {k: (csvsafe.unescape(v) or None) for k, v in zip(consent_export.CSV_COLUMNS, row)}
+    for k in ("seq", "chain_format", "customer_id", "event_id"):
+        rec[k] = int(rec[k]) if rec[k] is not None else None
     return rec
 
 

@@ -9,9 +9,9 @@ import sqlalchemy as sa
 from sqlalchemy import func, select
 
 from mailer import db
+from mailer.clock import utcnow
 from mailer.consent import ledger as consent
 from mailer.consent import verify as consent_verify
-from mailer.clock import utcnow
 from mailer.customers.records import get_or_create
 from mailer.errors import ChainBroken, ConsentError, NotFound
 from mailer.models import ConsentEvent, ConsentEvidence, ConsentState

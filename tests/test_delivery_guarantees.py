@@ -11,13 +11,13 @@ import pytest
 from sqlalchemy import select, update
 
 from mailer import metrics
-from mailer.delivery import process as delivery
-from mailer.notices import trigger as notices
 from mailer.app import App, set_app
 from mailer.clock import utcnow
+from mailer.delivery import process as delivery
 from mailer.errors import TransientDeliveryError
 from mailer.logs import make_handler
 from mailer.models import Bounce, Delivery, DeliveryStatus, Suppression, SuppressionReason
+from mailer.notices import trigger as notices
 from tests.conftest import make_settings
 from tests.smtp_sink import SMTPSink
 
@@ -64,8 +64,8 @@ def test_processing_twice_sends_once(smtp_app, sink):
 
 
 def test_enqueued_twice_through_the_broker_sends_once(app, stub_broker):
-    from mailer.worker import actors
     from mailer.transport import memory
+    from mailer.worker import actors
 
     d = new_notice(app, "broker@example.com")
     actors.send_notice.send(d)

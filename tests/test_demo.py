@@ -10,7 +10,6 @@ from email import message_from_bytes, policy
 import pytest
 
 
-
 @pytest.mark.slow
 def test_demo_writes_an_outbox_of_parseable_mails_with_both_parts(tmp_path):
     # Given an empty directory and no MAILER_* configuration

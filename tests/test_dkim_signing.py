@@ -7,14 +7,16 @@ from email import message_from_bytes, policy
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from mailer.clock import utcnow
-from mailer.message.dkim import Signer, relaxed_body, relaxed_header
 from mailer.errors import ConfigurationError
+from mailer.message.dkim import Signer, relaxed_body, relaxed_header
 from mailer.message.mime import MailParts, build
-from tests.dkim_support import dkim_settings, signed_header_names, signer, verify_all
 from tests.conftest import make_settings
+from tests.dkim_support import dkim_settings, signed_header_names, signer, verify_all
 
 
 @pytest.fixture(scope="module")
@@ -156,11 +158,11 @@ def test_cli_generates_keys_and_prints_their_dns_records(tmp_path):
 @pytest.mark.smtp
 def test_mails_received_by_a_real_relay_verify_including_list_unsubscribe(db_url, keys_root, tmp_path):
     # Given DKIM keys in the settings, a real SMTP server and a marketing kind
-    from mailer.delivery import process as delivery
-    from mailer.notices import trigger as notices
     from mailer.app import App
+    from mailer.delivery import process as delivery
     from mailer.delivery.compose import compose
     from mailer.models import Delivery
+    from mailer.notices import trigger as notices
     from tests.campaign_support import NEWS_KIND, newsletter_templates
     from tests.smtp_sink import SMTPSink
 

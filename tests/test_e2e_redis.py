@@ -14,12 +14,12 @@ from click.testing import CliRunner
 
 from mailer import db
 from mailer.app import App, set_app
-from mailer.queue.broker import QUEUE_BULK, QUEUE_TRANSACTIONAL
-from mailer.worker.actors import setup
 from mailer.cli import main
 from mailer.models import Delivery, DeliveryStatus
 from mailer.notices.trigger import notify
+from mailer.queue.broker import QUEUE_BULK, QUEUE_TRANSACTIONAL
 from mailer.settings import PROJECT_ROOT
+from mailer.worker.actors import setup
 from tests.conftest import make_settings
 
 pytestmark = [pytest.mark.redis, pytest.mark.smtp]

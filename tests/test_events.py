@@ -12,10 +12,10 @@ from sqlalchemy import func, select
 
 from mailer import db
 from mailer.app import App, set_app
+from mailer.automations.publish import publish
 from mailer.cli import main
 from mailer.errors import InvalidEvent, MissingField, ValidationError
 from mailer.events.schemas import EVENT_TYPES, SCHEMAS, validate
-from mailer.automations.publish import publish
 from mailer.models import Customer, Delivery, DeliveryStatus, ShopEvent
 from mailer.settings import PROJECT_ROOT
 from tests.conftest import make_settings
@@ -42,8 +42,8 @@ def events_app(db_url, tmp_path):
     """An App whose automations are only the shipped order_delayed rule, on a stub broker."""
     import dramatiq
 
-    from mailer.worker.actors import setup
     from mailer.transport import memory
+    from mailer.worker.actors import setup
 
     memory.clear()
     settings = make_settings(database_url=db_url, automations_dir=rules_dir(tmp_path, "order_delayed"),

@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from mailer import db, segments
+from mailer.cli import main
+from mailer.clock import utcnow
 from mailer.consent import ledger as consent
 from mailer.consent import verify as consent_verify
 from mailer.customers import gdpr
-from mailer.cli import main
-from mailer.clock import utcnow
 from mailer.customers.records import by_email, import_file
 from mailer.errors import NotFound
 from mailer.models import (

@@ -6,13 +6,13 @@ from email import message_from_bytes, message_from_string, policy
 
 import pytest
 
-from mailer.delivery import process as delivery
-from mailer.notices import trigger as notices
 from mailer.app import App, set_app
 from mailer.clock import utcnow
+from mailer.delivery import process as delivery
 from mailer.errors import HeaderInjection
 from mailer.message.mime import MailParts, build, format_address, unstructured
 from mailer.models import Delivery, DeliveryStatus
+from mailer.notices import trigger as notices
 from tests.conftest import make_settings
 from tests.smtp_sink import SMTPSink
 

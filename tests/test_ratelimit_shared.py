@@ -9,9 +9,9 @@ import time
 import pytest
 
 from mailer.transport import ratelimit
-from mailer.transport.ratelimit import Limiter, RateLimited
-from mailer.transport.pool import Relay, RelayPool, parse_relays, relay_rate
 from mailer.transport.memory import MemoryTransport
+from mailer.transport.pool import Relay, RelayPool, parse_relays, relay_rate
+from mailer.transport.ratelimit import Limiter, RateLimited
 from tests.conftest import make_settings
 
 

@@ -8,7 +8,9 @@ import shutil
 from html.parser import HTMLParser
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from mailer.rendering import Renderer, fallback_chain, html_to_text, preview_context
 from mailer.settings import PROJECT_ROOT

@@ -11,12 +11,14 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from mailer import db, segments
+from mailer.models import Customer, CustomerTag, TrackingEvent
 from mailer.segments import resolve as segments_resolve
 from tests.conftest import make_settings
-from mailer.models import Customer, CustomerTag, TrackingEvent
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=timezone.utc)
 TAGS = ["VIP", "newsletter", "first_time", "lapsed", "vip"]
@@ -90,9 +92,17 @@ conditions = st.recursive(
 def _load(conn, people: list[dict]) -> list[int]:
     conn.execute(sa.delete(TrackingEvent.__table__))
     conn.execute(sa.delete(CustomerTag.__table__))
-    conn.execute(sa.delete(Customer.__table__))
+    # Customers of an earlier example go; those with consent events stay (ledger history,
+    # which the database refuses to delete) but are erased, so no segment can pick them.
+    from mailer.models import ConsentEvent
+
+    with_events = sa.select(ConsentEvent.__table__.c.customer_id).where(
+        ConsentEvent.__table__.c.customer_id.is_not(None))
+    conn.execute(sa.delete(Customer.__table__).where(Customer.__table__.c.id.not_in(with_events)))
+    conn.execute(sa.update(Customer.__table__).values(email=None))
+    first = conn.execute(sa.select(sa.func.coalesce(sa.func.max(Customer.__table__.c.id), 0))).scalar_one() + 1
     ids = []
-    for i, p in enumerate(people, start=1):
+    for i, p in enumerate(people, start=first):
         conn.execute(sa.insert(Customer.__table__).values(
             id=i, email=f"c{i}@example.com", email_hash=f"{i:064d}", total_spent=p["total_spent"],
             orders_count=p["orders_count"], predicted_spend_tier=p["predicted_spend_tier"],
@@ -169,21 +179,20 @@ def test_evaluate_reads_orm_customers_and_queries_tracking(sqlite_url):
 
 
 def _consent(conn, ids: list[int], consenting: list[bool], suppressed: list[bool]) -> None:
-    """Current newsletter consent for some customers, suppressions for others (one shared event row)."""
-    from mailer.models import ConsentEvent, ConsentState, Suppression
+    """Newsletter consent events for the consenting customers (the database derives
+    consent_state from them), suppressions for others."""
+    from mailer.models import ConsentEvent, Suppression
 
     ev = ConsentEvent.__table__
-    event_id = conn.execute(sa.select(ev.c.id).limit(1)).scalar()
-    if event_id is None:
-        event_id = conn.execute(sa.insert(ev).values(
-            seq=1, subject_hash="0" * 64, purpose="newsletter", action="granted", basis="consent",
-            source="import", occurred_at=NOW, recorded_at=NOW, prev_hash="0" * 64, hash="1" * 64)).inserted_primary_key[0]
-    conn.execute(sa.delete(ConsentState.__table__))
+    seq = conn.execute(sa.select(sa.func.coalesce(sa.func.max(ev.c.seq), 0))).scalar_one()
     conn.execute(sa.delete(Suppression.__table__))
     for i, yes, sup in zip(ids, consenting, suppressed):
         if yes:
-            conn.execute(sa.insert(ConsentState.__table__).values(customer_id=i, purpose="newsletter", granted=True,
-                                                                  basis="consent", event_id=event_id, updated_at=NOW))
+            seq += 1
+            conn.execute(sa.insert(ev).values(
+                seq=seq, customer_id=i, subject_hash=f"{i:064d}", purpose="newsletter", action="granted",
+                basis="consent", source="import", occurred_at=NOW, recorded_at=NOW, prev_hash="0" * 64,
+                hash=f"{seq:064x}", chain_format=2))
         if sup:
             conn.execute(sa.insert(Suppression.__table__).values(email_hash=f"{i:064d}", reason="manual", scope="all",
                                                                  created_at=NOW))

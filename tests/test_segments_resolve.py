@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from sqlalchemy import event, select
 
 from mailer import db, segments
+from mailer.cli import main
 from mailer.consent import ledger as consent
 from mailer.consent import suppressions
-from mailer.cli import main
 from mailer.customers.records import get_or_create, import_file
 from mailer.errors import SegmentError
 from mailer.models import Customer

@@ -13,13 +13,13 @@ import pytest
 from sqlalchemy import select
 
 from mailer import metrics
+from mailer.app import App, set_app
 from mailer.delivery import bounces
 from mailer.delivery import process as delivery
-from mailer.notices import trigger as notices
-from mailer.app import App, set_app
 from mailer.delivery.compose import return_path
 from mailer.errors import TransientDeliveryError
 from mailer.models import Bounce, Delivery, DeliveryStatus, Suppression
+from mailer.notices import trigger as notices
 from tests.bounce_support import dsn
 from tests.conftest import make_settings
 from tests.smtp_sink import SMTPSink

@@ -10,8 +10,14 @@ import pytest
 from click.testing import CliRunner
 
 from mailer.cli import main
-from mailer.rendering import (PREVIEW_PREFERENCES, PREVIEW_UNSUBSCRIBE, SUPPORTED_LOCALES, Renderer,
-                              check_templates, preview_context)
+from mailer.rendering import (
+    PREVIEW_PREFERENCES,
+    PREVIEW_UNSUBSCRIBE,
+    SUPPORTED_LOCALES,
+    Renderer,
+    check_templates,
+    preview_context,
+)
 from mailer.settings import PROJECT_ROOT
 from tests.conftest import make_settings
 
@@ -145,7 +151,7 @@ def test_cli_preview_writes_html_and_text_with_locale_fallback(tmp_path):
     html = out.read_text(encoding="utf-8")
     text = out.with_suffix(".txt").read_text(encoding="utf-8")
     assert "您的訂單將延遲送達" in html and html.startswith("<!")
-    assert text.startswith("Subject: 您的訂單 NW-10482") and "https://shop.example.com/orders/NW-10482" in text
+    assert text.startswith("Subject: [Northwind Shop] 您的訂單 NW-10482") and "https://shop.example.com/orders/NW-10482" in text
 
 
 def test_cli_preview_takes_data_and_names_a_missing_field(tmp_path):

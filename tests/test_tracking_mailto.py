@@ -7,9 +7,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from mailer.tracking import service as tracking
 from mailer.cli import main
 from mailer.models import ConsentEvent, ConsentSource, ConsentState, Delivery
+from mailer.tracking import service as tracking
 from tests.campaign_support import add_customer
 from tests.conftest import make_settings
 

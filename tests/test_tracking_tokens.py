@@ -9,9 +9,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from mailer import tokens
-from mailer.tracking import service as tracking
 from mailer.errors import TokenError
 from mailer.models import Delivery
+from mailer.tracking import service as tracking
 from tests.conftest import make_settings
 
 SETTINGS = make_settings(base_url="https://mail.shop.example", machine_open_window_s=10)

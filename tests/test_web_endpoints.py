@@ -14,11 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from mailer.delivery import process as delivery_service
-from mailer.notices import trigger as notices
-from mailer.tracking import service as tracking
 from mailer.app import App, set_app
 from mailer.clock import utcnow
+from mailer.delivery import process as delivery_service
 from mailer.models import (
     Campaign,
     ConsentEvent,
@@ -29,6 +27,8 @@ from mailer.models import (
     TrackingEvent,
     TrackingKind,
 )
+from mailer.notices import trigger as notices
+from mailer.tracking import service as tracking
 from mailer.transport import memory
 from mailer.web.app import create_app
 from tests.campaign_support import NEWS_KIND, SHOP_URL, add_customer, newsletter_templates

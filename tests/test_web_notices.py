@@ -6,9 +6,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from mailer.web import apikeys
 from mailer.models import ApiKey, Delivery, IdempotencyRecord
 from mailer.transport import memory
+from mailer.web import apikeys
 from mailer.web.app import create_app
 
 DATA = {"order_number": "1001", "new_eta": "2026-12-01"}

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings as hypothesis_settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
-from mailer.web import apikeys
 from mailer.app import App, set_app
 from mailer.transport import memory
+from mailer.web import apikeys
 from mailer.web.app import create_app
 from tests.conftest import make_settings
 

@@ -66,6 +66,7 @@ from mailer.automations.rules import (
     format_duration,
     get,
     load,
+    load_each,
     parse_duration,
     parse_rule,
 )
@@ -75,7 +76,7 @@ from mailer.automations.views import Pending, pending
 __all__ = [
     # rules
     "ADD_DATA", "AUDIENCES", "EVENT_OPS", "RULE_KEYS", "Merge", "Repeat", "Reward", "Rule", "Waves",
-    "format_duration", "get", "load", "parse_duration", "parse_rule",
+    "format_duration", "get", "load", "load_each", "parse_duration", "parse_rule",
     # conditions
     "customer_matches", "event_matches", "out_of_quiet_hours", "parse_quiet_hours",
     # sends

@@ -34,8 +34,11 @@ from mailer.automations.rules import load
 from mailer.clock import utcnow
 from mailer.errors import ValidationError
 from mailer.events.schemas import _CONTROL, IDEMPOTENCY_KEY_MAX_CHARS, Published, Snapshot, validate
+from mailer.instance_secrets import address_hash_salt
 from mailer.models import Customer, CustomerTag, ShopEvent
 from mailer.settings import Settings
+
+log = logging.getLogger("mailer.events")
 
 log = logging.getLogger("mailer.events")
 
@@ -71,6 +74,7 @@ def _apply_customer_update(session, customer: Customer, data: dict) -> None:
 
 def _customer(session, settings: Settings, email: str) -> Customer:
     """The customer with this (normalized) address, created if new, safe against a concurrent create."""
+
     customer = session.execute(select(Customer).where(Customer.email == email)).scalar_one_or_none()
     if customer is not None:
         return customer
@@ -78,7 +82,7 @@ def _customer(session, settings: Settings, email: str) -> Customer:
     now = utcnow()
     # Two events about one new customer at once: the second INSERT waits for the first and
     # then does nothing, instead of failing the whole event on the unique address.
-    session.execute(ins(Customer).values(email=email, email_hash=email_hash(email, settings.effective_hash_salt),
+    session.execute(ins(Customer).values(email=email, email_hash=email_hash(email, address_hash_salt(settings)),
                                          total_spent=Decimal("0"), orders_count=0, attributes={}, created_at=now,
                                          updated_at=now)
                     .on_conflict_do_nothing(index_elements=["email"]))

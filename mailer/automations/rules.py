@@ -5,6 +5,12 @@ rule's shape (:class:`Rule` and its ``[repeat]``, ``[merge]``, ``[waves]`` and
 ``[reward]`` tables), the checks that turn a bad file into an error naming the file,
 the key and what is allowed (:func:`parse_rule`), durations (``"15m"``, ``"3d"``), and
 the per-file-state cache of the rules folder (:func:`load`, :func:`get`).
+
+A rule file is read bounded: at most :data:`MAX_RULE_FILE_BYTES`, UTF-8, nested at most
+:data:`mailer.segments.files.MAX_FILE_NESTING_DEPTH` levels, no NaN or infinite numbers,
+durations at most :data:`MAX_DURATION_S`; a file that breaks one is a
+ConfigurationError naming it, never a crash.  :func:`load_each` checks every file on
+its own (``mailer automations list`` shows the bad ones and the good ones).
 """
 
 from __future__ import annotations
@@ -24,11 +30,16 @@ from mailer.automations import codes as codes_service
 from mailer.errors import ConfigurationError, MailerError, ValidationError
 from mailer.events.schemas import SCHEMAS
 from mailer.rendering import TRANSACTIONAL, Renderer
+from mailer.segments.files import MAX_FILE_NESTING_DEPTH, _show, check_shape, nesting_line, read_bounded
 from mailer.settings import Settings
 from mailer.tracking import service as tracking
 
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
+_DURATION = re.compile(r"^\s*(\d{1,9})\s*(s|m|h|d)\s*$")
 _DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: Longest delay or window a rule may give, seconds (about 10 years).
+MAX_DURATION_S = 3660 * 86400
+#: Largest rule file read, bytes.
+MAX_RULE_FILE_BYTES = 64 * 1024
 
 #: Event-condition operators (``[event_if]``) and what they test.
 EVENT_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "empty")
@@ -136,10 +147,13 @@ def parse_duration(value: Any, where: str) -> timedelta:
     """``"90s"``, ``"15m"``, ``"1h"``, ``"3d"`` (or ``0``) -> timedelta."""
     if value == 0 or value == "0":
         return timedelta(0)
-    m = _DURATION.match(value) if isinstance(value, str) else None
+    m = _DURATION.match(value) if isinstance(value, str) and len(value) <= 40 else None
     if not m:
-        raise ConfigurationError(f"{where}: {value!r} is not a duration such as \"90s\", \"15m\", \"1h\" or \"3d\"")
-    return timedelta(seconds=int(m.group(1)) * _DURATION_UNITS_S[m.group(2)])
+        raise ConfigurationError(f"{where}: {_show(value)} is not a duration such as \"90s\", \"15m\", \"1h\" or \"3d\"")
+    seconds = int(m.group(1)) * _DURATION_UNITS_S[m.group(2)]
+    if seconds > MAX_DURATION_S:
+        raise ConfigurationError(f"{where}: {value!r} is longer than {MAX_DURATION_S // 86400} days")
+    return timedelta(seconds=seconds)
 
 
 def format_duration(d: timedelta) -> str:
@@ -210,12 +224,20 @@ def _check_segment_condition(cond: Any, where: str, path: Path) -> tuple:
 def parse_rule(path: Path, settings: Settings, renderer=None) -> Rule:
     """Read and check one rule file; errors name the file, the key and what is allowed."""
     where = str(path)
+    text, problem = read_bounded(path, MAX_RULE_FILE_BYTES)
+    if text is None:
+        raise ConfigurationError(f"{where}: {problem}")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{where}: {exc}") from exc
-    except OSError as exc:
-        raise ConfigurationError(f"{where}: cannot read: {exc.strerror}") from exc
+    except RecursionError:
+        line = nesting_line(text)
+        raise ConfigurationError(f"{where}: nested deeper than {MAX_FILE_NESTING_DEPTH} levels"
+                                 + (f" (line {line})" if line else "")) from None
+    bad = check_shape(raw)
+    if bad:
+        raise ConfigurationError(f"{where}: {bad[0]}: {bad[1]}")
     _check_keys(raw, RULE_KEYS, where)
     name = path.stem
     event = raw.get("event")
@@ -280,9 +302,9 @@ def parse_rule(path: Path, settings: Settings, renderer=None) -> Rule:
         t = _table(raw["waves"], f"{where}: [waves]")
         _check_keys(t, ("interval", "per_unit", "min_size", "stock_field"), f"{where}: [waves]")
         per_unit, min_size = t.get("per_unit", 1), t.get("min_size", 1)
-        if not isinstance(per_unit, (int, float)) or per_unit <= 0:
-            raise ConfigurationError(f"{where}: [waves] per_unit must be a number above 0")
-        if not isinstance(min_size, int) or min_size < 1:
+        if isinstance(per_unit, bool) or not isinstance(per_unit, (int, float)) or not 0 < per_unit <= 1e6:
+            raise ConfigurationError(f"{where}: [waves] per_unit must be a number above 0 (at most 1000000)")
+        if isinstance(min_size, bool) or not isinstance(min_size, int) or not 1 <= min_size <= 10**9:
             raise ConfigurationError(f"{where}: [waves] min_size must be a whole number of at least 1")
         stock_field = t.get("stock_field", "stock")
         if stock_field not in SCHEMAS[event]:
@@ -382,6 +404,21 @@ def load(settings: Settings, renderer=None) -> list[Rule]:
         _cache.clear()
         _cache[state] = rules
     return rules
+
+
+def load_each(settings: Settings, renderer=None) -> list[tuple[Path, Rule | ConfigurationError]]:
+    """Every rule file with its Rule, or the error that makes it invalid; one bad file spoils no other."""
+    directory = Path(settings.automations_dir)
+    if not directory.is_dir():
+        return []
+    renderer = renderer or Renderer(settings)
+    out: list[tuple[Path, Rule | ConfigurationError]] = []
+    for path in sorted(directory.glob("*.toml")):
+        try:
+            out.append((path, parse_rule(path, settings, renderer)))
+        except ConfigurationError as exc:
+            out.append((path, exc))
+    return out
 
 
 def get(settings: Settings, name: str) -> Rule:

@@ -30,6 +30,7 @@ from mailer.consent import suppressions
 from mailer.delivery.compose import render_context
 from mailer.errors import PoolExhausted
 from mailer.events.schemas import Action
+from mailer.instance_secrets import address_hash_salt
 from mailer.models import Customer, Delivery, DeliveryStatus, ShopEvent
 from mailer.notices.trigger import purpose_for
 from mailer.queue.broker import QUEUE_BULK, QUEUE_TRANSACTIONAL
@@ -109,7 +110,7 @@ def _blocked(ctx: _Context, rule: Rule, customer: Customer, purpose: str) -> str
     s, settings = ctx.session, ctx.app.settings
     if customer.email is None:
         return "customer was erased"
-    hit = suppressions.suppression_for(s, email_hash(customer.email, settings.effective_hash_salt), purpose)
+    hit = suppressions.suppression_for(s, email_hash(customer.email, address_hash_salt(settings)), purpose)
     if hit is not None:
         return f"suppressed: {hit.reason.value} ({hit.scope})"
     if purpose != TRANSACTIONAL and rule.require_consent and not consent.has_consent(s, settings, customer.id,
@@ -167,7 +168,7 @@ def _schedule(ctx: _Context, rule: Rule, customer: Customer, data: dict, *, grou
     _probe(ctx, rule, customer, locale, data)
     due = send_after <= ctx.now
     delivery = Delivery(idempotency_key=key, kind=rule.kind, customer_id=customer.id, to_address=customer.email,
-                        to_hash=email_hash(customer.email, settings.effective_hash_salt), locale=locale, data=data,
+                        to_hash=email_hash(customer.email, address_hash_salt(settings)), locale=locale, data=data,
                         purpose=purpose, queue=QUEUE_TRANSACTIONAL if spec.transactional else QUEUE_BULK,
                         status=DeliveryStatus.queued if due else DeliveryStatus.scheduled,
                         send_after=None if due else send_after, cancel_group=group, automation=rule.name,
@@ -194,7 +195,7 @@ def _record_failure(ctx: _Context, rule: Rule, customer: Customer, data: dict, g
     settings = ctx.app.settings
     delivery = Delivery(idempotency_key=_ikey(rule, group, f"failed:e{ctx.event.id}"), kind=rule.kind,
                         customer_id=customer.id, to_address=customer.email,
-                        to_hash=email_hash(customer.email, settings.effective_hash_salt),
+                        to_hash=email_hash(customer.email, address_hash_salt(settings)),
                         locale=customer.locale or settings.default_locale, data=data, purpose=purpose,
                         queue=QUEUE_BULK, status=DeliveryStatus.failed, reason=reason, cancel_group=group,
                         automation=rule.name, created_at=ctx.now, updated_at=utcnow())

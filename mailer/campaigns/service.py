@@ -40,6 +40,8 @@ from mailer.clock import utcnow
 from mailer.delivery import personalize as headers
 from mailer.delivery.compose import render_context
 from mailer.errors import InvalidState, NotFound, TemplateError, ValidationError
+from mailer.i18n import fallback_chain
+from mailer.instance_secrets import address_hash_salt
 from mailer.models import (
     Campaign,
     CampaignStatus,
@@ -48,7 +50,6 @@ from mailer.models import (
     Delivery,
     DeliveryStatus,
 )
-from mailer.rendering import fallback_chain
 from mailer.settings import Settings
 
 log = logging.getLogger("mailer.campaigns")
@@ -167,6 +168,9 @@ def validate(session: Session, settings: Settings, renderer, *, template: str, s
                               f"{template} is a {spec.purpose!r} mail; pick a segment for {spec.purpose!r}",
                               field="segment")
     renderer.validate(template, data)
+    # Subjects are data, never code: the restricted, sandboxed grammar, checked before anything renders.
+    for loc, text in subjects.items():
+        renderer.check_text(template, text, field=subject_field(loc))
     used: dict[str, list[str]] = {}
     for loc in _segment_locales(session, segment.purpose, settings):
         resolved = renderer.resolve_locale(template, loc)
@@ -183,6 +187,11 @@ def validate(session: Session, settings: Settings, renderer, *, template: str, s
             raise ValidationError(f"the subject for locale {resolved} is empty; give --subject "
                                   f"{resolved}=TEXT or set [subject] {resolved} in kind.toml", field="subject")
     return segment.purpose, sorted(used)
+
+
+def subject_field(locale_key: str) -> str:
+    """How errors name a campaign subject: ``subject[pl]``, or ``subject[*]`` for every locale."""
+    return f"subject[{locale_key}]"
 
 
 def _subject_for(subjects: dict[str, str], locale: str) -> str | None:
@@ -361,7 +370,7 @@ def preview(session: Session, settings: Settings, renderer, campaign_id: int, em
     address = normalize(email)
     customer = session.execute(select(Customer).where(Customer.email == address)).scalar_one_or_none()
     probe = Delivery(id=0, kind=c.template, campaign_id=c.id, customer_id=customer.id if customer else None,
-                     to_address=address, to_hash=email_hash(address, settings.effective_hash_salt),
+                     to_address=address, to_hash=email_hash(address, address_hash_salt(settings)),
                      locale=(customer.locale if customer else None) or settings.default_locale,
                      data={}, purpose=c.purpose, created_at=utcnow())
     context = render_context(settings, probe, customer)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from mailer.automations import format_duration, load, pending
-from mailer.cli.base import console, main, pass_settings
+from mailer.automations import format_duration, load_each, pending
+from mailer.cli.base import EXIT_REJECTED, console, err_console, main, pass_settings
 from mailer.db import session_scope
+from mailer.errors import ConfigurationError
 
 
 @main.group("automations")
@@ -17,12 +18,22 @@ def automations_group() -> None:
 @automations_group.command("list")
 @pass_settings
 def list_cmd(settings) -> None:
-    """Show every rule: trigger, notice kind, delays, group, what cancels it. Fails on a bad file."""
-    rules = load(settings)
-    if not rules:
+    """Show every rule: trigger, notice kind, delays, group, what cancels it.
+
+    A bad file is listed as invalid with the reason (exit 1); the other rules still list.
+    """
+
+    checked = load_each(settings)
+    if not checked:
         console.print(f"no automations in {settings.automations_dir}", markup=False)
         return
-    for r in rules:
+    invalid = 0
+    for path, r in checked:
+        if isinstance(r, ConfigurationError):
+            invalid += 1
+            message = str(r) if str(path) in str(r) else f"{path}: {r}"
+            err_console.print(f"invalid: {message}", markup=False, highlight=False, soft_wrap=True)
+            continue
         state = "" if r.enabled else "  [disabled]"
         lines = [f"{r.name}{state}  ({r.path})"]
         if r.description:
@@ -53,6 +64,9 @@ def list_cmd(settings) -> None:
         if extras:
             lines.append("  " + "; ".join(extras))
         console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+    if invalid:
+        err_console.print(f"{invalid} invalid automation file(s)", markup=False, highlight=False)
+        raise SystemExit(EXIT_REJECTED)
 
 
 @automations_group.command("pending")

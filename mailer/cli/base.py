@@ -12,9 +12,12 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
+from mailer import limits
 from mailer.app import App, set_app
 from mailer.errors import MailerError
+from mailer.i18n import MAX_LOCALE_CHARS, is_valid_locale
 from mailer.queue.broker import setup
 from mailer.settings import Settings
 
@@ -33,7 +36,9 @@ class MailerGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MailerError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            # The message is escaped: "subject[pl]" or user text must not be read as Rich markup.
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True,
+                              soft_wrap=True)
             sys.exit(EXIT_ERROR)
 
 
@@ -52,16 +57,35 @@ def settings_of(ctx: click.Context) -> Settings:
 pass_settings = click.make_pass_decorator(Settings)
 
 
+def check_locale(ctx: click.Context, param: click.Parameter, value):
+    """Click callback for every ``--locale``: the API's rule (:func:`mailer.i18n.is_valid_locale`).
+
+    A bad value is a usage error naming the option (exit code 2) before anything runs.
+    """
+    for v in (value if isinstance(value, tuple) else (value,)):
+        if v is not None and not is_valid_locale(v):
+            raise click.BadParameter(f"{v[:40]!r} is not a locale (e.g. pl, zh-TW, pt_BR; language of 2-3 letters, "
+                                     f"at most {MAX_LOCALE_CHARS} characters)", ctx=ctx, param=param)
+    return value
+
+
 def parse_json(value: str | None, *, option: str) -> dict:
     if not value:
         return {}
     try:
-        data = json.loads(value)
+        data = json.loads(value, parse_constant=limits.reject_constant)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                                  param_hint=option) from exc
+    except ValueError as exc:  # NaN / Infinity literals
+        raise click.BadParameter(str(exc), param_hint=option) from exc
+    except RecursionError:
+        raise click.BadParameter("JSON nests too deeply", param_hint=option) from None
     if not isinstance(data, dict):
         raise click.BadParameter("must be a JSON object", param_hint=option)
+    problems = limits.check(data, "data")
+    if problems:
+        raise click.BadParameter("; ".join(msg for _, msg in problems), param_hint=option)
     return data
 
 

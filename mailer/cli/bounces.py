@@ -16,6 +16,7 @@ import sys
 import click
 from rich.table import Table
 
+from mailer import bouncekit
 from mailer.app import App
 from mailer.cli.base import EXIT_REJECTED, console, main, on_terminal, pass_settings
 from mailer.delivery import bounces
@@ -24,6 +25,48 @@ from mailer.delivery import bounces
 @main.group("bounces")
 def bounces_group() -> None:
     """Bounces and complaints that arrive after sending."""
+
+
+@bounces_group.command("explain")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per message instead of text.")
+@pass_settings
+def explain_cmd(settings, paths: tuple[str, ...], as_json: bool) -> None:
+    """Say, for each message in PATH... (files, Maildirs, mbox files), what ingest would do and why.
+
+    Changes nothing.  Reads no database: the reading comes from mailer.bouncekit alone.
+    """
+    prefix = "bounces"  # VERP local part: bounces+<delivery id>@MAILER_BOUNCE_DOMAIN
+    for path in paths:
+        try:
+            sources = list(bouncekit.read_sources(path))
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"{path}: cannot read: {exc}") from exc
+        for file, index, raw in sources:
+            report = bouncekit.classify(raw, verp_prefix=prefix)
+            d = report.to_dict()
+            out = {"file": file, **({"index": index} if index is not None else {}), "type": d["type"],
+                   "recipients": d["recipients"]}
+            if report.feedback_type:
+                out["feedback_type"] = report.feedback_type
+            if report.message_id:
+                out["message_id"] = report.message_id
+            if report.delivery_id is not None:
+                out["delivery_id"] = report.delivery_id
+            out["evidence"] = report.evidence
+            if as_json:
+                click.echo(json.dumps(out, ensure_ascii=False))
+                continue
+            where = file if index is None else f"{file}#{index}"
+            click.echo(f"{where}: {report.type}"
+                       + (f" ({report.feedback_type})" if report.feedback_type else "")
+                       + (f", delivery {report.delivery_id}" if report.delivery_id is not None else "")
+                       + (f", Message-ID {report.message_id}" if report.message_id else ""))
+            for r in report.recipients:
+                click.echo(f"  {r.address or '(no address)'}: {r.reason} -> {r.action}"
+                           f"  [status {r.status or '-'}, smtp {r.smtp_code or '-'}]")
+                if r.evidence:
+                    click.echo(f"    because: {r.evidence}")
 
 
 @bounces_group.command("ingest")

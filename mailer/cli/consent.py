@@ -16,10 +16,11 @@ from mailer.app import get_app
 from mailer.cli.base import EXIT_REJECTED, console, err_console, main, on_terminal, pass_settings, setup_broker
 from mailer.consent import export as consent_export
 from mailer.consent import ledger as consent
-from mailer.notices.trigger import confirmation
 from mailer.consent import suppressions
 from mailer.consent import verify as consent_verify
+from mailer.instance_secrets import address_hash_salt
 from mailer.models import ConsentEvent, ConsentSource, LawfulBasis
+from mailer.notices import confirmation
 
 SOURCES = [s.value for s in ConsentSource]
 BASES = [b.value for b in LawfulBasis]
@@ -107,7 +108,7 @@ def grant_cmd(settings, email, purpose, source, basis, double_opt_in, ip, user_a
     with db.session_scope(settings) as s:
         ev = consent.grant(s, settings, email=address, purpose=purpose, source=source, basis=basis,
                            occurred_at=when, proof=proof)
-        hit = suppressions.suppression_for(s, email_hash(address, settings.effective_hash_salt), purpose)
+        hit = suppressions.suppression_for(s, email_hash(address, address_hash_salt(settings)), purpose)
         seq = ev.seq
     console.print(f"recorded: {address} granted {purpose} ({basis}, source {source}); event seq {seq}",
                   highlight=False, soft_wrap=True)
@@ -159,7 +160,8 @@ def check_cmd(settings, email, purpose, at) -> None:
               help="Verify an export file on its own instead of the database.")
 @pass_settings
 def verify_cmd(settings, file: Path | None) -> None:
-    """Check the hash chain; names the first edited, removed, inserted or reordered event. Exit 1 if broken."""
+    """Check the hash chain and the current state; names the first edited, removed, inserted or reordered event
+    and every (customer, purpose) whose consent_state disagrees with the events. Exit 1 on any problem."""
 
     def run(progress=None):
         if file is not None:
@@ -179,15 +181,25 @@ def verify_cmd(settings, file: Path | None) -> None:
     else:
         report = run()
     what = str(file) if file else "consent chain"
-    if report.ok:
+    if report.problem is None:
         span = f"seq {report.first_seq}..{report.last_seq}" if report.last_seq is not None else "empty"
         links = f" and {report.links} links" if report.links else ""
-        console.print(f"OK: {what}: {report.events} events{links} verified ({span}); head {report.head_hash}",
-                      highlight=False, soft_wrap=True)
-        return
-    p = report.problem
-    err_console.print(f"BROKEN: {what}: {p.kind}: {p.message} ({p.where()})", highlight=False, markup=False, soft_wrap=True)
-    raise SystemExit(EXIT_REJECTED)
+        out = console if report.ok else err_console
+        out.print(f"{'OK' if report.ok else 'CHAIN OK'}: {what}: {report.events} events{links} verified ({span}); "
+                  f"head {report.head_hash}", highlight=False, markup=False, soft_wrap=True)
+        out.print(report.formats_text(), highlight=False, markup=False, soft_wrap=True)
+    else:
+        p = report.problem
+        err_console.print(f"BROKEN: {what}: {p.kind}: {p.message} ({p.where()})", highlight=False, markup=False,
+                          soft_wrap=True)
+    for m in report.state_mismatches:
+        err_console.print(f"STATE: customer {m.customer_id}, purpose {m.purpose}: {m.kind}: {m.detail}",
+                          highlight=False, markup=False, soft_wrap=True)
+    if report.state_mismatches:
+        err_console.print(f"BROKEN: consent_state: {len(report.state_mismatches)} (customer, purpose) rows disagree "
+                          "with the events", highlight=False, markup=False, soft_wrap=True)
+    if not report.ok:
+        raise SystemExit(EXIT_REJECTED)
 
 
 @consent_group.command("export")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mailer.cli.base import console, main, parse_json, pass_settings, setup_broker
+from mailer.cli.base import check_locale, console, main, parse_json, pass_settings, setup_broker
 from mailer.notices.trigger import notify
 
 
@@ -12,7 +12,8 @@ from mailer.notices.trigger import notify
 @click.argument("kind")
 @click.option("--to", "to", required=True, help="Recipient address.")
 @click.option("--data", "data", default="{}", help="Template data as a JSON object.")
-@click.option("--locale", default=None, help="Override the customer's locale (e.g. pl, zh-TW).")
+@click.option("--locale", default=None, help="Override the customer's locale (e.g. pl, zh-TW).",
+              callback=check_locale)
 @click.option("--idempotency-key", default=None, help="The same key twice sends one mail.")
 @pass_settings
 def notify_cmd(settings, kind: str, to: str, data: str, locale: str | None, idempotency_key: str | None) -> None:

@@ -28,7 +28,9 @@ def list_cmd(settings) -> None:
             seg = segments.load(settings, path.stem)
         except SegmentError as exc:
             bad += 1
-            err_console.print(f"invalid: {exc}", highlight=False, markup=False, soft_wrap=True)
+            message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            err_console.print(f"invalid: {message}", highlight=False, markup=False, soft_wrap=True)
+            table.add_row(path.stem, "-", "INVALID (see above)", str(path.name))
             continue
         table.add_row(seg.name, seg.purpose, seg.description, str(path.name))
     console.print(table)

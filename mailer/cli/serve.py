@@ -7,6 +7,7 @@ import click
 from mailer.app import get_app
 from mailer.cli.base import main, pass_settings, setup_broker
 from mailer.web.app import create_app
+from mailer.web.security import log_config, trusted_networks
 
 
 @main.command("serve")
@@ -14,20 +15,24 @@ from mailer.web.app import create_app
 @click.option("--port", default=None, type=int, help="Port (MAILER_HTTP_PORT).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="uvicorn worker processes.")
-@click.option("--proxy-headers/--no-proxy-headers", default=True, show_default=True,
-              help="Trust X-Forwarded-For from the proxy in front (client IPs in consent proof).")
 @pass_settings
-def serve_cmd(settings, host: str | None, port: int | None, workers: int, proxy_headers: bool) -> None:
-    """Serve the ASGI app (OpenAPI at /openapi.json, docs at /docs)."""
+def serve_cmd(settings, host: str | None, port: int | None, workers: int) -> None:
+    """Serve the ASGI app (OpenAPI at /openapi.json, docs at /docs).
+
+    uvicorn's own proxy-header handling is off: mailer believes ``X-Forwarded-For`` only
+    from ``MAILER_TRUSTED_PROXIES`` (:func:`mailer.web_security.client_ip`).  Access and
+    mailer logs go through :class:`~mailer.web_security.TokenRedactingFilter`.
+    """
     import uvicorn
 
+    trusted_networks(settings.trusted_proxies)  # a bad CIDR fails here, not on the first request
     host = host or settings.http_host
     port = port or settings.http_port
+    common = {"host": host, "port": port, "proxy_headers": False, "log_config": log_config(), "log_level": "info"}
     if workers > 1:
         # Each worker process builds its own app (and broker) from the environment.
-        uvicorn.run("mailer.web:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    proxy_headers=proxy_headers, log_level="info")
+        uvicorn.run("mailer.web:app_from_env", factory=True, workers=workers, **common)
         return
     setup_broker(settings)
 
-    uvicorn.run(create_app(app=get_app()), host=host, port=port, proxy_headers=proxy_headers, log_level="info")
+    uvicorn.run(create_app(app=get_app()), **common)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from mailer.cli.base import EXIT_REJECTED, console, err_console, main, parse_json_or_file, pass_settings
+from mailer.cli.base import EXIT_REJECTED, check_locale, console, err_console, main, parse_json_or_file, pass_settings
 from mailer.rendering import Renderer, check_templates, preview_context
 
 
@@ -24,7 +24,8 @@ def templates_group() -> None:
 
 @templates_group.command("check")
 @click.option("--kind", "kinds", multiple=True, help="Only this kind (repeatable), e.g. order_delayed.")
-@click.option("--locale", "locales", multiple=True, help="Only this locale (repeatable), e.g. zh-TW.")
+@click.option("--locale", "locales", multiple=True, help="Only this locale (repeatable), e.g. zh-TW.",
+              callback=check_locale)
 @pass_settings
 def check_cmd(settings, kinds: tuple[str, ...], locales: tuple[str, ...]) -> None:
     """Render every kind x locale with its sample data; exit 1 and list every problem."""
@@ -56,7 +57,8 @@ def _short(path: str | None, settings) -> str:
 
 @main.command("preview")
 @click.argument("kind")
-@click.option("--locale", default="en", show_default=True, help="Locale (fallback applies: zh-HK -> zh-TW).")
+@click.option("--locale", default="en", show_default=True, help="Locale (fallback applies: zh-HK -> zh-TW).",
+              callback=check_locale)
 @click.option("--data", "data", default=None,
               help="Template data as a JSON object, or @file.json (default: the kind's sample.json).")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -7,12 +7,21 @@ Export files (``jsonl`` or ``csv``) hold every hashed field of every event plus 
 ``prev_hash`` and ``hash``, so ``mailer consent verify --file`` needs nothing but the
 file.  Layout, one record per line/row:
 
-* ``begin``: format version, filters, the first ``seq`` and the anchor (its ``prev_hash``);
+* ``begin``: format version, filters, the first ``seq``, the anchor (its ``prev_hash``),
+  the hashed fields of each chain format and, in CSV, the cell ``escaping``;
 * ``wording``: the exact wording text the first time each ``wording_sha256`` occurs;
 * ``event``: a full event (hashed fields, ``prev_hash``, ``hash``, evidence columns);
 * ``link``: ``seq``/``prev_hash``/``hash`` only, for events a filter left out, so the
   chain stays checkable across them;
 * ``end``: counts, last ``seq`` and the head hash.
+
+Each event record carries its ``chain_format`` (1 or 2; see :mod:`mailer.consent`);
+files written before format 2 have no such field and verify as format 1.
+
+CSV cells are spreadsheet-safe (:mod:`mailer.csvsafe`): a cell starting with ``=``, ``+``,
+``-``, ``@``, a tab, a CR or a quote is written with a leading ``'``; the begin record
+names the escaping (``"escaping": "owasp-leading-quote"``) and the verifier strips it
+before hashing.  CSV files of export version 1 had no escaping and verify as written.
 
 A filtered export proves that every included event is unaltered and sits where it
 says in the chain; only an unfiltered export proves that nothing was left out.
@@ -20,7 +29,6 @@ says in the chain; only an unfiltered export proves that nothing was left out.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -31,21 +39,27 @@ from typing import IO, Callable, Iterator
 from sqlalchemy import String, and_, func, literal_column, select, type_coerce
 from sqlalchemy.orm import Session
 
+from mailer import csvsafe
 from mailer.addresses import email_hash, normalize
 from mailer.clock import utcnow
 from mailer.consent import ledger as consent
 from mailer.errors import ValidationError
+from mailer.instance_secrets import address_hash_salt
 from mailer.models import ConsentEvent, ConsentEvidence
 from mailer.settings import Settings
 
-#: Export file format version (the ``begin`` record's ``version``).
-FORMAT_VERSION = 1
+#: Export file format version (the ``begin`` record's ``version``): 2 adds chain_format
+#: per event and spreadsheet-safe CSV cells.
+FORMAT_VERSION = 2
 FORMAT_NAME = "mailer-consent-log"
 #: Rows fetched per round trip while streaming the chain.
 STREAM_ROWS = 2000
 #: Columns of a CSV export, in order.
 CSV_COLUMNS = (("type",) + consent.HASHED_FIELDS
-               + ("prev_hash", "hash", "event_id", "customer_id", "email", "ip", "user_agent", "wording", "info"))
+               + ("prev_hash", "hash", "event_id", "customer_id", "email", "ip", "user_agent", "wording", "info",
+                  "chain_format"))
+#: Columns of a version-1 CSV export (before chain format 2), still accepted by the verifier.
+CSV_COLUMNS_V1 = CSV_COLUMNS[:-1]
 
 
 # -- reading the chain from the database ------------------------------------------------------
@@ -89,7 +103,7 @@ def _event_columns(dialect: str, *, evidence: bool):
             type_coerce(t.source, String()).label("source"),
             _raw_ts(t.occurred_at, dialect), _raw_ts(t.recorded_at, dialect), t.form_id, t.wording_sha256,
             t.wording_version, _raw_ts(t.confirmed_at, dialect), t.ip_digest, t.user_agent_digest, t.prev_hash,
-            t.hash, t.wording]
+            t.hash, t.wording, t.chain_format]
     if evidence:
         e = ConsentEvidence.__table__.c
         cols += [e.email, e.ip, e.user_agent]
@@ -109,13 +123,13 @@ def _record(row, *, evidence: bool) -> dict:
     # a microsecond per field, which was 40% of the export's time.
     (event_id, seq, customer_id, subject_hash, purpose, action, basis, source, occurred_at, recorded_at, form_id,
      wording_sha256, wording_version, confirmed_at, ip_digest, user_agent_digest, prev_hash, hash_, _wording,
-     *clear) = row
+     chain_format, *clear) = row
     rec = {"type": "event", "seq": seq, "subject_hash": subject_hash, "purpose": purpose, "action": action,
            "basis": basis, "source": source, "occurred_at": _iso_fast(occurred_at),
            "recorded_at": _iso_fast(recorded_at), "form_id": form_id, "wording_sha256": wording_sha256,
            "wording_version": wording_version, "confirmed_at": _iso_fast(confirmed_at), "ip_digest": ip_digest,
            "user_agent_digest": user_agent_digest, "prev_hash": prev_hash, "hash": hash_, "event_id": event_id,
-           "customer_id": customer_id}
+           "customer_id": customer_id, "chain_format": chain_format}
     if evidence:
         rec["email"], rec["ip"], rec["user_agent"] = clear
     return rec
@@ -139,7 +153,7 @@ class _Writer:
         self.fmt = fmt
         self.digest = hashlib.sha256()
         if fmt == "csv":
-            self.csv = csv.writer(self, lineterminator="\n")
+            self.csv = csvsafe.writer(self, lineterminator="\n")
             self.csv.writerow(CSV_COLUMNS)
         elif fmt != "jsonl":
             raise ValidationError(f"unknown export format {fmt!r}; use csv or jsonl", field="--format")
@@ -174,7 +188,7 @@ def _serialize(rec: dict, fmt: str) -> str:
     if fmt == "jsonl":
         return _JSON.encode(rec) + "\n"
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(_csv_row(rec))
+    csvsafe.writer(buf, lineterminator="\n").writerow(_csv_row(rec))
     return buf.getvalue()
 
 
@@ -203,7 +217,7 @@ def export(session: Session, settings: Settings, out: IO[str], *, fmt: str = "js
     as ``link`` records so the file still verifies on its own.
     """
     since, until = _parse_when(since, "--since"), _parse_when(until, "--until")
-    subject = email_hash(normalize(email), settings.effective_hash_salt) if email else None
+    subject = email_hash(normalize(email), address_hash_salt(settings)) if email else None
     t = ConsentEvent.__table__.c
     conds = []
     if since is not None:
@@ -233,6 +247,8 @@ def export(session: Session, settings: Settings, out: IO[str], *, fmt: str = "js
     w.record({"type": "begin", "seq": first_seq, "prev_hash": anchor, "info": {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "exported_at": consent._iso(utcnow()),
         "hashed_fields": list(consent.HASHED_FIELDS), "hash": "sha256(prev_hash || canonical_json(hashed fields))",
+        "chain_formats": {str(k): list(v) for k, v in consent.CHAIN_FORMATS.items()},
+        **({"escaping": csvsafe.ESCAPING} if fmt == "csv" else {}),
         "filters": filters, "head_seq": head_seq}})
     if first_seq is not None:
         if on_total:

@@ -5,10 +5,15 @@ deleted (database triggers refuse it).  Each event's ``hash`` is
 ``sha256(prev_hash || canonical_json(content))``, where the content holds no personal
 data in clear: the address, IP and user agent enter as salted digests, while their
 clear values live in ``consent_evidence`` and can be erased without breaking the chain.
+Chain format 2 (every event appended since migration 0002) also hashes ``customer_id``
+and ``chain_format``, so an event cannot be moved to another customer unnoticed; older
+events keep format 1 (:data:`HASHED_FIELDS`) and still verify.
 
-``consent_state`` keeps the outcome of the latest event per (customer, purpose), updated
-in the same transaction as the append, so "may we mail C for P now" is one primary-key
-lookup, and segments join it.
+``consent_state`` keeps the outcome of the latest event per (customer, purpose).  No
+Python code writes it: a database trigger on ``consent_events`` INSERT derives it in
+the same transaction, and guard triggers refuse any other write (see migration 0002).
+"May we mail C for P now" is one primary-key lookup joined, by primary key, to the
+event the state row names, which must be a grant of that customer and purpose.
 
 Double opt-in: :func:`request_double_opt_in` stores a ``consent_requests`` row and
 returns a signed link (token purpose ``confirm``); :func:`mailer.notices.confirmation.send_confirmation` mails it
@@ -26,14 +31,15 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, exists, or_, select, text, update
+from sqlalchemy.orm import Session, aliased
 
 from mailer import tokens
 from mailer.addresses import email_hash, normalize
 from mailer.clock import utcnow
 from mailer.customers.records import get_or_create
 from mailer.errors import ConsentError, NotFound, TokenError
+from mailer.instance_secrets import address_hash_salt
 from mailer.models import (
     ConsentAction,
     ConsentEvent,
@@ -58,10 +64,23 @@ CONFIRM_KIND = "confirm_subscription"
 #: pending request and sends no second mail (protects inboxes from form floods).
 CONFIRM_RESEND_MIN_S = 600
 
-#: Fields covered by an event's hash, in this order.
+#: Fields covered by a format-1 event's hash, in this order.
 HASHED_FIELDS = ("seq", "subject_hash", "purpose", "action", "basis", "source", "occurred_at",
                  "recorded_at", "form_id", "wording_sha256", "wording_version", "confirmed_at",
                  "ip_digest", "user_agent_digest")
+#: Fields covered by a format-2 event's hash: format 1's plus the customer and the format.
+HASHED_FIELDS_V2 = HASHED_FIELDS + ("customer_id", "chain_format")
+#: The chain format :func:`append` writes.
+CHAIN_FORMAT = 2
+CHAIN_FORMATS = {1: HASHED_FIELDS, 2: HASHED_FIELDS_V2}
+
+
+def hashed_fields(chain_format: int | None) -> tuple[str, ...]:
+    """The fields a hash of this chain format covers (None: format 1, as in old exports)."""
+    try:
+        return CHAIN_FORMATS[chain_format or 1]
+    except (KeyError, TypeError):
+        raise ConsentError(f"unknown consent chain format {chain_format!r}; known: 1, 2") from None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -69,9 +88,9 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def canonical(fields: dict) -> bytes:
-    """The bytes an event's hash covers (also used by ``verify --file``)."""
-    return json.dumps({k: fields.get(k) for k in HASHED_FIELDS}, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False).encode("utf-8")
+    """The bytes an event's hash covers, by its ``chain_format`` (absent: 1)."""
+    return json.dumps({k: fields.get(k) for k in hashed_fields(fields.get("chain_format"))}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def chain_hash(prev_hash: str, fields: dict) -> str:
@@ -79,8 +98,8 @@ def chain_hash(prev_hash: str, fields: dict) -> str:
 
 
 def event_fields(ev: ConsentEvent) -> dict:
-    """An event's hashed content, as plain JSON values."""
-    return {
+    """An event's hashed content, as plain JSON values (format 2 adds customer_id and chain_format)."""
+    fields = {
         "seq": ev.seq, "subject_hash": ev.subject_hash, "purpose": ev.purpose,
         "action": ev.action.value, "basis": ev.basis.value, "source": ev.source.value,
         "occurred_at": _iso(ev.occurred_at), "recorded_at": _iso(ev.recorded_at),
@@ -88,12 +107,16 @@ def event_fields(ev: ConsentEvent) -> dict:
         "confirmed_at": _iso(ev.confirmed_at), "ip_digest": ev.ip_digest,
         "user_agent_digest": ev.user_agent_digest,
     }
+    if (ev.chain_format or 1) >= 2:
+        fields["customer_id"] = ev.customer_id
+        fields["chain_format"] = ev.chain_format
+    return fields
 
 
 def _digest(settings: Settings, value: str | None) -> str | None:
     if value is None:
         return None
-    return hashlib.sha256(settings.effective_hash_salt + value.encode("utf-8")).hexdigest()
+    return hashlib.sha256(address_hash_salt(settings) + value.encode("utf-8")).hexdigest()
 
 
 def purpose_ok(settings: Settings, purpose: str) -> str:
@@ -139,7 +162,7 @@ def append(session: Session, settings: Settings, *, customer: Customer, purpose:
            action: ConsentAction | str, source: ConsentSource | str,
            basis: LawfulBasis | str = LawfulBasis.consent, occurred_at: datetime | None = None,
            proof: Proof | None = None) -> ConsentEvent:
-    """Append one consent event, extend the chain and update the current state."""
+    """Append one consent event and extend the chain; the database derives the current state."""
     purpose_ok(settings, purpose)
     try:
         action = ConsentAction(action)
@@ -165,32 +188,36 @@ def append(session: Session, settings: Settings, *, customer: Customer, purpose:
                            .order_by(ConsentEvent.seq.desc()).limit(1)).first()
     seq, prev = (last.seq + 1, last.hash) if last else (1, GENESIS)
     ev = ConsentEvent(
-        seq=seq, customer_id=customer.id, subject_hash=email_hash(customer.email, settings.effective_hash_salt),
+        seq=seq, customer_id=customer.id, subject_hash=email_hash(customer.email, address_hash_salt(settings)),
         purpose=purpose, action=action, basis=basis, source=source, occurred_at=occurred_at, recorded_at=now,
         form_id=proof.form_id, wording=proof.wording, wording_version=proof.wording_version,
         wording_sha256=hashlib.sha256(proof.wording.encode("utf-8")).hexdigest() if proof.wording else None,
         confirmed_at=proof.confirmed_at, ip_digest=_digest(settings, proof.ip),
-        user_agent_digest=_digest(settings, proof.user_agent), prev_hash=prev,
+        user_agent_digest=_digest(settings, proof.user_agent), prev_hash=prev, chain_format=CHAIN_FORMAT,
     )
     ev.hash = chain_hash(prev, event_fields(ev))
     session.add(ev)
     session.flush()
     session.add(ConsentEvidence(event_id=ev.id, email=customer.email, ip=proof.ip, user_agent=proof.user_agent))
-    _update_state(session, ev)
+    # The consent_events_derive_state trigger has just rewritten the state row; a copy this
+    # session loaded before is stale now.
+    stale = session.identity_map.get(session.identity_key(ConsentState, (ev.customer_id, ev.purpose)))
+    if stale is not None:
+        session.expire(stale)
     return ev
 
 
-def _update_state(session: Session, ev: ConsentEvent) -> None:
-    state = session.get(ConsentState, (ev.customer_id, ev.purpose))
-    if state is not None and state.updated_at > ev.occurred_at:
-        return  # a later event already decided the current state (back-dated import)
-    if state is None:
-        state = ConsentState(customer_id=ev.customer_id, purpose=ev.purpose)
-        session.add(state)
-    state.granted = ev.action is ConsentAction.granted
-    state.basis = ev.basis
-    state.event_id = ev.id
-    state.updated_at = ev.occurred_at
+def granted_state_join():
+    """consent_state joined, by primary key, to the event each row names, kept only where
+    that event is a grant of the same customer and purpose.
+
+    A state row that was flipped, inserted or re-pointed behind the ledger's back (with
+    the guard triggers dropped) does not pass: the row alone is never trusted.
+    """
+    cs, ev = ConsentState.__table__.c, ConsentEvent.__table__
+    return ConsentState.__table__.join(ev, and_(ev.c.id == cs.event_id, ev.c.customer_id == cs.customer_id,
+                                                ev.c.purpose == cs.purpose,
+                                                ev.c.action == ConsentAction.granted.value))
 
 
 def has_consent(session: Session, settings: Settings, customer_id: int, purpose: str,
@@ -200,10 +227,16 @@ def has_consent(session: Session, settings: Settings, customer_id: int, purpose:
     Soft opt-in counts only while the deployment allows it.
     """
     if at is None:
-        # Current state: one primary-key lookup.
-        row = session.execute(select(ConsentState.granted, ConsentState.basis)
-                              .where(ConsentState.customer_id == customer_id, ConsentState.purpose == purpose)
-                              ).first()
+        # Current state: one primary-key lookup, joined by primary key to the event it
+        # names (a grant of this customer and purpose), which no later event overrides.
+        later = aliased(ConsentEvent)
+        row = session.execute(
+            select(ConsentState.granted, ConsentEvent.basis).select_from(granted_state_join())
+            .where(ConsentState.customer_id == customer_id, ConsentState.purpose == purpose,
+                   ~exists().where(later.customer_id == customer_id, later.purpose == purpose,
+                                   or_(later.occurred_at > ConsentEvent.occurred_at,
+                                       and_(later.occurred_at == ConsentEvent.occurred_at,
+                                            later.id > ConsentEvent.id))))).first()
     else:
         # Historical state: the latest event at or before ``at``, walking
         # ix_consent_events_customer_purpose backwards.
@@ -219,8 +252,9 @@ def has_consent(session: Session, settings: Settings, customer_id: int, purpose:
 
 def current_purposes(session: Session, settings: Settings, customer_id: int) -> list[str]:
     """The purposes a customer may be mailed for now (granted, and soft opt-in allowed)."""
-    # consent_state's primary key starts with customer_id: one short range scan.
-    rows = session.execute(select(ConsentState.purpose, ConsentState.basis)
+    # consent_state's primary key starts with customer_id: one short range scan, each row
+    # confirmed against the grant it names (primary-key join).
+    rows = session.execute(select(ConsentState.purpose, ConsentEvent.basis).select_from(granted_state_join())
                            .where(ConsentState.customer_id == customer_id, ConsentState.granted.is_(True))
                            .order_by(ConsentState.purpose)).all()
     return [p for p, b in rows if b is LawfulBasis.consent or settings.soft_opt_in]
@@ -291,7 +325,7 @@ def confirm_url(settings: Settings, token: str) -> str:
 
 def _confirm_token(settings: Settings, request: ConsentRequest) -> str:
     ttl = max(1, int((request.expires_at - utcnow()).total_seconds()))
-    return tokens.sign(settings.secret_key, CONFIRM_TOKEN_PURPOSE, {"r": request.id}, ttl_s=ttl)
+    return tokens.sign(settings.signing_keys, CONFIRM_TOKEN_PURPOSE, {"r": request.id}, ttl_s=ttl)
 
 
 def request_double_opt_in(session: Session, settings: Settings, *, purpose: str,
@@ -349,7 +383,7 @@ def pending_request(session: Session, settings: Settings, token: str) -> Consent
     """The request a confirmation link points to; TokenError when forged or expired (unless confirmed)."""
     # The MAC is checked first; expiry is judged from the stored request, so a link that
     # was already followed still answers "already confirmed" after it expired.
-    payload = tokens.verify(settings.secret_key, CONFIRM_TOKEN_PURPOSE, token, now=0)
+    payload = tokens.verify(settings.signing_keys, CONFIRM_TOKEN_PURPOSE, token, now=0)
     request_id = payload.get("r")
     if not isinstance(request_id, int):
         raise TokenError("confirmation token carries no request id")

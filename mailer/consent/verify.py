@@ -10,7 +10,13 @@ can name *what* happened at the first break:
 * **inserted**: an event the next one does not link to (the next links past it);
 * **reordered**: an event appears before the event it links to;
 * **truncated**: the file ends early (no end record, or fewer events than it says), or
-  the database's current state points at events that are gone.
+  the database's current state points at events that are gone;
+* **downgraded**: a format-1 event after a format-2 one, or after the recorded v2 boundary.
+
+The report lists the chain format of each part of the chain (``formats``).  In the
+database, :func:`verify_db` then replays the events into the state they imply (the
+latest event per customer and purpose) and compares it row by row with
+``consent_state``, naming every (customer, purpose) that disagrees.
 
 The export file layout, and the streaming of the chain out of the database, live in
 :mod:`mailer.consent_export`.
@@ -25,20 +31,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
+from mailer import csvsafe
 from mailer.consent import ledger as consent
-from mailer.consent.export import CSV_COLUMNS, FORMAT_NAME, STREAM_ROWS, _event_columns, _record, _serialize, _stream
+from mailer.consent.export import (
+    CSV_COLUMNS,
+    CSV_COLUMNS_V1,
+    FORMAT_NAME,
+    STREAM_ROWS,
+    _event_columns,
+    _record,
+    _serialize,
+    _stream,
+)
 from mailer.errors import ChainBroken
-from mailer.models import ConsentEvent, ConsentRequest, ConsentState
+from mailer.models import ConsentAction, ConsentChainFormat, ConsentEvent, ConsentRequest, ConsentState
 from mailer.settings import Settings
 
-_INT_FIELDS = ("seq", "event_id", "customer_id")
+_INT_FIELDS = ("seq", "event_id", "customer_id", "chain_format")
 
 #: Kinds of break, in the words the report uses.
-EDITED, REMOVED, INSERTED, REORDERED, TRUNCATED, MALFORMED = (
-    "edited", "removed", "inserted", "reordered", "truncated", "malformed")
+EDITED, REMOVED, INSERTED, REORDERED, TRUNCATED, MALFORMED, DOWNGRADED = (
+    "edited", "removed", "inserted", "reordered", "truncated", "malformed", "downgraded")
+
+#: Kinds of disagreement between consent_state and the state the events imply.
+STATE_MISSING, STATE_EXTRA, STATE_WRONG_STATUS, STATE_WRONG_EVENT = (
+    "missing row", "extra row", "wrong status", "wrong event")
+
+
+@dataclass(frozen=True)
+class StateMismatch:
+    """One (customer, purpose) whose consent_state row disagrees with the ledger."""
+
+    customer_id: int
+    purpose: str
+    kind: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -70,10 +100,19 @@ class Report:
     head_hash: str | None = None
     problem: Problem | None = None
     notes: list[str] = field(default_factory=list)
+    #: Parts of the chain by format: [chain_format, first seq, last seq], in chain order.
+    formats: list[list[int]] = field(default_factory=list)
+    #: (customer, purpose) pairs whose consent_state disagrees with the events (database only).
+    state_mismatches: list[StateMismatch] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.problem is None
+        return self.problem is None and not self.state_mismatches
+
+    def formats_text(self) -> str:
+        """E.g. ``events 1–120: format v1; 121–140: format v2``."""
+        parts = [f"{lo}–{hi}: format v{fmt}" if lo != hi else f"{lo}: format v{fmt}" for fmt, lo, hi in self.formats]
+        return ("events " + "; ".join(parts)) if parts else "no events"
 
     def raise_for_problem(self) -> None:
         if self.problem is not None:
@@ -83,8 +122,8 @@ class Report:
 
 # -- hashing, fast ------------------------------------------------------------------------------
 _encode_str = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) uses for str
-_SORTED_PREFIXES = tuple((k, ('{"' if i == 0 else ',"') + k + '":')
-                         for i, k in enumerate(sorted(consent.HASHED_FIELDS)))
+_SORTED_PREFIXES = {fmt: tuple((k, ('{"' if i == 0 else ',"') + k + '":') for i, k in enumerate(sorted(names)))
+                    for fmt, names in consent.CHAIN_FORMATS.items()}
 
 
 def _json_value(v) -> str:
@@ -102,7 +141,8 @@ def fast_canonical(fields: dict) -> bytes:
 
     Verification recomputes a million of these; a property test holds the two equal.
     """
-    return ("".join([p + _json_value(fields.get(k)) for k, p in _SORTED_PREFIXES]) + "}").encode("utf-8")
+    prefixes = _SORTED_PREFIXES[fields.get("chain_format") or 1]
+    return ("".join([p + _json_value(fields.get(k)) for k, p in prefixes]) + "}").encode("utf-8")
 
 
 def fast_chain_hash(prev_hash: str, fields: dict) -> str:
@@ -117,8 +157,11 @@ class Verifier:
     (``event`` or ``link``), optionally ``event_id``, ``line`` and ``wording``.
     """
 
-    def __init__(self, *, first_seq: int | None = 1, anchor: str | None = consent.GENESIS):
+    def __init__(self, *, first_seq: int | None = 1, anchor: str | None = consent.GENESIS,
+                 v2_from_seq: int | None = None):
         self.expect_first_seq = first_seq
+        #: The recorded start of chain format 2 (database), if known.
+        self.v2_from_seq = v2_from_seq
         self.anchor = anchor
         self.report = Report(anchor=anchor)
         self._pp: dict | None = None
@@ -162,7 +205,7 @@ class Verifier:
         fields = rec if seq is None else dict(rec, seq=seq)
         try:
             return fast_chain_hash(rec["prev_hash"], fields) == rec["hash"]
-        except (AttributeError, TypeError, UnicodeEncodeError):
+        except (AttributeError, TypeError, UnicodeEncodeError, KeyError):
             return False
 
     def _check(self, c: dict, *, nxt: dict | None) -> None:
@@ -228,6 +271,19 @@ class Verifier:
             r.links += 1
             return
         r.events += 1
+        fmt = c.get("chain_format") or 1
+        if r.formats and fmt < r.formats[-1][0]:
+            self._fail(DOWNGRADED, c, f"seq {c['seq']} is chain format v{fmt} after format v{r.formats[-1][0]} "
+                                      "events (a v2 event rewritten as v1 no longer covers its customer)")
+            return
+        if self.v2_from_seq is not None and fmt < 2 and c["seq"] >= self.v2_from_seq:
+            self._fail(DOWNGRADED, c, f"seq {c['seq']} is chain format v{fmt}, but format v2 starts at seq "
+                                      f"{self.v2_from_seq} (consent_chain_formats)")
+            return
+        if r.formats and r.formats[-1][0] == fmt:
+            r.formats[-1][2] = c["seq"]
+        else:
+            r.formats.append([fmt, c["seq"], c["seq"]])
         sha = c.get("wording_sha256")
         text_ = c.get("wording")
         if text_ is None and sha is not None:
@@ -240,7 +296,9 @@ def verify_db(session: Session, settings: Settings, *, progress: Callable[[int],
     """Verify the whole chain in the database, then cross-check the current state against it."""
     dialect = session.get_bind().dialect.name
     t = ConsentEvent.__table__
-    verifier = Verifier()
+    v2_from = session.execute(select(ConsentChainFormat.first_seq).where(ConsentChainFormat.chain_format == 2)
+                              ).scalar()
+    verifier = Verifier(v2_from_seq=v2_from)
     n = 0
     # Ordered by seq (its unique index), streamed; the wording text is checked against its hash.
     for row in _stream(session, select(*_event_columns(dialect, evidence=False)).order_by(t.c.seq)):
@@ -256,7 +314,60 @@ def verify_db(session: Session, settings: Settings, *, progress: Callable[[int],
         progress(n % STREAM_ROWS)
     if report.ok:
         _check_references(session, report)
+    report.state_mismatches = list(state_mismatches(session))
     return report
+
+
+def state_mismatches(session: Session) -> Iterator[StateMismatch]:
+    """Replay the events into the state they imply and name every (customer, purpose) where
+    ``consent_state`` disagrees: a missing row, an extra row, a wrong status or basis, or a
+    row that names another event than the latest one.
+
+    The replay is one SQL pass (the latest event per customer and purpose by
+    ``occurred_at, id``, as the derivation trigger and ``has_consent(at=...)`` order them),
+    compared in the database, so only disagreements reach Python.
+    """
+    ev, cs = ConsentEvent.__table__.c, ConsentState.__table__
+    rank = func.row_number().over(partition_by=(ev.customer_id, ev.purpose),
+                                  order_by=(ev.occurred_at.desc(), ev.id.desc())).label("rank")
+    ranked = select(ev.customer_id, ev.purpose, ev.id.label("event_id"), ev.action, ev.basis, rank) \
+        .where(ev.customer_id.is_not(None)).subquery("ranked")
+    latest = select(ranked).where(ranked.c.rank == 1).subquery("latest")
+    granted = latest.c.action == ConsentAction.granted.value
+    wrong_status = or_(cs.c.granted != granted, cs.c.basis != latest.c.basis)
+    # Derived rows without a matching state row (missing) or with a different one.
+    left = (select(latest.c.customer_id, latest.c.purpose, latest.c.event_id, latest.c.action, latest.c.basis,
+                   cs.c.event_id.label("state_event"), cs.c.granted.label("state_granted"),
+                   cs.c.basis.label("state_basis"))
+            .select_from(latest.outerjoin(cs, and_(cs.c.customer_id == latest.c.customer_id,
+                                                   cs.c.purpose == latest.c.purpose)))
+            .where(or_(cs.c.customer_id.is_(None), cs.c.event_id != latest.c.event_id, wrong_status)))
+    # State rows no event implies (extra).
+    right = (select(cs.c.customer_id, cs.c.purpose, literal(None).label("event_id"), literal(None).label("action"),
+                    literal(None).label("basis"), cs.c.event_id.label("state_event"),
+                    cs.c.granted.label("state_granted"), cs.c.basis.label("state_basis"))
+             .select_from(cs.outerjoin(latest, and_(cs.c.customer_id == latest.c.customer_id,
+                                                    cs.c.purpose == latest.c.purpose)))
+             .where(latest.c.customer_id.is_(None)))
+    both = union_all(left, right).subquery("mismatches")
+    rows = session.execute(select(both).order_by(both.c.customer_id, both.c.purpose))
+    for cid, purpose, event_id, action, basis, state_event, state_granted, state_basis in rows:
+        if event_id is None:
+            yield StateMismatch(cid, purpose, STATE_EXTRA,
+                                f"consent_state says {'granted' if state_granted else 'withdrawn'} (event id "
+                                f"{state_event}), but no event of this customer and purpose exists")
+        elif state_event is None:
+            yield StateMismatch(cid, purpose, STATE_MISSING,
+                                f"the ledger says {action} (event id {event_id}), consent_state has no row")
+        elif state_event != event_id:
+            yield StateMismatch(cid, purpose, STATE_WRONG_EVENT,
+                                f"consent_state names event id {state_event}, the latest event is id {event_id} "
+                                f"({action})")
+        else:
+            state_basis = getattr(state_basis, "value", state_basis)
+            yield StateMismatch(cid, purpose, STATE_WRONG_STATUS,
+                                f"consent_state says {'granted' if state_granted else 'withdrawn'} ({state_basis}), "
+                                f"event id {event_id} says {action} ({basis})")
 
 
 def _check_references(session: Session, report: Report) -> None:
@@ -316,20 +427,26 @@ def _read_csv(lines: _Lines) -> Iterator[tuple[int, dict]]:
     reader = csv.reader(iter(lines), strict=True)
     try:
         header = next(reader, None)
-        if header is None or tuple(header) != CSV_COLUMNS:
+        if header is None or tuple(header) not in (CSV_COLUMNS, CSV_COLUMNS_V1):
             yield 1, {"type": "__bad__", "error": f"the header row is not the export's "
                                                   f"({', '.join(CSV_COLUMNS[:4])}, ...)"}
             return
+        columns = tuple(header)
+        # Cells are un-escaped only when the begin record announces the escaping (export
+        # version 2); a version-1 file is read exactly as written.
+        unescape = None
         for row in reader:
             line_no = reader.line_num
             if lines.bad:
                 yield line_no, {"type": "__bad__", "error": lines.bad}
                 return
-            if len(row) != len(CSV_COLUMNS):
-                yield line_no, {"type": "__bad__", "error": f"{len(row)} columns, expected {len(CSV_COLUMNS)}"}
+            if len(row) != len(columns):
+                yield line_no, {"type": "__bad__", "error": f"{len(row)} columns, expected {len(columns)}"}
                 return
             rec: dict = {}
-            for col, v in zip(CSV_COLUMNS, row):
+            for col, v in zip(columns, row):
+                if unescape is not None:
+                    v = unescape(v)
                 if v == "":
                     rec[col] = None
                 elif col in _INT_FIELDS:
@@ -344,6 +461,14 @@ def _read_csv(lines: _Lines) -> Iterator[tuple[int, dict]]:
                         rec[col] = {"__bad__": True}
                 else:
                     rec[col] = v
+            if rec.get("type") == "begin" and isinstance(rec.get("info"), dict):
+                escaping = rec["info"].get("escaping")
+                if escaping == csvsafe.ESCAPING:
+                    unescape = csvsafe.unescape
+                elif escaping is not None:
+                    yield line_no, {"type": "__bad__", "error": f"unknown CSV escaping {escaping!r} in the begin "
+                                                                f"record (known: {csvsafe.ESCAPING})"}
+                    return
             yield line_no, rec
     except csv.Error as exc:
         yield reader.line_num, {"type": "__bad__", "error": f"CSV syntax: {exc}"}

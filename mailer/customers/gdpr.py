@@ -30,6 +30,7 @@ from mailer.clock import utcnow
 from mailer.consent import ledger as consent
 from mailer.consent import suppressions
 from mailer.errors import NotFound, ValidationError
+from mailer.instance_secrets import address_hash_salt
 from mailer.models import (
     Bounce,
     ConsentEvent,
@@ -80,7 +81,7 @@ def _row(obj, skip: tuple[str, ...] = ()) -> dict:
 
 def _subject(settings: Settings, email: str) -> tuple[str, str]:
     address = normalize(email)
-    return address, email_hash(address, settings.effective_hash_salt)
+    return address, email_hash(address, address_hash_salt(settings))
 
 
 def _customer_ids(session: Session, address: str, subject: str) -> list[int]:

@@ -46,6 +46,7 @@ from mailer.consent import ledger as consent
 from mailer.consent import suppressions
 from mailer.delivery.process import record_bounce, sender_refusal
 from mailer.errors import ConsentError, ValidationError
+from mailer.instance_secrets import address_hash_salt
 from mailer.models import (
     Bounce,
     ConsentState,
@@ -210,7 +211,7 @@ def _find_delivery(s, settings: Settings, report: Report) -> tuple[Delivery | No
     named = [n for n in named if n]
     if not named:
         return None, f"found delivery {by_verp.id} by return path only, but the report names no recipient"
-    if not any(email_hash(n, settings.effective_hash_salt) == by_verp.to_hash for n in named):
+    if not any(email_hash(n, address_hash_salt(settings)) == by_verp.to_hash for n in named):
         return None, f"report for {', '.join(named)} does not match the recipient of delivery {by_verp.id}"
     return by_verp, ""
 

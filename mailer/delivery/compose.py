@@ -38,7 +38,7 @@ def message_id(settings: Settings, delivery_id: int) -> str:
     """Deterministic Message-ID: the delivery id plus an HMAC so ids cannot be guessed."""
     _, address = from_parts(settings)
     domain = address.rpartition("@")[2] or "localhost"
-    mac = hmac.new(settings.secret_key.encode(), f"mid:{delivery_id}".encode(), hashlib.sha256).hexdigest()[:16]
+    mac = hmac.new(settings.signing_keys[0].encode(), f"mid:{delivery_id}".encode(), hashlib.sha256).hexdigest()[:16]
     return f"<{delivery_id}.{mac}@{domain}>"
 
 
@@ -82,6 +82,8 @@ def compose(settings: Settings, renderer, signer, delivery: Delivery, customer: 
     data, options = header_hooks.render_args(settings, delivery, context)
     rendered = renderer.render(delivery.kind, delivery.locale, data, context=context, **options)
     rendered = header_hooks.after_render(context, rendered)
+    # What the mail is and its language (RFC 3282): the outbox index shows both.
+    extra_headers = [*extra_headers, ("X-Mailer-Kind", delivery.kind), ("Content-Language", rendered.locale)]
     from_name, from_addr = from_parts(settings)
     to_addr = delivery.to_address if utf8 else ascii_form(delivery.to_address)
     mid = message_id(settings, delivery.id)

@@ -5,7 +5,7 @@ changed or was abandoned; a product is back in stock; a customer's totals change
 mailer decides what to send, when, and what not to send (:mod:`mailer.automations`).
 This module is below the automations that use it: :data:`SCHEMAS` and :func:`validate`
 (an unknown type, a missing or mistyped field, or a field the schema does not declare is
-refused with :class:`~mailer.errors.InvalidEvent` naming the field, such as
+refused with :class:`~mailer.errors.InvalidEvent` naming every bad field, such as
 ``data.items[2].quantity``), :class:`Snapshot` (the customer before the event),
 :class:`Action` and :class:`Published`.  Accepting an event (storing it and running the
 automations) is :func:`mailer.automations.publish.publish`.
@@ -14,6 +14,7 @@ automations) is :func:`mailer.automations.publish.publish`.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +22,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from mailer import limits
 from mailer.addresses import normalize
 from mailer.errors import InvalidAddress, InvalidEvent
 from mailer.models import Customer, ShopEvent
@@ -33,6 +35,8 @@ TEXT_MAX_CHARS = 500
 LIST_MAX = 200
 #: Longest ``Idempotency-Key`` (characters).
 IDEMPOTENCY_KEY_MAX_CHARS = 240
+#: Largest whole number in a count field (quantity, stock, orders_count): a 32-bit ``INTEGER`` column.
+COUNT_MAX = 2**31 - 1
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LOCALE = re.compile(r"^[a-zA-Z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
@@ -40,6 +44,9 @@ _LOCALE = re.compile(r"^[a-zA-Z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 
 # -- field types -------------------------------------------------------------------------------
 def _text(value: Any, where: str, limit: int = TEXT_MAX_CHARS) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidEvent(f"{where} must be a finite number or a string (NaN and Infinity are refused)",
+                           field=where)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
@@ -69,15 +76,17 @@ def _email(value: Any, where: str) -> str:
         raise InvalidEvent(f"{where}: {exc}", field=where) from exc
 
 
-def _int(minimum: int = 0):
+def _int(minimum: int = 0, maximum: int = COUNT_MAX):
     def check(value: Any, where: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            if isinstance(value, str) and re.fullmatch(r"-?\d{1,30}", value.strip()):
                 value = int(value)
             else:
                 raise InvalidEvent(f"{where} must be a whole number", field=where)
         if value < minimum:
             raise InvalidEvent(f"{where} must be at least {minimum}", field=where)
+        if value > maximum:
+            raise InvalidEvent(f"{where} must be at most {maximum}", field=where)
         return value
     return check
 
@@ -85,6 +94,8 @@ def _int(minimum: int = 0):
 def _amount(value: Any, where: str) -> int | float:
     """Money as a JSON number (129.9); numbers and numeric strings accepted, 2 decimals at most."""
     if isinstance(value, bool):
+        raise InvalidEvent(f"{where} must be an amount such as 129.90", field=where)
+    if isinstance(value, str) and len(value) > 40:
         raise InvalidEvent(f"{where} must be an amount such as 129.90", field=where)
     try:
         amount = Decimal(str(value).strip())
@@ -196,7 +207,14 @@ def _item_list(fields: dict[str, Field]):
             raise InvalidEvent(f"{where} must be a list of items", field=where)
         if len(value) > LIST_MAX:
             raise InvalidEvent(f"{where} has more than {LIST_MAX} items", field=where)
-        items = [_object(item, fields, f"{where}[{i}]") for i, item in enumerate(value)]
+        items, problems = [], []
+        for i, item in enumerate(value):
+            try:
+                items.append(_object(item, fields, f"{where}[{i}]"))
+            except InvalidEvent as exc:
+                problems.extend(_problems_of(exc))
+        if problems:
+            raise _invalid(problems)
         return [{**item, "quantity": item.get("quantity", 1)} for item in items]
     return check
 
@@ -204,21 +222,40 @@ def _item_list(fields: dict[str, Field]):
 _items = _item_list(ITEM_FIELDS)
 
 
+def _problems_of(exc: InvalidEvent) -> list[tuple[str, str]]:
+    return list(getattr(exc, "problems", None) or [(exc.field or "data", str(exc))])
+
+
+def _invalid(problems: list[tuple[str, str]]) -> InvalidEvent:
+    """One InvalidEvent for all ``problems`` (its message and field are the first one's)."""
+    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    exc = InvalidEvent(problems[0][1] + more, field=problems[0][0])
+    exc.problems = problems
+    return exc
+
+
 def _object(value: Any, fields: dict[str, Field], where: str) -> dict:
+    """Check every field of ``value``; an InvalidEvent lists all the bad ones in ``problems``."""
     if not isinstance(value, dict):
         raise InvalidEvent(f"{where} must be an object", field=where)
     out: dict = {}
+    problems: list[tuple[str, str]] = []
     for name in value:
         if name not in fields:
-            raise InvalidEvent(f"{where}.{name} is not a field of this object "
-                               f"(fields: {', '.join(fields)})", field=f"{where}.{name}")
+            problems.append((f"{where}.{name}", f"{where}.{name} is not a field of this object "
+                                                f"(fields: {', '.join(fields)})"))
     for name, spec in fields.items():
         raw = value.get(name)
         if raw is None or raw == "":
             if spec.required:
-                raise InvalidEvent(f"{where}.{name} is required", field=f"{where}.{name}")
+                problems.append((f"{where}.{name}", f"{where}.{name} is required"))
             continue
-        out[name] = spec.check(raw, f"{where}.{name}")
+        try:
+            out[name] = spec.check(raw, f"{where}.{name}")
+        except InvalidEvent as exc:
+            problems.extend(_problems_of(exc))
+    if problems:
+        raise _invalid(problems)
     return out
 
 
@@ -242,7 +279,7 @@ SCHEMAS: dict[str, dict[str, Field]] = {
                       "previous_eta": Field(_when, doc="the estimate given before"),
                       "reason": Field(_text, doc="why, in words for the customer"),
                       "compensation_code": Field(_ident, doc="a code the shop gives as an apology"),
-                      "compensation_percent": Field(_int(1), doc="what that code is worth, percent off")},
+                      "compensation_percent": Field(_int(1, 100), doc="what that code is worth, percent off")},
     "order_shipped": {**_ORDER, "carrier": Field(lambda v, w: _text(v, w, 100), True, "carrier name"),
                       "tracking_number": Field(_ident, True, "carrier tracking number"),
                       "tracking_url": Field(_url, True, "carrier tracking page"),
@@ -276,8 +313,12 @@ EVENT_TYPES = tuple(SCHEMAS)
 
 def validate(type_: str, data: Any) -> dict:
     """The event's data, checked and normalized; :class:`InvalidEvent` names the bad field."""
-    if type_ not in SCHEMAS:
-        raise InvalidEvent(f"unknown event type {type_!r}; known types: {', '.join(EVENT_TYPES)}", field="type")
+    if not isinstance(type_, str) or type_ not in SCHEMAS:
+        shown = repr(type_)[:60]
+        raise InvalidEvent(f"unknown event type {shown}; known types: {', '.join(EVENT_TYPES)}", field="type")
+    bounded = limits.check(data, "data")
+    if bounded:
+        raise _invalid(bounded)
     cleaned = _object(data, SCHEMAS[type_], "data")
     if type_ == "customer_updated" and "tags" in cleaned and ({"add_tags", "remove_tags"} & cleaned.keys()):
         raise InvalidEvent("data.tags replaces the tag set; do not combine it with add_tags / remove_tags",

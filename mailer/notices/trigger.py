@@ -1,6 +1,7 @@
 """Triggering a notice: validate, store one delivery per idempotency key, enqueue.
 
-Everything is checked before anything is stored or enqueued: the kind exists, the
+Everything is checked before anything is stored or enqueued: the data keeps within
+:mod:`mailer.limits` (sizes, depth, no NaN/Infinity, 64-bit integers), the kind exists, the
 required data fields are present, the address is valid, and the template renders for
 the recipient's locale with this data.  The delivery row is committed first and the
 Dramatiq message sent after; if the broker is down at that moment the row stays
@@ -17,11 +18,13 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from mailer import limits
 from mailer.addresses import email_hash, normalize
 from mailer.app import App, get_app
 from mailer.customers.records import get_or_create
 from mailer.delivery.compose import render_context
 from mailer.errors import NotFound, ValidationError
+from mailer.instance_secrets import address_hash_salt
 from mailer.message.mime import header_text
 from mailer.models import Customer, Delivery, DeliveryStatus
 from mailer.queue import port
@@ -68,6 +71,7 @@ def create(app: App, kind: str, *, to: str | None = None, customer_id: int | Non
            status: DeliveryStatus = DeliveryStatus.queued) -> Enqueued:
     """Validate and store the delivery (no enqueue); return its id and whether it is new."""
     data = dict(data or {})
+    limits.ensure(data)
     settings = app.settings
     renderer = app.renderer
     spec = renderer.validate(kind, data)
@@ -97,7 +101,7 @@ def create(app: App, kind: str, *, to: str | None = None, customer_id: int | Non
         if existing is not None:
             return Enqueued(existing.id, False, existing.queue)
         delivery = Delivery(idempotency_key=ikey, kind=kind, customer_id=customer.id, to_address=address,
-                            to_hash=email_hash(address, settings.effective_hash_salt), locale=loc, data=data,
+                            to_hash=email_hash(address, address_hash_salt(settings)), locale=loc, data=data,
                             purpose=purpose, queue=QUEUE_TRANSACTIONAL if spec.transactional else QUEUE_BULK,
                             status=status, send_after=send_after, cancel_group=cancel_group,
                             automation=automation)

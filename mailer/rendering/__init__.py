@@ -31,6 +31,9 @@ Modules (one concept each; this ``__init__`` re-exports the public names, so
 - :mod:`~mailer.rendering.renderer`: :class:`Renderer` (compile pipeline, cache,
   per-recipient render), :class:`Compiled`, :class:`Rendered`, the Jinja environments;
   ``COMPILE_CACHE_ENTRIES``, ``CONTEXT_KEYS``.
+- :mod:`~mailer.rendering.sandbox`: the sandboxed Jinja environment every template renders
+  in (bounded ``*``, ``+``, ``**``, ``%``, ``range``) and the restricted grammar for
+  user-supplied subjects and preheaders (:func:`check_text`); ``MAX_*`` limits.
 - :mod:`~mailer.rendering.check`: ``mailer templates check`` (:func:`check_templates`,
   :class:`Problem`) and the preview recipient (:func:`preview_context`, ``PREVIEW_*``).
 """

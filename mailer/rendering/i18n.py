@@ -32,6 +32,16 @@ from babel.numbers import format_currency, format_decimal, format_percent
 CACHE_ENTRIES = 8192
 #: Right-to-left scripts among the languages we may be asked for.
 RTL_LANGUAGES = frozenset({"ar", "he", "fa", "ur"})
+#: The one rule for a locale given as input (API ``locale``, CLI ``--locale``): ``pl``, ``zh-TW``, ``pt_BR``.
+LOCALE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8}){0,3}$"
+#: Longest locale accepted as input, characters.
+MAX_LOCALE_CHARS = 20
+_LOCALE_INPUT = re.compile(LOCALE_PATTERN)
+
+
+def is_valid_locale(value: str) -> bool:
+    """Whether ``value`` is a locale mailer accepts as input (:data:`LOCALE_PATTERN`, at most MAX_LOCALE_CHARS)."""
+    return isinstance(value, str) and len(value) <= MAX_LOCALE_CHARS and _LOCALE_INPUT.fullmatch(value) is not None
 
 
 def fallback_chain(locale: str | None, default: str = "en") -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import jinja2
 
 from mailer.errors import TemplateError
+from mailer.rendering.sandbox import SafeEnvironment
 
 #: Folder (under templates/) with layouts and their localized strings; not a kind.
 LAYOUTS = "_layouts"
@@ -106,8 +107,11 @@ class _LineMap:
 
 
 def _compile_env(loader: jinja2.BaseLoader) -> jinja2.Environment:
-    """Compile-time Jinja: square brackets, so the curly runtime Jinja passes through as text."""
-    return jinja2.Environment(loader=loader, block_start_string="[%", block_end_string="%]",
+    """Compile-time Jinja: square brackets, so the curly runtime Jinja passes through as text.
+
+    Sandboxed like the runtime environments (:class:`~mailer.rendering.sandbox.SafeEnvironment`).
+    """
+    return SafeEnvironment(loader=loader, block_start_string="[%", block_end_string="%]",
                               variable_start_string="[[", variable_end_string="]]",
                               comment_start_string="[#", comment_end_string="#]",
                               autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)

@@ -36,8 +36,10 @@ import css_inline
 import jinja2
 import jinja2.meta
 import mjml
+from jinja2.exceptions import SecurityError
 
-from mailer.errors import MissingField, TemplateError, UnknownKind, ValidationError
+from mailer import assets
+from mailer.errors import MissingField, TemplateError, TemplateTextError, UnknownKind, ValidationError
 from mailer.i18n import fallback_chain
 from mailer.rendering import i18n
 from mailer.rendering.kinds import KindSpec, _check_value, _parse_kind
@@ -54,6 +56,7 @@ from mailer.rendering.mjml_check import (
     _Token,
     _unmask,
 )
+from mailer.rendering.sandbox import SafeEnvironment, check_text, render_text, text_environment
 from mailer.rendering.text import _one_line, html_to_text, tidy_text
 from mailer.settings import Settings
 
@@ -97,24 +100,9 @@ class Compiled:
     html_bytes: int
 
 
-class _DataEnvironment(jinja2.Environment):
-    """Jinja environment where ``item.name`` on a dict is a plain key lookup.
-
-    Jinja's default tries ``getattr`` first (an exception per access on a dict, and
-    ``item.items`` would be the dict method); template data is JSON, so keys come first.
-    """
-
-    def getattr(self, obj, attribute):
-        if type(obj) is dict:
-            try:
-                return obj[attribute]
-            except KeyError:
-                pass
-        return super().getattr(obj, attribute)
-
-
 def _runtime_env(autoescape: bool) -> jinja2.Environment:
-    env = _DataEnvironment(autoescape=autoescape, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    """A per-recipient environment: sandboxed (:mod:`mailer.rendering.sandbox`), strict about undefined names."""
+    env = SafeEnvironment(autoescape=autoescape, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     i18n.install(env)
     env.globals["_track"] = jinja2.pass_context(_track)
     return env
@@ -131,11 +119,14 @@ class Renderer:
         self._compiled: OrderedDict[tuple[str, str, str | None], Compiled] = OrderedDict()
         self._lock = threading.RLock()
         self._strings: dict[str, dict[str, str]] | None = None
-        self._subjects: dict[str, jinja2.Template] = {}
+        #: Checked subject / preheader templates by (kind, source).
+        self._subjects: dict[tuple[str, str], jinja2.Template] = {}
         self._resolved: dict[tuple[str, str | None], str] = {}
         #: Per-recipient environments: HTML (autoescape) and text (no escaping).
         self.env = _runtime_env(True)
         self.text_env = _runtime_env(False)
+        #: Subjects and preheaders: the restricted grammar of mailer.rendering.sandbox.check_text.
+        self.subject_env = text_environment(i18n.FILTERS)
         self.compiles = 0
 
     # -- kinds ------------------------------------------------------------------------------
@@ -169,7 +160,10 @@ class Renderer:
                                 template=str(path), line=exc.lineno) from exc
         if not isinstance(data, dict):
             raise TemplateError("sample.json must hold a JSON object", template=str(path))
-        return data
+        try:
+            return assets.resolve(data, self.settings)  # "asset:<file>" -> MAILER_ASSET_BASE_URL/<file>
+        except ValueError as exc:
+            raise TemplateError(f"sample.json: {exc}", template=str(path)) from exc
 
     def validate(self, kind: str, data: dict[str, Any]) -> KindSpec:
         """Raise :class:`MissingField` naming the first absent required field, or
@@ -376,15 +370,32 @@ class Renderer:
         return Compiled(kind=kind, locale=locale, html=html_tpl, text=text_tpl, path=str(path), uses=uses,
                         tracked_links=tracked, html_bytes=len(html_src.encode("utf-8")))
     # -- render -----------------------------------------------------------------------------
-    def _subject_template(self, source: str) -> jinja2.Template:
-        tpl = self._subjects.get(source)
+    def text_variables(self, kind: str) -> set[str]:
+        """Names a subject or preheader of ``kind`` may use besides the context ones: its data fields."""
+        spec = self.spec(kind)
+        return set(spec.required) | set(spec.optional)
+
+    def check_text(self, kind: str, source: str, *, field: str) -> jinja2.Template:
+        """Check a subject or preheader for ``kind`` (restricted grammar, sandboxed); the compiled
+        template, or :class:`~mailer.errors.TemplateTextError` naming ``field``."""
+        key = (kind, source)
+        tpl = self._subjects.get(key)
         if tpl is None:
-            tpl = self.text_env.from_string(source)
+            tpl = check_text(self.subject_env, source, field=field, variables=self.text_variables(kind))
             with self._lock:
                 if len(self._subjects) > COMPILE_CACHE_ENTRIES:
                     self._subjects.clear()
-                self._subjects[source] = tpl
+                self._subjects[key] = tpl
         return tpl
+
+    def render_text(self, kind: str, source: str, ctx: dict[str, Any], *, field: str) -> str:
+        """Check and render one subject or preheader (bounded output), on one line."""
+        tpl = self.check_text(kind, source, field=field)
+        try:
+            return _one_line(render_text(tpl, ctx, field=field))
+        except (SecurityError, OverflowError) as exc:
+            # A bound of the sandbox (size, Python internals); other errors are the data's (render).
+            raise TemplateTextError(f"{field}: {getattr(exc, 'message', None) or exc}", field=field) from exc
 
     def _format_locale(self, requested: str | None, loc: str) -> str:
         """The recipient's own locale for numbers and dates when it shares the template's language."""
@@ -437,11 +448,11 @@ class Renderer:
             if subj is None:
                 raise TemplateError("no subject for this locale in kind.toml [subject]",
                                     template=str(spec.path / "kind.toml"), locale=loc)
-            subject_text = _one_line(self._subject_template(subj).render(ctx))
+            subject_text = self.render_text(kind, subj, ctx, field=f"subject[{loc}]")
             pre = self._pick(preheader, chain) if preheader is not None else None
             if pre is None:
                 pre = next((spec.preheaders[x] for x in chain if x in spec.preheaders), "")
-            preheader_text = _one_line(self._subject_template(pre).render(ctx)) if pre else ""
+            preheader_text = self.render_text(kind, pre, ctx, field=f"preheader[{loc}]") if pre else ""
             ctx["subject"] = subject_text
             ctx["preheader"] = preheader_text
             html = c.html.render(ctx)
@@ -450,8 +461,11 @@ class Renderer:
             raise self._runtime_error(exc, c, loc) from exc
         except i18n.FormatError as exc:
             raise TemplateError(f"cannot format a value: {exc}", template=path, locale=loc) from exc
-        except (TypeError, ValueError, AttributeError) as exc:
+        except (TypeError, ValueError, AttributeError, ArithmeticError) as exc:
             raise TemplateError(f"{type(exc).__name__}: {exc}", template=path, locale=loc) from exc
+        except jinja2.TemplateError as exc:
+            # The sandbox refused something (SecurityError) or another Jinja runtime error.
+            raise TemplateError(f"{type(exc).__name__}: {exc.message or exc}", template=path, locale=loc) from exc
         return Rendered(subject=subject_text, preheader=preheader_text, html=html, text=text, locale=loc)
 
     @staticmethod

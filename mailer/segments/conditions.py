@@ -21,7 +21,7 @@ from sqlalchemy.sql.visitors import InternalTraversal
 from mailer.clock import utcnow
 from mailer.errors import SegmentError
 from mailer.models import Customer, CustomerTag, TrackingEvent, TrackingKind
-from mailer.segments.files import _validate
+from mailer.segments.files import validate_condition
 from mailer.settings import Settings
 
 #: Tracking kinds each engagement operator counts (machine opens are not engagement).
@@ -160,7 +160,7 @@ def compile_condition(cond: dict | tuple | None, *, settings: Settings | None = 
     """
     if cond is None:
         return true()
-    tree = cond if isinstance(cond, tuple) else _validate(cond, "condition", None)
+    tree = cond if isinstance(cond, tuple) else validate_condition(cond)
     return _sql(tree, now or utcnow(), unindexed, bulk)
 
 
@@ -253,5 +253,5 @@ def evaluate(cond: dict | tuple | None, customer: Any, *, now: datetime | None =
     """
     if cond is None:
         return True
-    tree = cond if isinstance(cond, tuple) else _validate(cond, "condition", None)
+    tree = cond if isinstance(cond, tuple) else validate_condition(cond)
     return _eval(tree, customer, now or utcnow(), {"tracking_arg": tracking, "session": session})

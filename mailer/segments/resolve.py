@@ -1,7 +1,8 @@
 """Segment resolution: count, stream (keyset + id windows), sample and membership.
 
 Resolution drives from ``consent_state`` (purpose, granted, customer_id index): only
-customers with current consent for the segment's purpose are considered, suppressed
+customers with current consent for the segment's purpose are considered (each state
+row confirmed by a primary-key join to the grant event it names), suppressed
 addresses (scope ``all``, ``marketing`` or the purpose) are excluded, and recipients
 come out in customer-id order, ``batch_size`` at a time, so a caller (campaign
 fan-out) can resume from the last id it handled and never holds the segment.
@@ -17,8 +18,9 @@ from sqlalchemy import BigInteger, Integer, bindparam, exists, func, select, tru
 from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
+from mailer.consent.ledger import granted_state_join
 from mailer.errors import SegmentError
-from mailer.models import ConsentState, Customer, LawfulBasis, Suppression
+from mailer.models import ConsentEvent, ConsentState, Customer, LawfulBasis, Suppression
 from mailer.segments.conditions import _sql
 from mailer.segments.files import Segment
 from mailer.settings import Settings
@@ -57,15 +59,18 @@ def _base_where(settings: Settings, segment: Segment, now: datetime, *, bulk: bo
              ~exists(select(1).where(sup.email_hash == c.email_hash,
                                      sup.scope.in_(_suppression_scopes(segment.purpose))))]
     if not settings.soft_opt_in:
-        where.append(cs.basis == LawfulBasis.consent)
+        # The basis of the grant itself (the event the state row names), not the row's copy.
+        where.append(ConsentEvent.__table__.c.basis == LawfulBasis.consent)
     if segment.conditions:
         where.append(_sql(segment.conditions, now, unindexed=True, bulk=bulk, window=window))
     return where
 
 
 def _from():
-    cs, c = ConsentState.__table__, Customer.__table__
-    return cs.join(c, c.c.id == cs.c.customer_id)
+    # Each consenting state row is confirmed, by a primary-key join to the event it names,
+    # to be a grant of that customer and purpose (see consent.granted_state_join).
+    c = Customer.__table__
+    return granted_state_join().join(c, c.c.id == ConsentState.__table__.c.customer_id)
 
 
 def count(session: Session, settings: Settings, segment: Segment, *, now: datetime | None = None) -> int:

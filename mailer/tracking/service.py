@@ -94,7 +94,7 @@ def _url(settings: Settings, path: str) -> str:
 
 
 def open_url(settings: Settings, delivery: Delivery) -> str:
-    token = tokens.sign(settings.secret_key, OPEN, {"d": delivery.id}, ttl_s=_ttl_s(settings),
+    token = tokens.sign(settings.signing_keys, OPEN, {"d": delivery.id}, ttl_s=_ttl_s(settings),
                         now=_base(delivery))
     return _url(settings, f"/t/o/{token}.gif")
 
@@ -112,13 +112,13 @@ def click_url(settings: Settings, delivery: Delivery, url: str) -> str:
     """The tracking URL for ``url``; the target is signed into the token (no open redirect)."""
     if not trackable(url):
         return url
-    token = tokens.sign(settings.secret_key, CLICK, {"d": delivery.id, "u": url}, ttl_s=_ttl_s(settings),
+    token = tokens.sign(settings.signing_keys, CLICK, {"d": delivery.id, "u": url}, ttl_s=_ttl_s(settings),
                         now=_base(delivery))
     return _url(settings, f"/t/c/{token}")
 
 
 def unsubscribe_token(settings: Settings, delivery: Delivery) -> str:
-    return tokens.sign(settings.secret_key, UNSUBSCRIBE,
+    return tokens.sign(settings.signing_keys, UNSUBSCRIBE,
                        {"d": delivery.id, "c": delivery.customer_id, "p": delivery.purpose},
                        ttl_s=_ttl_s(settings), now=_base(delivery))
 
@@ -128,7 +128,7 @@ def unsubscribe_url(settings: Settings, delivery: Delivery) -> str:
 
 
 def preferences_url(settings: Settings, customer_id: int | None, delivery: Delivery | None = None) -> str:
-    token = tokens.sign(settings.secret_key, PREFERENCES, {"c": customer_id}, ttl_s=_ttl_s(settings),
+    token = tokens.sign(settings.signing_keys, PREFERENCES, {"c": customer_id}, ttl_s=_ttl_s(settings),
                         now=_base(delivery))
     return _url(settings, f"/preferences/{token}")
 
@@ -142,7 +142,7 @@ def csat_urls(settings: Settings, order_number: str, customer_id: int | None) ->
         payload = {"o": str(order_number), "c": customer_id}
         if rating is not None:
             payload["r"] = rating
-        return _url(settings, "/csat/" + tokens.sign(settings.secret_key, CSAT, payload,
+        return _url(settings, "/csat/" + tokens.sign(settings.signing_keys, CSAT, payload,
                                                       ttl_s=_ttl_s(settings)))
 
     return {"rating_urls": [one(r) for r in CSAT_RATINGS], "comment_url": one(None)}
@@ -177,7 +177,7 @@ def _int_or_none(value) -> int | None:
 
 def read(settings: Settings, purpose: str, token: str) -> Link:
     """Verify a token for ``purpose`` and return what it points at (TokenError otherwise)."""
-    body = tokens.verify(settings.secret_key, purpose, token)
+    body = tokens.verify(settings.signing_keys, purpose, token)
     if purpose == CLICK:
         url = body.get("u")
         if not isinstance(url, str) or not trackable(url):

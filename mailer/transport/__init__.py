@@ -24,7 +24,6 @@ from mailer.transport.memory import MemoryTransport
 from mailer.transport.outbox import OutboxTransport
 from mailer.transport.smtp import SMTPTransport
 
-
 __all__ = ["SendResult", "Transport", "open_transport"]
 
 

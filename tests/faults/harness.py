@@ -294,9 +294,9 @@ class Stage:
 def campaign_stage(settings, tmp: Path, *, consenting: int, without: int = 0, domain: str = "example.com",
                    address=None) -> Stage:
     """Customers, consent, a test newsletter, a segment and a draft campaign in the database."""
+    from mailer.app import App
     from mailer.campaigns import service as campaigns
     from mailer.consent import ledger as consent
-    from mailer.app import App
     from mailer.customers.records import get_or_create
     from tests.campaign_support import NEWS_KIND
 
@@ -333,9 +333,9 @@ def write_segment(segments_dir: Path) -> Path:
 
 def send_campaign(settings, campaign_id: int) -> None:
     """``mailer campaigns send``: running, and the fan-out message on the (Redis) broker."""
+    from mailer.app import App, set_app
     from mailer.campaigns import fanout as campaign_actors
     from mailer.campaigns import service as campaigns
-    from mailer.app import App, set_app
     from mailer.worker.actors import setup
 
     app = App(settings)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from mailer.consent import ledger as consent
 from mailer.app import App
+from mailer.consent import ledger as consent
 from mailer.models import Customer, DeliveryStatus
 from tests.faults.harness import (
     FINISH_TIMEOUT_S,

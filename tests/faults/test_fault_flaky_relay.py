@@ -16,8 +16,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailer.addresses import email_hash
-from mailer.delivery.compose import message_id
 from mailer.db import session_scope
+from mailer.delivery.compose import message_id
+from mailer.instance_secrets import address_hash_salt
 from mailer.models import Bounce, DeliveryStatus, Suppression, SuppressionReason
 from tests.faults.harness import (
     FINISH_TIMEOUT_S,
@@ -96,7 +97,7 @@ def test_flaky_relay_delivers_everything_else_once_suppresses_hard_bounces_and_s
         for address in HARD:
             r = by_address[address]
             assert r.status is DeliveryStatus.failed and "550 5.1.1" in r.smtp_reply
-            h = email_hash(address, settings.effective_hash_salt)
+            h = email_hash(address, address_hash_salt(settings))
             sup = s.query(Suppression).filter_by(email_hash=h).one()
             assert sup.reason is SuppressionReason.hard_bounce and "User unknown" in sup.detail
             assert s.query(Bounce).filter_by(email_hash=h, kind="hard").count() == 1

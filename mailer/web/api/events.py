@@ -6,8 +6,8 @@ with the same key and body gets the first response again and applies nothing twi
 the event itself is also stored under the key (``shop_events.idempotency_key``), so a
 crash between applying it and storing the response still applies it once.
 
-A bad event is refused with 422 naming the field (``detail[0].field`` such as
-``data.items[0].quantity``) and nothing is stored.  :mod:`mailer.web` includes this
+A bad event is refused with 422 naming every bad field (``detail[].field`` such as
+``data.items[0].quantity``, one entry per problem) and nothing is stored.  :mod:`mailer.web` includes this
 router when the module exists.
 """
 
@@ -23,9 +23,10 @@ from mailer.automations.publish import publish
 from mailer.events import schemas as events
 from mailer.models import ApiKey
 from mailer.web import idempotency
-from mailer.web.app import get_mailer, idempotent, require_api_key
+from mailer.web import security as web_security
+from mailer.web.deps import get_mailer, idempotent, require_api_key
 
-router = APIRouter()
+router = APIRouter(route_class=web_security.StrictJSONRoute)
 
 
 class EventIn(BaseModel):

@@ -22,6 +22,7 @@ from mailer.consent import ledger as consent
 from mailer.errors import ConsentError, TokenError
 from mailer.models import Customer
 from mailer.rendering import fallback_chain
+from mailer.web import security as web_security
 from mailer.web.pages import recipient as web_pages
 
 log = logging.getLogger("mailer.web_consent")
@@ -90,7 +91,8 @@ def _invalid(m: App, locale: str | None = None) -> HTMLResponse:
 
 
 def _client_ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    """The client IP for the consent proof (``X-Forwarded-For`` only from trusted proxies)."""
+    return web_security.client_ip(request, _mailer(request).settings)
 
 
 _HTML = {"content": {"text/html": {}}}
@@ -124,8 +126,12 @@ def confirm_page(token: str, request: Request) -> HTMLResponse:
 @router.post("/confirm/{token}", tags=["consent"], response_class=HTMLResponse,
              responses={404: {**_HTML, "description": "Forged, unknown or expired link."}})
 def confirm_submit(token: str, request: Request) -> HTMLResponse:
-    """Record the confirmation (once); a repeat POST changes nothing."""
+    """Record the confirmation (once); a repeat POST changes nothing; a cross-site POST gets 403."""
     m = _mailer(request)
+    if web_security.is_cross_site(request, m.settings):
+        log.info("cross-site double opt-in confirmation refused")
+        return HTMLResponse(web_pages.invalid(web_pages.page_locale(None, m.settings.default_locale)),
+                            status_code=403, headers=NO_STORE)
     try:
         with m.session() as s:
             result = consent.confirm(s, m.settings, token, ip=_client_ip(request),
