@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, date, datetime
+from email import message_from_bytes, policy
 
 import pytest
 
-from mailer import demo, i18n
+from mailer import clock, demo, i18n
+from mailer.app import get_app, set_app
 from mailer.rendering import Renderer, preview_context
 from mailer.settings import PROJECT_ROOT
 from tests.conftest import make_settings
@@ -102,3 +104,32 @@ def test_the_demo_newsletter_advertises_the_sale_end_from_the_clock(locale):
     r = _render("newsletter/seasonal_sale", locale, demo.sample_data(_RENDERER, "newsletter/seasonal_sale", now=NOW))
     # Then it names the 2027 end date and not the stale January one from sample.json
     assert "2027" in r.html and "2026" not in r.html, locale
+
+
+def test_the_demo_outbox_speaks_each_readers_language_and_advertises_a_sale_still_on(tmp_path, monkeypatch):
+    # Given the demo on a fixed clock (sample dates only; sending keeps real time)
+    monkeypatch.setattr(clock, "utcnow", lambda: NOW)
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'demo.db'}", smtp_url=f"outbox://{tmp_path / 'out'}")
+    previous = get_app()
+    try:
+        # When it runs
+        result = demo.run(settings)
+    finally:
+        set_app(previous)
+    mails = [message_from_bytes(p.read_bytes(), policy=policy.default) for p in result.outbox.glob("*.eml")]
+    by_to = {}
+    for m in mails:
+        by_to.setdefault(str(m["To"]).split("<")[-1].rstrip(">"), []).append(m)
+    # Then the Polish, Chinese and Arabic readers' mails carry no English name, colour or reason
+    for email in ("lukasz@example.com", "mei@example.com", "layla@example.com"):
+        assert by_to.get(email), (email, sorted(by_to))
+        for m in by_to[email]:
+            html = m.get_body(("html",)).get_content()
+            text = m.get_body(("plain",)).get_content()
+            found = [s for s in ENGLISH if s in html or s in text]
+            assert found == [], (email, str(m["Subject"]), found)
+    # And the newsletter's sale ends after the clock's now (2027-06-17), not in January 2026
+    sale = [m for m in mails if "EXTRA5" in m.get_body(("plain",)).get_content()]
+    assert sale, "the demo newsletter was not sent"
+    for m in sale:
+        assert "2027" in m.get_body(("plain",)).get_content() and "2026" not in str(m["Subject"])
