@@ -451,11 +451,12 @@ DEMO_TEMPLATE, DEMO_SEGMENT = "newsletter/seasonal_sale", "newsletter_all"
 def demo_campaign(app, run_id: str) -> str:
     """A step of ``mailer demo``: send the seasonal-sale newsletter to every subscriber."""
     from mailer import campaign_actors
+    from mailer.demo import sample_data
 
     renderer = app.renderer
     with app.session() as s:
         c = create(s, app.settings, renderer, name=f"Demo newsletter {run_id}", template=DEMO_TEMPLATE,
-                   segment=DEMO_SEGMENT, data=renderer.sample(DEMO_TEMPLATE))
+                   segment=DEMO_SEGMENT, data=sample_data(renderer, DEMO_TEMPLATE))
         send(s, app.settings, c.id)
         cid = c.id
     campaign_actors.start(app, cid)
