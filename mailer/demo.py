@@ -3,18 +3,24 @@
 Runs the production path end to end: migrations, the customer import, consent
 records, ``notify()`` for notices (and campaigns once a segment and newsletter exist),
 and the same Dramatiq actors drained by an in-process :class:`dramatiq.Worker`.
+
+The mails use each kind's ``sample.json`` with its dates moved relative to the run
+(:func:`sample_data`): a demo sent today advertises a sale that ends next week, not one
+that ended months ago. Names and reasons in the samples are given per locale.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dramatiq
 from sqlalchemy import func, select
 
-from mailer import db
+from mailer import clock, db
 from mailer.app import App, set_app
 from mailer.campaigns import fanout
 from mailer.campaigns import service as campaigns
@@ -30,6 +36,14 @@ DEMO_CSV = Path(__file__).resolve().parent / "demo_data" / "customers.csv"
 #: Customers who get a newsletter consent record in the demo.
 CONSENTING = ("alice@example.com", "mei@example.com", "jiwoo@example.com", "layla@example.com",
               "lukasz@example.com")
+#: Sample dates in the demo, in days from the moment it runs; date-times are whole hours (UTC).
+DEMO_DAYS_FROM_NOW: dict[str, dict[str, int]] = {
+    "order_delayed": {"previous_eta": -1, "new_eta": 4},
+    "shipping_update": {"eta": 3},
+    "reward_code": {"expires_at": 30},
+    "newsletter/seasonal_sale": {"ends_at": 7},
+    "newsletter/product_launch": {"launch_date": 0},
+}
 
 
 @dataclass
@@ -43,6 +57,24 @@ class DemoResult:
 def demo_settings(base: Settings) -> Settings:
     """The embedded defaults: in-process broker; outbox transport unless SMTP is configured."""
     return base.replace(broker_url="stub://")
+
+
+def sample_data(renderer, kind: str, now: datetime | None = None) -> dict[str, Any]:
+    """``kind``'s sample data with the dates of :data:`DEMO_DAYS_FROM_NOW` counted from ``now``.
+
+    ``now`` defaults to :func:`mailer.clock.utcnow`; a ``date`` field gets the date, a
+    ``datetime`` field the whole hour, in ISO 8601 (UTC).
+    """
+    now = now or clock.utcnow()
+    data = renderer.sample(kind)
+    fields = renderer.spec(kind).fields
+    for name, days in DEMO_DAYS_FROM_NOW.get(kind, {}).items():
+        when = now + timedelta(days=days)
+        if fields[name].type == "datetime":
+            data[name] = when.replace(minute=0, second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+        else:
+            data[name] = when.date().isoformat()
+    return data
 
 
 def run(settings: Settings, *, wait_s: float = 60.0) -> DemoResult:
@@ -72,12 +104,12 @@ def run(settings: Settings, *, wait_s: float = 60.0) -> DemoResult:
             people = [(c, loc) for c, loc in s.execute(select(Customer.email, Customer.locale))]
         ids = []
         for email, _locale in people:
-            ids.append(notify("order_delayed", to=email, data=renderer.sample("order_delayed"),
+            ids.append(notify("order_delayed", to=email, data=sample_data(renderer, "order_delayed"),
                               idempotency_key=f"demo-{run_id}-{email}", settings=settings))
         for kind in renderer.kinds():
             if kind == "order_delayed" or "/" in kind:
                 continue
-            ids.append(notify(kind, to="alice@example.com", data=renderer.sample(kind),
+            ids.append(notify(kind, to="alice@example.com", data=sample_data(renderer, kind),
                               idempotency_key=f"demo-{run_id}-{kind}", settings=settings))
         notes.append(demo_campaign(app, run_id))
         deadline = time.monotonic() + wait_s
@@ -105,7 +137,7 @@ def demo_campaign(app, run_id: str) -> str:
     renderer = app.renderer
     with app.session() as s:
         c = campaigns.create(s, app.settings, renderer, name=f"Demo newsletter {run_id}", template=DEMO_TEMPLATE,
-                   segment=DEMO_SEGMENT, data=renderer.sample(DEMO_TEMPLATE))
+                   segment=DEMO_SEGMENT, data=sample_data(renderer, DEMO_TEMPLATE))
         campaigns.send(s, app.settings, c.id)
         cid = c.id
     fanout.start(app, cid)

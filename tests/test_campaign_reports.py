@@ -91,8 +91,11 @@ def test_figures_count_human_opens_machine_opens_clicks_unsubscribes_bounces_and
         assert reports.top_links(s, app.cid)[0] == ("https://shop.example.com/a", 2, 2)
         points = reports.timeline(s, app.cid)
         page = reports.html_report(s, app.cid)
-    assert [(o, c) for _, o, c in points] == [(5, 0), (0, 3)]
-    assert page.count("<polyline") == 2 and "https://shop.example.com/a" in page
+    # Then an hour of data is drawn per minute, human and machine opens apart
+    assert points.bucket == "minute" and len(points.points) == 61
+    assert points.points[0][1:] == (5, 3, 0) and points.points[-1][1:] == (0, 0, 3)
+    assert sum(p[1] + p[2] + p[3] for p in points.points[1:-1]) == 0
+    assert page.count("<polyline") == 3 and "https://shop.example.com/a" in page
     assert not re.search(r'<(script|link|img)\b|src="http', page), "the report must be self-contained"
 
 
@@ -186,3 +189,36 @@ def test_cli_report_csat(sent_campaign):
     assert r.exit_code == 0 and "CSAT 100.0 %" in r.output and "from 1 ratings" in r.output
     bad = CliRunner().invoke(main, ["report", "csat", "--since", "last tuesday"], env=_env(app))
     assert bad.exit_code == 2 and "--since" in bad.output
+
+
+@pytest.mark.parametrize(("span", "bucket"), [(timedelta(minutes=50), "minute"), (timedelta(hours=3), "minute"),
+                                              (timedelta(hours=10), "5 minutes"), (timedelta(days=3), "hour"),
+                                              (timedelta(days=20), "day")])
+def test_chart_bucket_follows_the_span_of_the_data(span, bucket):
+    # Given data spanning `span`, When the chart picks its bucket, Then it is the expected one
+    assert reports.bucket_for_span(span) == bucket
+
+
+def test_y_ticks_are_whole_numbers_and_every_integer_when_the_peak_is_small():
+    # Given small and large peaks, When the y ticks are chosen, Then they are integers from 0 covering the peak
+    assert reports.y_ticks(0) == [0, 1]
+    assert reports.y_ticks(3) == [0, 1, 2, 3]
+    assert reports.y_ticks(5) == [0, 1, 2, 3, 4, 5]
+    assert reports.y_ticks(7) == [0, 2, 4, 6, 8]
+    assert reports.y_ticks(180) == [0, 50, 100, 150, 200]
+
+
+def test_timeline_folds_minutes_into_five_minute_buckets_over_ten_hours(sent_campaign):
+    # Given clicks at 09:01, 09:04 and 09:07 and one ten hours later
+    app = sent_campaign
+    t0 = app.sent_at.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    with app.session() as s:
+        for i, minutes in enumerate((1, 4, 7, 600)):
+            tracking.record_click(s, app.settings, tracking.Link(app.ids[i], url="https://shop.example.com/a"),
+                                  ip=None, user_agent="Mozilla/5.0 Thunderbird/128.0",
+                                  now=t0 + timedelta(minutes=minutes))
+        tl = reports.timeline(s, app.cid)
+    # When the timeline is built, Then it is per 5 minutes, 09:00 holding two clicks and 09:05 one
+    assert tl.bucket == "5 minutes"
+    assert tl.points[0] == (t0, 0, 0, 2) and tl.points[1] == (t0 + timedelta(minutes=5), 0, 0, 1)
+    assert tl.points[-1] == (t0 + timedelta(minutes=600), 0, 0, 1) and len(tl.points) == 121

@@ -11,11 +11,11 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 from mailer import limits, tokens
-from mailer.web import security as web_security
 from mailer.cli.base import parse_json
 from mailer.errors import InvalidEvent, TokenError
 from mailer.events import schemas as events
 from mailer.settings import Settings
+from mailer.web import security as web_security
 
 SECRET = "s3cret-for-tests"
 

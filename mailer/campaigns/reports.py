@@ -15,12 +15,16 @@ Definitions (the same in ``mailer campaign status``, the HTML report and the doc
 * **complaints**: deliveries with a spam complaint (feedback loop report).
 * Rates use *sent + bounced* (attempted deliveries that reached a mailbox provider) for
   the bounce rate and *sent* for the others; click-to-open is clicks / human opens.
+
+The report's chart counts events per minute, 5 minutes, hour or day, chosen from the
+span of the data (see :func:`timeline`), with human opens, machine opens and clicks as
+separate series and whole-number y ticks.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from html import escape
 
 from sqlalchemy import distinct, func, literal_column, or_, select, union
@@ -130,39 +134,88 @@ def figures(session: Session, campaign_id: int) -> Figures:
 
 
 # -- over time --------------------------------------------------------------------------------
-def _hour_bucket(session: Session):
+#: Bucket sizes for the chart, chosen from the time between the first and the last event:
+#: per minute up to this span, then per 5 minutes, per hour, per day.
+MINUTE_BUCKETS_MAX_SPAN_S = 3 * 3600
+FIVE_MINUTE_BUCKETS_MAX_SPAN_S = 12 * 3600
+HOUR_BUCKETS_MAX_SPAN_S = 7 * 86400
+BUCKETS = {"minute": timedelta(minutes=1), "5 minutes": timedelta(minutes=5), "hour": timedelta(hours=1),
+           "day": timedelta(days=1)}
+#: The event kinds on the chart, one series each (machine opens apart from human opens).
+SERIES = (TrackingKind.open, TrackingKind.machine_open, TrackingKind.click)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Events per bucket: ``points`` are (bucket start, human opens, machine opens, clicks)."""
+
+    bucket: str
+    points: list[tuple[datetime, int, int, int]]
+
+    @property
+    def step(self) -> timedelta:
+        return BUCKETS[self.bucket]
+
+
+def bucket_for_span(span: timedelta) -> str:
+    """The chart's bucket size for data spanning ``span`` (first to last event)."""
+    seconds = span.total_seconds()
+    if seconds <= MINUTE_BUCKETS_MAX_SPAN_S:
+        return "minute"
+    if seconds <= FIVE_MINUTE_BUCKETS_MAX_SPAN_S:
+        return "5 minutes"
+    if seconds <= HOUR_BUCKETS_MAX_SPAN_S:
+        return "hour"
+    return "day"
+
+
+def _truncate(session: Session, unit: str):
+    """SQL truncating occurred_at (UTC) to the minute, hour or day."""
     if session.get_bind().dialect.name == "postgresql":
-        return func.date_trunc("hour", func.timezone("UTC", TrackingEvent.occurred_at))
-    return func.strftime("%Y-%m-%d %H:00:00", TrackingEvent.occurred_at)
+        return func.date_trunc(unit, func.timezone("UTC", TrackingEvent.occurred_at))
+    fmt = {"minute": "%Y-%m-%d %H:%M:00", "hour": "%Y-%m-%d %H:00:00", "day": "%Y-%m-%d 00:00:00"}[unit]
+    return func.strftime(fmt, TrackingEvent.occurred_at)
 
 
 def _as_utc(value) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def timeline(session: Session, campaign_id: int) -> list[tuple[datetime, int, int]]:
-    """(hour, human opens, clicks) per hour with any activity, in time order; gaps filled with zeros."""
-    bucket = _hour_bucket(session).label("bucket")
-    # Grouped in the database over ix_tracking_campaign_kind; one row per (hour, kind).
-    rows = session.execute(select(bucket, TrackingEvent.kind, func.count())
-                           .where(TrackingEvent.campaign_id == campaign_id,
-                                  TrackingEvent.kind.in_((TrackingKind.open, TrackingKind.click)))
+def timeline(session: Session, campaign_id: int) -> Timeline:
+    """Human opens, machine opens and clicks per bucket, in time order, gaps filled with zeros.
+
+    The bucket (minute, 5 minutes, hour, day) follows the span of the data, so a campaign an
+    hour old is drawn per minute and one a month old per day.
+    """
+    scope = (TrackingEvent.campaign_id == campaign_id, TrackingEvent.kind.in_(SERIES))
+    first, last = session.execute(select(func.min(TrackingEvent.occurred_at), func.max(TrackingEvent.occurred_at))
+                                  .where(*scope)).one()
+    if first is None:
+        return Timeline("hour", [])
+    name = bucket_for_span(_as_utc(last) - _as_utc(first))
+    unit = "minute" if name == "5 minutes" else name
+    bucket = _truncate(session, unit).label("bucket")
+    # Grouped in the database over ix_tracking_campaign_kind; one row per (bucket, kind).
+    rows = session.execute(select(bucket, TrackingEvent.kind, func.count()).where(*scope)
                            .group_by(literal_column("bucket"), TrackingEvent.kind)).all()
     counts: dict[datetime, list[int]] = {}
     for when, kind, n in rows:
-        slot = counts.setdefault(_as_utc(when), [0, 0])
-        slot[0 if kind is TrackingKind.open else 1] += n
-    if not counts:
-        return []
+        t = _as_utc(when)
+        if name == "5 minutes":
+            t = t.replace(minute=t.minute - t.minute % 5)
+        counts.setdefault(t, [0, 0, 0])[SERIES.index(kind)] += n
+    step = BUCKETS[name]
     start, end = min(counts), max(counts)
+    if start == end:  # one bucket: show the empty one before and after, so it reads as a rise and fall
+        start, end = start - step, end + step
     out, t = [], start
     while t <= end:
-        opens, clicks = counts.get(t, (0, 0))
-        out.append((t, opens, clicks))
-        t += timedelta(hours=1)
-    return out
+        human, machine, clicks = counts.get(t, (0, 0, 0))
+        out.append((t, human, machine, clicks))
+        t += step
+    return Timeline(name, out)
 
 
 def top_links(session: Session, campaign_id: int, n: int = TOP_LINKS) -> list[tuple[str, int, int]]:
@@ -175,59 +228,97 @@ def top_links(session: Session, campaign_id: int, n: int = TOP_LINKS) -> list[tu
 
 
 # -- HTML report ------------------------------------------------------------------------------
-def _daily(points: list[tuple[datetime, int, int]]) -> list[tuple[datetime, int, int]]:
-    days: dict[datetime, list[int]] = {}
-    for when, o, c in points:
-        d = when.replace(hour=0)
-        slot = days.setdefault(d, [0, 0])
-        slot[0] += o
-        slot[1] += c
-    return [(d, v[0], v[1]) for d, v in sorted(days.items())]
+#: The chart's drawing size in SVG user units. The SVG scales to the page width, so it is
+#: designed narrow: at a 375 px phone it is drawn at about 0.73 scale, and the CSS gives
+#: its text 16 units there (about 11.7 px), 12 units on wider screens.
+CHART_WIDTH_UNITS = 480
+CHART_HEIGHT_UNITS = 270
+#: Most y-axis intervals (ticks are whole numbers: 1, 2, 5, 10, 20, 50, ... apart).
+Y_INTERVALS_MAX = 5
+#: (label, colour, marker) per series, in Timeline order: human opens, machine opens, clicks.
+SERIES_STYLE = (("opens (human)", "#1f77b4", "circle"), ("machine opens", "#7f7f7f", "square"),
+                ("clicks", "#d62728", "triangle"))
+_GLYPH = {"circle": "&#9679;", "square": "&#9632;", "triangle": "&#9650;"}
+CHART_CSS = (".chart{display:block;width:100%;max-width:720px;height:auto}.chart text{font-size:12px;fill:#444}"
+             ".legend{list-style:none;padding:0;margin:4px 0;display:flex;flex-wrap:wrap;gap:4px 16px}"
+             "@media (max-width:520px){.chart text{font-size:16px}}")
 
 
-def svg_chart(points: list[tuple[datetime, int, int]], *, width: int = 720, height: int = 260) -> str:
-    """An inline SVG line chart of opens and clicks over time."""
+def y_ticks(peak: int) -> list[int]:
+    """Whole-number ticks from 0 to at least ``peak``: every integer when the peak is small."""
+    step, k = 1, 0
+    while -(-max(peak, 1) // step) > Y_INTERVALS_MAX:
+        k += 1
+        step = (1, 2, 5)[k % 3] * 10 ** (k // 3)
+    top = -(-max(peak, 1) // step) * step
+    return list(range(0, top + 1, step))
+
+
+def _marker(shape: str, cx: float, cy: float, colour: str, series: str) -> str:
+    common = f'class="mark" data-series="{series}" fill="{colour}"'
+    if shape == "circle":
+        return f'<circle {common} cx="{cx:.1f}" cy="{cy:.1f}" r="3.5"/>'
+    if shape == "square":
+        return f'<rect {common} x="{cx - 3:.1f}" y="{cy - 3:.1f}" width="6" height="6"/>'
+    return (f'<polygon {common} points="{cx:.1f},{cy - 4.5:.1f} {cx + 4:.1f},{cy + 3:.1f} '
+            f'{cx - 4:.1f},{cy + 3:.1f}"/>')
+
+
+def svg_chart(tl: Timeline) -> str:
+    """An inline SVG chart of human opens, machine opens (when any) and clicks per bucket, with a legend."""
+    points = tl.points
     if not points:
         return '<p class="muted">No opens or clicks recorded yet.</p>'
-    daily = len(points) > 72
-    if daily:
-        points = _daily(points)
-    left, right, top, bottom = 48, 16, 16, 40
+    width, height = CHART_WIDTH_UNITS, CHART_HEIGHT_UNITS
+    left, right, top, bottom = 44, 14, 12, 40
     w, h = width - left - right, height - top - bottom
-    peak = max(max(o, c) for _, o, c in points) or 1
+    shown = [i for i in range(3) if i != 1 or any(p[2] for p in points)]
+    ticks = y_ticks(max(p[i + 1] for p in points for i in shown))
+    peak = ticks[-1]
     n = len(points)
+    slot = w / n
+    # Series side by side inside their bucket, so equal values do not hide each other.
+    offset = {i: (k - (len(shown) - 1) / 2) * min(slot / (len(shown) + 1), 5) for k, i in enumerate(shown)}
 
-    def x(i: int) -> float:
-        return left + (w * i / (n - 1) if n > 1 else w / 2)
+    def x(i: int, series: int) -> float:
+        return left + slot * (i + 0.5) + offset[series]
 
     def y(v: int) -> float:
         return top + h - h * v / peak
 
-    def line(idx: int) -> str:
-        return " ".join(f"{x(i):.1f},{y(p[idx]):.1f}" for i, p in enumerate(points))
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" '
-             f'role="img" aria-label="Opens and clicks per {"day" if daily else "hour"}">',
+    per = tl.bucket
+    label = f"Human opens{', machine opens' if 1 in shown else ''} and clicks per {per} (UTC)"
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {width} {height}" '
+             f'role="img" aria-label="{escape(label)}">',
              f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="#fafafa" stroke="#ddd"/>']
-    for frac in (0, 0.5, 1):
-        v = round(peak * frac)
-        parts.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" font-size="11" text-anchor="end" '
-                     f'fill="#555">{v}</text>')
-        parts.append(f'<line x1="{left}" x2="{left + w}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eee"/>')
-    ticks = sorted({0, n - 1, *(round(i * (n - 1) / 4) for i in range(1, 4))}) if n > 1 else [0]
-    for i in ticks:
-        label = points[i][0].strftime("%m-%d" if daily else "%m-%d %H:00")
-        parts.append(f'<text x="{x(i):.1f}" y="{top + h + 16}" font-size="11" text-anchor="middle" '
-                     f'fill="#555">{escape(label)}</text>')
-    parts.append(f'<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{line(1)}"/>')
-    parts.append(f'<polyline fill="none" stroke="#d62728" stroke-width="2" points="{line(2)}"/>')
-    if n == 1:
-        parts.append(f'<circle cx="{x(0)}" cy="{y(points[0][1]):.1f}" r="3" fill="#1f77b4"/>')
-        parts.append(f'<circle cx="{x(0)}" cy="{y(points[0][2]):.1f}" r="3" fill="#d62728"/>')
-    parts.append(f'<text x="{left + 8}" y="{top + h + 34}" font-size="12" fill="#1f77b4">&#9632; opens (human)</text>')
-    parts.append(f'<text x="{left + 140}" y="{top + h + 34}" font-size="12" fill="#d62728">&#9632; clicks</text>')
+    for v in ticks:
+        parts.append(f'<line x1="{left}" x2="{left + w}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e6e6e6"/>')
+        parts.append(f'<text class="ytick" x="{left - 6}" y="{y(v):.1f}" dominant-baseline="middle" '
+                     f'text-anchor="end">{v}</text>')
+    fmt = {"minute": "%H:%M", "5 minutes": "%H:%M", "hour": "%d %H:00", "day": "%m-%d"}[per]
+    xt = sorted({0, n - 1, *(round(i * (n - 1) / 3) for i in (1, 2))})
+    for i in xt:
+        anchor = "start" if i == 0 and n > 1 else "end" if i == n - 1 and n > 1 else "middle"
+        tx = left if anchor == "start" else left + w if anchor == "end" else left + slot * (i + 0.5)
+        parts.append(f'<line x1="{left + slot * (i + 0.5):.1f}" x2="{left + slot * (i + 0.5):.1f}" '
+                     f'y1="{top + h}" y2="{top + h + 4}" stroke="#999"/>')
+        parts.append(f'<text class="xtick" x="{tx:.1f}" y="{top + h + 22}" text-anchor="{anchor}">'
+                     f'{escape(points[i][0].strftime(fmt))}</text>')
+    for i in shown:
+        _name, colour, shape = SERIES_STYLE[i]
+        series = ("opens", "machine", "clicks")[i]
+        line = " ".join(f"{x(k, i):.1f},{y(p[i + 1]):.1f}" for k, p in enumerate(points))
+        dash = ' stroke-dasharray="5 3"' if i == 1 else ""
+        parts.append(f'<polyline class="series" data-series="{series}" fill="none" stroke="{colour}" '
+                     f'stroke-width="2" stroke-linejoin="round"{dash} points="{line}"/>')
+        parts.extend(_marker(shape, x(k, i), y(p[i + 1]), colour, series) for k, p in enumerate(points) if p[i + 1])
     parts.append("</svg>")
-    return "".join(parts)
+    first, last = points[0][0], points[-1][0] + tl.step
+    span = (f"{first:%Y-%m-%d %H:%M} to {last:%H:%M}" if first.date() == last.date()
+            else f"{first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M}")
+    legend = "".join(f'<li><span style="color:{SERIES_STYLE[i][1]}">{_GLYPH[SERIES_STYLE[i][2]]}</span> '
+                     f"{SERIES_STYLE[i][0]}</li>" for i in shown)
+    return (f'<p class="muted">Per {per}, {span} UTC.</p><ul class="legend">{legend}</ul>' + "".join(parts))
 
 
 def _pct(v: float) -> str:
@@ -238,7 +329,7 @@ def html_report(session: Session, campaign_id: int, *, generated_at: datetime | 
     """A self-contained HTML page: figures, rates, a chart of opens and clicks, top links."""
     f = figures(session, campaign_id)
     c = session.get(Campaign, campaign_id)
-    points = timeline(session, campaign_id)
+    tl = timeline(session, campaign_id)
     links = top_links(session, campaign_id)
     rows = [("Recipients (deliveries)", f.total), ("Pending", f.pending), ("Sent", f.sent), ("Failed", f.failed),
             ("Bounced", f.bounced), ("Suppressed", f.suppressed), ("Skipped", f.skipped),
@@ -258,13 +349,14 @@ def html_report(session: Session, campaign_id: int, *, generated_at: datetime | 
     css = ("body{font-family:-apple-system,'Segoe UI',Roboto,Arial,sans-serif;margin:24px;color:#222;"
            "max-width:900px}h1{margin-bottom:4px}.muted{color:#777}table{border-collapse:collapse;margin:12px 0}"
            "th,td{padding:4px 12px;border-bottom:1px solid #eee;text-align:left}td{text-align:right}"
-           "td.url{text-align:left;word-break:break-all}.grid{display:flex;gap:32px;flex-wrap:wrap}")
+           "td.url{text-align:left;word-break:break-all}.grid{display:flex;gap:0 32px;flex-wrap:wrap;"
+           "align-items:flex-start}@media (max-width:520px){body{margin:12px}}" + CHART_CSS)
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width, initial-scale=1"><title>Campaign {f.campaign_id}: {escape(f.name)}</title>'
             f"<style>{css}</style></head><body><h1>Campaign {f.campaign_id}: {escape(f.name)}</h1>"
             f'<p class="muted">{meta}</p><div class="grid"><table><caption>Figures</caption>{fig_html}</table>'
             f"<table><caption>Rates</caption>{rate_html}</table></div>"
-            f"<h2>Opens and clicks over time</h2>{svg_chart(points)}"
+            f"<h2>Opens and clicks over time</h2>{svg_chart(tl)}"
             f"<h2>Most clicked links</h2><table><tr><th>Link</th><th>Clicks</th><th>Unique</th></tr>{link_html}"
             f'</table><p class="muted">Generated {when} by mailer. Machine opens (privacy proxies, scanners) '
             f"are left out of unique opens.</p></body></html>")
