@@ -228,7 +228,7 @@ def naive_reference(settings, sink: SinkProcess, sample: int) -> dict:
 
     import dkim
     import mjml
-    from mailer.i18n import text_direction
+    from mailer.rendering.i18n import text_direction
 
     from mailer import rendering
     from mailer.clock import utcnow

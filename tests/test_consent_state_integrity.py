@@ -236,7 +236,7 @@ def test_csv_export_neutralizes_formulas_and_still_verifies(db_url):
 def test_state_rows_name_their_event_and_an_erasure_goes_through_the_ledger(env):
     # Given a consenting customer
     ids = _people(env)
-    from mailer.customers import gdpr
+    from mailer.gdpr import requests as gdpr
 
     # When the customer is erased
     with env.app.session() as s:

@@ -14,7 +14,7 @@ from mailer.cli import main
 from mailer.clock import utcnow
 from mailer.consent import ledger as consent
 from mailer.consent import verify as consent_verify
-from mailer.customers import gdpr
+from mailer.gdpr import requests as gdpr
 from mailer.customers.records import by_email, import_file
 from mailer.errors import NotFound
 from mailer.models import (

@@ -20,7 +20,7 @@ from mailer.app import App, set_app
 from mailer.cli import main
 from mailer.consent import ledger as consent
 from mailer.consent import suppressions
-from mailer.customers import gdpr
+from mailer.gdpr import requests as gdpr
 from mailer.customers.records import by_email, import_file
 from mailer.errors import ConfigurationError, TokenError
 from mailer.instance_secrets import address_hash_salt

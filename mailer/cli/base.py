@@ -17,7 +17,7 @@ from rich.markup import escape
 from mailer import limits
 from mailer.app import App, set_app
 from mailer.errors import MailerError
-from mailer.i18n import MAX_LOCALE_CHARS, is_valid_locale
+from mailer.rendering.i18n import MAX_LOCALE_CHARS, is_valid_locale
 from mailer.queue.broker import setup
 from mailer.settings import Settings
 

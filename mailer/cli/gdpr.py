@@ -12,7 +12,7 @@ import click
 from mailer import db
 from mailer.addresses import normalize
 from mailer.cli.base import console, main, pass_settings
-from mailer.customers import gdpr
+from mailer.gdpr import requests as gdpr
 
 
 @main.group("gdpr")

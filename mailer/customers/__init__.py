@@ -1,1 +1,1 @@
-"""Customers: the records and their import, and data subject requests (GDPR export, erasure)."""
+"""Customers: the records, their CSV import and lookups."""

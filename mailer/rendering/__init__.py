@@ -38,7 +38,7 @@ Modules (one concept each; this ``__init__`` re-exports the public names, so
   :class:`Problem`) and the preview recipient (:func:`preview_context`, ``PREVIEW_*``).
 """
 
-from mailer.i18n import fallback_chain
+from mailer.rendering.i18n import fallback_chain
 from mailer.rendering.check import (
                                     PREVIEW_NAMES,
                                     PREVIEW_PREFERENCES,
