@@ -294,7 +294,7 @@ def send_campaign(settings: Settings, campaign_id: int) -> float:
     from mailer.app import App, set_app
     from mailer.campaigns import fanout as campaign_actors
     from mailer.campaigns import service as campaigns
-    from mailer.queue.broker import setup
+    from mailer.worker.actors import setup
 
     app = App(settings)
     previous = set_app(app)

@@ -21,11 +21,11 @@ __all__ = ["notify", "publish", "__version__"]
 def __getattr__(name: str):
     # Lazy public API (PEP 562): importing the package must stay cheap for every submodule.
     if name == "notify":
-        from mailer.notices.trigger import notify
+        from mailer.notices.trigger import notify  # lazy public API, see __getattr__
 
         return notify
     if name == "publish":
-        from mailer.automations.publish import publish
+        from mailer.automations.publish import publish  # lazy public API, see __getattr__
 
         return publish
     raise AttributeError(f"module 'mailer' has no attribute {name!r}")

@@ -12,6 +12,9 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -109,8 +112,6 @@ def all_or_nothing(settings_or_url: Settings | str, work, *, keep) -> object:
 
 def alembic_config(url: str, settings: Settings | None = None):
     """Alembic's config for ``url``; migration 0003 reads the keys it needs from ``settings``."""
-    from alembic.config import Config
-
     cfg = Config()
     cfg.attributes["mailer_settings"] = settings
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -120,8 +121,6 @@ def alembic_config(url: str, settings: Settings | None = None):
 
 def upgrade(settings_or_url: Settings | str, revision: str = "head") -> None:
     """Create or migrate the schema to ``revision`` with Alembic."""
-    from alembic import command
-
     if isinstance(settings_or_url, str):
         url, settings = settings_or_url, None
     else:
@@ -132,8 +131,6 @@ def upgrade(settings_or_url: Settings | str, revision: str = "head") -> None:
 
 
 def downgrade(settings_or_url: Settings | str, revision: str) -> None:
-    from alembic import command
-
     url = settings_or_url if isinstance(settings_or_url, str) else settings_or_url.database_url
     command.downgrade(alembic_config(url), revision)
 
@@ -141,7 +138,5 @@ def downgrade(settings_or_url: Settings | str, revision: str) -> None:
 
 
 def current_revision(settings_or_url: Settings | str) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
     with get_engine(settings_or_url).connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()

@@ -25,8 +25,13 @@ worker (tests, ``mailer serve``) the counters live in the ordinary in-process re
 from __future__ import annotations
 
 import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import Counter
+import prometheus_client as prom
+from dramatiq.middleware.prometheus import DB_PATH, Prometheus
+from prometheus_client import Counter, multiprocess
+
+from mailer.settings import Settings
 
 DELIVERIES = Counter("mailer_deliveries_total", "Delivery outcomes", ["outcome", "queue", "kind"])
 SENDER_REFUSALS = Counter("mailer_sender_refusals_total",
@@ -54,12 +59,8 @@ def value(outcome: str, *, queue: str, kind: str) -> float:
 
 def exposition() -> tuple[bytes, str]:
     """The text exposition (body, content type): all processes' metrics in multiprocess mode."""
-    import prometheus_client as prom
-
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
-        from prometheus_client import multiprocess
-
         registry = prom.CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=directory)
         return prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST
@@ -71,10 +72,6 @@ def serve() -> int:
 
     Runs as the Dramatiq fork process of a worker command (see :mod:`mailer.worker.boot`).
     """
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from mailer.settings import Settings
-
     settings = Settings.from_env()
     directory = os.environ.get("dramatiq_prom_db") or _dramatiq_db_path()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
@@ -103,15 +100,11 @@ def serve() -> int:
 
 
 def _dramatiq_db_path() -> str:
-    from dramatiq.middleware.prometheus import DB_PATH
-
     return DB_PATH
 
 
 def make_middleware():
     """Dramatiq's Prometheus middleware, with its exposition server replaced by :func:`serve`."""
-    from dramatiq.middleware.prometheus import Prometheus
-
     class ExposedPrometheus(Prometheus):
         """Dramatiq's metrics plus mailer's, served on MAILER_METRICS_PORT by one fork per command."""
 

@@ -18,7 +18,7 @@ from mailer.campaigns import fanout as campaign_actors
 from mailer.campaigns import reports
 from mailer.campaigns import service as campaigns
 from mailer.models import Delivery, DeliveryStatus
-from mailer.queue.broker import setup
+from mailer.worker.actors import setup
 from mailer.tracking import service as tracking
 from mailer.transport import memory
 from tests.campaign_support import NEWS_KIND, add_customer, newsletter_templates

@@ -22,7 +22,8 @@ from mailer.cli import main
 from mailer.delivery import personalize as headers
 from mailer.errors import TemplateTextError
 from mailer.models import Campaign, Delivery, DeliveryStatus
-from mailer.queue.broker import QUEUES, setup
+from mailer.queue.broker import QUEUES
+from mailer.worker.actors import setup
 from mailer.rendering import Renderer, i18n
 from mailer.rendering.sandbox import MAX_SEQUENCE_ITEMS, SafeEnvironment
 from mailer.transport import memory

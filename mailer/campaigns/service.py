@@ -40,7 +40,6 @@ from mailer.clock import utcnow
 from mailer.delivery import personalize as headers
 from mailer.delivery.compose import render_context
 from mailer.errors import InvalidState, NotFound, TemplateError, ValidationError
-from mailer.rendering.i18n import fallback_chain
 from mailer.instance_secrets import address_hash_salt
 from mailer.models import (
     Campaign,
@@ -50,6 +49,7 @@ from mailer.models import (
     Delivery,
     DeliveryStatus,
 )
+from mailer.rendering.i18n import fallback_chain
 from mailer.settings import Settings
 
 log = logging.getLogger("mailer.campaigns")

@@ -17,8 +17,8 @@ from rich.markup import escape
 from mailer import limits
 from mailer.app import App, set_app
 from mailer.errors import MailerError
-from mailer.rendering.i18n import MAX_LOCALE_CHARS, is_valid_locale
 from mailer.queue.broker import setup
+from mailer.rendering.i18n import MAX_LOCALE_CHARS, is_valid_locale
 from mailer.settings import Settings
 
 err_console = Console(stderr=True)
@@ -103,7 +103,7 @@ def parse_json_or_file(value: str | None, *, option: str) -> dict | None:
 
 
 def setup_broker(settings: Settings):
-    """Connect the actors to the configured broker (Redis, or the stub for stub://)."""
+    """Set up the broker the enqueue port sends through (Redis, or the stub for stub://); no actors here."""
 
     set_app(App(settings))
     return setup(settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+import uvicorn
 
 from mailer.app import get_app
 from mailer.cli.base import main, pass_settings, setup_broker
@@ -23,8 +24,6 @@ def serve_cmd(settings, host: str | None, port: int | None, workers: int) -> Non
     from ``MAILER_TRUSTED_PROXIES`` (:func:`mailer.web_security.client_ip`).  Access and
     mailer logs go through :class:`~mailer.web_security.TokenRedactingFilter`.
     """
-    import uvicorn
-
     trusted_networks(settings.trusted_proxies)  # a bad CIDR fails here, not on the first request
     host = host or settings.http_host
     port = port or settings.http_port

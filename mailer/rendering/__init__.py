@@ -38,7 +38,6 @@ Modules (one concept each; this ``__init__`` re-exports the public names, so
   :class:`Problem`) and the preview recipient (:func:`preview_context`, ``PREVIEW_*``).
 """
 
-from mailer.rendering.i18n import fallback_chain
 from mailer.rendering.check import (
                                     PREVIEW_NAMES,
                                     PREVIEW_PREFERENCES,
@@ -47,6 +46,7 @@ from mailer.rendering.check import (
                                     check_templates,
                                     preview_context,
 )
+from mailer.rendering.i18n import fallback_chain
 from mailer.rendering.kinds import FIELD_TYPES, SUPPORTED_LOCALES, TRANSACTIONAL, FieldSpec, KindSpec
 
 # Private names re-exported for bench/campaign_throughput.py, which resolves a layout by hand

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from mailer.errors import TemplateError, UnknownKind, ValidationError
-from mailer.rendering.i18n import fallback_chain
 from mailer.rendering import i18n
+from mailer.rendering.i18n import fallback_chain
 from mailer.rendering.kinds import SUPPORTED_LOCALES, KindSpec
 from mailer.rendering.layouts import LAYOUTS, STRINGS_FILE
 from mailer.rendering.renderer import Renderer

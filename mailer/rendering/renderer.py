@@ -40,8 +40,8 @@ from jinja2.exceptions import SecurityError
 
 from mailer import assets
 from mailer.errors import MissingField, TemplateError, TemplateTextError, UnknownKind, ValidationError
-from mailer.rendering.i18n import fallback_chain
 from mailer.rendering import i18n
+from mailer.rendering.i18n import fallback_chain
 from mailer.rendering.kinds import KindSpec, _check_value, _parse_kind
 from mailer.rendering.layouts import LAYOUTS, STRINGS_FILE, _compile_env, _LineMap, _MarkedLoader, _template_frame_line
 from mailer.rendering.links import _track, _track_links

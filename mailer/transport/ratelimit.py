@@ -24,6 +24,7 @@ import random
 import threading
 import time
 
+import redis
 from dramatiq.rate_limits import BucketRateLimiter
 from dramatiq.rate_limits.backends import RedisBackend, StubBackend
 
@@ -114,8 +115,6 @@ def limiter_for(settings: Settings) -> Limiter:
         limiter = _limiters.get(url)
         if limiter is None:
             if url.startswith("redis"):
-                import redis
-
                 limiter = Limiter(RedisBackend(client=redis.Redis.from_url(url)), shared=True)
             else:
                 limiter = Limiter(StubBackend(), shared=False)

@@ -27,6 +27,7 @@ from fastapi import Request
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.config import LOGGING_CONFIG
 
 from mailer.errors import ConfigurationError
 from mailer.settings import Settings
@@ -214,8 +215,6 @@ class TokenRedactingFilter(logging.Filter):
 
 def log_config() -> dict[str, Any]:
     """uvicorn's logging config with token redaction on every handler, mailer's logs included."""
-    from uvicorn.config import LOGGING_CONFIG
-
     config = copy.deepcopy(LOGGING_CONFIG)
     config.setdefault("filters", {})["redact_tokens"] = {"()": "mailer.web.security.TokenRedactingFilter"}
     for handler in config["handlers"].values():
