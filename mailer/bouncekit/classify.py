@@ -159,7 +159,9 @@ def decide(diagnostic: str, context: str, status_field: str, *, smtp_code: str =
         else:
             reason = "undefined"
     stage = _stage(diag + "\n" + context[:3000])
-    if reason == "userunknown" and stage == "data" and not re.match(r"[45]\.1\.", status or ""):
+    if (reason == "userunknown" and stage not in ("rcpt", "mail")
+            and not re.match(r"[45]\.1\.(?!2$|6$|7$|8$)\d+$", status or "")
+            and not reasons.RCPT_TIME_WORDING.search(diag + "\n" + context[:3000])):
         # "User unknown" wording without an x.1.x code, not at RCPT: the mailbox was accepted
         # at RCPT (or nothing says it was refused there), so a filter refused the content.
         reason = "filtered"
@@ -184,7 +186,8 @@ def decide(diagnostic: str, context: str, status_field: str, *, smtp_code: str =
 _STAGE = re.compile(
     r"(?:after|in reply to|in response to|during|while (?:talking|sending))\s+(?:the\s+)?"
     r"(MAIL(?:\s+FROM)?|RCPT(?:\s+TO)?|DATA|end\s+of\s+(?:DATA|message)|initial\s+connection|"
-    r"HELO|EHLO|connect|greeting|banner)|^\s*>>>\s*(MAIL|RCPT|DATA)\b|\[(RCPT|MAIL|DATA)_?(?:TO|FROM)?\]",
+    r"HELO|EHLO|connect|greeting|banner)|^\s*>>>\s*(MAIL|RCPT|DATA)\b|\[(RCPT|MAIL|DATA)_?(?:TO|FROM)?\]|"
+    r"(?:did not like our|SMTP:)\s*(RCPT|MAIL|DATA)\b",
     re.IGNORECASE | re.MULTILINE)
 
 
@@ -193,7 +196,7 @@ def _stage(text: str) -> str:
     m = _STAGE.search(text)
     if not m:
         return ""
-    word = (m.group(1) or m.group(2) or m.group(3) or "").lower()
+    word = next((g for g in m.groups() if g), "").lower()
     if word.startswith("mail"):
         return "mail"
     if word.startswith("rcpt"):

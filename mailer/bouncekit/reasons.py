@@ -313,6 +313,15 @@ _TEXT_TABLE: tuple[tuple[str, str], ...] = (
                         r"(email|mail) (is )?(rejected|refused) by (the )?(recipient|administrator|domain)")),
 )
 
+#: Wording that servers give only in reply to RCPT TO (the address itself was refused, before
+#: any content was seen): "user unknown" with it stays ``userunknown``; without it (and without
+#: an x.1.x code) a "user unknown" after the content was seen is a recipient-side ``filtered``.
+RCPT_TIME_WORDING = re.compile(
+    r"recipient address rejected|recipient name is not recognized|no valid recipients|"
+    r"doesn't have an? \S+ account|recipient not found by smtp address lookup|"
+    r"requested action not taken: mailbox unavailable|unknown recipient or mailbox unavailable|"
+    r"address rejected\.|in reply to rcpt|rcpt to:?\s*<", re.IGNORECASE)
+
 TEXT_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (reason, re.compile(pattern, re.IGNORECASE | re.DOTALL)) for reason, pattern in _TEXT_TABLE)
 
