@@ -159,9 +159,9 @@ def decide(diagnostic: str, context: str, status_field: str, *, smtp_code: str =
         else:
             reason = "undefined"
     stage = _stage(diag + "\n" + context[:3000])
-    if (reason == "userunknown" and stage not in ("rcpt", "mail")
-            and not re.match(r"[45]\.1\.(?!2$|6$|7$|8$)\d+$", status or "")
-            and not reasons.RCPT_TIME_WORDING.search(diag + "\n" + context[:3000])):
+    if (reason == "userunknown" and not re.match(r"[45]\.1\.(?!2$|6$|7$|8$)\d+$", status or "")
+            and (stage == "data" or stage == "" and not reasons.RCPT_TIME_WORDING.search(
+                diag + "\n" + context[:3000]))):
         # "User unknown" wording without an x.1.x code, not at RCPT: the mailbox was accepted
         # at RCPT (or nothing says it was refused there), so a filter refused the content.
         reason = "filtered"
