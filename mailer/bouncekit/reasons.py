@@ -329,6 +329,28 @@ YIELDS_TO_SENDER_SIDE = frozenset({"userunknown", "filtered", "suspend", "mailbo
                                    "notaccept", "hostunknown", "systemerror", "systemfull",
                                    "networkerror", "expired", "mailererror"})
 
+#: Complaints that arrive without an ARF part: (where: "message" | "original", header,
+#: value pattern, feedback type, recipient: "from" (the complainer wrote) | "value").
+COMPLAINT_HEADERS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("message", "X-Apple-Unsubscribe", r"true|yes|1", "opt-out", "from"),  # Apple Mail's unsubscribe
+    ("original", "X-HmXmrOriginalRecipient", r".{1,320}", "abuse", "value"),  # Microsoft JMRP
+)
+
+#: A plain-text bounce's own list of failed addresses (Exim: "The following address(es)
+#: failed:" then indented addresses), read even when the address is also the bounce's To.
+FAILED_LIST = re.compile(r"following address\(?e?s?\)?\s+failed:?[ \t]*\n\s*((?:[ \t]*[^\s@]+@\S+[ \t]*\n){1,50})",
+                         re.IGNORECASE)
+
+#: Lines an MTA adds after quoting the remote reply, which say nothing of their own: Sendmail
+#: ends its transcript with "554 5.0.0 Service unavailable" whatever the remote host said.
+MTA_SUMMARY_LINE = re.compile(r"^[ \t]*5\d\d 5\.0\.0 Service unavailable[ \t]*$", re.IGNORECASE | re.MULTILINE)
+
+#: Plain-text bounces whose sender says what they mean in any language: a Google Groups
+#: bounce (the group does not exist or we may not post to it) is our sender ``rejected``.
+PROVIDER_SIGNATURES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"https://groups\.google\.com/support/?", re.IGNORECASE), "rejected"),
+)
+
 TEXT_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (reason, re.compile(pattern, re.IGNORECASE | re.DOTALL)) for reason, pattern in _TEXT_TABLE)
 
