@@ -180,6 +180,11 @@ def decide(diagnostic: str, context: str, status_field: str, *, smtp_code: str =
         reason = "expired"  # a temporary failure given up on: the queue lifetime ran out
     if action_field.lower().startswith("delayed") and reason not in reasons.SENDER_SIDE:
         reason = "expired" if reason in ("expired", "onhold", "undefined", "networkerror") else reason
+    for host, wording, rhost_stage, rhost_reason in reasons.RHOST_RULES:
+        if (stage == rhost_stage and host.search(diag + "\n" + context[:3000])
+                and wording.search(diag + "\n" + context[:3000])):
+            reason = rhost_reason
+            break
     line = _one_line(diag) if diag else ""
     if evidence and evidence.lower() not in line.lower():
         line = _context_line(context, evidence) or line
@@ -428,7 +433,8 @@ def _ses_json(ev: parse.Evidence, mid: str | None, delivery: int | None) -> Repo
         data = json.loads(text[start:]) if start >= 0 else None
     except ValueError:
         try:
-            data = json.JSONDecoder().raw_decode(text[start:])[0]
+            # SNS wraps long lines inside JSON strings: allow control characters there
+            data = json.JSONDecoder(strict=False).raw_decode(text[start:])[0]
         except ValueError:
             return None
     if not isinstance(data, dict):

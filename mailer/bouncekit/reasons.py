@@ -351,6 +351,14 @@ PROVIDER_SIGNATURES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"https://groups\.google\.com/support/?", re.IGNORECASE), "rejected"),
 )
 
+#: Remote hosts whose wording means something else than it says: (host pattern, wording,
+#: SMTP stage, reason).  NTT docomo answers "550 Unknown user" after DATA when the recipient's
+#: own settings refuse our sender domain: the mailbox exists, our sender was refused.
+RHOST_RULES: tuple[tuple[re.Pattern[str], re.Pattern[str], str, str], ...] = (
+    (re.compile(r"\bdocomo\.ne\.jp\b", re.IGNORECASE), re.compile(r"\bunknown user\b", re.IGNORECASE),
+     "data", "rejected"),
+)
+
 TEXT_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (reason, re.compile(pattern, re.IGNORECASE | re.DOTALL)) for reason, pattern in _TEXT_TABLE)
 
