@@ -34,7 +34,7 @@ EXCLUDED: dict[str, str] = {
 
 #: Targets of issue 18 on the development corpus.
 RECOGNIZED_MIN = 0.95
-#: The issue's target for reason agreement is 0.90; the classifier reaches 0.75 today (was
+#: The issue's target for reason agreement is 0.90; the classifier reaches 0.754 today (was
 #: 0.68). This floor guards against regressions until the target is met (see CHANGELOG).
 AGREEMENT_FLOOR = 0.75
 AGREEMENT_TARGET = 0.90
