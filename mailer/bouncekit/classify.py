@@ -97,11 +97,14 @@ def _hdr(msg: Message | None, name: str) -> str:
         return " ".join(str(v).split())
 
 
-def _clean_addr(value: str) -> str | None:
+def _clean_addr(value: str, *, dotless: bool = False) -> str | None:
     value = value.strip()
     if ";" in value:  # "rfc822; user@example.com"
         value = value.split(";", 1)[1]
     found = parse.addresses(value)
+    if not found and dotless and ":" not in value:  # "user@mailhub0", not a source route "@a:b@c"
+        m = re.search(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9-]{1,63}\b", value)
+        return m.group(0).lower() if m else None
     return found[0] if found else None
 
 
@@ -160,14 +163,17 @@ def decide(diagnostic: str, context: str, status_field: str, *, smtp_code: str =
         else:
             reason = "undefined"
     stage = _stage(diag + "\n" + context[:3000])
-    if reason == "userunknown" and stage == "data" and not re.match(r"[45]\.1\.", status or ""):
+    if (reason == "userunknown" and not re.match(r"[45]\.1\.(?!2$|6$|7$|8$)\d+$", status or "")
+            and (stage == "data" or stage == "" and not reasons.RCPT_TIME_WORDING.search(
+                diag + "\n" + context[:3000]))):
         # "User unknown" wording without an x.1.x code, not at RCPT: the mailbox was accepted
         # at RCPT (or nothing says it was refused there), so a filter refused the content.
         reason = "filtered"
     elif stage == "mail" and reason in ("userunknown", "onhold", "undefined", "hostunknown", "notaccept",
                                         "systemerror", "suspend", "filtered"):
         reason = "rejected"  # refused at MAIL FROM: it is our envelope sender, not the recipient
-    elif stage == "connect" and reason in ("onhold", "undefined", "userunknown", "systemerror", "suspend"):
+    elif stage == "connect" and reason not in reasons.SENDER_SIDE and reason not in ("networkerror", "expired"):
+        # refused before any recipient was named: it is our host, not the mailbox
         reason = "blocked"
     if (action_field.lower().startswith("failed") and status.startswith("4")
             and (reason in ("onhold", "undefined", "systemerror")
@@ -175,6 +181,11 @@ def decide(diagnostic: str, context: str, status_field: str, *, smtp_code: str =
         reason = "expired"  # a temporary failure given up on: the queue lifetime ran out
     if action_field.lower().startswith("delayed") and reason not in reasons.SENDER_SIDE:
         reason = "expired" if reason in ("expired", "onhold", "undefined", "networkerror") else reason
+    for host, wording, rhost_stage, rhost_reason in reasons.RHOST_RULES:
+        if (stage == rhost_stage and host.search(diag + "\n" + context[:3000])
+                and wording.search(diag + "\n" + context[:3000])):
+            reason = rhost_reason
+            break
     line = _one_line(diag) if diag else ""
     if evidence and evidence.lower() not in line.lower():
         line = _context_line(context, evidence) or line
@@ -185,7 +196,8 @@ def decide(diagnostic: str, context: str, status_field: str, *, smtp_code: str =
 _STAGE = re.compile(
     r"(?:after|in reply to|in response to|during|while (?:talking|sending))\s+(?:the\s+)?"
     r"(MAIL(?:\s+FROM)?|RCPT(?:\s+TO)?|DATA|end\s+of\s+(?:DATA|message)|initial\s+connection|"
-    r"HELO|EHLO|connect|greeting|banner)|^\s*>>>\s*(MAIL|RCPT|DATA)\b|\[(RCPT|MAIL|DATA)_?(?:TO|FROM)?\]",
+    r"HELO|EHLO|connect|greeting|banner)|^\s*>>>\s*(MAIL|RCPT|DATA)\b|\[(RCPT|MAIL|DATA)_?(?:TO|FROM)?\]|"
+    r"(?:did not like our|SMTP:)\s*(RCPT|MAIL|DATA)\b",
     re.IGNORECASE | re.MULTILINE)
 
 
@@ -194,7 +206,7 @@ def _stage(text: str) -> str:
     m = _STAGE.search(text)
     if not m:
         return ""
-    word = (m.group(1) or m.group(2) or m.group(3) or "").lower()
+    word = next((g for g in m.groups() if g), "").lower()
     if word.startswith("mail"):
         return "mail"
     if word.startswith("rcpt"):
@@ -299,12 +311,16 @@ def classify(raw: bytes, *, verp_prefix: str = "bounces") -> Report:
 
     if ev.arf is not None:
         return _complaint(ev, mid, delivery)
+    nonarf = _non_arf_complaint(ev, sender, mid, delivery)
+    if nonarf is not None:
+        return nonarf
 
     if ev.dsn:
         rep = Report(type="bounce", message_id=mid, delivery_id=delivery)
         for f in ev.dsn:
-            address = _clean_addr(f.get("final-recipient", "")) or _clean_addr(f.get("original-recipient", "")) \
-                or _clean_addr(f.get("x-actual-recipient", ""))
+            address = _clean_addr(f.get("final-recipient", "")) \
+                or _clean_addr(f.get("final-recipient", ""), dotless=True) \
+                or _clean_addr(f.get("original-recipient", "")) or _clean_addr(f.get("x-actual-recipient", ""))
             diag = f.get("diagnostic-code", "")
             if ";" in diag[:12]:
                 diag = diag.split(";", 1)[1].strip()
@@ -312,6 +328,7 @@ def classify(raw: bytes, *, verp_prefix: str = "bounces") -> Report:
             if not context and len(ev.dsn) == 1:
                 context = ev.text
             context += "\n" + "\n".join(_REPLY_LINE.findall(ev.text))
+            context = reasons.MTA_SUMMARY_LINE.sub("", context)
             status = _status_in(f.get("status", ""))
             r = decide(diag, context, status, action_field=f.get("action", ""))
             r.address = address
@@ -347,20 +364,44 @@ def classify(raw: bytes, *, verp_prefix: str = "bounces") -> Report:
             exclude.update(a.lower() for _, a in getaddresses([_hdr(ev.original, name)]) if a)
     failed = [a for _, a in getaddresses(h.get_all("X-Failed-Recipients", []) or []) if a]
     addrs = [a.lower() for a in failed] or _text_recipients(ev, exclude)
+    for m in reasons.FAILED_LIST.finditer(ev.text):  # the bounce's own list of failed addresses wins
+        for a in parse.addresses(m.group(1)):
+            if a not in addrs:
+                addrs.append(a)
     if not addrs and ev.original is not None:
         addrs = [a.lower() for _, a in getaddresses(ev.original.get_all("To", []) or []) if a]
     delay = bool(_DELAY_SUBJECT.search(subject))
+    provider = next((reason for pattern, reason in reasons.PROVIDER_SIGNATURES if pattern.search(ev.text)), None)
     rep = Report(type="delay" if delay else "bounce", message_id=mid, delivery_id=delivery)
     for a in addrs or [None]:
         block = _block_for(ev.text, a, addrs) if a else ""
         r = decide(block, ev.text if len(addrs) <= 1 else block, "",
                    action_field="delayed" if delay else "failed")
         r.address = a
+        if provider and r.reason in ("onhold", "undefined"):
+            r.reason, r.action = provider, reasons.action_for(provider)
         if delay and r.reason not in reasons.SENDER_SIDE:
             r.action = reasons.IGNORE
         rep.recipients.append(r)
     rep.evidence = rep.recipients[0].evidence if rep.recipients else ""
     return rep
+
+
+def _non_arf_complaint(ev: parse.Evidence, sender: str, mid: str | None,
+                       delivery: int | None) -> Report | None:
+    """Complaints that do not come as ARF: a header that says so (:data:`reasons.COMPLAINT_HEADERS`)."""
+    for place, name, value_re, ftype, who in reasons.COMPLAINT_HEADERS:
+        msg = ev.headers if place == "message" else ev.original
+        value = _hdr(msg, name)
+        if not value or not re.fullmatch(value_re, value, re.IGNORECASE):
+            continue
+        addr = sender if who == "from" else _clean_addr(value)
+        evidence = _one_line(f"{name}: {value}")
+        return Report(type="complaint", feedback_type=ftype, message_id=mid, delivery_id=delivery,
+                      evidence=evidence,
+                      recipients=[Recipient(address=addr or None, reason="feedback", action=reasons.COMPLAINT,
+                                            evidence=evidence)])
+    return None
 
 
 def _complaint(ev: parse.Evidence, mid: str | None, delivery: int | None) -> Report:
@@ -392,7 +433,8 @@ def _ses_json(ev: parse.Evidence, mid: str | None, delivery: int | None) -> Repo
         data = json.loads(text[start:]) if start >= 0 else None
     except ValueError:
         try:
-            data = json.JSONDecoder().raw_decode(text[start:])[0]
+            # SNS wraps long lines inside JSON strings: allow control characters there
+            data = json.JSONDecoder(strict=False).raw_decode(text[start:])[0]
         except ValueError:
             return None
     if not isinstance(data, dict):

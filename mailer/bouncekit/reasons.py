@@ -126,7 +126,7 @@ _TEXT_TABLE: tuple[tuple[str, str], ...] = (
                     r"not authorized to send (mail )?on behalf|spf: \S+ is not allowed|"
                     r"authentication (check )?fail\w* .{0,20}(sender|domain)|"
                     r"5\.7\.(2[0-46-9]|30)\b|unauthenticated email")),
-    ("requireptr", (r"reverse (dns|lookup|hostname)|\bptr\b.{0,30}(record|lookup|fail|missing|does not)|"
+    ("requireptr", (r"unverif(y|i)able sending ips?|invalid rdns|domain \S{1,255} mismatches client ip|reverse (dns|lookup|hostname)|\bptr\b.{0,30}(record|lookup|fail|missing|does not)|"
                    r"no ptr|(cannot|can't|could not|unable to) (find|resolve) (your|the) "
                    r"(host ?name|ptr|reverse)|ip name (possibly )?forged|"
                    r"not have (a )?(valid )?(reverse|ptr)|(dns|rdns) (does not|doesn't) match|"
@@ -153,7 +153,7 @@ _TEXT_TABLE: tuple[tuple[str, str], ...] = (
                 r"temporarily deferred)|refused to talk to me|"
                 r"sending (mta|host|ip|server)'?s? .{0,30}(poor|blocked|listed|rejected)|\bblacklisted\b|"
                 r"\b5\.7\.606\b|\b5\.7\.511\b|\bbanned sender|refused by antispam|\bdenied by policy\b|"
-                r"access denied|too many (bad|invalid) recipients|please use the smtp|not allowed to send from")),
+                r"\(BL\)|access denied|too many (bad|invalid) recipients|please use the smtp|not allowed to send from")),
     ("spamdetected", (r"\bspam\b|\bjunk (mail|e-?mail)|bulk (mail|e-?mail)|unsolicited|"
                      r"\bspamassassin|content (filter|rejected|blocked)|"
                      r"message (looks|considered|classified|identified|detected|determined|rejected) "
@@ -161,9 +161,9 @@ _TEXT_TABLE: tuple[tuple[str, str], ...] = (
                      r"(scored|score) (too high|of \d)|suspicious (mail|message|content)|"
                      r"filtered as spam|phish|"
                      r"(message|mail) (was |is )?(rejected|refused|blocked) (by|as) (our|the) (spam|content) ")),
-    ("failedstarttls", (r"starttls|\btls\b.{0,30}(required|fail|must|negotiat|handshake)|"
+    ("failedstarttls", (r"starttls|(not|n't) (support|advertise) (the )?(starttls|tls)|\btls\b.{0,30}(required|fail|must|negotiat|handshake)|"
                        r"must issue a starttls|encryption (is )?required|5\.7\.10\b|ssl (error|required)")),
-    ("norelaying", (r"relay(ing)? (access |)(denied|not (allowed|permitted)|prohibited)|"
+    ("norelaying", (r"insecure mail relay|relay(ing)? (access |)(denied|not (allowed|permitted)|prohibited)|"
                    r"(unable|not allowed|not permitted|we do not) (to )?relay|not configured to relay|no relaying|"
                    r"not (a )?(local|gateway) (host|domain)|is not a valid (recipient|local) domain|"
                    r"relay (not allowed|denied)|\bnot relay|relaying (is )?denied|open relay")),
@@ -197,7 +197,7 @@ _TEXT_TABLE: tuple[tuple[str, str], ...] = (
                       r"(invalid|incorrect|bad) (credentials|password|login)|\bsmtp auth\b|"
                       r"not (authorized|authorised|permitted) to send|"
                       r"user not authorized to send|unauthenticated senders? not allowed|encryption needed")),
-    ("rejected", (r"permission to post|may not have permission|投稿する権限|"
+    ("rejected", (r"'send mail as'|customfromdenied|permission to post|may not have permission|投稿する権限|"
                  r"sender (address |domain |)(rejected|refused|denied|invalid|verify failed|"
                  r"not (allowed|permitted|accepted|found)|does not exist|unknown)|"
                  r"(domain|address) of sender (address )?.{0,20}(does not exist|not (resolve|exist|found))|"
@@ -313,17 +313,72 @@ _TEXT_TABLE: tuple[tuple[str, str], ...] = (
                         r"(email|mail) (is )?(rejected|refused) by (the )?(recipient|administrator|domain)")),
 )
 
+#: Wording that servers give only in reply to RCPT TO (the address itself was refused, before
+#: any content was seen): "user unknown" with it stays ``userunknown``; without it (and without
+#: an x.1.x code) a "user unknown" after the content was seen is a recipient-side ``filtered``.
+RCPT_TIME_WORDING = re.compile(
+    r"recipient address rejected|recipient name is not recognized|no valid recipients|"
+    r"doesn't have an? \S+ account|recipient not found by smtp address lookup|"
+    r"requested action not taken: mailbox unavailable|unknown recipient or mailbox unavailable|"
+    r"address rejected\.|in reply to rcpt|rcpt to:?\s*<", re.IGNORECASE)
+
+#: Generic mailbox wording that a more specific sender-side wording in the same reply
+#: overrides ("Recipient address rejected: Policy violation"); ``exceedlimit`` (the
+#: recipient's own size limit) is specific and keeps its place.
+YIELDS_TO_SENDER_SIDE = frozenset({"userunknown", "filtered", "suspend", "mailboxfull", "hasmoved",
+                                   "notaccept", "hostunknown", "systemerror", "systemfull",
+                                   "networkerror", "expired", "mailererror"})
+
+#: Complaints that arrive without an ARF part: (where: "message" | "original", header,
+#: value pattern, feedback type, recipient: "from" (the complainer wrote) | "value").
+COMPLAINT_HEADERS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("message", "X-Apple-Unsubscribe", r"true|yes|1", "opt-out", "from"),  # Apple Mail's unsubscribe
+    ("original", "X-HmXmrOriginalRecipient", r".{1,320}", "abuse", "value"),  # Microsoft JMRP
+)
+
+#: A plain-text bounce's own list of failed addresses (Exim: "The following address(es)
+#: failed:" then indented addresses), read even when the address is also the bounce's To.
+FAILED_LIST = re.compile(r"following address\(?e?s?\)?\s+failed:?[ \t]*\n\s*((?:[ \t]*[^\s@]+@\S+[ \t]*\n){1,50})",
+                         re.IGNORECASE)
+
+#: Lines an MTA adds after quoting the remote reply, which say nothing of their own: Sendmail
+#: ends its transcript with "554 5.0.0 Service unavailable" whatever the remote host said.
+MTA_SUMMARY_LINE = re.compile(r"^[ \t]*5\d\d 5\.0\.0 Service unavailable[ \t]*$", re.IGNORECASE | re.MULTILINE)
+
+#: Plain-text bounces whose sender says what they mean in any language: a Google Groups
+#: bounce (the group does not exist or we may not post to it) is our sender ``rejected``.
+PROVIDER_SIGNATURES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"https://groups\.google\.com/support/?", re.IGNORECASE), "rejected"),
+)
+
+#: Remote hosts whose wording means something else than it says: (host pattern, wording,
+#: SMTP stage, reason).  NTT docomo answers "550 Unknown user" after DATA when the recipient's
+#: own settings refuse our sender domain: the mailbox exists, our sender was refused.
+RHOST_RULES: tuple[tuple[re.Pattern[str], re.Pattern[str], str, str], ...] = (
+    (re.compile(r"\bdocomo\.ne\.jp\b", re.IGNORECASE), re.compile(r"\bunknown user\b", re.IGNORECASE),
+     "data", "rejected"),
+)
+
 TEXT_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (reason, re.compile(pattern, re.IGNORECASE | re.DOTALL)) for reason, pattern in _TEXT_TABLE)
 
 
 def match_text(text: str) -> tuple[str, str] | None:
-    """(reason, matched wording) of the first pattern that matches ``text``, or None."""
+    """(reason, matched wording) of the first pattern that matches ``text``, or None.
+
+    Sender-side wording anywhere in ``text`` wins over mailbox wording ("Recipient address
+    rejected: Policy violation" is ``policyviolation``, not ``userunknown``).
+    """
+    first = None
     for reason, pattern in TEXT_PATTERNS:
+        if first is not None and reason not in SENDER_SIDE:
+            continue
         m = pattern.search(text)
         if m:
-            return reason, m.group(0)
-    return None
+            if reason in SENDER_SIDE or first is None and reason not in YIELDS_TO_SENDER_SIDE:
+                return reason, m.group(0)
+            first = first or (reason, m.group(0))
+    return first
 
 
 def match_status(status: str) -> str | None:
