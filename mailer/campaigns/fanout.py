@@ -184,7 +184,9 @@ def start(app, campaign_id: int) -> None:
         delay_ms = 0
         if c.status is CampaignStatus.scheduled and c.send_at is not None:
             delay_ms = max(0, int((c.send_at - utcnow()).total_seconds() * 1000))
-    port.send(port.FAN_OUT, campaign_id, delay_ms=delay_ms or None)
+    # Broker down: the campaign is committed as running (or scheduled); the sweep hook
+    # starts a due campaign and restarts a fan-out whose heartbeat went stale.
+    port.enqueue_stored(port.FAN_OUT, campaign_id, delay_ms=delay_ms or None)
 
 
 def fan_out_step(app, campaign_id: int) -> bool:
@@ -206,7 +208,7 @@ def sweep_hook(app) -> None:
             campaigns.release_held(s, cid)
         campaigns.finish_completed(s)
     for cid in started + stalled:
-        port.send(port.FAN_OUT, cid)
+        port.enqueue_stored(port.FAN_OUT, cid)
     for cid in stray:
         enqueue_queued(app, cid)
 
