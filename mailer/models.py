@@ -20,7 +20,9 @@ Tables and what they are for:
 * ``suppressions``     addresses never to mail again (by salted hash; address kept until erasure).
 * ``bounces``          every bounce / complaint with its raw report.
 * ``tracking_events``  opens, clicks, unsubscribes (purged by retention).
-* ``api_keys``         hashed bearer keys for the HTTP API.
+* ``api_keys``         hashed bearer keys for the HTTP API, with their scopes and last use.
+* ``wordings``         every version of every consent wording seen, with the SHA-256 of its
+                       exact text (a grant's ``wording_sha256`` points here).
 * ``idempotency_records`` HTTP API responses per Idempotency-Key, replayed on a retry.
 * ``shop_events``      events received from shops, idempotent.
 * ``reward_codes``     discount and gift-card codes, each given to at most one customer.
@@ -484,9 +486,34 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Comma-separated scopes (see mailer.web.apikeys.SCOPES); keys from before 0004 keep notices,events.
+    scopes: Mapped[str] = mapped_column(String(200), default="notices,events", server_default="notices,events")
+    #: When the key last authenticated a request (updated at most once a minute).
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     def __repr__(self) -> str:
         return f"<ApiKey id={self.id} name={self.name!r} prefix={self.prefix!r}>"
+
+
+class Wording(Base):
+    """One version of a consent wording in one locale: the exact text and its SHA-256 (see mailer/consent/wordings.py)."""
+
+    __tablename__ = "wordings"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: The file's name, ``wordings/<wording_id>.toml``.
+    wording_id: Mapped[str] = mapped_column(String(100))
+    locale: Mapped[str] = mapped_column(String(20))
+    version: Mapped[str] = mapped_column(String(50))
+    #: SHA-256 hex of the exact UTF-8 text; equals consent_events.wording_sha256 of grants made with it.
+    sha256: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
+
+    __table_args__ = (UniqueConstraint("wording_id", "locale", "version", name="uq_wordings_id_locale_version"),)
+
+    def __repr__(self) -> str:
+        return f"<Wording {self.wording_id}/{self.locale} v{self.version} {self.sha256[:12]}>"
 
 
 class IdempotencyRecord(Base):

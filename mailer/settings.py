@@ -65,6 +65,8 @@ class Settings:
     segments_dir: Path = PROJECT_ROOT / "segments"
     #: Folder of automation rules (automations/<rule>.toml).
     automations_dir: Path = PROJECT_ROOT / "automations"
+    #: Folder of consent wordings (wordings/<id>.toml: per locale, a version and its exact text).
+    wordings_dir: Path = PROJECT_ROOT / "wordings"
     #: The shop's name, shown in every mail.
     store_name: str = "Northwind Shop"
     #: The shop's postal address, in every mail's footer (required for marketing mail).

@@ -34,6 +34,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from mailer import limits
 from mailer.addresses import email_hash, normalize
 from mailer.clock import utcnow
 from mailer.db import all_or_nothing
@@ -501,6 +502,55 @@ def import_file(settings: Settings, path: Path, *, strict: bool = False,
                                                                 progress=progress, encoding=encoding,
                                                                 delimiter=delimiter),
                           keep=lambda result: not result.strict_aborted)
+
+
+#: A well-formed address beside which each column of a record is checked on its own.
+_PROBE_ADDRESS = "probe@example.com"
+#: Most extra attributes one record carries (beyond COLUMNS), and the longest of each, characters.
+MAX_ATTRIBUTES = 50
+MAX_ATTRIBUTE_CHARS = 1000
+
+
+def parse_record(row: dict[str, str]) -> dict:
+    """One record (e.g. from ``PUT /v1/customers/{email}``) by the import's rules, every bad column reported.
+
+    Values are the strings a CSV cell would hold.  Raises :class:`mailer.limits.InvalidData`
+    listing (column, reason) for every bad column, not only the first.
+    """
+    try:
+        values = parse_row(row)
+    except _Bad:
+        problems = []
+        for column in COLUMNS:
+            probe = {"email": row.get("email") or ""} if column == "email" else {
+                "email": _PROBE_ADDRESS, column: row.get(column) or ""}
+            try:
+                parse_row(probe)
+            except _Bad as bad:
+                problems.append((bad.column, bad.reason))
+        raise limits.InvalidData(problems) from None
+    extra = {k: v for k, v in row.items() if k not in COLUMNS and v not in (None, "")}
+    problems = [(f"attributes.{k}", f"longer than {MAX_ATTRIBUTE_CHARS} characters or has a control character")
+                for k, v in extra.items() if len(v) > MAX_ATTRIBUTE_CHARS or _CONTROL.search(v)]
+    if len(extra) > MAX_ATTRIBUTES:
+        problems.insert(0, ("attributes", f"more than {MAX_ATTRIBUTES} attributes"))
+    if problems:
+        raise limits.InvalidData(problems)
+    if extra:
+        values["attributes"] = extra
+    return values
+
+
+def upsert_record(session: Session, settings: Settings, values: dict) -> tuple[Customer, bool]:
+    """Create or update one customer from :func:`parse_record`'s values, exactly as the import does.
+
+    Returns (customer, created).
+    """
+    result = ImportResult()
+    _upsert(session, settings, [values], result)
+    customer = session.execute(select(Customer).where(Customer.email == values["email"])
+                               .execution_options(populate_existing=True)).scalar_one()
+    return customer, result.created == 1
 
 
 def get_or_create(session: Session, settings: Settings, address: str, *, locale: str | None = None,

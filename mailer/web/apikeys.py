@@ -4,6 +4,12 @@ A key looks like ``mk_<prefix>_<secret>``: the 8-character prefix is stored in c
 so listings can show which key is which; the whole key is stored only as its SHA-256
 hex digest.  A 32-byte random secret makes a plain (unsalted) hash safe: there is
 nothing to brute-force.  Revoked keys stop working at once.
+
+Each key carries scopes (:data:`SCOPES`): what it may call.  A key made before
+migration 0004, or without ``--scope``, has :data:`DEFAULT_SCOPES` (``notices,events``,
+what every key could do then).  ``last_used_at`` records when the key last authenticated
+a request, written at most once per :data:`LAST_USED_RESOLUTION_S` so a busy key does not
+turn every request into a write.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,6 +29,12 @@ from mailer.models import ApiKey
 
 #: Random bytes in a key's secret part.
 SECRET_BYTES = 32
+#: Every scope a key can hold, and the endpoints it opens (docs/http-api.md).
+SCOPES = ("notices", "events", "consents", "customers", "gdpr")
+#: Scopes of keys created without --scope, and of keys from before scopes existed.
+DEFAULT_SCOPES = ("notices", "events")
+#: last_used_at is rewritten only when older than this many seconds.
+LAST_USED_RESOLUTION_S = 60
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -30,14 +43,32 @@ class Created:
     id: int
     name: str
     key: str
+    scopes: tuple[str, ...] = DEFAULT_SCOPES
 
 
 def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def create(session: Session, name: str) -> Created:
+def parse_scopes(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """``"notices,consents"`` as a tuple in :data:`SCOPES` order; unknown names are a ValidationError."""
+    if value is None:
+        return DEFAULT_SCOPES
+    names = [p.strip() for p in (value.split(",") if isinstance(value, str) else value) if p.strip()]
+    unknown = [n for n in names if n not in SCOPES]
+    if unknown or not names:
+        raise ValidationError(f"unknown scope(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+                              f"choose from {', '.join(SCOPES)}", field="scope")
+    return tuple(s for s in SCOPES if s in names)
+
+
+def scopes_of(key: ApiKey) -> tuple[str, ...]:
+    return tuple(s for s in (key.scopes or "").split(",") if s)
+
+
+def create(session: Session, name: str, scopes: str | tuple[str, ...] | list[str] | None = None) -> Created:
     """Store a new key named ``name``; the returned key is never stored or shown again."""
+    granted = parse_scopes(scopes)
     if not _NAME.match(name or ""):
         raise ValidationError(f"API key name {name!r}: use 1-100 letters, digits, '.', '_' or '-'",
                               field="name")
@@ -45,10 +76,10 @@ def create(session: Session, name: str) -> Created:
         raise InvalidState(f"an API key named {name!r} exists already; revoke it or pick another name")
     prefix = secrets.token_hex(4)
     key = f"mk_{prefix}_{secrets.token_urlsafe(SECRET_BYTES)}"
-    row = ApiKey(name=name, prefix=prefix, key_hash=key_hash(key))
+    row = ApiKey(name=name, prefix=prefix, key_hash=key_hash(key), scopes=",".join(granted))
     session.add(row)
     session.flush()
-    return Created(row.id, name, key)
+    return Created(row.id, name, key, granted)
 
 
 def verify(session: Session, key: str | None) -> ApiKey | None:
@@ -59,6 +90,9 @@ def verify(session: Session, key: str | None) -> ApiKey | None:
     row = session.execute(select(ApiKey).where(ApiKey.key_hash == key_hash(key))).scalar_one_or_none()
     if row is None or row.revoked_at is not None:
         return None
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at >= timedelta(seconds=LAST_USED_RESOLUTION_S):
+        row.last_used_at = now
     return row
 
 

@@ -11,9 +11,16 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
 * ``GET/POST /preferences/{token}`` the preference centre: opt in or out per purpose.
 * ``GET/POST /csat/{token}``    survey rating links (last click wins) and a comment.
 * ``POST /v1/notices``          other services trigger a notice (bearer API key, Idempotency-Key).
+* ``POST /v1/consents``         grant or withdraw with proof; ``GET /v1/customers/{email}/consents``.
+* ``GET  /v1/wordings/{id}``    the consent wording (text, version, SHA-256) to display.
+* ``PUT/GET/DELETE /v1/customers/{email}``, ``GET .../export``: customers and GDPR requests.
 * ``GET  /healthz``             liveness with a database round trip.
 
-The routers live in rooms of their own: :mod:`mailer.web.api` (``notices``, ``events``)
+API keys carry scopes (notices, events, consents, customers, gdpr); a key without the
+endpoint's scope gets 403 naming it.
+
+The routers live in rooms of their own: :mod:`mailer.web.api` (``notices``, ``events``,
+``consents``, ``wordings``, ``customers``)
 and :mod:`mailer.web.pages` (``links``: tracking, unsubscribe, preferences, CSAT;
 ``confirm``: double opt-in).  They share :mod:`mailer.web.deps` (the App, API keys,
 idempotency, the client IP) and :mod:`mailer.web.problems` (error responses); this module
@@ -40,8 +47,11 @@ from mailer.errors import (
 from mailer.queue.broker import setup
 from mailer.settings import Settings
 from mailer.web import security as web_security
+from mailer.web.api import consents as consents_api
+from mailer.web.api import customers as customers_api
 from mailer.web.api import events as events_api
 from mailer.web.api import notices as notices_api
+from mailer.web.api import wordings as wordings_api
 from mailer.web.pages import confirm, links
 from mailer.web.problems import _mailer_error_response, _request_validation_response
 
@@ -49,7 +59,8 @@ log = logging.getLogger("mailer.web")
 
 
 #: Every router the app serves, in the order of its OpenAPI document.
-ROUTERS = (links.router, notices_api.router, confirm.router, events_api.router)
+ROUTERS = (links.router, notices_api.router, confirm.router, events_api.router, consents_api.router,
+           wordings_api.router, customers_api.router)
 
 
 def create_app(settings: Settings | None = None, *, app: App | None = None) -> FastAPI:

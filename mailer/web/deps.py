@@ -12,7 +12,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
+from mailer import limits
+from mailer.addresses import normalize
 from mailer.app import App
+from mailer.errors import InvalidAddress
 from mailer.models import ApiKey
 from mailer.web import apikeys, idempotency
 from mailer.web import security as web_security
@@ -44,8 +47,24 @@ def require_api_key(request: Request,
         key = apikeys.verify(s, credentials.credentials)
         if key is None:
             raise HTTPException(401, "unknown or revoked API key", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        s.flush()  # last_used_at, before the row leaves the session
         s.expunge(key)
     return key
+
+
+def require_scope(scope: str) -> Callable[..., ApiKey]:
+    """FastAPI dependency factory: the caller's live API key holding ``scope``, else 401 or 403 naming it."""
+    if scope not in apikeys.SCOPES:
+        raise ValueError(f"unknown scope {scope!r}")
+
+    def dependency(key: Annotated[ApiKey, Depends(require_api_key)]) -> ApiKey:
+        if scope not in apikeys.scopes_of(key):
+            raise HTTPException(403, f"this API key lacks the '{scope}' scope; create one with "
+                                     f"'mailer apikey create NAME --scope {scope}'")
+        return key
+
+    dependency.__name__ = f"require_scope_{scope}"
+    return dependency
 
 
 def idempotent(request: Request, api_key: ApiKey, endpoint: str, key: str | None, body: Any,
@@ -68,6 +87,14 @@ def refuse_cross_site(request: Request) -> HTMLResponse | None:
         log.info("cross-site POST to %s refused", web_security.redact(request.url.path))
         return HTMLResponse(web_pages.invalid(m.settings.default_locale), status_code=403, headers=NO_STORE)
     return None
+
+
+def path_address(email: str) -> str:
+    """The normalized address of an ``{email}`` path parameter, or a 422 naming it."""
+    try:
+        return normalize(email)
+    except InvalidAddress as exc:
+        raise limits.InvalidData([("email", str(exc))]) from None
 
 
 def clean(value: str | None, limit: int) -> str | None:

@@ -9,6 +9,10 @@ The work itself must be idempotent under the key as well (notices use a delivery
 idempotency key derived from it), which closes the window between doing the work and
 storing the response: a crash there, or two requests racing, still yield one delivery
 and one stored response.
+
+Work with no natural key of its own (consent events) uses :func:`run_atomic`: the work
+and the stored response commit in one transaction, so of two requests racing with one
+key exactly one commits and the other replays it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any, Callable
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from mailer.errors import ValidationError
 from mailer.models import IdempotencyRecord
@@ -89,6 +95,31 @@ def run(app, scope: str, key: str | None, body: Any, work: Callable[[], Response
         if res.rowcount == 1:
             return response
     return _replay(stored(app, scope, key), digest)
+
+
+def run_atomic(app, scope: str, key: str | None, body: Any, work: Callable[[Session], Response]) -> Response:
+    """Like :func:`run`, with ``work`` and the stored response in one transaction (all or nothing)."""
+    if key is not None:
+        check_key(key)
+        digest = fingerprint(body)
+        previous = stored(app, scope, key)
+        if previous is not None:
+            return _replay(previous, digest)
+    try:
+        with app.session() as s:
+            response = work(s)
+            if key is not None and 200 <= response.status_code < 300:
+                s.add(IdempotencyRecord(scope=scope, key=key, request_sha256=digest,
+                                        status_code=response.status_code, response=response.body))
+                s.flush()
+    except IntegrityError:
+        # A request with the same key committed first (uq_idempotency_records_scope_key);
+        # this one's work rolled back with it, so it replays the winner.
+        winner = stored(app, scope, key) if key is not None else None
+        if winner is None:
+            raise
+        return _replay(winner, digest)
+    return response
 
 
 def _replay(record: IdempotencyRecord, digest: str) -> Response:

@@ -24,7 +24,7 @@ from mailer.events import schemas as events
 from mailer.models import ApiKey
 from mailer.web import idempotency
 from mailer.web import security as web_security
-from mailer.web.deps import get_mailer, idempotent, require_api_key
+from mailer.web.deps import get_mailer, idempotent, require_scope
 
 router = APIRouter(route_class=web_security.StrictJSONRoute)
 
@@ -65,7 +65,7 @@ class Problem(BaseModel):
 @router.post("/v1/events", tags=["events"], status_code=202, response_model=EventAccepted,
              responses={401: {"model": Problem, "description": "No API key or a wrong one."},
                         422: {"model": Problem, "description": "Invalid event; `detail[].field` names the field."}})
-def post_event(body: EventIn, request: Request, api_key: Annotated[ApiKey, Depends(require_api_key)],
+def post_event(body: EventIn, request: Request, api_key: Annotated[ApiKey, Depends(require_scope("events"))],
                idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None
                ) -> JSONResponse:
     """Accept a shop event: 202 with what the automations did (queued, scheduled, cancelled, ...)."""

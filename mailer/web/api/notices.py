@@ -27,7 +27,7 @@ from mailer.web.deps import (
     Problem,
     get_mailer,
     idempotent,
-    require_api_key,
+    require_scope,
 )
 
 log = logging.getLogger("mailer.web")
@@ -90,7 +90,7 @@ def _create_notice(m: App, api_key: ApiKey, body: NoticeIn, idem_key: str | None
 @router.post("/v1/notices", tags=["notices"], status_code=202, response_model=NoticeAccepted,
              responses={401: {"model": Problem, "description": "No API key or a wrong one."},
                         422: {"model": Problem, "description": "Invalid request; `detail[].loc` names the field."}})
-def post_notice(body: NoticeIn, request: Request, api_key: Annotated[ApiKey, Depends(require_api_key)],
+def post_notice(body: NoticeIn, request: Request, api_key: Annotated[ApiKey, Depends(require_scope("notices"))],
                 idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None
                 ) -> JSONResponse:
     """Trigger a notice: 202 with the delivery id. The same Idempotency-Key gives the same delivery."""
