@@ -1,6 +1,7 @@
 """Structured logs: one JSON object per line, carrying the delivery id when there is one.
 
-Every record gets time, level, logger, message and pid.  The ids of what is being
+Every record gets time, level, logger, message, host and pid (so the lines of several
+machines can be told apart).  The ids of what is being
 worked on (``delivery_id``, ``campaign_id``, ``customer_id``, ``event_id``) come from
 ``extra={...}`` at the call site or, for everything logged inside
 ``with log_context(delivery_id=...)`` (the send path wraps each delivery in one), from
@@ -16,10 +17,13 @@ import contextvars
 import json
 import logging
 import os
+import socket
 import sys
 from typing import Iterator
 
 _FIELDS = ("delivery_id", "campaign_id", "customer_id", "event_id")
+#: The machine's name, read once per process (the JSON lines' ``host``).
+HOST = socket.gethostname()
 
 _context: contextvars.ContextVar[dict] = contextvars.ContextVar("mailer_log_context", default={})
 
@@ -51,7 +55,7 @@ class ContextFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
-               "logger": record.name, "message": record.getMessage(), "pid": record.process}
+               "logger": record.name, "message": record.getMessage(), "host": HOST, "pid": record.process}
         for f in _FIELDS:
             value = getattr(record, f, None)
             if value is None:

@@ -1,4 +1,4 @@
-"""``mailer consent grant|withdraw|check|verify|export``: the consent ledger from the shell."""
+"""``mailer consent grant|withdraw|check|verify|export|import``: the consent ledger from the shell."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from mailer.addresses import email_hash, normalize
 from mailer.app import get_app
 from mailer.cli.base import EXIT_REJECTED, console, err_console, main, on_terminal, pass_settings, setup_broker
 from mailer.consent import export as consent_export
+from mailer.consent import importer as consent_importer
 from mailer.consent import ledger as consent
 from mailer.consent import suppressions
 from mailer.consent import verify as consent_verify
@@ -23,6 +24,8 @@ from mailer.models import ConsentEvent, ConsentSource, LawfulBasis
 from mailer.notices import confirmation
 
 SOURCES = [s.value for s in ConsentSource]
+#: Bad rows of an import printed at most; the rest are counted.
+MAX_PRINTED_ERRORS = 50
 BASES = [b.value for b in LawfulBasis]
 
 
@@ -233,3 +236,44 @@ def export_cmd(settings, since, until, purpose, email, fmt, output: Path, no_evi
             partial.unlink()
     links = f" (+{summary.links} link records for events outside the filter)" if summary.links else ""
     console.print(f"exported {summary.events} events{links} to {output}; head {summary.head_hash}", highlight=False, soft_wrap=True)
+
+
+@consent_group.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--strict", is_flag=True, help="Import nothing when any row is bad.")
+@click.option("--encoding", default=consent_importer.DEFAULT_ENCODING, show_default=True,
+              help="The file's text encoding: any Python codec name (utf-8-sig, cp1252, latin-1, ...).")
+@click.option("--delimiter", default=consent_importer.DEFAULT_DELIMITER, show_default=True,
+              help="The field separator: one character such as ';' or '\\t' (tab).")
+@pass_settings
+def import_cmd(settings, path: Path, strict: bool, encoding: str, delimiter: str) -> None:
+    """Append existing consents from a CSV file to the ledger, with their proof.
+
+    Columns: email, purpose, action (granted/withdrawn), occurred_at (required), source,
+    ip, user_agent, wording_id, wording_version, confirmed_at (double opt-in), basis,
+    external_id; see docs/consent.md. Exit code 1 when rows were rejected; the good rows
+    around a bad one are still imported (with --strict, nothing is).
+    """
+    consent_importer.check_encoding(encoding)
+    delimiter = consent_importer.check_delimiter(delimiter)
+    kwargs = dict(strict=strict, encoding=encoding, delimiter=delimiter)
+    if on_terminal():
+        with open(path, "rb") as fh:
+            total = sum(1 for _ in fh) - 1
+        with _bar("importing") as bar:
+            task = bar.add_task("rows", total=max(total, 0))
+            result = consent_importer.import_file(settings, path, progress=lambda n: bar.advance(task, n), **kwargs)
+    else:
+        result = consent_importer.import_file(settings, path, **kwargs)
+    for error in result.errors[:MAX_PRINTED_ERRORS]:
+        click.echo(f"{path}: {error}", err=True)
+    if len(result.errors) > MAX_PRINTED_ERRORS:
+        err_console.print(f"... and {len(result.errors) - MAX_PRINTED_ERRORS} more bad rows", markup=False)
+    if result.strict_aborted:
+        err_console.print(f"--strict: {len(result.errors)} bad row(s); nothing imported", markup=False)
+    else:
+        span = f" (seq {result.first_seq}..{result.last_seq})" if result.events else ""
+        console.print(f"imported {result.events} consent events{span}, {result.customers_created} new customers; "
+                      f"rejected {len(result.errors)} row(s)", highlight=False, markup=False, soft_wrap=True)
+    if result.errors:
+        raise SystemExit(EXIT_REJECTED)

@@ -153,7 +153,8 @@ class Proof:
         return cls(**{k: data.get(k) for k in ("ip", "user_agent", "form_id", "wording", "wording_version")})
 
 
-def _lock_chain(session: Session) -> None:
+def lock_chain(session: Session) -> None:
+    """Serialize appends until the transaction ends (PostgreSQL; SQLite has one writer)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_KEY})
 
@@ -181,7 +182,7 @@ def append(session: Session, settings: Settings, *, customer: Customer, purpose:
     occurred_at = occurred_at or now
     if occurred_at.tzinfo is None:
         raise ConsentError("occurred_at must carry a time zone (UTC)")
-    _lock_chain(session)
+    lock_chain(session)
     # The chain tail: the highest seq. Appends are serialized by the advisory lock on
     # PostgreSQL and by SQLite's single writer; seq is UNIQUE as a backstop.
     last = session.execute(select(ConsentEvent.seq, ConsentEvent.hash)
