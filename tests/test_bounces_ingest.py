@@ -18,6 +18,7 @@ from mailer.delivery.compose import message_id, return_path
 from mailer.instance_secrets import address_hash_salt
 from mailer.models import (
     Bounce,
+    BounceReport,
     ConsentEvent,
     Delivery,
     DeliveryStatus,
@@ -70,7 +71,11 @@ def test_hard_bounce_dsn_suppresses_the_address_and_marks_the_delivery_bounced(a
         sup = s.execute(select(Suppression).where(Suppression.email_hash == d.to_hash)).scalar_one()
         assert sup.reason is SuppressionReason.hard_bounce
         b = s.execute(select(Bounce).where(Bounce.delivery_id == d.id)).scalar_one()
-        assert (b.kind, b.status_code) == ("hard", "5.1.1") and "Undelivered Mail" in b.raw
+        assert (b.kind, b.status_code, b.reason) == ("hard", "5.1.1", "userunknown")
+        # And the suppression's detail is compact, without the address; the raw copy is kept apart
+        assert "bob@example.org" not in sup.detail and "userunknown" in sup.detail
+        kept = s.execute(select(BounceReport).where(BounceReport.delivery_id == d.id)).scalar_one()
+        assert kept.email_hash == d.to_hash and "Undelivered Mail" in kept.raw
         assert s.execute(select(TrackingEvent.kind).where(TrackingEvent.delivery_id == d.id)).scalar_one() \
             is TrackingKind.bounce
     # And ingesting the same report again changes nothing
@@ -174,30 +179,56 @@ def test_message_id_alone_is_enough(app, tmp_path):
     assert (r.outcome, r.delivery_id) == ("hard", d.id)
 
 
-def test_cli_reads_files_and_maildirs_and_exits_1_when_something_was_rejected(app, tmp_path):
-    # Given a Maildir with a DSN in new/ and a complaint in cur/, and a stray file
+def test_cli_ingests_a_maildir_forever_moving_what_it_read_and_exits_for_this_run_only(app, tmp_path):
+    # Given a Maildir with a DSN and a complaint in new/, an unmatched report in new/, an already
+    # processed message in cur/ (Seen flag), and a stray file outside it
     a = sent_delivery(app, "m1@example.org")
     b = sent_delivery(app, "m2@example.org")
     maildir = tmp_path / "Maildir"
     for sub in ("new", "cur", "tmp"):
         (maildir / sub).mkdir(parents=True)
-    (maildir / "new" / "1.mx:2,").write_bytes(dsn(to=return_path(app.settings, a.id), message_id=a.message_id,
-                                                  recipient="m1@example.org"))
-    (maildir / "cur" / "2.mx:2,S").write_bytes(arf(to="fbl@example.com", message_id=b.message_id,
-                                                   recipient="m2@example.org"))
+    (maildir / "new" / "1.mx").write_bytes(dsn(to=return_path(app.settings, a.id), message_id=a.message_id,
+                                               recipient="m1@example.org"))
+    (maildir / "new" / "2.mx").write_bytes(arf(to="fbl@example.com", message_id=b.message_id,
+                                               recipient="m2@example.org"))
+    (maildir / "new" / "3.mx").write_bytes(dsn(to="bounces+999999@example.com", message_id="<nope@example.com>",
+                                               recipient="who@example.org"))
+    (maildir / "cur" / "0.mx:2,S").write_bytes(b"Subject: old\r\n\r\nalready read\r\n")
     stray = write(tmp_path, "stray.eml", b"Subject: hello\r\n\r\nnot a report\r\n")
+    unmatched = tmp_path / "Unmatched"
     env = {"MAILER_DATABASE_URL": app.settings.database_url, "MAILER_SECRET_KEY": app.settings.secret_key,
-           "MAILER_BROKER_URL": "stub://"}
+           "MAILER_BROKER_URL": "stub://", "MAILER_BOUNCE_UNMATCHED_DIR": str(unmatched)}
     # When `mailer bounces ingest` reads them
     res = CliRunner().invoke(main, ["bounces", "ingest", str(maildir), str(stray), "--json"], env=env)
-    # Then both reports are applied, the stray file is rejected, and the exit code says so
+    # Then both reports are applied, the unmatched one and the stray file are rejected, the exit code says so,
+    # and the message already seen is not read again
     assert res.exit_code == 1, res.output
     rows = [json.loads(line) for line in res.output.splitlines()]
     assert [(r["outcome"], r["delivery_id"]) for r in rows] == [("hard", a.id), ("complaint", b.id),
-                                                                ("not-a-report", None)]
+                                                                ("unmatched", None), ("not-a-report", None)]
+    # And the processed messages moved to cur/ with the Seen flag, the unmatched one to the unmatched Maildir
+    assert sorted(p.name for p in (maildir / "cur").iterdir()) == ["0.mx:2,S", "1.mx:2,S", "2.mx:2,S"]
+    assert list((maildir / "new").iterdir()) == []
+    assert [p.name for p in (unmatched / "new").iterdir()] == ["3.mx"] and (unmatched / "cur").is_dir()
+    assert stray.exists()  # a file outside a Maildir is never moved
+    # When cron runs it again on the Maildir alone
+    res = CliRunner().invoke(main, ["bounces", "ingest", str(maildir)], env=env)
+    # Then nothing is re-read and the exit code is about this run: 0
+    assert res.exit_code == 0 and "0 report(s)" in res.output, res.output
     # And a directory that is not a Maildir is a clear error
     res = CliRunner().invoke(main, ["bounces", "ingest", str(tmp_path / "Maildir" / "new")], env=env)
     assert res.exit_code == 2 and "must be a Maildir" in res.output
-    # And the table form summarises
-    res = CliRunner().invoke(main, ["bounces", "ingest", str(maildir)], env=env)
-    assert res.exit_code == 0 and "2 report(s): 1 duplicate" not in res.output and "duplicate" in res.output
+
+
+def test_unmatched_reports_default_to_a_maildir_inside_the_ingested_one(app, tmp_path):
+    # Given a Maildir holding a report for no known delivery, and no unmatched folder configured
+    maildir = tmp_path / "Maildir"
+    for sub in ("new", "cur", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    (maildir / "new" / "9.mx").write_bytes(dsn(to="bounces+424242@example.com", message_id=None,
+                                               recipient="x@example.org"))
+    # When it is ingested
+    (r,) = bounces.ingest(app, [maildir])
+    # Then it is unmatched and kept apart in .Unmatched (Maildir++ style)
+    assert r.outcome == "unmatched"
+    assert [p.name for p in (maildir / ".Unmatched" / "new").iterdir()] == ["9.mx"]
