@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
+from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
+from mailer import metrics
 from mailer.addresses import email_hash
+from mailer.clock import utcnow
 from mailer.cli import main
 from mailer.consent import ledger as consent
 from mailer.customers.records import get_or_create
 from mailer.delivery import bounces
 from mailer.delivery import process as delivery
 from mailer.delivery.compose import message_id, return_path
+from mailer.gdpr import requests as gdpr
 from mailer.instance_secrets import address_hash_salt
 from mailer.models import (
     Bounce,
@@ -232,3 +237,84 @@ def test_unmatched_reports_default_to_a_maildir_inside_the_ingested_one(app, tmp
     # Then it is unmatched and kept apart in .Unmatched (Maildir++ style)
     assert r.outcome == "unmatched"
     assert [p.name for p in (maildir / ".Unmatched" / "new").iterdir()] == ["9.mx"]
+
+
+def test_a_sender_side_reason_in_the_diagnostic_never_suppresses_the_customer(app, tmp_path, caplog):
+    # Given a DSN whose Status says 5.1.1 but whose diagnostic says our IP is blacklisted
+    d = sent_delivery(app, "erin@example.org")
+    raw = dsn(to=return_path(app.settings, d.id), message_id=d.message_id, recipient="erin@example.org",
+              diagnostic="smtp; 550 5.7.1 Service unavailable; client host [192.0.2.10] blocked using zen.spamhaus.org")
+    before = metrics.sender_refusals(relay="dsn", reason="blocked")
+    # When it is ingested
+    with caplog.at_level(logging.WARNING, logger="mailer.bounces"):
+        (r,) = bounces.ingest(app, [write(tmp_path, "blk.eml", raw)])
+    # Then it is a sender-side bounce: recorded, alerted and counted, but nothing is suppressed
+    assert (r.outcome, r.reason) == ("sender", "blocked")
+    assert metrics.sender_refusals(relay="dsn", reason="blocked") == before + 1
+    assert any("sender-side refusal" in rec.getMessage() for rec in caplog.records)
+    with app.session() as s:
+        assert s.execute(select(Suppression)).first() is None
+        assert s.execute(select(Bounce.kind)).scalars().all() == ["sender"]
+
+
+@pytest.mark.parametrize("feedback_type", ["abuse", "opt-out", "fraud"])
+def test_every_complaint_type_suppresses_and_withdraws_consent(app, tmp_path, feedback_type):
+    # Given a complaint of this feedback type about a newsletter
+    d = sent_delivery(app, "fay@example.org")
+    raw = arf(to="fbl@example.com", message_id=d.message_id, recipient="fay@example.org", feedback_type=feedback_type)
+    # When it is ingested
+    (r,) = bounces.ingest(app, [write(tmp_path, "c.eml", raw)])
+    # Then the address is suppressed and the marketing consent is withdrawn
+    assert r.outcome == "complaint", r
+    with app.session() as s:
+        assert s.execute(select(Suppression.reason)).scalar_one() is SuppressionReason.complaint
+        assert not consent.has_consent(s, app.settings, d.customer_id, "newsletter")
+
+
+def test_a_redacted_complaint_is_matched_through_the_original_headers(app, tmp_path):
+    # Given a feedback loop that redacts the recipient and strips the Message-ID, keeping the return path
+    d = sent_delivery(app, "gus@example.org")
+    raw = arf(to="fbl@example.com", message_id=None, recipient="redacted@example.org",
+              mail_from=return_path(app.settings, d.id))
+    assert b"gus@example.org" not in raw
+    # When it is ingested
+    (r,) = bounces.ingest(app, [write(tmp_path, "red.eml", raw)])
+    # Then it is matched to the delivery and takes effect
+    assert (r.outcome, r.delivery_id) == ("complaint", d.id)
+
+
+def test_erasure_removes_raw_copies_and_the_address_from_stored_details(app, tmp_path):
+    # Given a hard bounce ingested for an address, and a legacy suppression detail quoting the address
+    d = sent_delivery(app, "hal@example.org")
+    bounces.ingest(app, [write(tmp_path, "h.eml", dsn(to=return_path(app.settings, d.id), message_id=d.message_id,
+                                                      recipient="hal@example.org"))])
+    with app.session() as s:
+        sup = s.execute(select(Suppression)).scalar_one()
+        sup.detail = "legacy: Final-Recipient: rfc822; hal@example.org"
+        assert s.execute(select(func.count()).select_from(BounceReport)).scalar_one() == 1
+    # When the person is erased
+    with app.session() as s:
+        report = gdpr.erase(s, app.settings, "hal@example.org")
+    # Then no raw copy remains and no stored detail holds the address
+    assert report.bounce_reports == 1
+    with app.session() as s:
+        assert s.execute(select(BounceReport)).first() is None
+        details = s.execute(select(Suppression.detail)).scalars().all()
+        assert details and all("hal@example.org" not in (x or "") for x in details)
+        assert all(b.raw is None for b in s.execute(select(Bounce)).scalars())
+
+
+def test_raw_copies_are_purged_after_the_retention(app, tmp_path):
+    # Given a raw copy received 100 days ago and one received today, with a 90-day retention
+    d = sent_delivery(app, "ida@example.org")
+    with app.session() as s:
+        s.add(BounceReport(delivery_id=d.id, email_hash=d.to_hash, kind="bounce", source="mail", raw="old",
+                           received_at=utcnow() - timedelta(days=100)))
+        s.add(BounceReport(delivery_id=d.id, email_hash=d.to_hash, kind="bounce", source="mail", raw="new"))
+    # When the purge runs
+    with app.session() as s:
+        n = bounces.purge_reports(s, app.settings.replace(bounce_retention_days=90))
+    # Then only the old one is gone
+    assert n == 1
+    with app.session() as s:
+        assert s.execute(select(BounceReport.raw)).scalars().all() == ["new"]

@@ -250,7 +250,7 @@ def apply(s, settings: Settings, report: bouncekit.Report, *, source: str, raw: 
     if report.type in ("delay", "auto_reply") or rcpt.action == bk.IGNORE and rcpt.reason in (
             "delivered", "vacation"):
         if rcpt.action == bk.SENDER:
-            sender_refusal(delivery, relay=delivery.relay or "dsn", code=_code(rcpt.smtp_code),
+            sender_refusal(delivery, relay=_relay(delivery, source_kind), code=_code(rcpt.smtp_code),
                            enhanced=rcpt.status or None, reason=rcpt.reason, reply=evidence, effect="delayed")
         outcome = {"delay": "delayed", "auto_reply": "ignored"}.get(report.type, "ignored")
         return Result(source, outcome, delivery.id, f"{report.type}: {detail}: nothing to do", rcpt.reason)
@@ -268,12 +268,17 @@ def apply(s, settings: Settings, report: bouncekit.Report, *, source: str, raw: 
         s.add(TrackingEvent(delivery_id=delivery.id, campaign_id=delivery.campaign_id,
                             customer_id=delivery.customer_id, kind=TrackingKind.bounce))
         if kind == "sender":
-            sender_refusal(delivery, relay=delivery.relay or source_kind, code=_code(rcpt.smtp_code),
+            sender_refusal(delivery, relay=_relay(delivery, source_kind), code=_code(rcpt.smtp_code),
                            enhanced=rcpt.status or None, reason=rcpt.reason, reply=evidence, effect="bounced later")
     _mark_bounced(s, delivery, f"{detail} ({rcpt.action})")
     log.info("delivery %s bounced (%s): %s", delivery.id, kind, detail, extra={"delivery_id": delivery.id})
     return Result(source, kind, delivery.id, detail + (f"; suppressed ({suppressed})" if suppressed else ""),
                   rcpt.reason)
+
+
+def _relay(delivery: Delivery, source_kind: str) -> str:
+    """The relay label of the sender-refusal metric: the delivery's relay, else "dsn" or the ESP's name."""
+    return delivery.relay or ("dsn" if source_kind == "mail" else source_kind)
 
 
 def _code(smtp: str | None) -> int | None:
@@ -292,7 +297,7 @@ def _complaint(s, settings: Settings, delivery: Delivery, report: bouncekit.Repo
         _keep_raw(s, delivery, "complaint", source_kind, raw)
         s.add(Bounce(delivery_id=delivery.id, email_hash=delivery.to_hash, kind="sender", status_code=ftype,
                      reason=reason, raw=None))
-        sender_refusal(delivery, relay=delivery.relay or source_kind, code=None, enhanced=None, reason=reason,
+        sender_refusal(delivery, relay=_relay(delivery, source_kind), code=None, enhanced=None, reason=reason,
                        reply=f"{ftype} feedback report", effect="reported")
         return Result(source, "sender", delivery.id, f"{ftype} report about our mail ({reason})", reason)
     if _already(s, delivery.id, "complaint"):
