@@ -42,6 +42,7 @@ from mailer.settings import Settings
 from mailer.web import security as web_security
 from mailer.web.api import events as events_api
 from mailer.web.api import notices as notices_api
+from mailer.web.api import webhooks as webhooks_api
 from mailer.web.pages import confirm, links
 from mailer.web.problems import _mailer_error_response, _request_validation_response
 
@@ -49,7 +50,7 @@ log = logging.getLogger("mailer.web")
 
 
 #: Every router the app serves, in the order of its OpenAPI document.
-ROUTERS = (links.router, notices_api.router, confirm.router, events_api.router)
+ROUTERS = (links.router, notices_api.router, confirm.router, events_api.router, webhooks_api.router)
 
 
 def create_app(settings: Settings | None = None, *, app: App | None = None) -> FastAPI:
