@@ -91,6 +91,8 @@ PURGE_BATCH_ROWS = 1000
 DEFAULT_UNMATCHED_FOLDER = ".Unmatched"
 #: Recipient local parts that a feedback loop uses for a redacted address.
 _REDACTED = re.compile(r"^(x+|\*+|#+|redacted|removed|anonymi[sz]ed|hidden|\[redacted\])$|redacted", re.I)
+#: Reasons that do not name the mailbox (an x.7.x security/policy status then makes it sender-side).
+_VAGUE_REASONS = frozenset({"expired", "onhold", "undefined", "systemfull", "systemerror", "networkerror"})
 #: Placeholder for the address in stored evidence.
 ADDRESS_PLACEHOLDER = "[recipient]"
 
@@ -244,6 +246,11 @@ def apply(s, settings: Settings, report: bouncekit.Report, *, source: str, raw: 
     rcpt = _recipient_for(report, delivery, settings)
     if rcpt is None:
         return Result(source, "ignored", delivery.id, f"{report.type}: no recipient named")
+    if (rcpt.action in (bk.SOFT, bk.IGNORE) and rcpt.reason in _VAGUE_REASONS
+            and re.match(r"[45]\.7\.", rcpt.status or "")):
+        # A security/policy status (x.7.x) with no readable cause is about us, never the mailbox.
+        rcpt = bouncekit.Recipient(rcpt.address, rcpt.status, rcpt.smtp_code, "policyviolation", bk.SENDER,
+                                   rcpt.evidence)
     status = rcpt.status or (rcpt.smtp_code or "")
     detail = f"{status or '-'} {rcpt.reason}"
     evidence = _scrub(rcpt.evidence or report.evidence or "", delivery)[:1000]
