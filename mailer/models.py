@@ -603,3 +603,45 @@ class InstanceSecret(Base):
 
     def __repr__(self) -> str:  # never the value
         return f"<InstanceSecret name={self.name!r}>"
+
+
+class BounceReport(Base):
+    """The raw copy of a bounce or complaint (mail or webhook), kept for ``MAILER_BOUNCE_RETENTION_DAYS``.
+
+    Deleted by ``mailer gdpr purge`` once old and by erasure at once (found by ``email_hash``).
+    """
+
+    __tablename__ = "bounce_reports"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    delivery_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("deliveries.id"))
+    email_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: bounce | complaint (the report's type) and the action taken.
+    kind: Mapped[str] = mapped_column(String(20))
+    #: Where it came from: "mail" or a webhook provider (ses, sendgrid, mailgun, postmark).
+    source: Mapped[str] = mapped_column(String(20))
+    raw: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now(),
+                                                  index=True)
+
+    def __repr__(self) -> str:  # never the raw text
+        return f"<BounceReport id={self.id} kind={self.kind!r} source={self.source!r}>"
+
+
+class WebhookEvent(Base):
+    """One ESP webhook event taken into account (dedupe: each provider event id takes effect once)."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(20))
+    event_id: Mapped[str] = mapped_column(String(200))
+    #: What it was (bounce, complaint, subscription, ignored, unmatched) and a compact note without addresses.
+    kind: Mapped[str] = mapped_column(String(20))
+    detail: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
+
+    __table_args__ = (UniqueConstraint("provider", "event_id", name="uq_webhook_events_provider_event"),)
+
+    def __repr__(self) -> str:
+        return f"<WebhookEvent {self.provider}:{self.event_id} kind={self.kind!r}>"

@@ -115,6 +115,22 @@ class Settings:
     dkim_ed25519_key: str = ""
     #: DKIM selector of the Ed25519 key.
     dkim_ed25519_selector: str = "mailer-ed"
+    #: Raw copies of bounces and complaints older than this many days are deleted by ``mailer gdpr purge``.
+    bounce_retention_days: int = 90
+    #: Maildir where ``mailer bounces ingest`` keeps unmatched reports apart; empty: ``.Unmatched`` inside the ingested Maildir.
+    bounce_unmatched_dir: str = ""
+    #: Amazon SNS signing certificate for ``POST /webhooks/ses``: a PEM file path or the PEM text; empty: only the cache dir.
+    ses_signing_cert: str = ""
+    #: Directory of SNS signing certificates named like the file of their ``SigningCertURL`` (never fetched).
+    ses_cert_cache_dir: str = ""
+    #: SendGrid Event Webhook verification key (base64 DER or PEM, ECDSA P-256); empty: the endpoint answers 401.
+    sendgrid_public_key: str = ""
+    #: Mailgun webhook signing key (HMAC-SHA256); empty: the endpoint answers 401.
+    mailgun_signing_key: str = ""
+    #: Postmark webhook basic auth as ``user:password``; empty: the endpoint answers 401.
+    postmark_webhook_auth: str = ""
+    #: Webhook signatures whose timestamp is further than this many seconds from now are refused (replays).
+    webhook_max_age_s: int = 900
     #: Tracking events older than this many days are purged by ``mailer gdpr purge``.
     tracking_retention_days: int = 395
     #: Opens within this many seconds of delivery are machine opens.

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import json
+import logging
+from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
+from mailer import metrics
 from mailer.addresses import email_hash
+from mailer.clock import utcnow
 from mailer.cli import main
 from mailer.consent import ledger as consent
 from mailer.customers.records import get_or_create
 from mailer.delivery import bounces
 from mailer.delivery import process as delivery
 from mailer.delivery.compose import message_id, return_path
+from mailer.gdpr import requests as gdpr
 from mailer.instance_secrets import address_hash_salt
 from mailer.models import (
     Bounce,
+    BounceReport,
     ConsentEvent,
     Delivery,
     DeliveryStatus,
@@ -70,7 +76,11 @@ def test_hard_bounce_dsn_suppresses_the_address_and_marks_the_delivery_bounced(a
         sup = s.execute(select(Suppression).where(Suppression.email_hash == d.to_hash)).scalar_one()
         assert sup.reason is SuppressionReason.hard_bounce
         b = s.execute(select(Bounce).where(Bounce.delivery_id == d.id)).scalar_one()
-        assert (b.kind, b.status_code) == ("hard", "5.1.1") and "Undelivered Mail" in b.raw
+        assert (b.kind, b.status_code, b.reason) == ("hard", "5.1.1", "userunknown")
+        # And the suppression's detail is compact, without the address; the raw copy is kept apart
+        assert "bob@example.org" not in sup.detail and "userunknown" in sup.detail
+        kept = s.execute(select(BounceReport).where(BounceReport.delivery_id == d.id)).scalar_one()
+        assert kept.email_hash == d.to_hash and "Undelivered Mail" in kept.raw
         assert s.execute(select(TrackingEvent.kind).where(TrackingEvent.delivery_id == d.id)).scalar_one() \
             is TrackingKind.bounce
     # And ingesting the same report again changes nothing
@@ -174,30 +184,137 @@ def test_message_id_alone_is_enough(app, tmp_path):
     assert (r.outcome, r.delivery_id) == ("hard", d.id)
 
 
-def test_cli_reads_files_and_maildirs_and_exits_1_when_something_was_rejected(app, tmp_path):
-    # Given a Maildir with a DSN in new/ and a complaint in cur/, and a stray file
+def test_cli_ingests_a_maildir_forever_moving_what_it_read_and_exits_for_this_run_only(app, tmp_path):
+    # Given a Maildir with a DSN and a complaint in new/, an unmatched report in new/, an already
+    # processed message in cur/ (Seen flag), and a stray file outside it
     a = sent_delivery(app, "m1@example.org")
     b = sent_delivery(app, "m2@example.org")
     maildir = tmp_path / "Maildir"
     for sub in ("new", "cur", "tmp"):
         (maildir / sub).mkdir(parents=True)
-    (maildir / "new" / "1.mx:2,").write_bytes(dsn(to=return_path(app.settings, a.id), message_id=a.message_id,
-                                                  recipient="m1@example.org"))
-    (maildir / "cur" / "2.mx:2,S").write_bytes(arf(to="fbl@example.com", message_id=b.message_id,
-                                                   recipient="m2@example.org"))
+    (maildir / "new" / "1.mx").write_bytes(dsn(to=return_path(app.settings, a.id), message_id=a.message_id,
+                                               recipient="m1@example.org"))
+    (maildir / "new" / "2.mx").write_bytes(arf(to="fbl@example.com", message_id=b.message_id,
+                                               recipient="m2@example.org"))
+    (maildir / "new" / "3.mx").write_bytes(dsn(to="bounces+999999@example.com", message_id="<nope@example.com>",
+                                               recipient="who@example.org"))
+    (maildir / "cur" / "0.mx:2,S").write_bytes(b"Subject: old\r\n\r\nalready read\r\n")
     stray = write(tmp_path, "stray.eml", b"Subject: hello\r\n\r\nnot a report\r\n")
+    unmatched = tmp_path / "Unmatched"
     env = {"MAILER_DATABASE_URL": app.settings.database_url, "MAILER_SECRET_KEY": app.settings.secret_key,
-           "MAILER_BROKER_URL": "stub://"}
+           "MAILER_BROKER_URL": "stub://", "MAILER_BOUNCE_UNMATCHED_DIR": str(unmatched)}
     # When `mailer bounces ingest` reads them
     res = CliRunner().invoke(main, ["bounces", "ingest", str(maildir), str(stray), "--json"], env=env)
-    # Then both reports are applied, the stray file is rejected, and the exit code says so
+    # Then both reports are applied, the unmatched one and the stray file are rejected, the exit code says so,
+    # and the message already seen is not read again
     assert res.exit_code == 1, res.output
     rows = [json.loads(line) for line in res.output.splitlines()]
     assert [(r["outcome"], r["delivery_id"]) for r in rows] == [("hard", a.id), ("complaint", b.id),
-                                                                ("not-a-report", None)]
+                                                                ("unmatched", None), ("not-a-report", None)]
+    # And the processed messages moved to cur/ with the Seen flag, the unmatched one to the unmatched Maildir
+    assert sorted(p.name for p in (maildir / "cur").iterdir()) == ["0.mx:2,S", "1.mx:2,S", "2.mx:2,S"]
+    assert list((maildir / "new").iterdir()) == []
+    assert [p.name for p in (unmatched / "new").iterdir()] == ["3.mx"] and (unmatched / "cur").is_dir()
+    assert stray.exists()  # a file outside a Maildir is never moved
+    # When cron runs it again on the Maildir alone
+    res = CliRunner().invoke(main, ["bounces", "ingest", str(maildir)], env=env)
+    # Then nothing is re-read and the exit code is about this run: 0
+    assert res.exit_code == 0 and "0 report(s)" in res.output, res.output
     # And a directory that is not a Maildir is a clear error
     res = CliRunner().invoke(main, ["bounces", "ingest", str(tmp_path / "Maildir" / "new")], env=env)
     assert res.exit_code == 2 and "must be a Maildir" in res.output
-    # And the table form summarises
-    res = CliRunner().invoke(main, ["bounces", "ingest", str(maildir)], env=env)
-    assert res.exit_code == 0 and "2 report(s): 1 duplicate" not in res.output and "duplicate" in res.output
+
+
+def test_unmatched_reports_default_to_a_maildir_inside_the_ingested_one(app, tmp_path):
+    # Given a Maildir holding a report for no known delivery, and no unmatched folder configured
+    maildir = tmp_path / "Maildir"
+    for sub in ("new", "cur", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    (maildir / "new" / "9.mx").write_bytes(dsn(to="bounces+424242@example.com", message_id=None,
+                                               recipient="x@example.org"))
+    # When it is ingested
+    (r,) = bounces.ingest(app, [maildir])
+    # Then it is unmatched and kept apart in .Unmatched (Maildir++ style)
+    assert r.outcome == "unmatched"
+    assert [p.name for p in (maildir / ".Unmatched" / "new").iterdir()] == ["9.mx"]
+
+
+def test_a_sender_side_reason_in_the_diagnostic_never_suppresses_the_customer(app, tmp_path, caplog):
+    # Given a DSN whose Status says 5.1.1 but whose diagnostic says our IP is blacklisted
+    d = sent_delivery(app, "erin@example.org")
+    raw = dsn(to=return_path(app.settings, d.id), message_id=d.message_id, recipient="erin@example.org",
+              diagnostic="smtp; 550 5.7.1 Service unavailable; client host [192.0.2.10] blocked using zen.spamhaus.org")
+    before = metrics.sender_refusals(relay="dsn", reason="blocked")
+    # When it is ingested
+    with caplog.at_level(logging.WARNING, logger="mailer.bounces"):
+        (r,) = bounces.ingest(app, [write(tmp_path, "blk.eml", raw)])
+    # Then it is a sender-side bounce: recorded, alerted and counted, but nothing is suppressed
+    assert (r.outcome, r.reason) == ("sender", "blocked")
+    assert metrics.sender_refusals(relay="dsn", reason="blocked") == before + 1
+    assert any("sender-side refusal" in rec.getMessage() for rec in caplog.records)
+    with app.session() as s:
+        assert s.execute(select(Suppression)).first() is None
+        assert s.execute(select(Bounce.kind)).scalars().all() == ["sender"]
+
+
+@pytest.mark.parametrize("feedback_type", ["abuse", "opt-out", "fraud"])
+def test_every_complaint_type_suppresses_and_withdraws_consent(app, tmp_path, feedback_type):
+    # Given a complaint of this feedback type about a newsletter
+    d = sent_delivery(app, "fay@example.org")
+    raw = arf(to="fbl@example.com", message_id=d.message_id, recipient="fay@example.org", feedback_type=feedback_type)
+    # When it is ingested
+    (r,) = bounces.ingest(app, [write(tmp_path, "c.eml", raw)])
+    # Then the address is suppressed and the marketing consent is withdrawn
+    assert r.outcome == "complaint", r
+    with app.session() as s:
+        assert s.execute(select(Suppression.reason)).scalar_one() is SuppressionReason.complaint
+        assert not consent.has_consent(s, app.settings, d.customer_id, "newsletter")
+
+
+def test_a_redacted_complaint_is_matched_through_the_original_headers(app, tmp_path):
+    # Given a feedback loop that redacts the recipient and strips the Message-ID, keeping the return path
+    d = sent_delivery(app, "gus@example.org")
+    raw = arf(to="fbl@example.com", message_id=None, recipient="redacted@example.org",
+              mail_from=return_path(app.settings, d.id))
+    assert b"gus@example.org" not in raw
+    # When it is ingested
+    (r,) = bounces.ingest(app, [write(tmp_path, "red.eml", raw)])
+    # Then it is matched to the delivery and takes effect
+    assert (r.outcome, r.delivery_id) == ("complaint", d.id)
+
+
+def test_erasure_removes_raw_copies_and_the_address_from_stored_details(app, tmp_path):
+    # Given a hard bounce ingested for an address, and a legacy suppression detail quoting the address
+    d = sent_delivery(app, "hal@example.org")
+    bounces.ingest(app, [write(tmp_path, "h.eml", dsn(to=return_path(app.settings, d.id), message_id=d.message_id,
+                                                      recipient="hal@example.org"))])
+    with app.session() as s:
+        sup = s.execute(select(Suppression)).scalar_one()
+        sup.detail = "legacy: Final-Recipient: rfc822; hal@example.org"
+        assert s.execute(select(func.count()).select_from(BounceReport)).scalar_one() == 1
+    # When the person is erased
+    with app.session() as s:
+        report = gdpr.erase(s, app.settings, "hal@example.org")
+    # Then no raw copy remains and no stored detail holds the address
+    assert report.bounce_reports == 1
+    with app.session() as s:
+        assert s.execute(select(BounceReport)).first() is None
+        details = s.execute(select(Suppression.detail)).scalars().all()
+        assert details and all("hal@example.org" not in (x or "") for x in details)
+        assert all(b.raw is None for b in s.execute(select(Bounce)).scalars())
+
+
+def test_raw_copies_are_purged_after_the_retention(app, tmp_path):
+    # Given a raw copy received 100 days ago and one received today, with a 90-day retention
+    d = sent_delivery(app, "ida@example.org")
+    with app.session() as s:
+        s.add(BounceReport(delivery_id=d.id, email_hash=d.to_hash, kind="bounce", source="mail", raw="old",
+                           received_at=utcnow() - timedelta(days=100)))
+        s.add(BounceReport(delivery_id=d.id, email_hash=d.to_hash, kind="bounce", source="mail", raw="new"))
+    # When the purge runs
+    with app.session() as s:
+        n = bounces.purge_reports(s, app.settings.replace(bounce_retention_days=90))
+    # Then only the old one is gone
+    assert n == 1
+    with app.session() as s:
+        assert s.execute(select(BounceReport.raw)).scalars().all() == ["new"]

@@ -72,19 +72,26 @@ def explain_cmd(settings, paths: tuple[str, ...], as_json: bool) -> None:
 @bounces_group.command("ingest")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per report instead of a table.")
+@click.option("--unmatched-dir", type=click.Path(file_okay=False), default=None,
+              help="Maildir to move unmatched reports to (default MAILER_BOUNCE_UNMATCHED_DIR, "
+                   "else .Unmatched inside each Maildir).")
 @pass_settings
-def ingest_cmd(settings, paths: tuple[str, ...], as_json: bool) -> None:
-    """Parse DSNs and ARF complaints in PATH... (files or Maildirs) and update suppressions."""
+def ingest_cmd(settings, paths: tuple[str, ...], as_json: bool, unmatched_dir: str | None) -> None:
+    """Apply bounces and complaints in PATH... (files, mbox files or Maildirs); exit 1 if this run left some unmatched.
+
+    Maildir messages move to cur/ (":2,S") once processed, unmatched ones to the unmatched Maildir,
+    so cron can run this forever.
+    """
 
     app = App(settings)
     try:
-        results = bounces.ingest(app, paths)
+        results = bounces.ingest(app, paths, unmatched_dir=unmatched_dir)
     finally:
         app.close()
     if as_json:
         for r in results:
-            click.echo(json.dumps({"source": r.source, "outcome": r.outcome, "delivery_id": r.delivery_id,
-                                   "detail": r.detail}, ensure_ascii=False))
+            click.echo(json.dumps({"source": r.source, "outcome": r.outcome, "reason": r.reason,
+                                   "delivery_id": r.delivery_id, "detail": r.detail}, ensure_ascii=False))
     else:
         table = Table(show_header=True, header_style="bold", box=None if not on_terminal() else None)
         for col in ("report", "outcome", "delivery", "detail"):

@@ -12,6 +12,7 @@ import click
 from mailer import db
 from mailer.addresses import normalize
 from mailer.cli.base import console, main, pass_settings
+from mailer.delivery import bounces
 from mailer.gdpr import requests as gdpr
 
 
@@ -62,11 +63,16 @@ def erase_cmd(settings, email: str, yes: bool) -> None:
 @gdpr_group.command("purge")
 @click.option("--tracking-older-than", "days", type=click.IntRange(min=0), default=None,
               help="Delete tracking events older than DAYS (default: MAILER_TRACKING_RETENTION_DAYS).")
+@click.option("--bounces-older-than", "bounce_days", type=click.IntRange(min=0), default=None,
+              help="Delete raw bounce/complaint copies older than DAYS (default: MAILER_BOUNCE_RETENTION_DAYS).")
 @pass_settings
-def purge_cmd(settings, days: int | None) -> None:
-    """Retention: delete old tracking events."""
+def purge_cmd(settings, days: int | None, bounce_days: int | None) -> None:
+    """Retention: delete old tracking events and old raw copies of bounces and complaints."""
 
     with db.session_scope(settings) as s:
         n = gdpr.purge_tracking(s, settings, days)
+        b = bounces.purge_reports(s, settings, bounce_days)
     used = settings.tracking_retention_days if days is None else days
-    console.print(f"deleted {n} tracking events older than {used} days", soft_wrap=True)
+    used_b = settings.bounce_retention_days if bounce_days is None else bounce_days
+    console.print(f"deleted {n} tracking events older than {used} days, "
+                  f"{b} raw bounce reports older than {used_b} days", soft_wrap=True)

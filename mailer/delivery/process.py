@@ -60,6 +60,7 @@ from mailer import metrics
 from mailer.clock import utcnow
 from mailer.consent import ledger as consent
 from mailer.consent import suppressions
+from mailer.delivery.bounces import record_bounce, sender_refusal
 from mailer.delivery.compose import compose
 from mailer.errors import (
     DeliveryError,
@@ -71,16 +72,12 @@ from mailer.errors import (
 )
 from mailer.logs import log_context
 from mailer.models import (
-    Bounce,
     Campaign,
     CampaignStatus,
     ConsentState,
     Customer,
     Delivery,
     DeliveryStatus,
-    SuppressionReason,
-    TrackingEvent,
-    TrackingKind,
 )
 from mailer.rendering import TRANSACTIONAL
 from mailer.transport import ratelimit
@@ -467,50 +464,6 @@ def _record_permanent(app, delivery: Delivery, owner: str, exc: PermanentDeliver
             record_bounce(app.settings, s, delivery, kind=outcome, status_code=exc.enhanced or (
                 str(exc.code) if exc.code else None), reason=reason, raw=exc.reply)
     log.warning("delivery %s: permanent failure (%s): %s", delivery.id, outcome, exc)
-
-
-def sender_refusal(delivery: Delivery, *, relay: str, code: int | None, enhanced: str | None, reason: str,
-                   reply: str | None, effect: str) -> None:
-    """Tell the operator about a refusal that is about us, not the recipient (log and metric).
-
-    Shared with :mod:`mailer.bounces` (a DSN about us that arrives later).
-    """
-    metrics.count_sender_refusal(relay=relay, reason=reason)
-    log.warning("delivery %s %s: sender-side refusal, not the recipient's fault: relay %s, code %s, "
-                "enhanced %s, reason %s; reply: %s", delivery.id, effect, relay or "unknown", code,
-                enhanced or "none", reason, reply,
-                extra={"delivery_id": delivery.id, "relay": relay or "unknown", "smtp_code": code,
-                       "enhanced": enhanced, "refusal_reason": reason})
-
-
-def record_bounce(settings, s, delivery: Delivery, *, kind: str, status_code: str | None, reason: str,
-                  raw: str | None) -> str | None:
-    """Store a hard or soft bounce and apply the suppression rules; return the suppression made.
-
-    Hard: the address is suppressed at once.  Soft: counted, and suppressed once the
-    address has ``MAILER_SOFT_BOUNCE_LIMIT`` soft bounces.  Shared with
-    :mod:`mailer.bounces` (DSNs that arrive later).
-    """
-    s.add(Bounce(delivery_id=delivery.id, email_hash=delivery.to_hash, kind=kind, status_code=status_code,
-                 reason=reason, raw=raw))
-    s.add(TrackingEvent(delivery_id=delivery.id, campaign_id=delivery.campaign_id,
-                        customer_id=delivery.customer_id, kind=TrackingKind.bounce))
-    s.flush()
-    if kind == "hard":
-        suppressions.suppress(s, address_hash=delivery.to_hash, email=delivery.to_address,
-                              reason=SuppressionReason.hard_bounce, detail=f"{raw} ({reason})")
-        metrics.count("bounced", queue=delivery.queue, kind=delivery.kind)
-        return SuppressionReason.hard_bounce.value
-    metrics.count("soft_bounced", queue=delivery.queue, kind=delivery.kind)
-    # Soft bounces of this address so far (bounces.email_hash is indexed).
-    soft = s.execute(select(func.count()).select_from(Bounce)
-                     .where(Bounce.email_hash == delivery.to_hash, Bounce.kind == "soft")).scalar_one()
-    if soft >= settings.soft_bounce_limit:
-        suppressions.suppress(s, address_hash=delivery.to_hash, email=delivery.to_address,
-                              reason=SuppressionReason.soft_bounce,
-                              detail=f"{soft} soft bounces; last: {raw} ({reason})")
-        return SuppressionReason.soft_bounce.value
-    return None
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -33,6 +33,7 @@ from mailer.errors import NotFound, ValidationError
 from mailer.instance_secrets import address_hash_salt
 from mailer.models import (
     Bounce,
+    BounceReport,
     ConsentEvent,
     ConsentEvidence,
     ConsentRequest,
@@ -163,6 +164,7 @@ class Erasure:
     bounces: int = 0
     shop_events: int = 0
     csat_ratings: int = 0
+    bounce_reports: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -226,8 +228,15 @@ def erase(session: Session, settings: Settings, email: str) -> Erasure:
     report.suppressions = session.execute(
         update(Suppression).where(Suppression.email_hash == subject, Suppression.email.is_not(None))
         .values(email=None).execution_options(synchronize_session=False)).rowcount
+    # Details written before raw copies were kept apart may quote the address: scrub them.
+    session.execute(
+        update(Suppression).where(Suppression.email_hash == subject, Suppression.detail.is_not(None))
+        .values(detail=scrub(Suppression.detail)).execution_options(synchronize_session=False))
     report.bounces = session.execute(
         update(Bounce).where(Bounce.email_hash == subject, Bounce.raw.is_not(None)).values(raw=None)
+        .execution_options(synchronize_session=False)).rowcount
+    report.bounce_reports = session.execute(
+        delete(BounceReport).where(BounceReport.email_hash == subject)
         .execution_options(synchronize_session=False)).rowcount
     session.expire_all()
     return report

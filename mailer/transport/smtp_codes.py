@@ -151,6 +151,30 @@ OUTCOMES: tuple[Rule, ...] = (
     Rule(basic="5", outcome="fail", reason="permanent failure"),
 )
 
+#: Each reply reason above -> its name in bouncekit's reason taxonomy
+#: (:data:`mailer.bouncekit.reasons.REASONS`), so live SMTP replies and later bounces use one
+#: vocabulary (checked by tests/test_bounce_taxonomy.py: sender-side rows map to sender-side reasons).
+TAXONOMY: dict[str, str] = {
+    "message too large": "mesgtoobig", "sender authentication failed": "authfailure",
+    "relaying denied": "norelaying", "our sender refused": "rejected", "rate limited": "ratelimited",
+    "content refused as spam / policy": "spamdetected", "sending IP or domain blocked": "blocked",
+    "greylisted": "speeding", "deferred (rate / reputation)": "badreputation",
+    "user unknown": "userunknown", "domain does not exist": "hostunknown",
+    "bad destination address syntax": "userunknown", "mailbox moved, no forwarding address": "hasmoved",
+    "null MX: domain accepts no mail": "notaccept", "mailbox disabled": "suspend", "mailbox full": "mailboxfull",
+    "mailbox full (temporary)": "mailboxfull", "our sender address syntax refused": "rejected",
+    "our sender domain refused": "rejected", "our sender domain has a null MX": "rejected",
+    "non-ASCII address not supported (SMTPUTF8)": "contenterror", "address rejected": "userunknown",
+    "mailbox unavailable": "userunknown", "system not accepting messages": "systemfull",
+    "recipient address rejected": "userunknown", "unable to route": "hostunknown",
+    "policy refusal": "policyviolation", "message content refused": "contenterror",
+    "protocol or syntax error": "syntaxerror", "bad destination address": "userunknown",
+    "deferred by policy (rate / reputation)": "badreputation", "temporary failure": "onhold",
+    "permanent failure": "onhold", "user not local": "userunknown", "exceeded storage allocation": "mailboxfull",
+    "mailbox name not allowed": "userunknown", "domain does not accept mail": "notaccept",
+    "transaction failed": "onhold", "connection failure": "networkerror", "unclassified reply": "undefined",
+}
+
 _ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _COMPILED = {r.pattern: re.compile(r.pattern, re.I) for r in OUTCOMES if r.pattern}
 
@@ -162,6 +186,11 @@ class Outcome:
     code: int | None
     enhanced: str | None
     side: str = ""
+
+    @property
+    def taxonomy(self) -> str:
+        """This reason's name in bouncekit's taxonomy (:data:`TAXONOMY`)."""
+        return TAXONOMY.get(self.reason, "undefined")
 
     @property
     def sender_side(self) -> bool:

@@ -51,6 +51,7 @@ from mailer.web.api import consents as consents_api
 from mailer.web.api import customers as customers_api
 from mailer.web.api import events as events_api
 from mailer.web.api import notices as notices_api
+from mailer.web.api import webhooks as webhooks_api
 from mailer.web.api import wordings as wordings_api
 from mailer.web.pages import confirm, links
 from mailer.web.problems import _mailer_error_response, _request_validation_response
@@ -60,7 +61,7 @@ log = logging.getLogger("mailer.web")
 
 #: Every router the app serves, in the order of its OpenAPI document.
 ROUTERS = (links.router, notices_api.router, confirm.router, events_api.router, consents_api.router,
-           wordings_api.router, customers_api.router)
+           wordings_api.router, customers_api.router, webhooks_api.router)
 
 
 def create_app(settings: Settings | None = None, *, app: App | None = None) -> FastAPI:
