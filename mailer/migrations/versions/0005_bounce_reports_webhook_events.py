@@ -1,10 +1,8 @@
 """Raw bounce/complaint copies (bounce_reports, kept MAILER_BOUNCE_RETENTION_DAYS) and ESP webhook dedupe (webhook_events).
 
-No '0004' existed when this was written, so it follows '0003'; if another '0004'
-lands first, set ``down_revision = '0004'`` here.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-02 00:00:00
 """
 import sqlalchemy as sa
