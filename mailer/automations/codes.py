@@ -115,7 +115,7 @@ def read_csv(path: Path) -> tuple[list[dict], list[RowError]]:
     try:
         fh = open(path, newline="", encoding="utf-8-sig")
     except OSError as exc:
-        raise ValidationError(f"{path}: cannot read: {exc.strerror}", where=str(path)) from exc
+        raise ValidationError(f"{path}: cannot read: {exc.strerror}") from exc
     with fh:
         reader = csv.reader(fh)
         columns = ["code", "value", "expires_at"]
@@ -132,7 +132,7 @@ def read_csv(path: Path) -> tuple[list[dict], list[RowError]]:
                     unknown = [c for c in cells if c.lower() not in columns]
                     if unknown:
                         raise ValidationError(f"{path}: line {line_start}: unknown column {unknown[0]!r} "
-                                              "(columns: code, value, expires_at)", where=f"{path}:{line_start}",
+                                              "(columns: code, value, expires_at)",
                                               field=unknown[0])
                     columns = [c.lower() for c in cells]
                     continue

@@ -32,7 +32,7 @@ from mailer.app import App, get_app
 from mailer.automations.engine import handle, wake
 from mailer.automations.rules import load
 from mailer.clock import utcnow
-from mailer.errors import ValidationError
+from mailer.errors import ControlFlow, ValidationError
 from mailer.events.schemas import _CONTROL, IDEMPOTENCY_KEY_MAX_CHARS, Published, Snapshot, validate
 from mailer.instance_secrets import address_hash_salt
 from mailer.models import Customer, CustomerTag, ShopEvent
@@ -169,7 +169,7 @@ def publish(type: str, data: dict, *, idempotency_key: str | None = None, settin
     return result
 
 
-class _Duplicate(Exception):
+class _Duplicate(ControlFlow):
     """The event's Idempotency-Key is already stored."""
 
 

@@ -37,7 +37,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from mailer import segments
 from mailer.campaigns import service as campaigns
 from mailer.clock import utcnow
-from mailer.errors import SegmentError
+from mailer.errors import ControlFlow, SegmentError
 from mailer.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
 from mailer.queue import port
 from mailer.queue.port import QUEUE_BULK
@@ -50,7 +50,7 @@ FANOUT_BATCH = 500
 BATCHES_PER_MESSAGE = 20
 
 
-class _Lost(Exception):
+class _Lost(ControlFlow):
     """Another fan-out advanced the cursor first, or the campaign stopped running."""
 
 

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from mailer.addresses import email_hash, normalize
 from mailer.clock import utcnow
 from mailer.db import all_or_nothing
-from mailer.errors import InvalidAddress, NotFound, ValidationError
+from mailer.errors import ControlFlow, InvalidAddress, NotFound, ValidationError
 from mailer.instance_secrets import address_hash_salt
 from mailer.models import Customer, CustomerTag, SpendTier
 from mailer.settings import Settings
@@ -193,7 +193,9 @@ def _short(value: str, limit: int = 40) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
-class _Bad(Exception):
+class _Bad(ControlFlow):
+    """One cell is bad: ``column`` names it, ``reason`` says why (becomes a row error)."""
+
     def __init__(self, column: str, reason: str):
         super().__init__(column, reason)
         self.column = column
@@ -359,23 +361,22 @@ def _undecoded(value: str, encoding: str) -> str | None:
 
 def _header(path: Path, records, encoding: str, delimiter: str) -> list[str]:
     first = next(records, None)
-    where = f"{path}:1"
     if first is None:
         raise ValidationError(f"{path}: line 1: the file is empty; the first line must be a header with an "
-                              f"'email' column (columns understood: {', '.join(COLUMNS)})", where=where)
+                              f"'email' column (columns understood: {', '.join(COLUMNS)})")
     _, text, problem = first
     if text is None:
-        raise ValidationError(f"{path}: line 1: {problem}", where=where)
+        raise ValidationError(f"{path}: line 1: {problem}")
     try:
         names = [f.strip() for f in _split(_strip_ending(text), delimiter)]
     except _Bad as bad:
-        raise ValidationError(f"{path}: line 1: {bad.reason}", where=where) from None
+        raise ValidationError(f"{path}: line 1: {bad.reason}") from None
     if names:
         names[0] = names[0].lstrip("\ufeff").strip()
     for name in names:
         problem = _undecoded(name, encoding)
         if problem:
-            raise ValidationError(f"{path}: line 1: {problem}", where=where)
+            raise ValidationError(f"{path}: line 1: {problem}")
     if "email" not in names:
         hint = ""
         if len(names) == 1:
@@ -384,11 +385,11 @@ def _header(path: Path, records, encoding: str, delimiter: str) -> list[str]:
                     hint = f"; looks like {shown}-separated; pass --delimiter {shown}"
                     break
         raise ValidationError(f"{path}: line 1: the header must have an 'email' column "
-                              f"(columns understood: {', '.join(COLUMNS)}){hint}", where=where)
+                              f"(columns understood: {', '.join(COLUMNS)}){hint}")
     seen = set()
     for name in names:
         if name in seen:
-            raise ValidationError(f"{path}: line 1: column {_short(name)} appears twice", where=where)
+            raise ValidationError(f"{path}: line 1: column {_short(name)} appears twice")
         seen.add(name)
     return names
 
@@ -408,10 +409,10 @@ def iter_rows(path: Path, *, encoding: str = DEFAULT_ENCODING, delimiter: str = 
         with open(path, newline="", encoding=encoding, errors="surrogateescape") as fh:
             yield from _rows(path, fh, encoding, delimiter)
     except OSError as exc:
-        raise ValidationError(f"{path}: cannot read: {exc.strerror or exc}", where=str(path)) from None
+        raise ValidationError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except UnicodeError as exc:  # codecs that refuse a whole stream (UTF-16 without a BOM, a cut-off last byte)
         raise ValidationError(f"{path}: cannot be read as {encoding} ({exc}); pass --encoding with the file's "
-                              "encoding (e.g. --encoding utf-16-le)", where=str(path)) from None
+                              "encoding (e.g. --encoding utf-16-le)") from None
 
 
 def _rows(path: Path, fh, encoding: str, delimiter: str) -> Iterator[tuple[int, dict | None, RowError | None]]:

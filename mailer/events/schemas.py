@@ -214,7 +214,7 @@ def _item_list(fields: dict[str, Field]):
             except InvalidEvent as exc:
                 problems.extend(_problems_of(exc))
         if problems:
-            raise _invalid(problems)
+            raise InvalidEvent.listing(problems)
         return [{**item, "quantity": item.get("quantity", 1)} for item in items]
     return check
 
@@ -223,15 +223,7 @@ _items = _item_list(ITEM_FIELDS)
 
 
 def _problems_of(exc: InvalidEvent) -> list[tuple[str, str]]:
-    return list(getattr(exc, "problems", None) or [(exc.field or "data", str(exc))])
-
-
-def _invalid(problems: list[tuple[str, str]]) -> InvalidEvent:
-    """One InvalidEvent for all ``problems`` (its message and field are the first one's)."""
-    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-    exc = InvalidEvent(problems[0][1] + more, field=problems[0][0])
-    exc.problems = problems
-    return exc
+    return list(exc.problems or [(exc.field or "data", str(exc))])
 
 
 def _object(value: Any, fields: dict[str, Field], where: str) -> dict:
@@ -255,7 +247,7 @@ def _object(value: Any, fields: dict[str, Field], where: str) -> dict:
         except InvalidEvent as exc:
             problems.extend(_problems_of(exc))
     if problems:
-        raise _invalid(problems)
+        raise InvalidEvent.listing(problems)
     return out
 
 
@@ -318,7 +310,7 @@ def validate(type_: str, data: Any) -> dict:
         raise InvalidEvent(f"unknown event type {shown}; known types: {', '.join(EVENT_TYPES)}", field="type")
     bounded = limits.check(data, "data")
     if bounded:
-        raise _invalid(bounded)
+        raise InvalidEvent.listing(bounded)
     cleaned = _object(data, SCHEMAS[type_], "data")
     if type_ == "customer_updated" and "tags" in cleaned and ({"add_tags", "remove_tags"} & cleaned.keys()):
         raise InvalidEvent("data.tags replaces the tag set; do not combine it with add_tags / remove_tags",

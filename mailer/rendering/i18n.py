@@ -28,6 +28,8 @@ from babel import Locale, UnknownLocaleError
 from babel.dates import format_date, format_datetime, format_time
 from babel.numbers import format_currency, format_decimal, format_percent
 
+from mailer.errors import FormatError
+
 #: Memoized formatting results kept per filter (entries, not bytes).
 CACHE_ENTRIES = 8192
 #: Right-to-left scripts among the languages we may be asked for.
@@ -75,10 +77,6 @@ def chain(locale: str | None, default: str = "en") -> tuple[str, ...]:
         if c not in seen:
             seen.append(c)
     return tuple(seen)
-
-
-class FormatError(ValueError):
-    """A value handed to a formatting filter cannot be formatted (names the value)."""
 
 
 @functools.lru_cache(maxsize=256)

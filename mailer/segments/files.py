@@ -96,7 +96,7 @@ class Segment:
 # -- loading and validation -------------------------------------------------------------------
 def _fail(path: Path | str | None, key: str, message: str) -> SegmentError:
     where = str(path) if path else "segment"
-    return SegmentError(f"{where}: {key}: {message}", field=key, where=where)
+    return SegmentError(f"{where}: {key}: {message}", field=key)
 
 
 def _fields_help() -> str:
@@ -192,26 +192,25 @@ def check_shape(data: Any, max_depth: int = MAX_FILE_NESTING_DEPTH) -> tuple[str
 def _read(path: Path) -> dict:
     raw, problem = read_bounded(path, MAX_SEGMENT_FILE_BYTES)
     if raw is None:
-        raise SegmentError(f"{path}: {problem}", where=str(path))
+        raise SegmentError(f"{path}: {problem}")
     if path.suffix == ".toml":
         try:
             data = tomllib.loads(raw)
         except tomllib.TOMLDecodeError as exc:
-            raise SegmentError(f"{path}: TOML syntax: {exc}", where=str(path)) from exc
+            raise SegmentError(f"{path}: TOML syntax: {exc}") from exc
         except RecursionError:
             line = nesting_line(raw)
             raise SegmentError(f"{path}: nested deeper than {MAX_FILE_NESTING_DEPTH} levels"
-                               + (f" (line {line})" if line else ""), where=str(path)) from None
+                               + (f" (line {line})" if line else "")) from None
     else:
         try:
             data = yaml.load(raw, Loader=BoundedYAMLLoader)  # nosec B506 - a SafeLoader subclass, aliases refused
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-            raise SegmentError(f"{path}: YAML syntax{at}: {getattr(exc, 'problem', None) or exc}",
-                               where=str(path)) from exc
+            raise SegmentError(f"{path}: YAML syntax{at}: {getattr(exc, 'problem', None) or exc}") from exc
     if not isinstance(data, dict):
-        raise SegmentError(f"{path}: the file must be a table of keys ({', '.join(TOP_KEYS)})", where=str(path))
+        raise SegmentError(f"{path}: the file must be a table of keys ({', '.join(TOP_KEYS)})")
     bad = check_shape(data)
     if bad:
         raise _fail(path, *bad)
@@ -254,8 +253,7 @@ def load(settings: Settings, name: str) -> Segment:
         known = ", ".join(p.stem for p in segment_files(settings)) or "none"
         raise SegmentError(f"unknown segment {name!r} in {root}; known segments: {known}", field="segment")
     if len(found) > 1:
-        raise SegmentError(f"segment {name!r} is defined twice: {', '.join(map(str, found))}; keep one",
-                           where=str(found[0]))
+        raise SegmentError(f"segment {name!r} is defined twice: {', '.join(map(str, found))}; keep one")
     path = found[0]
     return parse(_read(path), settings=settings, name=name, path=path)
 
