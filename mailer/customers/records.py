@@ -30,16 +30,15 @@ from typing import Callable, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import delete, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mailer.addresses import email_hash, normalize
 from mailer.clock import utcnow
-from mailer.db import all_or_nothing
+from mailer.db import all_or_nothing, dialect_insert
 from mailer.errors import ControlFlow, InvalidAddress, NotFound, ValidationError
 from mailer.instance_secrets import address_hash_salt
 from mailer.models import Customer, CustomerTag, SpendTier
+from mailer.rendering.i18n import is_valid_locale
 from mailer.settings import Settings
 
 #: Columns the import understands; others are kept in ``customers.attributes``.
@@ -64,10 +63,6 @@ MAX_TOTAL_SPENT = Decimal("999999999999.99")
 TOTAL_SPENT_DECIMAL_PLACES = 2
 #: Largest orders_count the column holds: customers.orders_count is INTEGER (32-bit on PostgreSQL).
 MAX_ORDERS_COUNT = 2**31 - 1
-#: Longest locale tag, characters (customers.locale is VARCHAR(20)).
-MAX_LOCALE_CHARS = 20
-
-_LOCALE = re.compile(r"^[a-zA-Z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: What ``errors="surrogateescape"`` turns an undecodable byte into.
 _UNDECODED = re.compile("[\udc80-\udcff]")
@@ -139,7 +134,7 @@ def parse_row(row: dict[str, str]) -> dict:
         except ValueError as exc:
             raise _Bad(col, str(exc)) from None
     locale = (row.get("locale") or "").strip()
-    if locale and (len(locale) > MAX_LOCALE_CHARS or not _LOCALE.match(locale)):
+    if locale and not is_valid_locale(locale):
         raise _Bad("locale", f"{_short(locale)} is not a locale tag such as en, pl or zh-TW")
     out["locale"] = locale.replace("_", "-") or None
     tz = (row.get("timezone") or "").strip()
@@ -210,14 +205,12 @@ def _upsert(session: Session, settings: Settings, rows: list[dict], result: Impo
     rows = list(by_email.values())
     emails = list(by_email)
     existing = set(session.execute(select(Customer.email).where(Customer.email.in_(emails))).scalars())
-    dialect = session.get_bind().dialect.name
-    ins = pg_insert if dialect == "postgresql" else sqlite_insert
     now = utcnow()
     values = [{k: v for k, v in r.items() if k != "tags"} | {
         "email_hash": email_hash(r["email"], address_hash_salt(settings)), "attributes": r.get("attributes", {}),
         "created_at": now, "updated_at": now} for r in rows]
     table = Customer.__table__
-    stmt = ins(table)
+    stmt = dialect_insert(session, table)
     updatable = [c for c in COLUMNS if c not in ("email", "tags")] + ["email_hash", "updated_at"]
     # executemany of one cached statement (insertmanyvalues batches it): insert new
     # addresses, update known ones in place. A multi-VALUES literal would recompile per batch.
@@ -519,6 +512,7 @@ def get_or_create(session: Session, settings: Settings, address: str, *, locale:
 
 
 def by_email(session: Session, address: str) -> Customer:
+    """The (not erased) customer with this address, or NotFound."""
     email = normalize(address)
     customer = session.execute(select(Customer).where(Customer.email == email)).scalar_one_or_none()
     if customer is None:

@@ -26,6 +26,7 @@ from mailer import limits
 from mailer.addresses import normalize
 from mailer.errors import InvalidAddress, InvalidEvent
 from mailer.models import Customer, ShopEvent
+from mailer.rendering.i18n import is_valid_locale
 
 log = logging.getLogger("mailer.events")
 
@@ -39,7 +40,6 @@ IDEMPOTENCY_KEY_MAX_CHARS = 240
 COUNT_MAX = 2**31 - 1
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_LOCALE = re.compile(r"^[a-zA-Z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 
 
 # -- field types -------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def _label(value: Any, where: str) -> str | dict:
             raise InvalidEvent(f"{where} is an empty object; give text or text per locale", field=where)
         out = {}
         for loc, text in value.items():
-            if not _LOCALE.match(str(loc)):
+            if not is_valid_locale(str(loc)):
                 raise InvalidEvent(f"{where}.{loc} is not a locale tag such as en, pl or zh-TW", field=f"{where}.{loc}")
             out[str(loc)] = _text(text, f"{where}.{loc}", 200)
         return out
@@ -149,7 +149,7 @@ def _currency(value: Any, where: str) -> str:
 
 def _locale(value: Any, where: str) -> str:
     text = _text(value, where, 20)
-    if not _LOCALE.match(text):
+    if not is_valid_locale(text):
         raise InvalidEvent(f"{where} {text!r} is not a locale tag such as en, pl or zh-TW", field=where)
     return text.replace("_", "-")
 

@@ -34,9 +34,10 @@ from mailer.errors import FormatError
 CACHE_ENTRIES = 8192
 #: Right-to-left scripts among the languages we may be asked for.
 RTL_LANGUAGES = frozenset({"ar", "he", "fa", "ur"})
-#: The one rule for a locale given as input (API ``locale``, CLI ``--locale``): ``pl``, ``zh-TW``, ``pt_BR``.
+#: The one rule for a locale given as input (API ``locale``, CLI ``--locale``, event data, the
+#: customer import): ``pl``, ``zh-TW``, ``pt_BR``.
 LOCALE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8}){0,3}$"
-#: Longest locale accepted as input, characters.
+#: Longest locale accepted as input, characters (customers.locale is VARCHAR(20)).
 MAX_LOCALE_CHARS = 20
 _LOCALE_INPUT = re.compile(LOCALE_PATTERN)
 

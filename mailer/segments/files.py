@@ -4,20 +4,9 @@ Owns the whitelist of fields and operators (:data:`FIELDS`), the :class:`Segment
 record, and turning a condition table into the normalized tree the compiler
 (:mod:`mailer.segments.conditions`) and resolution (:mod:`mailer.segments.resolve`) use.
 
-A segment is a file ``segments/<name>.toml`` (or ``.yaml``/``.yml``)::
-
-    description = "VIP customers: tagged VIP or spent over 1000"
-    purpose = "newsletter"          # the consent purpose every recipient must have now
-
-    [where]
-    any = [
-      { tags = { any = ["VIP"] } },
-      { total_spent = { gt = 1000 } },
-    ]
-
-Conditions are tables over whitelisted fields (see :data:`FIELDS`) combined with
-``all``, ``any`` and ``not``; several keys in one table must all hold.  There is no
-way to write SQL in a segment file.
+The file format, with an example, is in the package docstring (:mod:`mailer.segments`):
+tables over whitelisted fields (:data:`FIELDS`) combined with ``all``, ``any`` and
+``not``; there is no way to write SQL in a segment file.
 
 Files are bounded before and while they are parsed: at most
 :data:`MAX_SEGMENT_FILE_BYTES`, nesting at most :data:`MAX_FILE_NESTING_DEPTH` tables
@@ -167,6 +156,18 @@ def nesting_line(text: str, limit: int = MAX_FILE_NESTING_DEPTH) -> int | None:
     return None
 
 
+def load_toml(text: str, where: str, error: type[Exception], *, syntax: str = "") -> Any:
+    """``text`` parsed as TOML; ``error("<where>: ...")`` for a syntax error (after ``syntax``) or deep nesting."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{where}: {syntax}{exc}") from exc
+    except RecursionError:
+        line = nesting_line(text)
+        raise error(f"{where}: nested deeper than {MAX_FILE_NESTING_DEPTH} levels"
+                    + (f" (line {line})" if line else "")) from None
+
+
 def check_shape(data: Any, max_depth: int = MAX_FILE_NESTING_DEPTH) -> tuple[str, str] | None:
     """(key path, problem) for nesting deeper than ``max_depth`` or a NaN/infinite number; else None.
 
@@ -194,14 +195,7 @@ def _read(path: Path) -> dict:
     if raw is None:
         raise SegmentError(f"{path}: {problem}")
     if path.suffix == ".toml":
-        try:
-            data = tomllib.loads(raw)
-        except tomllib.TOMLDecodeError as exc:
-            raise SegmentError(f"{path}: TOML syntax: {exc}") from exc
-        except RecursionError:
-            line = nesting_line(raw)
-            raise SegmentError(f"{path}: nested deeper than {MAX_FILE_NESTING_DEPTH} levels"
-                               + (f" (line {line})" if line else "")) from None
+        data = load_toml(raw, str(path), SegmentError, syntax="TOML syntax: ")
     else:
         try:
             data = yaml.load(raw, Loader=BoundedYAMLLoader)  # nosec B506 - a SafeLoader subclass, aliases refused
