@@ -1,4 +1,4 @@
-"""Database access: engines, sessions and migrations.
+"""Database access: engines, sessions, migrations, and the one PostgreSQL-or-SQLite INSERT switch.
 
 One engine per URL per process; one session per unit of work, opened by the
 caller (CLI command, actor, HTTP request) with :func:`session_scope`, never
@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailer.settings import Settings
@@ -24,6 +26,31 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
+
+
+def dialect_insert(bind: Session | Connection, table: Any) -> postgresql.Insert | sqlite.Insert:
+    """``INSERT`` into ``table`` in the dialect of ``bind``'s database, so that ``on_conflict_do_*`` works.
+
+    The only place that chooses between PostgreSQL's and SQLite's insert construct (both
+    speak ``ON CONFLICT``); ``table`` is a mapped class or a ``Table``.
+    """
+    dialect = bind.get_bind().dialect if isinstance(bind, Session) else bind.dialect
+    return (postgresql.insert if dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def insert_or_ignore(bind: Session | Connection, table: Any,
+                     values: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None, *,
+                     index_elements: Iterable[str]) -> postgresql.Insert | sqlite.Insert:
+    """``INSERT ... ON CONFLICT (index_elements) DO NOTHING`` on either database (the statement; execute it).
+
+    ``values`` is one row, a list of rows (one multi-row INSERT), or ``None`` to pass rows
+    to ``execute`` (executemany). A row that collides with an existing one on the unique
+    ``index_elements`` is skipped; ``rowcount`` / ``returning`` count only the rows added.
+    """
+    stmt = dialect_insert(bind, table)
+    if values is not None:
+        stmt = stmt.values(values)
+    return stmt.on_conflict_do_nothing(index_elements=list(index_elements))
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

@@ -24,7 +24,7 @@ import json
 import math
 from typing import Any
 
-from mailer.errors import ValidationError
+from mailer.errors import InvalidData
 
 #: Longest string value in data, characters.
 DATA_STRING_MAX_CHARS = 10_000
@@ -43,16 +43,6 @@ DATA_INT_MIN = -(2**63)
 DATA_INT_MAX = 2**63 - 1
 #: Most problems listed in one error (the rest are summarised in one more line).
 PROBLEMS_MAX_COUNT = 50
-
-
-class InvalidData(ValidationError):
-    """Data breaks one or more limits; ``problems`` lists (field, message) pairs."""
-
-    def __init__(self, problems: list[tuple[str, str]]):
-        first_field, first_msg = problems[0]
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        super().__init__(first_msg + more, field=first_field)
-        self.problems = problems
 
 
 def _child(where: str, key: Any) -> str:
@@ -124,7 +114,7 @@ def ensure(value: Any, where: str = "data") -> None:
     """Raise :class:`InvalidData` listing every limit ``value`` breaks."""
     problems = check(value, where)
     if problems:
-        raise InvalidData(problems)
+        raise InvalidData.listing(problems)
 
 
 def reject_constant(name: str) -> float:

@@ -11,7 +11,7 @@ import dataclasses
 import inspect
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -161,8 +161,6 @@ class Settings:
     broker_heartbeat_ms: int = 60_000
     #: Redis broker: queue maintenance (requeueing dead workers' messages) per million commands.
     broker_maintenance_chance: int = 1000
-    #: Extra values not covered above (kept for forward compatibility).
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def signing_keys(self) -> tuple[str, ...]:
@@ -178,8 +176,6 @@ class Settings:
         env = os.environ if environ is None else environ
         values: dict = {}
         for f in dataclasses.fields(cls):
-            if f.name == "extra":
-                continue
             raw = env.get("MAILER_" + f.name.upper())
             if raw is None:
                 continue
@@ -199,7 +195,7 @@ class Settings:
 
 
 #: Environment variable name for every field, for the README and ``mailer settings``.
-ENV_VARS = {f.name: "MAILER_" + f.name.upper() for f in dataclasses.fields(Settings) if f.name != "extra"}
+ENV_VARS = {f.name: "MAILER_" + f.name.upper() for f in dataclasses.fields(Settings)}
 
 
 def settings_markdown() -> str:
@@ -218,8 +214,6 @@ def settings_markdown() -> str:
         pending = []
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(Settings):
-        if f.name == "extra":
-            continue
         default = f.default
         if isinstance(default, Path):
             default = f"<checkout>/{default.name}"

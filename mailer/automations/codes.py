@@ -30,13 +30,11 @@ from datetime import time as dtime
 from pathlib import Path
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
 from mailer.customers.records import RowError  # the same "line N, column C: reason" report as customer imports
-from mailer.db import all_or_nothing
+from mailer.db import all_or_nothing, insert_or_ignore
 from mailer.errors import PoolExhausted, ValidationError
 from mailer.models import Delivery, DeliveryStatus, RewardCode
 
@@ -115,7 +113,7 @@ def read_csv(path: Path) -> tuple[list[dict], list[RowError]]:
     try:
         fh = open(path, newline="", encoding="utf-8-sig")
     except OSError as exc:
-        raise ValidationError(f"{path}: cannot read: {exc.strerror}", where=str(path)) from exc
+        raise ValidationError(f"{path}: cannot read: {exc.strerror}") from exc
     with fh:
         reader = csv.reader(fh)
         columns = ["code", "value", "expires_at"]
@@ -132,7 +130,7 @@ def read_csv(path: Path) -> tuple[list[dict], list[RowError]]:
                     unknown = [c for c in cells if c.lower() not in columns]
                     if unknown:
                         raise ValidationError(f"{path}: line {line_start}: unknown column {unknown[0]!r} "
-                                              "(columns: code, value, expires_at)", where=f"{path}:{line_start}",
+                                              "(columns: code, value, expires_at)",
                                               field=unknown[0])
                     columns = [c.lower() for c in cells]
                     continue
@@ -177,12 +175,11 @@ def import_codes(session: Session, pool: str, path: Path) -> ImportResult:
     rows, result.errors = read_csv(Path(path))
     if result.errors or not rows:
         return result
-    ins = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     for start in range(0, len(rows), IMPORT_BATCH_ROWS):
         batch = rows[start:start + IMPORT_BATCH_ROWS]
         # One INSERT per batch; an existing (pool, code) keeps its row and assignment.
-        stmt = (ins(RewardCode).values([{"pool": pool, **r} for r in batch])
-                .on_conflict_do_nothing(index_elements=["pool", "code"]).returning(RewardCode.id))
+        stmt = insert_or_ignore(session, RewardCode, [{"pool": pool, **r} for r in batch],
+                                index_elements=["pool", "code"]).returning(RewardCode.id)
         added = len(session.execute(stmt).all())
         result.added += added
         result.already_present += len(batch) - added

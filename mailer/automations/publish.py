@@ -23,8 +23,6 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 from sqlalchemy import delete, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from mailer.addresses import email_hash
@@ -32,7 +30,8 @@ from mailer.app import App, get_app
 from mailer.automations.engine import handle, wake
 from mailer.automations.rules import load
 from mailer.clock import utcnow
-from mailer.errors import ValidationError
+from mailer.db import insert_or_ignore
+from mailer.errors import ControlFlow, ValidationError
 from mailer.events.schemas import _CONTROL, IDEMPOTENCY_KEY_MAX_CHARS, Published, Snapshot, validate
 from mailer.instance_secrets import address_hash_salt
 from mailer.models import Customer, CustomerTag, ShopEvent
@@ -78,14 +77,14 @@ def _customer(session, settings: Settings, email: str) -> Customer:
     customer = session.execute(select(Customer).where(Customer.email == email)).scalar_one_or_none()
     if customer is not None:
         return customer
-    ins = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     now = utcnow()
     # Two events about one new customer at once: the second INSERT waits for the first and
     # then does nothing, instead of failing the whole event on the unique address.
-    session.execute(ins(Customer).values(email=email, email_hash=email_hash(email, address_hash_salt(settings)),
-                                         total_spent=Decimal("0"), orders_count=0, attributes={}, created_at=now,
-                                         updated_at=now)
-                    .on_conflict_do_nothing(index_elements=["email"]))
+    session.execute(insert_or_ignore(session, Customer,
+                                     dict(email=email, email_hash=email_hash(email, address_hash_salt(settings)),
+                                          total_spent=Decimal("0"), orders_count=0, attributes={}, created_at=now,
+                                          updated_at=now),
+                                     index_elements=["email"]))
     return session.execute(select(Customer).where(Customer.email == email)).scalar_one()
 
 
@@ -169,7 +168,7 @@ def publish(type: str, data: dict, *, idempotency_key: str | None = None, settin
     return result
 
 
-class _Duplicate(Exception):
+class _Duplicate(ControlFlow):
     """The event's Idempotency-Key is already stored."""
 
 

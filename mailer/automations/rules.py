@@ -19,7 +19,6 @@ import dataclasses
 import re
 import string
 import threading
-import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,7 +29,7 @@ from mailer.automations import codes as codes_service
 from mailer.errors import ConfigurationError, MailerError, ValidationError
 from mailer.events.schemas import SCHEMAS
 from mailer.rendering import TRANSACTIONAL, Renderer
-from mailer.segments.files import MAX_FILE_NESTING_DEPTH, _show, check_shape, nesting_line, read_bounded
+from mailer.segments.files import _show, check_shape, load_toml, read_bounded
 from mailer.settings import Settings
 from mailer.tracking import service as tracking
 
@@ -227,14 +226,7 @@ def parse_rule(path: Path, settings: Settings, renderer=None) -> Rule:
     text, problem = read_bounded(path, MAX_RULE_FILE_BYTES)
     if text is None:
         raise ConfigurationError(f"{where}: {problem}")
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigurationError(f"{where}: {exc}") from exc
-    except RecursionError:
-        line = nesting_line(text)
-        raise ConfigurationError(f"{where}: nested deeper than {MAX_FILE_NESTING_DEPTH} levels"
-                                 + (f" (line {line})" if line else "")) from None
+    raw = load_toml(text, where, ConfigurationError)
     bad = check_shape(raw)
     if bad:
         raise ConfigurationError(f"{where}: {bad[0]}: {bad[1]}")

@@ -27,7 +27,7 @@ from mailer.automations.rules import ADD_DATA, Rule
 from mailer.clock import utcnow
 from mailer.consent import ledger as consent
 from mailer.consent import suppressions
-from mailer.delivery.compose import render_context
+from mailer.delivery import preview
 from mailer.errors import PoolExhausted
 from mailer.events.schemas import Action
 from mailer.instance_secrets import address_hash_salt
@@ -124,10 +124,9 @@ def _probe(ctx: _Context, rule: Rule, customer: Customer, locale: str, data: dic
     if (rule.kind, locale) in ctx.probed:
         return
 
-    probe = Delivery(id=0, kind=rule.kind, to_address=customer.email, locale=locale, data=data,
-                     purpose=rule.purpose)
-    ctx.app.renderer.render(rule.kind, locale, data, context=render_context(ctx.app.settings, probe, customer) | {
-        "unsubscribe_url": "#", "preferences_url": "#"})
+    probe = preview.probe(customer, kind=rule.kind, to_address=customer.email, locale=locale, data=data,
+                          purpose=rule.purpose)
+    ctx.app.renderer.render(rule.kind, locale, data, context=preview.probe_context(ctx.app.settings, probe, customer))
     ctx.probed.add((rule.kind, locale))
 
 

@@ -31,13 +31,12 @@ from collections import defaultdict
 from datetime import datetime
 
 from sqlalchemy import update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from mailer import segments
 from mailer.campaigns import service as campaigns
 from mailer.clock import utcnow
-from mailer.errors import SegmentError
+from mailer.db import insert_or_ignore
+from mailer.errors import ControlFlow, SegmentError
 from mailer.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
 from mailer.queue import port
 from mailer.queue.port import QUEUE_BULK
@@ -50,7 +49,7 @@ FANOUT_BATCH = 500
 BATCHES_PER_MESSAGE = 20
 
 
-class _Lost(Exception):
+class _Lost(ControlFlow):
     """Another fan-out advanced the cursor first, or the campaign stopped running."""
 
 
@@ -95,12 +94,9 @@ def fan_out_batch(app, campaign_id: int, *, batch_size: int | None = None, now: 
                 log.info("campaign %s: fan-out done", campaign_id)
                 return False
             rows = [_row(settings, c, r, now) for r in batch]
-            dialect = s.get_bind().dialect.name
-            insert = pg_insert if dialect == "postgresql" else sqlite_insert
             # One multi-row INSERT per batch; a recipient who already has this campaign's
             # delivery (unique idempotency key) is skipped, never given a second one.
-            created = s.execute(insert(Delivery).values(rows)
-                                .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            created = s.execute(insert_or_ignore(s, Delivery, rows, index_elements=["idempotency_key"])
                                 .returning(Delivery.id, Delivery.status, Delivery.send_after)).all()
             new_cursor = batch[-1].customer_id
             last = len(batch) < batch_size  # a short page is the segment's end

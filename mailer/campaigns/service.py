@@ -38,7 +38,7 @@ from mailer import segments
 from mailer.addresses import email_hash, normalize
 from mailer.clock import utcnow
 from mailer.delivery import personalize as headers
-from mailer.delivery.compose import render_context
+from mailer.delivery import preview as probes
 from mailer.errors import InvalidState, NotFound, TemplateError, ValidationError
 from mailer.instance_secrets import address_hash_salt
 from mailer.models import (
@@ -60,6 +60,9 @@ PENDING = (DeliveryStatus.queued, DeliveryStatus.scheduled, DeliveryStatus.sendi
 MAX_NAME_CHARS = 200
 
 _LOCAL_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+# Not the locale rule (mailer.rendering.i18n.is_valid_locale) on purpose: this only decides
+# whether ``--subject`` text starts with a locale prefix, and stays lower-case so that a
+# subject such as "New=arrivals" is text, not a subject for locale "New".
 _SUBJECT_LOCALE = re.compile(r"^([a-z]{2,3}(?:-[A-Za-z]{2,4})?)=(.+)$", re.S)
 
 
@@ -369,12 +372,11 @@ def preview(session: Session, settings: Settings, renderer, campaign_id: int, em
     c = get(session, campaign_id)
     address = normalize(email)
     customer = session.execute(select(Customer).where(Customer.email == address)).scalar_one_or_none()
-    probe = Delivery(id=0, kind=c.template, campaign_id=c.id, customer_id=customer.id if customer else None,
-                     to_address=address, to_hash=email_hash(address, address_hash_salt(settings)),
-                     locale=(customer.locale if customer else None) or settings.default_locale,
-                     data={}, purpose=c.purpose, created_at=utcnow())
-    context = render_context(settings, probe, customer)
-    context, _ = headers.decorate(settings, probe, customer, context, [])
+    probe = probes.probe(customer, kind=c.template, campaign_id=c.id, to_address=address,
+                         to_hash=email_hash(address, address_hash_salt(settings)),
+                         locale=(customer.locale if customer else None) or settings.default_locale,
+                         data={}, purpose=c.purpose)
+    context = probes.probe_context(settings, probe, customer, links=True)
     data, options = headers.render_args(settings, probe, context)
     rendered = renderer.render(c.template, probe.locale, data, context=context, **options)
     rendered = headers.after_render(context, rendered)

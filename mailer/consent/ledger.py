@@ -35,10 +35,11 @@ from sqlalchemy import and_, exists, or_, select, text, update
 from sqlalchemy.orm import Session, aliased
 
 from mailer import tokens
-from mailer.addresses import email_hash, normalize
+from mailer.addresses import email_hash
 from mailer.clock import utcnow
+from mailer.customers.records import by_email as customer_by_email  # the one lookup, under the CLI's name
 from mailer.customers.records import get_or_create
-from mailer.errors import ConsentError, NotFound, TokenError
+from mailer.errors import ConsentError, TokenError
 from mailer.instance_secrets import address_hash_salt
 from mailer.models import (
     ConsentAction,
@@ -262,15 +263,6 @@ def current_purposes(session: Session, settings: Settings, customer_id: int) -> 
 
 
 # -- conveniences for the CLI, the web endpoints and other capabilities ---------------------
-def customer_by_email(session: Session, email: str) -> Customer:
-    """The (not erased) customer with this address, or NotFound."""
-    address = normalize(email)
-    customer = session.execute(select(Customer).where(Customer.email == address)).scalar_one_or_none()
-    if customer is None:
-        raise NotFound(f"no customer with address {address}")
-    return customer
-
-
 def _customer(session: Session, settings: Settings, customer: Customer | None, email: str | None, *,
               create: bool) -> Customer:
     if (customer is None) == (email is None):

@@ -11,10 +11,9 @@ erased address re-imported later stays suppressed.  Scopes:
 from __future__ import annotations
 
 from sqlalchemy import or_, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from mailer.db import insert_or_ignore
 from mailer.models import Suppression, SuppressionReason
 from mailer.rendering import TRANSACTIONAL
 
@@ -44,8 +43,4 @@ def suppress(session: Session, *, address_hash: str, email: str | None, reason: 
     reason = SuppressionReason(reason)
     values = dict(email_hash=address_hash, email=email, reason=reason.value,
                   scope=scope or REASON_SCOPE[reason], detail=detail)
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(Suppression).values(**values).on_conflict_do_nothing(
-        index_elements=["email_hash", "reason", "scope"])
-    session.execute(stmt)
+    session.execute(insert_or_ignore(session, Suppression, values, index_elements=["email_hash", "reason", "scope"]))

@@ -30,17 +30,16 @@ from typing import Callable, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import delete, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mailer import limits
 from mailer.addresses import email_hash, normalize
 from mailer.clock import utcnow
-from mailer.db import all_or_nothing
-from mailer.errors import InvalidAddress, NotFound, ValidationError
+from mailer.db import all_or_nothing, dialect_insert
+from mailer.errors import ControlFlow, InvalidAddress, NotFound, ValidationError
 from mailer.instance_secrets import address_hash_salt
 from mailer.models import Customer, CustomerTag, SpendTier
+from mailer.rendering.i18n import is_valid_locale
 from mailer.settings import Settings
 
 #: Columns the import understands; others are kept in ``customers.attributes``.
@@ -65,10 +64,6 @@ MAX_TOTAL_SPENT = Decimal("999999999999.99")
 TOTAL_SPENT_DECIMAL_PLACES = 2
 #: Largest orders_count the column holds: customers.orders_count is INTEGER (32-bit on PostgreSQL).
 MAX_ORDERS_COUNT = 2**31 - 1
-#: Longest locale tag, characters (customers.locale is VARCHAR(20)).
-MAX_LOCALE_CHARS = 20
-
-_LOCALE = re.compile(r"^[a-zA-Z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: What ``errors="surrogateescape"`` turns an undecodable byte into.
 _UNDECODED = re.compile("[\udc80-\udcff]")
@@ -140,7 +135,7 @@ def parse_row(row: dict[str, str]) -> dict:
         except ValueError as exc:
             raise _Bad(col, str(exc)) from None
     locale = (row.get("locale") or "").strip()
-    if locale and (len(locale) > MAX_LOCALE_CHARS or not _LOCALE.match(locale)):
+    if locale and not is_valid_locale(locale):
         raise _Bad("locale", f"{_short(locale)} is not a locale tag such as en, pl or zh-TW")
     out["locale"] = locale.replace("_", "-") or None
     tz = (row.get("timezone") or "").strip()
@@ -194,7 +189,9 @@ def _short(value: str, limit: int = 40) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
-class _Bad(Exception):
+class _Bad(ControlFlow):
+    """One cell is bad: ``column`` names it, ``reason`` says why (becomes a row error)."""
+
     def __init__(self, column: str, reason: str):
         super().__init__(column, reason)
         self.column = column
@@ -209,14 +206,12 @@ def _upsert(session: Session, settings: Settings, rows: list[dict], result: Impo
     rows = list(by_email.values())
     emails = list(by_email)
     existing = set(session.execute(select(Customer.email).where(Customer.email.in_(emails))).scalars())
-    dialect = session.get_bind().dialect.name
-    ins = pg_insert if dialect == "postgresql" else sqlite_insert
     now = utcnow()
     values = [{k: v for k, v in r.items() if k != "tags"} | {
         "email_hash": email_hash(r["email"], address_hash_salt(settings)), "attributes": r.get("attributes", {}),
         "created_at": now, "updated_at": now} for r in rows]
     table = Customer.__table__
-    stmt = ins(table)
+    stmt = dialect_insert(session, table)
     updatable = [c for c in COLUMNS if c not in ("email", "tags")] + ["email_hash", "updated_at"]
     # executemany of one cached statement (insertmanyvalues batches it): insert new
     # addresses, update known ones in place. A multi-VALUES literal would recompile per batch.
@@ -361,23 +356,22 @@ def _undecoded(value: str, encoding: str) -> str | None:
 def _header(path: Path, records, encoding: str, delimiter: str, columns: tuple[str, ...] = COLUMNS,
             required: tuple[str, ...] = ("email",), only_known: bool = False) -> list[str]:
     first = next(records, None)
-    where = f"{path}:1"
     if first is None:
         raise ValidationError(f"{path}: line 1: the file is empty; the first line must be a header with an "
-                              f"'email' column (columns understood: {', '.join(columns)})", where=where)
+                              f"'email' column (columns understood: {', '.join(columns)})")
     _, text, problem = first
     if text is None:
-        raise ValidationError(f"{path}: line 1: {problem}", where=where)
+        raise ValidationError(f"{path}: line 1: {problem}")
     try:
         names = [f.strip() for f in _split(_strip_ending(text), delimiter)]
     except _Bad as bad:
-        raise ValidationError(f"{path}: line 1: {bad.reason}", where=where) from None
+        raise ValidationError(f"{path}: line 1: {bad.reason}") from None
     if names:
         names[0] = names[0].lstrip("\ufeff").strip()
     for name in names:
         problem = _undecoded(name, encoding)
         if problem:
-            raise ValidationError(f"{path}: line 1: {problem}", where=where)
+            raise ValidationError(f"{path}: line 1: {problem}")
     missing = [c for c in required if c not in names]
     if missing:
         hint = ""
@@ -389,16 +383,16 @@ def _header(path: Path, records, encoding: str, delimiter: str, columns: tuple[s
         need = (f"an {missing[0]!r} column" if len(missing) == 1
                 else "the columns " + ", ".join(repr(c) for c in missing))
         raise ValidationError(f"{path}: line 1: the header must have {need} "
-                              f"(columns understood: {', '.join(columns)}){hint}", where=where)
+                              f"(columns understood: {', '.join(columns)}){hint}")
     seen = set()
     for name in names:
         if name in seen:
-            raise ValidationError(f"{path}: line 1: column {_short(name)} appears twice", where=where)
+            raise ValidationError(f"{path}: line 1: column {_short(name)} appears twice")
         seen.add(name)
     unknown = [n for n in names if n not in columns] if only_known else []
     if unknown:
         raise ValidationError(f"{path}: line 1: unknown column {_short(unknown[0])} (columns understood: "
-                              f"{', '.join(columns)}); rename or drop it", where=where)
+                              f"{', '.join(columns)}); rename or drop it")
     return names
 
 
@@ -421,10 +415,10 @@ def iter_rows(path: Path, *, encoding: str = DEFAULT_ENCODING, delimiter: str = 
         with open(path, newline="", encoding=encoding, errors="surrogateescape") as fh:
             yield from _rows(path, fh, encoding, delimiter, columns, required, only_known)
     except OSError as exc:
-        raise ValidationError(f"{path}: cannot read: {exc.strerror or exc}", where=str(path)) from None
+        raise ValidationError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except UnicodeError as exc:  # codecs that refuse a whole stream (UTF-16 without a BOM, a cut-off last byte)
         raise ValidationError(f"{path}: cannot be read as {encoding} ({exc}); pass --encoding with the file's "
-                              "encoding (e.g. --encoding utf-16-le)", where=str(path)) from None
+                              "encoding (e.g. --encoding utf-16-le)") from None
 
 
 def _rows(path: Path, fh, encoding: str, delimiter: str, columns: tuple[str, ...] = COLUMNS,
@@ -582,6 +576,7 @@ def get_or_create(session: Session, settings: Settings, address: str, *, locale:
 
 
 def by_email(session: Session, address: str) -> Customer:
+    """The (not erased) customer with this address, or NotFound."""
     email = normalize(address)
     customer = session.execute(select(Customer).where(Customer.email == email)).scalar_one_or_none()
     if customer is None:

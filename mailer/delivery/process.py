@@ -64,8 +64,10 @@ from mailer.delivery.bounces import record_bounce, sender_refusal
 from mailer.delivery.compose import compose
 from mailer.errors import (
     DeliveryError,
+    LeaseHeld,
     MailerError,
     PermanentDeliveryError,
+    RateLimited,
     TemplateError,
     TransientDeliveryError,
     ValidationError,
@@ -91,10 +93,6 @@ FINAL = frozenset({DeliveryStatus.sent, DeliveryStatus.failed, DeliveryStatus.bo
 
 #: Seconds between attempts to commit a result while the database is unreachable.
 RECORD_RETRY_PAUSE_S = 0.5
-
-
-class LeaseHeld(TransientDeliveryError):
-    """Another worker holds a live lease on this delivery; try again after it expires."""
 
 
 @dataclass(frozen=True)
@@ -305,7 +303,6 @@ def _rate_limited(app) -> bool:
 
 
 def _process(app, delivery_id: int, owner: str) -> Outcome:
-    settings = app.settings
     if not _rate_limited(app):
         # The peek only keeps us from waiting for tokens for a delivery we would not send;
         # without limits the claim alone decides the same cases (final, held, not due,
@@ -326,7 +323,7 @@ def _process(app, delivery_id: int, owner: str) -> Outcome:
         raise LeaseHeld(f"delivery {delivery_id} is leased by {peek.lease_owner} until {peek.lease_until}")
     try:
         relay = _reserve(app, peek.to_address)
-    except ratelimit.RateLimited:
+    except RateLimited:
         metrics.count("rate_limited", queue=peek.queue, kind=peek.kind)
         raise
     return _claimed(app, delivery_id, owner, relay)
@@ -438,9 +435,9 @@ def _record_transient(app, delivery: Delivery, owner: str, exc: TransientDeliver
     _finish(app, delivery.id, owner, status=DeliveryStatus.queued, reason=str(exc), smtp_code=exc.code,
             smtp_reply=exc.reply)
     metrics.count("retried", queue=delivery.queue, kind=delivery.kind)
-    if getattr(exc, "side", "") == SENDER:
-        sender_refusal(delivery, relay=getattr(exc, "relay", ""), code=exc.code, enhanced=exc.enhanced,
-                       reason=getattr(exc, "reason", ""), reply=exc.reply, effect="will retry")
+    if exc.side == SENDER:
+        sender_refusal(delivery, relay=exc.relay, code=exc.code, enhanced=exc.enhanced,
+                       reason=exc.reason or "", reply=exc.reply, effect="will retry")
     else:
         log.warning("delivery %s: transient failure, will retry: %s", delivery.id, exc)
     raise exc
@@ -448,15 +445,15 @@ def _record_transient(app, delivery: Delivery, owner: str, exc: TransientDeliver
 
 def _record_permanent(app, delivery: Delivery, owner: str, exc: PermanentDeliveryError) -> None:
     """A permanent refusal: fail the delivery and, for bounces, suppress the address."""
-    outcome = getattr(exc, "outcome", "fail")
-    reason = getattr(exc, "reason", str(exc))
+    outcome = exc.outcome or "fail"
+    reason = exc.reason if exc.reason is not None else str(exc)
     _finish(app, delivery.id, owner, status=DeliveryStatus.failed, reason=str(exc), smtp_code=exc.code,
             smtp_reply=exc.reply)
     metrics.count("failed", queue=delivery.queue, kind=delivery.kind)
-    if getattr(exc, "side", "") == SENDER:
+    if exc.side == SENDER:
         # Our fault (size, content, IP, authentication, relaying, rate): never a bounce
         # against the customer, never a suppression; the operator is told instead.
-        sender_refusal(delivery, relay=getattr(exc, "relay", ""), code=exc.code, enhanced=exc.enhanced,
+        sender_refusal(delivery, relay=exc.relay, code=exc.code, enhanced=exc.enhanced,
                        reason=reason, reply=exc.reply, effect="failed")
         return
     if outcome in ("hard", "soft"):

@@ -26,6 +26,7 @@ from mailer import limits
 from mailer.addresses import normalize
 from mailer.errors import InvalidAddress, InvalidEvent
 from mailer.models import Customer, ShopEvent
+from mailer.rendering.i18n import is_valid_locale
 
 log = logging.getLogger("mailer.events")
 
@@ -39,7 +40,6 @@ IDEMPOTENCY_KEY_MAX_CHARS = 240
 COUNT_MAX = 2**31 - 1
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_LOCALE = re.compile(r"^[a-zA-Z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 
 
 # -- field types -------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def _label(value: Any, where: str) -> str | dict:
             raise InvalidEvent(f"{where} is an empty object; give text or text per locale", field=where)
         out = {}
         for loc, text in value.items():
-            if not _LOCALE.match(str(loc)):
+            if not is_valid_locale(str(loc)):
                 raise InvalidEvent(f"{where}.{loc} is not a locale tag such as en, pl or zh-TW", field=f"{where}.{loc}")
             out[str(loc)] = _text(text, f"{where}.{loc}", 200)
         return out
@@ -149,7 +149,7 @@ def _currency(value: Any, where: str) -> str:
 
 def _locale(value: Any, where: str) -> str:
     text = _text(value, where, 20)
-    if not _LOCALE.match(text):
+    if not is_valid_locale(text):
         raise InvalidEvent(f"{where} {text!r} is not a locale tag such as en, pl or zh-TW", field=where)
     return text.replace("_", "-")
 
@@ -214,7 +214,7 @@ def _item_list(fields: dict[str, Field]):
             except InvalidEvent as exc:
                 problems.extend(_problems_of(exc))
         if problems:
-            raise _invalid(problems)
+            raise InvalidEvent.listing(problems)
         return [{**item, "quantity": item.get("quantity", 1)} for item in items]
     return check
 
@@ -223,15 +223,7 @@ _items = _item_list(ITEM_FIELDS)
 
 
 def _problems_of(exc: InvalidEvent) -> list[tuple[str, str]]:
-    return list(getattr(exc, "problems", None) or [(exc.field or "data", str(exc))])
-
-
-def _invalid(problems: list[tuple[str, str]]) -> InvalidEvent:
-    """One InvalidEvent for all ``problems`` (its message and field are the first one's)."""
-    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-    exc = InvalidEvent(problems[0][1] + more, field=problems[0][0])
-    exc.problems = problems
-    return exc
+    return list(exc.problems or [(exc.field or "data", str(exc))])
 
 
 def _object(value: Any, fields: dict[str, Field], where: str) -> dict:
@@ -255,7 +247,7 @@ def _object(value: Any, fields: dict[str, Field], where: str) -> dict:
         except InvalidEvent as exc:
             problems.extend(_problems_of(exc))
     if problems:
-        raise _invalid(problems)
+        raise InvalidEvent.listing(problems)
     return out
 
 
@@ -318,7 +310,7 @@ def validate(type_: str, data: Any) -> dict:
         raise InvalidEvent(f"unknown event type {shown}; known types: {', '.join(EVENT_TYPES)}", field="type")
     bounded = limits.check(data, "data")
     if bounded:
-        raise _invalid(bounded)
+        raise InvalidEvent.listing(bounded)
     cleaned = _object(data, SCHEMAS[type_], "data")
     if type_ == "customer_updated" and "tags" in cleaned and ({"add_tags", "remove_tags"} & cleaned.keys()):
         raise InvalidEvent("data.tags replaces the tag set; do not combine it with add_tags / remove_tags",

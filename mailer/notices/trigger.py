@@ -22,7 +22,7 @@ from mailer import limits
 from mailer.addresses import email_hash, normalize
 from mailer.app import App, get_app
 from mailer.customers.records import get_or_create
-from mailer.delivery.compose import render_context
+from mailer.delivery import preview
 from mailer.errors import NotFound, ValidationError
 from mailer.instance_secrets import address_hash_salt
 from mailer.message.mime import header_text
@@ -87,9 +87,8 @@ def create(app: App, kind: str, *, to: str | None = None, customer_id: int | Non
         address = customer.email
         loc = locale or customer.locale or settings.default_locale
         # Fail early: the template must render for this locale and data before we store anything.
-        probe = Delivery(id=0, kind=kind, to_address=address, locale=loc, data=data, purpose=spec.purpose)
-        rendered = renderer.render(kind, loc, data, context=render_context(settings, probe, customer) | {
-            "unsubscribe_url": "#", "preferences_url": "#"})
+        probe = preview.probe(customer, kind=kind, to_address=address, locale=loc, data=data, purpose=spec.purpose)
+        rendered = renderer.render(kind, loc, data, context=preview.probe_context(settings, probe, customer))
         # The header rule (mailer.mime.header_text) applied now, not at send time: line
         # breaks in the subject are flattened (the renderer already did), and any other
         # control character smuggled in through the data is refused before anything is stored.

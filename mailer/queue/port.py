@@ -22,7 +22,7 @@ import logging
 
 import dramatiq
 
-from mailer.errors import MailerError
+from mailer.errors import NoBroker
 
 log = logging.getLogger("mailer.queue")
 
@@ -46,10 +46,6 @@ ACTOR_QUEUES = {
     FAN_OUT: QUEUE_BULK,
     SWEEP: QUEUE_DEFAULT,
 }
-
-
-class NoBroker(MailerError):
-    """No broker is configured in this process (call mailer.queue.broker.setup first)."""
 
 
 def current_broker() -> dramatiq.Broker:

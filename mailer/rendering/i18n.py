@@ -28,13 +28,16 @@ from babel import Locale, UnknownLocaleError
 from babel.dates import format_date, format_datetime, format_time
 from babel.numbers import format_currency, format_decimal, format_percent
 
+from mailer.errors import FormatError
+
 #: Memoized formatting results kept per filter (entries, not bytes).
 CACHE_ENTRIES = 8192
 #: Right-to-left scripts among the languages we may be asked for.
 RTL_LANGUAGES = frozenset({"ar", "he", "fa", "ur"})
-#: The one rule for a locale given as input (API ``locale``, CLI ``--locale``): ``pl``, ``zh-TW``, ``pt_BR``.
+#: The one rule for a locale given as input (API ``locale``, CLI ``--locale``, event data, the
+#: customer import): ``pl``, ``zh-TW``, ``pt_BR``.
 LOCALE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8}){0,3}$"
-#: Longest locale accepted as input, characters.
+#: Longest locale accepted as input, characters (customers.locale is VARCHAR(20)).
 MAX_LOCALE_CHARS = 20
 _LOCALE_INPUT = re.compile(LOCALE_PATTERN)
 
@@ -75,10 +78,6 @@ def chain(locale: str | None, default: str = "en") -> tuple[str, ...]:
         if c not in seen:
             seen.append(c)
     return tuple(seen)
-
-
-class FormatError(ValueError):
-    """A value handed to a formatting filter cannot be formatted (names the value)."""
 
 
 @functools.lru_cache(maxsize=256)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailer.errors import MissingField, TemplateError, ValidationError
+from mailer.errors import FormatError, MissingField, TemplateError, ValidationError
 from mailer.rendering import i18n
 
 TRANSACTIONAL = "transactional"
@@ -146,12 +146,12 @@ def _type_problem(t: str, value: Any) -> str | None:
     if t == "date":
         try:
             i18n.to_date(value)
-        except i18n.FormatError:
+        except FormatError:
             return f"must be an ISO date like 2026-12-01, got {value!r}"
     elif t == "datetime":
         try:
             i18n.to_datetime(value)
-        except i18n.FormatError:
+        except FormatError:
             return f"must be an ISO date-time like 2026-12-01T15:30:00Z, got {value!r}"
     return None
 

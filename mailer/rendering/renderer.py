@@ -39,7 +39,7 @@ import mjml
 from jinja2.exceptions import SecurityError
 
 from mailer import assets
-from mailer.errors import MissingField, TemplateError, TemplateTextError, UnknownKind, ValidationError
+from mailer.errors import FormatError, MissingField, TemplateError, TemplateTextError, UnknownKind, ValidationError
 from mailer.rendering import i18n
 from mailer.rendering.i18n import fallback_chain
 from mailer.rendering.kinds import KindSpec, _check_value, _parse_kind
@@ -459,7 +459,7 @@ class Renderer:
             text = tidy_text(c.text.render(ctx))
         except jinja2.UndefinedError as exc:
             raise self._runtime_error(exc, c, loc) from exc
-        except i18n.FormatError as exc:
+        except FormatError as exc:
             raise TemplateError(f"cannot format a value: {exc}", template=path, locale=loc) from exc
         except (TypeError, ValueError, AttributeError, ArithmeticError) as exc:
             raise TemplateError(f"{type(exc).__name__}: {exc}", template=path, locale=loc) from exc

@@ -4,20 +4,9 @@ Owns the whitelist of fields and operators (:data:`FIELDS`), the :class:`Segment
 record, and turning a condition table into the normalized tree the compiler
 (:mod:`mailer.segments.conditions`) and resolution (:mod:`mailer.segments.resolve`) use.
 
-A segment is a file ``segments/<name>.toml`` (or ``.yaml``/``.yml``)::
-
-    description = "VIP customers: tagged VIP or spent over 1000"
-    purpose = "newsletter"          # the consent purpose every recipient must have now
-
-    [where]
-    any = [
-      { tags = { any = ["VIP"] } },
-      { total_spent = { gt = 1000 } },
-    ]
-
-Conditions are tables over whitelisted fields (see :data:`FIELDS`) combined with
-``all``, ``any`` and ``not``; several keys in one table must all hold.  There is no
-way to write SQL in a segment file.
+The file format, with an example, is in the package docstring (:mod:`mailer.segments`):
+tables over whitelisted fields (:data:`FIELDS`) combined with ``all``, ``any`` and
+``not``; there is no way to write SQL in a segment file.
 
 Files are bounded before and while they are parsed: at most
 :data:`MAX_SEGMENT_FILE_BYTES`, nesting at most :data:`MAX_FILE_NESTING_DEPTH` tables
@@ -96,7 +85,7 @@ class Segment:
 # -- loading and validation -------------------------------------------------------------------
 def _fail(path: Path | str | None, key: str, message: str) -> SegmentError:
     where = str(path) if path else "segment"
-    return SegmentError(f"{where}: {key}: {message}", field=key, where=where)
+    return SegmentError(f"{where}: {key}: {message}", field=key)
 
 
 def _fields_help() -> str:
@@ -167,6 +156,18 @@ def nesting_line(text: str, limit: int = MAX_FILE_NESTING_DEPTH) -> int | None:
     return None
 
 
+def load_toml(text: str, where: str, error: type[Exception], *, syntax: str = "") -> Any:
+    """``text`` parsed as TOML; ``error("<where>: ...")`` for a syntax error (after ``syntax``) or deep nesting."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{where}: {syntax}{exc}") from exc
+    except RecursionError:
+        line = nesting_line(text)
+        raise error(f"{where}: nested deeper than {MAX_FILE_NESTING_DEPTH} levels"
+                    + (f" (line {line})" if line else "")) from None
+
+
 def check_shape(data: Any, max_depth: int = MAX_FILE_NESTING_DEPTH) -> tuple[str, str] | None:
     """(key path, problem) for nesting deeper than ``max_depth`` or a NaN/infinite number; else None.
 
@@ -192,26 +193,18 @@ def check_shape(data: Any, max_depth: int = MAX_FILE_NESTING_DEPTH) -> tuple[str
 def _read(path: Path) -> dict:
     raw, problem = read_bounded(path, MAX_SEGMENT_FILE_BYTES)
     if raw is None:
-        raise SegmentError(f"{path}: {problem}", where=str(path))
+        raise SegmentError(f"{path}: {problem}")
     if path.suffix == ".toml":
-        try:
-            data = tomllib.loads(raw)
-        except tomllib.TOMLDecodeError as exc:
-            raise SegmentError(f"{path}: TOML syntax: {exc}", where=str(path)) from exc
-        except RecursionError:
-            line = nesting_line(raw)
-            raise SegmentError(f"{path}: nested deeper than {MAX_FILE_NESTING_DEPTH} levels"
-                               + (f" (line {line})" if line else ""), where=str(path)) from None
+        data = load_toml(raw, str(path), SegmentError, syntax="TOML syntax: ")
     else:
         try:
             data = yaml.load(raw, Loader=BoundedYAMLLoader)  # nosec B506 - a SafeLoader subclass, aliases refused
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-            raise SegmentError(f"{path}: YAML syntax{at}: {getattr(exc, 'problem', None) or exc}",
-                               where=str(path)) from exc
+            raise SegmentError(f"{path}: YAML syntax{at}: {getattr(exc, 'problem', None) or exc}") from exc
     if not isinstance(data, dict):
-        raise SegmentError(f"{path}: the file must be a table of keys ({', '.join(TOP_KEYS)})", where=str(path))
+        raise SegmentError(f"{path}: the file must be a table of keys ({', '.join(TOP_KEYS)})")
     bad = check_shape(data)
     if bad:
         raise _fail(path, *bad)
@@ -254,8 +247,7 @@ def load(settings: Settings, name: str) -> Segment:
         known = ", ".join(p.stem for p in segment_files(settings)) or "none"
         raise SegmentError(f"unknown segment {name!r} in {root}; known segments: {known}", field="segment")
     if len(found) > 1:
-        raise SegmentError(f"segment {name!r} is defined twice: {', '.join(map(str, found))}; keep one",
-                           where=str(found[0]))
+        raise SegmentError(f"segment {name!r} is defined twice: {', '.join(map(str, found))}; keep one")
     path = found[0]
     return parse(_read(path), settings=settings, name=name, path=path)
 

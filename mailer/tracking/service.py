@@ -37,13 +37,12 @@ from email import message_from_bytes, policy
 from urllib.parse import quote, urlsplit
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mailer import tokens
 from mailer.clock import utcnow
 from mailer.consent import ledger as consent
+from mailer.db import dialect_insert
 from mailer.errors import TokenError
 from mailer.models import (
     ConsentAction,
@@ -350,12 +349,10 @@ def record_rating(session: Session, link: Link, *, rating: int | None = None, co
     if existing is None:
         if rating is None:
             return None  # a comment before any rating: nothing to attach it to
-        dialect = session.get_bind().dialect.name
-        insert = pg_insert if dialect == "postgresql" else sqlite_insert
         values = dict(order_number=link.order_number, customer_id=link.customer_id, rating=rating,
                       comment=comment, updated_at=now)
         # Two clicks racing for a new order: the upsert keeps one row, the later write wins.
-        stmt = insert(CsatRating).values(**values)
+        stmt = dialect_insert(session, CsatRating).values(**values)
         stmt = stmt.on_conflict_do_update(index_elements=["order_number"],
                                           set_=dict(rating=rating, updated_at=now))
         session.execute(stmt)

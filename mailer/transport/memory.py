@@ -62,11 +62,9 @@ class MemoryTransport:
 
     def send(self, *, envelope_from: str, recipient: str, message: bytes) -> SendResult:
         if not self.smtputf8 and not (envelope_from.isascii() and recipient.isascii() and message.isascii()):
-            err = SMTPUTF8Unsupported(f"{self.name} does not offer SMTPUTF8, which the internationalized "
+            raise SMTPUTF8Unsupported(f"{self.name} does not offer SMTPUTF8, which the internationalized "
                                       f"address {recipient!r} needs; nothing was sent",
                                       reply="SMTPUTF8 not offered")
-            err.outcome = "fail"  # type: ignore[attr-defined]
-            raise err
         outbox(self.box).append(Sent(envelope_from, recipient, message))
         return SendResult(250, "2.0.0 Ok: kept in memory", self.name)
 

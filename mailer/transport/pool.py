@@ -7,7 +7,7 @@ relay's URL may say ``?rate=N`` (messages per second) to override ``MAILER_RELAY
 * :meth:`RelayPool.choose` picks the relay for the next message by weight, among relays
   that are not cooling down and have a rate-limit token this second (the token is
   taken); when every relay is at its limit it sleeps until the next second, for at most
-  a bounded wait, then raises :class:`~mailer.ratelimit.RateLimited`.
+  a bounded wait, then raises :class:`~mailer.errors.RateLimited`.
 * :meth:`RelayPool.send` sends through the chosen relay; when that relay cannot be
   reached (a transient error before anything was handed over) it is put in cooldown
   for :data:`RELAY_COOLDOWN_S` and the next relay with a free token is tried, so one
@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from mailer.errors import ConfigurationError, SMTPUTF8Unsupported, TransientDeliveryError
+from mailer.errors import ConfigurationError, RateLimited, SMTPUTF8Unsupported, TransientDeliveryError
 from mailer.settings import Settings
 from mailer.transport import open_transport, ratelimit
 from mailer.transport.base import SendResult, Transport
@@ -116,7 +116,7 @@ class RelayPool:
                     return relay
             pause = ratelimit.seconds_to_next_bucket() + random.uniform(0, ratelimit.JITTER_S)
             if time.monotonic() - started + pause > max_wait_s:
-                raise ratelimit.RateLimited(f"every relay is at its rate limit after {max_wait_s:.0f} s; "
+                raise RateLimited(f"every relay is at its rate limit after {max_wait_s:.0f} s; "
                                             "retrying later")
             time.sleep(pause)
 
@@ -147,17 +147,15 @@ class RelayPool:
                 continue
             except TransientDeliveryError as exc:
                 # Only connection failures (no SMTP code) fail over: the message was not handed over.
-                if exc.code is not None or getattr(exc, "maybe_sent", False):
+                if exc.code is not None or exc.maybe_sent:
                     raise
                 candidate.down_until = time.monotonic() + RELAY_COOLDOWN_S
                 last = exc
         if isinstance(last, SMTPUTF8Unsupported) and len(candidates) > 1:
-            err = SMTPUTF8Unsupported(f"no configured relay offers SMTPUTF8, which the internationalized address "
+            raise SMTPUTF8Unsupported(f"no configured relay offers SMTPUTF8, which the internationalized address "
                                       f"{recipient!r} needs; nothing was sent", reply=last.reply)
-            err.outcome = "fail"  # type: ignore[attr-defined]
-            raise err
         if last is None:
-            raise ratelimit.RateLimited("no relay had a free rate-limit token for failover; retrying later")
+            raise RateLimited("no relay had a free rate-limit token for failover; retrying later")
         raise last
 
     def close(self) -> None:

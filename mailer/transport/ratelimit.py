@@ -28,7 +28,7 @@ import redis
 from dramatiq.rate_limits import BucketRateLimiter
 from dramatiq.rate_limits.backends import RedisBackend, StubBackend
 
-from mailer.errors import TransientDeliveryError
+from mailer.errors import RateLimited, TransientDeliveryError
 from mailer.settings import Settings
 
 log = logging.getLogger("mailer.ratelimit")
@@ -41,10 +41,6 @@ MAX_WAIT_S = 10.0
 JITTER_S = 0.05
 #: Prefix of every rate-limit key in Redis.
 KEY_PREFIX = "mailer:rate"
-
-
-class RateLimited(TransientDeliveryError):
-    """No token within the allowed wait; retry the delivery later."""
 
 
 class Limiter:

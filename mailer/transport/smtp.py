@@ -20,7 +20,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from mailer.errors import (
     ConfigurationError,
-    PermanentDeliveryError,
     SMTPUTF8Unsupported,
     TransientDeliveryError,
 )
@@ -68,11 +67,8 @@ class SMTPTransport:
         except smtplib.SMTPAuthenticationError as exc:
             # Through the reply table like any refusal: sender side (our credentials), never
             # the recipient's fault.
-            err = error_for_reply(exc.smtp_code, "authentication failed: " + _text(exc.smtp_error),
-                                  relay=self.name)
-            if isinstance(err, PermanentDeliveryError):
-                err.side = SENDER  # type: ignore[attr-defined]
-            raise err from exc
+            raise error_for_reply(exc.smtp_code, "authentication failed: " + _text(exc.smtp_error),
+                                  relay=self.name, permanent_side=SENDER) from exc
         except (OSError, smtplib.SMTPException) as exc:
             raise TransientDeliveryError(f"{self.name}: cannot connect: {exc}") from exc
         return conn
@@ -104,11 +100,9 @@ class SMTPTransport:
             mail_options: list[str] = []
             if needs_utf8:
                 if not conn.has_extn("smtputf8"):
-                    err = SMTPUTF8Unsupported(
+                    raise SMTPUTF8Unsupported(
                         f"{self.name} does not offer SMTPUTF8, which the internationalized address "
                         f"{recipient!r} needs; nothing was sent", code=None, reply="SMTPUTF8 not offered")
-                    err.outcome = "fail"  # type: ignore[attr-defined]
-                    raise err
                 mail_options = ["SMTPUTF8", "BODY=8BITMIME"]
             stage = "mail"
             try:
@@ -165,6 +159,4 @@ def _text(reply: bytes | str) -> str:
 def _transient(message: str, stage: str) -> TransientDeliveryError:
     """A connection-level failure; ``maybe_sent`` when it struck during DATA (the relay may
     have accepted the message before the connection broke)."""
-    err = TransientDeliveryError(message)
-    err.maybe_sent = stage == "data"  # type: ignore[attr-defined]
-    return err
+    return TransientDeliveryError(message, maybe_sent=stage == "data")

@@ -252,14 +252,16 @@ def classify_dsn(status: str, diagnostic: str = "") -> Outcome:
     return classify(code, f"{status} {text}".strip())
 
 
-def error_for_reply(code: int, reply: str, *, relay: str = "") -> DeliveryError:
-    """The exception a transport raises for a refusing reply."""
+def error_for_reply(code: int, reply: str, *, relay: str = "", permanent_side: str | None = None) -> DeliveryError:
+    """The exception a transport raises for a refusing reply.
+
+    ``permanent_side`` overrides the table's side when the refusal is permanent (a failed
+    login is about our credentials, whatever the reply says).
+    """
     result = classify(code, reply)
-    cls = TransientDeliveryError if result.outcome == "retry" else PermanentDeliveryError
-    err = cls(f"{relay + ': ' if relay else ''}{code} {reply} ({result.reason})", code=code,
-              enhanced=result.enhanced, reply=f"{code} {reply}")
-    err.outcome = result.outcome  # type: ignore[attr-defined]
-    err.reason = result.reason  # type: ignore[attr-defined]
-    err.side = result.side  # type: ignore[attr-defined]
-    err.relay = relay  # type: ignore[attr-defined]
-    return err
+    transient = result.outcome == "retry"
+    cls = TransientDeliveryError if transient else PermanentDeliveryError
+    side = result.side if transient or permanent_side is None else permanent_side
+    return cls(f"{relay + ': ' if relay else ''}{code} {reply} ({result.reason})", code=code,
+               enhanced=result.enhanced, reply=f"{code} {reply}", outcome=result.outcome,
+               reason=result.reason, side=side, relay=relay)

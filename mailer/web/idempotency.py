@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mailer.db import insert_or_ignore
 from mailer.errors import ValidationError
 from mailer.models import IdempotencyRecord
 
@@ -84,14 +83,12 @@ def run(app, scope: str, key: str | None, body: Any, work: Callable[[], Response
     if not 200 <= response.status_code < 300:
         return response
     with app.session() as s:
-        dialect = s.get_bind().dialect.name
-        insert = pg_insert if dialect == "postgresql" else sqlite_insert
         # Two requests with one key racing: the first stored response wins; the loser
         # replays it (its work was idempotent under the same key, so it did nothing new).
-        res = s.execute(insert(IdempotencyRecord).values(scope=scope, key=key, request_sha256=digest,
-                                                         status_code=response.status_code,
-                                                         response=response.body)
-                        .on_conflict_do_nothing(index_elements=["scope", "key"]))
+        res = s.execute(insert_or_ignore(s, IdempotencyRecord,
+                                         dict(scope=scope, key=key, request_sha256=digest,
+                                              status_code=response.status_code, response=response.body),
+                                         index_elements=["scope", "key"]))
         if res.rowcount == 1:
             return response
     return _replay(stored(app, scope, key), digest)

@@ -35,10 +35,9 @@ def _problem(field: str | None, msg: str, type_: str = "value_error") -> dict:
 
 
 def _validation_response(exc: ValidationError | TemplateError) -> JSONResponse:
-    problems = getattr(exc, "problems", None)
-    if problems:
-        return JSONResponse({"detail": [_problem(f, msg) for f, msg in problems]}, status_code=422)
-    field = getattr(exc, "field", None)
+    if isinstance(exc, ValidationError) and exc.problems:
+        return JSONResponse({"detail": [_problem(f, msg) for f, msg in exc.problems]}, status_code=422)
+    field = exc.field
     if isinstance(exc, TemplateError) and not field:
         field = "data"
     return JSONResponse({"detail": [_problem(field, str(exc))]}, status_code=422)

@@ -27,6 +27,7 @@ from mailer.campaigns import fanout
 from mailer.campaigns.fanout import sweep_hook as campaigns_sweep_hook
 from mailer.delivery import process as delivery_service
 from mailer.delivery import sweeper
+from mailer.errors import LeaseHeld
 from mailer.queue import broker as queue_broker
 from mailer.queue import port
 from mailer.queue.port import QUEUE_BULK, QUEUE_DEFAULT, QUEUE_TRANSACTIONAL
@@ -84,7 +85,7 @@ def send_batch(delivery_ids: list[int]) -> None:
             return
         try:
             delivery_service.process(app, delivery_id, owner=owner)
-        except delivery_service.LeaseHeld:
+        except LeaseHeld:
             continue  # another worker has it
         except Exception as exc:  # noqa: BLE001 - isolate one recipient's failure from the batch
             if not delivery_service.is_retryable(exc):

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from mailer import limits
 from mailer.app import App
 from mailer.errors import (
+    InvalidData,
     NotFound,
     ValidationError,
 )
@@ -62,7 +63,7 @@ def _create_notice(m: App, api_key: ApiKey, body: NoticeIn, idem_key: str | None
     if (body.email is None) == (body.customer_id is None):
         problems.insert(0, ("email", "give exactly one of email or customer_id"))
     if problems:
-        raise limits.InvalidData(problems)
+        raise InvalidData.listing(problems)
     spec = m.renderer.validate(body.kind, body.data)
     if len(notices.purpose_for(spec.purpose, body.data)) > 100:
         raise ValidationError("data makes the consent purpose longer than 100 characters", field="data")
