@@ -357,12 +357,14 @@ def _undecoded(value: str, encoding: str) -> str | None:
             "encoding, pass --encoding (e.g. --encoding cp1252)")
 
 
-def _header(path: Path, records, encoding: str, delimiter: str) -> list[str]:
+def _header(path: Path, records, encoding: str, delimiter: str, columns: tuple[str, ...] = COLUMNS,
+            required: tuple[str, ...] = ("email",)) -> list[str]:
     first = next(records, None)
     where = f"{path}:1"
     if first is None:
-        raise ValidationError(f"{path}: line 1: the file is empty; the first line must be a header with an "
-                              f"'email' column (columns understood: {', '.join(COLUMNS)})", where=where)
+        raise ValidationError(f"{path}: line 1: the file is empty; the first line must be a header with the "
+                              f"column(s) {', '.join(required)} (columns understood: {', '.join(columns)})",
+                              where=where)
     _, text, problem = first
     if text is None:
         raise ValidationError(f"{path}: line 1: {problem}", where=where)
@@ -376,15 +378,18 @@ def _header(path: Path, records, encoding: str, delimiter: str) -> list[str]:
         problem = _undecoded(name, encoding)
         if problem:
             raise ValidationError(f"{path}: line 1: {problem}", where=where)
-    if "email" not in names:
+    missing = [c for c in required if c not in names]
+    if missing:
         hint = ""
         if len(names) == 1:
             for sep, shown in ((";", "';'"), ("\t", "'\\t'"), ("|", "'|'"), (",", "','")):
                 if sep != delimiter and sep in names[0]:
                     hint = f"; looks like {shown}-separated; pass --delimiter {shown}"
                     break
-        raise ValidationError(f"{path}: line 1: the header must have an 'email' column "
-                              f"(columns understood: {', '.join(COLUMNS)}){hint}", where=where)
+        what = f"an {missing[0]!r} column" if len(required) == 1 else f"the columns {', '.join(required)}"
+        raise ValidationError(f"{path}: line 1: the header must have {what} "
+                              f"(missing: {', '.join(missing)}; columns understood: {', '.join(columns)}){hint}",
+                              where=where)
     seen = set()
     for name in names:
         if name in seen:
@@ -393,12 +398,15 @@ def _header(path: Path, records, encoding: str, delimiter: str) -> list[str]:
     return names
 
 
-def iter_rows(path: Path, *, encoding: str = DEFAULT_ENCODING, delimiter: str = DEFAULT_DELIMITER
+def iter_rows(path: Path, *, encoding: str = DEFAULT_ENCODING, delimiter: str = DEFAULT_DELIMITER,
+              columns: tuple[str, ...] = COLUMNS, required: tuple[str, ...] = ("email",)
               ) -> Iterator[tuple[int, dict[str, str] | None, RowError | None]]:
     """(line number, row, None) or (line number, None, error) per record; the header is line 1.
 
     Quoted fields may span lines.  Blank lines between rows are errors; blank lines at
-    the end of the file are ignored.  Raises ValidationError (naming the file and line 1)
+    the end of the file are ignored.  ``columns`` / ``required`` name the columns the
+    header is checked against (the customers' by default; the orders import passes its own).
+    Raises ValidationError (naming the file and line 1)
     for an unknown encoding or delimiter, a file that cannot be opened, or a bad header.
     """
     check_encoding(encoding)
@@ -406,7 +414,7 @@ def iter_rows(path: Path, *, encoding: str = DEFAULT_ENCODING, delimiter: str = 
     try:
         # surrogateescape: an undecodable byte becomes one marker character, reported for its row.
         with open(path, newline="", encoding=encoding, errors="surrogateescape") as fh:
-            yield from _rows(path, fh, encoding, delimiter)
+            yield from _rows(path, fh, encoding, delimiter, columns, required)
     except OSError as exc:
         raise ValidationError(f"{path}: cannot read: {exc.strerror or exc}", where=str(path)) from None
     except UnicodeError as exc:  # codecs that refuse a whole stream (UTF-16 without a BOM, a cut-off last byte)
@@ -414,9 +422,10 @@ def iter_rows(path: Path, *, encoding: str = DEFAULT_ENCODING, delimiter: str = 
                               "encoding (e.g. --encoding utf-16-le)", where=str(path)) from None
 
 
-def _rows(path: Path, fh, encoding: str, delimiter: str) -> Iterator[tuple[int, dict | None, RowError | None]]:
+def _rows(path: Path, fh, encoding: str, delimiter: str, columns: tuple[str, ...] = COLUMNS,
+          required: tuple[str, ...] = ("email",)) -> Iterator[tuple[int, dict | None, RowError | None]]:
     records = _records(_lines(fh), delimiter)
-    names = _header(path, records, encoding, delimiter)
+    names = _header(path, records, encoding, delimiter, columns, required)
     blank: list[int] = []
     for number, text, problem in records:
         if text is None:
