@@ -27,6 +27,9 @@ Tables and what they are for:
 * ``shop_events``      events received from shops, idempotent.
 * ``reward_codes``     discount and gift-card codes, each given to at most one customer.
 * ``csat_ratings``     one rating per order (last click wins).
+* ``orders``           the shop's orders (events and imports), in the order's and the shop's currency;
+                       the prediction models are fitted on them (mailer/customers/orders.py).
+* ``prediction_fits``  every fit of the prediction models: when, as of which day, parameters.
 * ``instance_secrets`` secrets born with the database (the address-hash salt); see
                        mailer/instance_secrets.py.  Back them up with the data.
 """
@@ -34,7 +37,7 @@ Tables and what they are for:
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -42,8 +45,10 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -99,6 +104,18 @@ class SpendTier(str, enum.Enum):
     high = "high"
     medium = "medium"
     low = "low"
+
+
+class ChurnRisk(str, enum.Enum):
+    low = "low"
+    medium = "medium"
+    high = "high"
+
+
+class OrderStatus(str, enum.Enum):
+    placed = "placed"
+    cancelled = "cancelled"
+    refunded = "refunded"
 
 
 class ConsentAction(str, enum.Enum):
@@ -178,6 +195,15 @@ class Customer(Base):
     orders_count: Mapped[int] = mapped_column(Integer, default=0)
     last_order_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     predicted_spend_tier: Mapped[SpendTier | None] = mapped_column(_enum(SpendTier))
+    # Prediction figures written by `mailer predict score` (mailer/customers/predictions.py);
+    # NULL for a customer the model cannot score: scores are never invented.
+    p_alive: Mapped[float | None] = mapped_column(Float)
+    expected_orders_90d: Mapped[float | None] = mapped_column(Float)
+    expected_orders_365d: Mapped[float | None] = mapped_column(Float)
+    predicted_clv: Mapped[float | None] = mapped_column(Float)
+    expected_next_order_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    churn_risk: Mapped[ChurnRisk | None] = mapped_column(_enum(ChurnRisk))
+    predictions_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now(),
@@ -193,6 +219,11 @@ class Customer(Base):
         Index("ix_customers_orders_count", "orders_count"),
         Index("ix_customers_last_order_at", "last_order_at"),
         Index("ix_customers_created_at", "created_at"),
+        Index("ix_customers_predicted_clv", "predicted_clv"),
+        Index("ix_customers_p_alive", "p_alive"),
+        Index("ix_customers_churn_risk", "churn_risk"),
+        Index("ix_customers_expected_next_order_at", "expected_next_order_at"),
+        Index("ix_customers_predicted_spend_tier", "predicted_spend_tier"),
     )
 
     @property
@@ -645,3 +676,60 @@ class WebhookEvent(Base):
 
     def __repr__(self) -> str:
         return f"<WebhookEvent {self.provider}:{self.event_id} kind={self.kind!r}>"
+
+
+class Order(Base):
+    """One order of the shop: from an ``order_placed`` event or ``mailer orders import``."""
+
+    __tablename__ = "orders"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(BigId, ForeignKey("customers.id", ondelete="CASCADE"))
+    #: The shop's own order id (``order_number`` of the events, ``order_id`` of the import).
+    shop_order_id: Mapped[str] = mapped_column(String(200))
+    placed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: In the order's currency; NULL when the event carried no total.
+    total: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    #: Converted with MAILER_FX_RATES_FILE; NULL when it could not be (no total, no rate).
+    total_shop: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
+    status: Mapped[OrderStatus] = mapped_column(_enum(OrderStatus), default=OrderStatus.placed)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        # One row per shop order of a customer: events and imports upsert on it.
+        UniqueConstraint("customer_id", "shop_order_id", name="uq_orders_customer_shop_order"),
+        # The fit reads orders up to an as-of day.
+        Index("ix_orders_placed_at", "placed_at"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<Order id={self.id} customer_id={self.customer_id} shop_order_id={self.shop_order_id!r}>"
+
+
+class PredictionFit(Base):
+    """One fit of the prediction models (or an attempt refused for too little history)."""
+
+    __tablename__ = "prediction_fits"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    fitted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    as_of: Mapped[date] = mapped_column(Date)
+    #: ``cli`` (mailer predict fit/score) or ``daily`` (the worker's housekeeping).
+    trigger: Mapped[str] = mapped_column(String(20))
+    #: The day a daily refit is for: unique, so two workers never refit the same day.
+    daily_key: Mapped[date | None] = mapped_column(Date, unique=True)
+    #: ``fitted``, ``running``, ``not_enough_history`` or ``failed``.
+    status: Mapped[str] = mapped_column(String(30))
+    customers: Mapped[int | None] = mapped_column(Integer)
+    scored: Mapped[int | None] = mapped_column(Integer)
+    log_likelihood: Mapped[float | None] = mapped_column(Float)
+    #: The ``mailer predict fit --json`` object (parameters of both models).
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    detail: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_prediction_fits_fitted_at", "fitted_at"),)
+
+    def __repr__(self) -> str:
+        return f"<PredictionFit id={self.id} as_of={self.as_of} status={self.status!r}>"

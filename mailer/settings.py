@@ -161,6 +161,15 @@ class Settings:
     broker_heartbeat_ms: int = 60_000
     #: Redis broker: queue maintenance (requeueing dead workers' messages) per million commands.
     broker_maintenance_chance: int = 1000
+    #: The shop's rate table for converting order totals to MAILER_DEFAULT_CURRENCY (the shop's currency):
+    #: a CSV ``currency,rate`` or a TOML ``[rates]`` table, rate = shop currency per unit; never a live lookup.
+    fx_rates_file: str = ""
+    #: Monthly discount rate of ``predicted_clv`` over its 12 months (0.01 = 1% a month).
+    clv_discount_rate: float = 0.01
+    #: Quantiles of ``predicted_clv`` where the computed spend tier becomes medium and high ("q1,q2").
+    spend_tier_quantiles: str = "0.5,0.8"
+    #: The worker refits the prediction models and rescores every customer once a day (0 = off).
+    predictions_daily_refit: bool = True
 
     @property
     def signing_keys(self) -> tuple[str, ...]:
@@ -184,6 +193,8 @@ class Settings:
                 values[f.name] = _bool(raw)
             elif isinstance(default, int):
                 values[f.name] = int(raw)
+            elif isinstance(default, float):
+                values[f.name] = float(raw)
             elif isinstance(default, Path):
                 values[f.name] = _path(raw)
             elif isinstance(default, tuple):

@@ -357,8 +357,8 @@ def _header(path: Path, records, encoding: str, delimiter: str, columns: tuple[s
             required: tuple[str, ...] = ("email",), only_known: bool = False) -> list[str]:
     first = next(records, None)
     if first is None:
-        raise ValidationError(f"{path}: line 1: the file is empty; the first line must be a header with an "
-                              f"'email' column (columns understood: {', '.join(columns)})")
+        raise ValidationError(f"{path}: line 1: the file is empty; the first line must be a header with the "
+                              f"column(s) {', '.join(required)} (columns understood: {', '.join(columns)})")
     _, text, problem = first
     if text is None:
         raise ValidationError(f"{path}: line 1: {problem}")
@@ -380,10 +380,9 @@ def _header(path: Path, records, encoding: str, delimiter: str, columns: tuple[s
                 if sep != delimiter and sep in names[0]:
                     hint = f"; looks like {shown}-separated; pass --delimiter {shown}"
                     break
-        need = (f"an {missing[0]!r} column" if len(missing) == 1
-                else "the columns " + ", ".join(repr(c) for c in missing))
-        raise ValidationError(f"{path}: line 1: the header must have {need} "
-                              f"(columns understood: {', '.join(columns)}){hint}")
+        what = f"an {missing[0]!r} column" if len(required) == 1 else f"the columns {', '.join(required)}"
+        raise ValidationError(f"{path}: line 1: the header must have {what} "
+                              f"(missing: {', '.join(missing)}; columns understood: {', '.join(columns)}){hint}")
     seen = set()
     for name in names:
         if name in seen:
@@ -403,7 +402,7 @@ def iter_rows(path: Path, *, encoding: str = DEFAULT_ENCODING, delimiter: str = 
 
     ``columns`` are the names error messages list as understood and ``required`` the ones
     the header must have (the consent import, :mod:`mailer.consent.importer`, passes its
-    own; ``only_known`` makes any other header name an error).  Quoted fields may span
+    own, and so does the orders import; ``only_known`` makes any other header name an error).  Quoted fields may span
     lines.  Blank lines between rows are errors; blank lines at
     the end of the file are ignored.  Raises ValidationError (naming the file and line 1)
     for an unknown encoding or delimiter, a file that cannot be opened, or a bad header.

@@ -48,8 +48,11 @@ def describe(node: tuple | None) -> str:
     fname, op, value = node
     if fname == "tags":
         return f"tags {op} of {', '.join(value)}"
-    if fname in ("total_spent", "orders_count"):
+    if fname in ("total_spent", "orders_count", "predicted_clv", "p_alive"):
         return f"{fname} {_OP_WORDS[op]} {value}"
+    if fname == "expected_next_order_at":
+        return (f"next order expected within the next {value} days" if op == "within_next_days"
+                else f"next order expected more than {value} days ago")
     if fname in ("last_order_at", "created_at"):
         return f"{fname} {'within the last' if op == 'within_days' else 'more than'} {value} days" + (
             "" if op == "within_days" else " ago")
@@ -139,6 +142,15 @@ def _sql(node: tuple, now: datetime, unindexed: bool = False, bulk: bool = False
     if fname in ("total_spent", "orders_count"):
         return {"eq": col == value, "gt": col > value, "gte": col >= value, "lt": col < value,
                 "lte": col <= value}[op]
+    if fname in ("predicted_clv", "p_alive"):
+        # FLOAT columns, compared as floats (as evaluate does); NULL (not scored) never matches.
+        v = float(value)
+        return and_(col.is_not(None), {"eq": col == v, "gt": col > v, "gte": col >= v, "lt": col < v,
+                                       "lte": col <= v}[op])
+    if fname == "expected_next_order_at":
+        if op == "within_next_days":
+            return and_(col.is_not(None), col >= now, col <= now + timedelta(days=value))
+        return and_(col.is_not(None), col < _cutoff(now, value))
     # Nullable columns: "IS NOT NULL AND ..." keeps every leaf TRUE/FALSE (never NULL), so
     # NOT in SQL agrees with Python's not.
     if fname in ("last_order_at", "created_at"):
@@ -230,6 +242,18 @@ def _eval(node: tuple, customer: Any, now: datetime, ctx: dict) -> bool:
         x = Decimal(str(raw if raw is not None else 0))
         v = Decimal(str(value))
         return {"eq": x == v, "gt": x > v, "gte": x >= v, "lt": x < v, "lte": x <= v}[op]
+    if fname in ("predicted_clv", "p_alive"):
+        if raw is None:
+            return False
+        x, v = float(raw), float(value)
+        return {"eq": x == v, "gt": x > v, "gte": x >= v, "lt": x < v, "lte": x <= v}[op]
+    if fname == "expected_next_order_at":
+        when = _aware(raw)
+        if when is None:
+            return False
+        if op == "within_next_days":
+            return now <= when <= now + timedelta(days=value)
+        return when < _cutoff(now, value)
     if fname in ("last_order_at", "created_at"):
         when = _aware(raw)
         if when is None:

@@ -33,7 +33,7 @@ import yaml
 from mailer.consent.ledger import purpose_ok
 from mailer.customers.records import MAX_ORDERS_COUNT, MAX_TOTAL_SPENT
 from mailer.errors import ConsentError, SegmentError
-from mailer.models import SpendTier
+from mailer.models import ChurnRisk, SpendTier
 from mailer.settings import Settings
 
 #: Segment file suffixes, in lookup order.
@@ -54,6 +54,12 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "locale": ("eq", "in", "language"),
     "country": ("eq", "in"),
     "engagement": ("opened_within_days", "clicked_within_days", "within_days"),
+    # Prediction figures (`mailer predict score`, docs/predictions.md); NULL for a customer
+    # the model cannot score, and then no condition on them holds.
+    "predicted_clv": _NUM_OPS,
+    "p_alive": _NUM_OPS,
+    "churn_risk": ("eq", "in"),
+    "expected_next_order_at": ("within_next_days", "overdue_by_days"),
 }
 #: Largest segment file read, bytes.
 MAX_SEGMENT_FILE_BYTES = 64 * 1024
@@ -69,6 +75,7 @@ MAX_YAML_NODES = 5000
 MAX_CONDITION_DAYS = 36_600
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 _TIERS = tuple(t.value for t in SpendTier)
+_RISKS = tuple(r.value for r in ChurnRisk)
 
 
 @dataclass(frozen=True)
@@ -309,11 +316,19 @@ def _leaf(fname: str, op: str, value: Any, key: str, path) -> tuple:
         return ("tags", op, _strings(value, key, path))
     if fname in ("total_spent", "orders_count"):
         return (fname, op, _number(value, key, path, integer=fname == "orders_count"))
-    if fname == "predicted_spend_tier":
-        vals = _strings(value, key, path, allowed=_TIERS)
+    if fname in ("predicted_spend_tier", "churn_risk"):
+        allowed = _TIERS if fname == "predicted_spend_tier" else _RISKS
+        vals = _strings(value, key, path, allowed=allowed)
         if op == "eq" and (not isinstance(value, str)):
-            raise _fail(path, key, f"eq takes one value ({', '.join(_TIERS)}); use in for a list")
+            raise _fail(path, key, f"eq takes one value ({', '.join(allowed)}); use in for a list")
         return (fname, "in", vals)
+    if fname in ("predicted_clv", "p_alive"):
+        number = _number(value, key, path, integer=False)
+        if fname == "p_alive" and not 0 <= number <= 1:
+            raise _fail(path, key, f"p_alive is a probability from 0 to 1, got {_show(value)}")
+        return (fname, op, number)
+    if fname == "expected_next_order_at":
+        return (fname, op, _days(value, key, path))
     if fname in ("last_order_at", "created_at"):
         return (fname, op, _days(value, key, path))
     if fname == "engagement":

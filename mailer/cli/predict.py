@@ -1,0 +1,76 @@
+"""``mailer predict fit [--as-of DATE] [--json]``, ``mailer predict score [--as-of DATE]``, ``mailer predict show EMAIL``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import click
+
+from mailer.cli.base import console, main, pass_settings
+from mailer.customers import predictions as service
+from mailer.db import session_scope
+
+
+@main.group("predict")
+def predict_group() -> None:
+    """Predicted lifetime value, churn risk and next order (BG/NBD and Gamma-Gamma)."""
+
+
+def _as_of(ctx, param, value: str | None) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        day = dt.date.fromisoformat(value.strip()[:10]) if len(value.strip()) == 10 else None
+    except ValueError:
+        day = None
+    if day is None:
+        raise click.BadParameter(f"{value[:40]!r} is not a date such as 1997-09-30", ctx=ctx, param=param)
+    return day
+
+
+_AS_OF = click.option("--as-of", "as_of", callback=_as_of, metavar="YYYY-MM-DD",
+                      help="Use only orders up to the end of this day (UTC) and measure T to it; default today.")
+
+
+@predict_group.command("fit")
+@_AS_OF
+@click.option("--json", "as_json", is_flag=True, help="Print the fit as one JSON object.")
+@pass_settings
+def fit_cmd(settings, as_of: dt.date | None, as_json: bool) -> None:
+    """Fit the models on the orders and print the parameters (the fit is recorded, nothing else is written)."""
+    outcome = service.run(settings, as_of=as_of, trigger="cli")
+    out = outcome.models.to_dict()
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    b, g = out["bgnbd"], out["gamma_gamma"]
+    console.print(f"fit as of {out['as_of']} on {out['customers']} customers (fit #{outcome.fit_id})", markup=False)
+    console.print(f"BG/NBD:      r = {b['r']:.4f}, alpha = {b['alpha']:.4f}, a = {b['a']:.4f}, b = {b['b']:.4f}, "
+                  f"log-likelihood = {b['log_likelihood']:.2f}", markup=False)
+    console.print(f"Gamma-Gamma: p = {g['p']:.4f}, q = {g['q']:.4f}, gamma = {g['gamma']:.4f} "
+                  f"({g['customers']} repeat buyers)", markup=False)
+    if outcome.without_total:
+        console.print(f"{outcome.without_total} placed order(s) left out: no total in the shop's currency",
+                      markup=False)
+
+
+@predict_group.command("score")
+@_AS_OF
+@pass_settings
+def score_cmd(settings, as_of: dt.date | None) -> None:
+    """Fit, then write every customer's p_alive, expected orders, predicted_clv, churn risk, tier, next order."""
+    outcome = service.run(settings, as_of=as_of, trigger="cli", score=True)
+    console.print(f"scored {outcome.scored} customers as of {outcome.fit.models.as_of} "
+                  f"({outcome.not_scored} with orders not scored: first order too recent)", markup=False)
+
+
+@predict_group.command("show")
+@click.argument("email")
+@pass_settings
+def show_cmd(settings, email: str) -> None:
+    """Explain one customer's figures in words."""
+    with session_scope(settings) as s:
+        lines = service.explain(s, settings, email)
+    for line in lines:
+        console.print(line, markup=False, highlight=False)

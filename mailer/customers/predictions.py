@@ -1,0 +1,309 @@
+"""Prediction figures of customers: fitting on the orders table, scoring every customer, explaining one.
+
+Owns the database side of :mod:`mailer.predictions` (which stays database-free): the
+orders up to an as-of day go through ``build_summary`` and ``scores.fit`` (:func:`fit`,
+every attempt recorded in ``prediction_fits``), the figures are written to the
+customers' columns in bulk (:func:`score_customers`), :func:`explain` puts one
+customer's figures in words, and :func:`daily_refit_hook` is the worker's once-a-day
+refit (a sweeper hook).
+
+Scores are never invented: a customer the model cannot score (no order with a known
+total, or a first order younger than the minimum age) gets NULL figures and keeps an
+imported ``predicted_spend_tier``; a shop below the minimum history gets
+:class:`NotEnoughOrderHistory` naming every unmet requirement, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from mailer.addresses import normalize
+from mailer.clock import utcnow
+from mailer.customers.orders import customer_orders, order_arrays
+from mailer.db import session_scope
+from mailer.errors import ConfigurationError, NotFound, ValidationError
+from mailer.models import Customer, PredictionFit
+from mailer.predictions import bgnbd, scores
+from mailer.predictions.summary import DAYS_PER_WEEK, RFMSummary, build_summary
+from mailer.settings import Settings
+
+log = logging.getLogger("mailer.predictions")
+
+#: Customers updated per executemany round.
+SCORE_BATCH_ROWS = 5000
+#: Earliest as-of day accepted (before any plausible order).
+MIN_AS_OF = dt.date(1970, 1, 2)
+
+
+class NotEnoughOrderHistory(ValidationError):
+    """The orders do not meet the models' minimum history; ``reasons`` lists what is missing."""
+
+    def __init__(self, reasons: list[str]):
+        self.reasons = list(reasons)
+        super().__init__("not enough order history to fit the prediction models: " + "; ".join(self.reasons),
+                         field="orders")
+
+
+def score_config(settings: Settings) -> scores.ScoreConfig:
+    """The settings as a :class:`~mailer.predictions.scores.ScoreConfig`, or ConfigurationError naming the variable."""
+    rate = settings.clv_discount_rate
+    if not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ConfigurationError(f"MAILER_CLV_DISCOUNT_RATE must be a monthly rate from 0 to below 1 "
+                                 f"(0.01 = 1% a month), got {rate!r}")
+    parts = [p.strip() for p in str(settings.spend_tier_quantiles).split(",")]
+    try:
+        q1, q2 = (float(p) for p in parts)
+    except ValueError:
+        raise ConfigurationError(f"MAILER_SPEND_TIER_QUANTILES must be two quantiles 'q1,q2' such as 0.5,0.8, "
+                                 f"got {settings.spend_tier_quantiles!r}") from None
+    if not 0 < q1 <= q2 < 1:
+        raise ConfigurationError(f"MAILER_SPEND_TIER_QUANTILES must satisfy 0 < q1 <= q2 < 1, got "
+                                 f"{settings.spend_tier_quantiles!r}")
+    return scores.ScoreConfig(spend_tier_quantiles=(q1, q2), clv_discount_rate_monthly=float(rate))
+
+
+@dataclass(frozen=True)
+class FitOutcome:
+    summary: RFMSummary
+    models: scores.FittedModels
+    without_total: int  # placed orders left out (no total / no rate)
+    fit_id: int
+
+
+def _check_as_of(as_of: dt.date | None) -> dt.date:
+    as_of = as_of or utcnow().date()
+    if not MIN_AS_OF <= as_of <= dt.date(9998, 12, 31):
+        raise ValidationError(f"as-of day {as_of} is out of range", field="as_of")
+    return as_of
+
+
+def _record(session: Session, *, as_of: dt.date, trigger: str, status: str, models=None, detail=None,
+            scored=None, fit_id: int | None = None) -> int:
+    values = {"fitted_at": utcnow(), "as_of": as_of, "trigger": trigger, "status": status, "detail": detail,
+              "scored": scored}
+    if models is not None:
+        values |= {"customers": models.customers, "log_likelihood": float(models.bgnbd.log_likelihood),
+                   "params": models.to_dict()}
+    t = PredictionFit.__table__
+    if fit_id is not None:
+        session.execute(update(t).where(t.c.id == fit_id).values(**values))
+        return fit_id
+    return session.execute(insert(t).values(**values).returning(t.c.id)).scalar_one()
+
+
+def _summary(session: Session, as_of: dt.date) -> tuple[RFMSummary, int]:
+    orders = order_arrays(session, as_of)
+    return build_summary(orders.customer_ids, orders.days, orders.amounts, as_of), orders.without_total
+
+
+def fit(session: Session, settings: Settings, *, as_of: dt.date | None = None, trigger: str = "cli",
+        fit_id: int | None = None) -> FitOutcome:
+    """Fit both models on the placed orders up to ``as_of`` (default today, UTC) and record the fit.
+
+    ``T`` is measured to the end of ``as_of``, as the paper does.  Too little history is
+    :class:`NotEnoughOrderHistory` (the caller's transaction rolls back; :func:`run`
+    records the refused attempt in a transaction of its own).
+    """
+    as_of = _check_as_of(as_of)
+    summary, without_total = _summary(session, as_of)
+    try:
+        models = scores.fit(summary)
+    except scores.NotEnoughHistory as exc:
+        raise NotEnoughOrderHistory(exc.reasons) from None
+    fit_id = _record(session, as_of=as_of, trigger=trigger, status="fitted", models=models, fit_id=fit_id,
+                     detail=f"{without_total} placed order(s) left out: no total in the shop's currency"
+                     if without_total else None)
+    return FitOutcome(summary, models, without_total, fit_id)
+
+
+@dataclass(frozen=True)
+class ScoreOutcome:
+    fit: FitOutcome
+    scored: int
+    not_scored: int  # customers with orders the model cannot score (figures NULL)
+
+
+def _day_start(day) -> dt.datetime | None:
+    if np.isnat(day):
+        return None
+    return dt.datetime.combine(day.astype(dt.date), dt.time(), tzinfo=dt.UTC)
+
+
+def _num(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def score_customers(session: Session, settings: Settings, *, as_of: dt.date | None = None, trigger: str = "cli",
+                    fit_id: int | None = None) -> ScoreOutcome:
+    """Fit, then write every customer's figures in bulk (one executemany per batch).
+
+    Every earlier figure is cleared first, so a customer who can no longer be scored
+    has NULLs, not stale numbers; the computed ``predicted_spend_tier`` replaces the
+    imported one only where the model scored the customer.
+    """
+    config = score_config(settings)
+    outcome = fit(session, settings, as_of=as_of, trigger=trigger, fit_id=fit_id)
+    result = scores.score(outcome.summary, outcome.models, config)
+    now = utcnow()
+    c = Customer.__table__
+    conn = session.connection()
+    # Figures of customers scored before (ix_customers_p_alive would not find NULL rows; this is one pass).
+    conn.execute(update(c).where(c.c.predictions_at.is_not(None)).values(
+        p_alive=None, expected_orders_90d=None, expected_orders_365d=None, predicted_clv=None,
+        expected_next_order_at=None, churn_risk=None, predictions_at=None))
+    figures = (update(c).where(c.c.id == bindparam("cid")).values(
+        p_alive=bindparam("p_alive"), expected_orders_90d=bindparam("o90"), expected_orders_365d=bindparam("o365"),
+        predicted_clv=bindparam("clv"), expected_next_order_at=bindparam("next_at"),
+        churn_risk=bindparam("risk"), predicted_spend_tier=bindparam("tier"), predictions_at=bindparam("at")))
+    rows = []
+    scored_idx = np.flatnonzero(result.scored)
+    for i in scored_idx:
+        rows.append({"cid": int(result.customer_ids[i]), "p_alive": _num(result.p_alive[i]),
+                     "o90": _num(result.expected_orders_90d[i]), "o365": _num(result.expected_orders_365d[i]),
+                     "clv": _num(result.predicted_clv[i]), "next_at": _day_start(result.expected_next_order_at[i]),
+                     "risk": result.churn_risk(i), "tier": result.predicted_spend_tier(i), "at": now})
+        if len(rows) >= SCORE_BATCH_ROWS:
+            # UPDATE ... WHERE id = ? as one executemany: the primary key finds each row.
+            conn.execute(figures, rows)
+            rows = []
+    if rows:
+        conn.execute(figures, rows)
+    scored = int(scored_idx.size)
+    _record(session, as_of=outcome.models.as_of, trigger=trigger, status="fitted", models=outcome.models,
+            scored=scored, fit_id=outcome.fit_id, detail=None)
+    return ScoreOutcome(outcome, scored, len(outcome.summary) - scored)
+
+
+def latest_fit(session: Session) -> PredictionFit | None:
+    """The newest successful fit (ix_prediction_fits_fitted_at, walked backwards)."""
+    return session.execute(select(PredictionFit).where(PredictionFit.status == "fitted")
+                           .order_by(PredictionFit.fitted_at.desc(), PredictionFit.id.desc()).limit(1)).scalar_one_or_none()
+
+
+def run(settings: Settings, *, as_of: dt.date | None = None, trigger: str = "cli", score: bool = False,
+        fit_id: int | None = None) -> FitOutcome | ScoreOutcome:
+    """Fit (and with ``score`` write the figures) in one transaction; a refused or failed
+    attempt is still recorded in ``prediction_fits``, in a transaction of its own."""
+    as_of = _check_as_of(as_of)
+    try:
+        with session_scope(settings) as s:
+            if score:
+                return score_customers(s, settings, as_of=as_of, trigger=trigger, fit_id=fit_id)
+            return fit(s, settings, as_of=as_of, trigger=trigger, fit_id=fit_id)
+    except NotEnoughOrderHistory as exc:
+        with session_scope(settings) as s:
+            _record(s, as_of=as_of, trigger=trigger, status="not_enough_history", detail=str(exc), fit_id=fit_id)
+        raise
+    except Exception as exc:
+        with session_scope(settings) as s:
+            _record(s, as_of=as_of, trigger=trigger, status="failed", fit_id=fit_id,
+                    detail=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+
+
+# -- in words ------------------------------------------------------------------------------------
+def _params(fit_row: PredictionFit) -> tuple[bgnbd.BGNBDParams | tuple, dict]:
+    p = fit_row.params["bgnbd"]
+    return (p["r"], p["alpha"], p["a"], p["b"]), fit_row.params["gamma_gamma"]
+
+
+def explain(session: Session, settings: Settings, address: str) -> list[str]:
+    """One customer's figures in words: their history, what the model makes of it, and why."""
+    email = normalize(address)
+    customer = session.execute(select(Customer).where(Customer.email == email)).scalar_one_or_none()
+    if customer is None:
+        raise NotFound(f"no customer with address {email}")
+    orders = customer_orders(session, customer.id)
+    placed = [o for o in orders if o.status.value == "placed"]
+    lines = [f"{email}: {len(placed)} placed order(s)"
+             + (f", {len(orders) - len(placed)} cancelled or refunded (left out)" if len(orders) > len(placed) else "")]
+    fit_row = latest_fit(session)
+    if fit_row is None:
+        lines.append("No prediction fit yet: run `mailer predict score` (or wait for the worker's daily refit).")
+        return lines
+    as_of = fit_row.as_of
+    lines.append(f"Figures from the fit of {fit_row.fitted_at:%Y-%m-%d %H:%M} UTC on orders up to {as_of} "
+                 f"({fit_row.customers} customers).")
+    days = sorted({o.placed_at.date() for o in placed if o.total_shop is not None and o.placed_at.date() <= as_of})
+    if not days:
+        lines.append("Not scored: no placed order with a total in the shop's currency up to the as-of day, "
+                     "so the model has nothing to go on (no figures are invented).")
+        return lines
+    x = len(days) - 1
+    t_x = (days[-1] - days[0]).days / DAYS_PER_WEEK
+    T = (as_of - days[0]).days / DAYS_PER_WEEK
+    lines.append(f"History: first order {days[0]}, last {days[-1]}; {x} repeat purchase day(s) after the first; "
+                 f"customer for {T:.1f} weeks, last seen {T - t_x:.1f} weeks before the as-of day.")
+    if customer.p_alive is None:
+        min_age = scores.HistoryRule().min_customer_age_days
+        lines.append(f"Not scored: the first order is less than {min_age} days before the as-of day "
+                     "(too new to predict; no figures are invented).")
+        if customer.predicted_spend_tier is not None:
+            lines.append(f"predicted_spend_tier {customer.predicted_spend_tier.value} is the imported value.")
+        return lines
+    params, _ = _params(fit_row)
+    r, alpha, a, b = params
+    if x == 0:
+        lines.append(f"p_alive {customer.p_alive:.0%}: with no repeat purchase yet, BG/NBD cannot tell a customer "
+                     "who left (leaving happens only right after a purchase), so this is high; the expected orders "
+                     "say more.")
+    else:
+        lines.append(f"p_alive {customer.p_alive:.0%}: the chance they are still a customer, given {x} repeat "
+                     f"purchase(s) and {T - t_x:.1f} quiet weeks (a long silence after frequent buying lowers it).")
+    lines.append(f"Expected orders: {customer.expected_orders_90d:.2f} in the next 90 days, "
+                 f"{customer.expected_orders_365d:.2f} in the next 365 (population purchase rate "
+                 f"r/alpha = {r / alpha:.3f} a week, updated by their own history).")
+    no_order = bgnbd.prob_no_transaction(params, 90 / DAYS_PER_WEEK, x, t_x, T)
+    risk = customer.churn_risk.value if customer.churn_risk else "unknown"
+    lines.append(f"churn_risk {risk}: P(no order in the next 90 days) = {float(no_order):.0%} "
+                 "(low below 33%, high above 66%).")
+    if customer.predicted_clv is not None:
+        lines.append(f"predicted_clv {customer.predicted_clv:.2f} {settings.default_currency}: expected orders "
+                     f"over 12 months times the expected spend per order, discounted at "
+                     f"{settings.clv_discount_rate:.1%} a month.")
+    tier = customer.predicted_spend_tier.value if customer.predicted_spend_tier else "none"
+    lines.append(f"predicted_spend_tier {tier}: by the {settings.spend_tier_quantiles} quantiles of predicted_clv "
+                 "over all scored customers.")
+    if customer.expected_next_order_at is not None:
+        lines.append(f"expected_next_order_at {customer.expected_next_order_at:%Y-%m-%d}: the median wait for the "
+                     "next order if they are still a customer.")
+    return lines
+
+
+# -- the daily refit -------------------------------------------------------------------------------
+def daily_refit_hook(app) -> None:
+    """Sweeper hook: refit and rescore once a day (the first worker to claim the day does it).
+
+    The claim is a ``prediction_fits`` row with the day's unique ``daily_key``, so two
+    workers never refit the same day; too little history is recorded and retried the
+    next day, not every sweep.
+    """
+    settings = app.settings
+    if not settings.predictions_daily_refit:
+        return
+    today = utcnow().date()
+    with app.session() as s:
+        t = PredictionFit.__table__
+        if s.execute(select(t.c.id).where(t.c.daily_key == today)).first() is not None:
+            return
+        ins = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+        claimed = s.execute(ins(t).values(fitted_at=utcnow(), as_of=today, trigger="daily", daily_key=today,
+                                          status="running")
+                            .on_conflict_do_nothing(index_elements=["daily_key"]).returning(t.c.id)).scalar()
+    if claimed is None:
+        return
+    try:
+        outcome = run(settings, as_of=today, trigger="daily", score=True, fit_id=claimed)
+    except NotEnoughOrderHistory as exc:
+        log.info("daily prediction refit skipped: %s", exc)
+        return
+    log.info("daily prediction refit: %d customers scored, %d not scored", outcome.scored, outcome.not_scored)
