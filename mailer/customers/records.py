@@ -380,9 +380,10 @@ def _header(path: Path, records, encoding: str, delimiter: str, columns: tuple[s
                 if sep != delimiter and sep in names[0]:
                     hint = f"; looks like {shown}-separated; pass --delimiter {shown}"
                     break
-        what = f"an {missing[0]!r} column" if len(required) == 1 else f"the columns {', '.join(required)}"
-        raise ValidationError(f"{path}: line 1: the header must have {what} "
-                              f"(missing: {', '.join(missing)}; columns understood: {', '.join(columns)}){hint}")
+        need = (f"an {missing[0]!r} column" if len(missing) == 1
+                else "the columns " + ", ".join(repr(c) for c in missing))
+        raise ValidationError(f"{path}: line 1: the header must have {need} "
+                              f"(columns understood: {', '.join(columns)}){hint}")
     seen = set()
     for name in names:
         if name in seen:
