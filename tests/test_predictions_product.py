@@ -183,7 +183,7 @@ def test_header_without_order_columns_is_refused(settings, tmp_path):
     path = tmp_path / "o.csv"
     path.write_text("email,total\na@example.com,1\n")
     res = CliRunner().invoke(main, ["orders", "import", str(path)], env=_env(settings))
-    assert res.exit_code == 2 and "line 1" in res.output and "missing: order_id, placed_at" in res.output
+    assert res.exit_code == 2 and "line 1" in res.output and "the columns 'order_id', 'placed_at'" in res.output
 
 
 @pytest.mark.parametrize("text, problem", [("currency,rate\nUSD,abc\n", "line 2, column rate"),
