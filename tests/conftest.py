@@ -164,9 +164,16 @@ def stub_broker(app):
 
 
 @pytest.fixture
-def smtp_app(db_url, smtp_sink):
+def smtp_app_settings() -> dict:
+    """The settings of ``smtp_app`` besides its database and SMTP URL; a test module that
+    needs others overrides this fixture (instead of writing its own ``smtp_app``)."""
+    return {"base_url": "https://shop.example.com/m"}
+
+
+@pytest.fixture
+def smtp_app(db_url, smtp_sink, smtp_app_settings):
     """An App on the test database delivering to the real aiosmtpd sink, installed process-wide."""
-    settings = make_settings(database_url=db_url, smtp_url=smtp_sink.url, base_url="https://shop.example.com/m")
+    settings = make_settings(database_url=db_url, smtp_url=smtp_sink.url, **smtp_app_settings)
     application = App(settings)
     previous = set_app(application)
     yield application
