@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -134,7 +135,17 @@ def app(settings):
     set_app(previous)
 
 
-def _run_stub_worker(application):
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``timeout_s`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return False
+
+
+def _run_stub_worker(application, *, worker_threads: int = 2, worker_timeout_ms: int = 50):
     """The in-process broker with a running worker; ``broker.drain()`` waits for all queues."""
     import dramatiq
 
@@ -142,7 +153,7 @@ def _run_stub_worker(application):
     from mailer.worker.actors import setup
 
     broker = setup(application.settings)
-    worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=2)
+    worker = dramatiq.Worker(broker, worker_timeout=worker_timeout_ms, worker_threads=worker_threads)
     worker.start()
 
     def drain(timeout_ms: int = 30_000) -> None:
@@ -155,6 +166,19 @@ def _run_stub_worker(application):
     yield broker
     worker.stop()
     broker.close()
+
+
+def app_with_worker(settings: Settings, *, worker_threads: int = 2, worker_timeout_ms: int = 50):
+    """For a fixture: ``yield from`` an App on ``settings``, installed process-wide, with its
+    broker (the one ``settings.broker_url`` names) and an in-process worker running."""
+    application = App(settings)
+    previous = set_app(application)
+    try:
+        for _ in _run_stub_worker(application, worker_threads=worker_threads, worker_timeout_ms=worker_timeout_ms):
+            yield application
+    finally:
+        application.close()
+        set_app(previous)
 
 
 @pytest.fixture
