@@ -128,11 +128,18 @@ def app(settings):
     from mailer.transport import memory
 
     memory.clear()
+    yield from installed_app(settings)
+
+
+def installed_app(settings: Settings):
+    """For a fixture: ``yield from`` an App on ``settings``, installed process-wide, then closed."""
     application = App(settings)
     previous = set_app(application)
-    yield application
-    application.close()
-    set_app(previous)
+    try:
+        yield application
+    finally:
+        application.close()
+        set_app(previous)
 
 
 def wait_until(predicate, timeout_s: float, interval_s: float = 0.05) -> bool:
@@ -171,14 +178,10 @@ def _run_stub_worker(application, *, worker_threads: int = 2, worker_timeout_ms:
 def app_with_worker(settings: Settings, *, worker_threads: int = 2, worker_timeout_ms: int = 50):
     """For a fixture: ``yield from`` an App on ``settings``, installed process-wide, with its
     broker (the one ``settings.broker_url`` names) and an in-process worker running."""
-    application = App(settings)
-    previous = set_app(application)
-    try:
-        for _ in _run_stub_worker(application, worker_threads=worker_threads, worker_timeout_ms=worker_timeout_ms):
+    for application in installed_app(settings):
+        for _broker in _run_stub_worker(application, worker_threads=worker_threads,
+                                        worker_timeout_ms=worker_timeout_ms):
             yield application
-    finally:
-        application.close()
-        set_app(previous)
 
 
 @pytest.fixture
@@ -197,12 +200,7 @@ def smtp_app_settings() -> dict:
 @pytest.fixture
 def smtp_app(db_url, smtp_sink, smtp_app_settings):
     """An App on the test database delivering to the real aiosmtpd sink, installed process-wide."""
-    settings = make_settings(database_url=db_url, smtp_url=smtp_sink.url, **smtp_app_settings)
-    application = App(settings)
-    previous = set_app(application)
-    yield application
-    application.close()
-    set_app(previous)
+    yield from installed_app(make_settings(database_url=db_url, smtp_url=smtp_sink.url, **smtp_app_settings))
 
 
 @pytest.fixture
