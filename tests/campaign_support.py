@@ -2,16 +2,24 @@
 
 ``newsletter_templates(tmp)`` builds a templates folder holding the real kinds plus a
 small test newsletter (``newsletter/test_news``, en + pl) with a tracked link, so these
-tests do not depend on the wording of the shipped newsletters.
+tests do not depend on the wording of the shipped newsletters. ``campaign_marked_sent(app, ...)``
+makes a campaign whose deliveries are all marked sent at a given time (for figures and
+reports; no transport involved).
 """
 
 from __future__ import annotations
 
 import shutil
+from datetime import datetime
 from pathlib import Path
 
+from sqlalchemy import select, update
+
+from mailer.campaigns import fanout as campaign_actors
+from mailer.campaigns import service as campaigns
 from mailer.consent import ledger as consent
 from mailer.customers.records import get_or_create
+from mailer.models import Delivery, DeliveryStatus
 from mailer.settings import PROJECT_ROOT
 
 NEWS_KIND = "newsletter/test_news"
@@ -71,3 +79,22 @@ def add_customer(session, settings, email: str, *, locale: str | None = "en", ti
                                                                  form_id="test-form", wording="Yes please"))
     session.flush()
     return customer
+
+
+def campaign_marked_sent(app, *, name: str, sent_at: datetime, recipients: int = 10) -> tuple[int, list[int]]:
+    """A newsletter to ``recipients`` consenting customers (r0@example.com...), fanned out
+    and every delivery marked sent at ``sent_at``; returns (campaign id, delivery ids in order)."""
+    settings = app.settings
+    with app.session() as s:
+        for i in range(recipients):
+            add_customer(s, settings, f"r{i}@example.com")
+        cid = campaigns.create(s, settings, app.renderer, name=name, template=NEWS_KIND,
+                               segment="newsletter_all", data={"headline": "Hi"}).id
+        campaigns.send(s, settings, cid)
+    while campaign_actors.fan_out_batch(app, cid):
+        pass
+    with app.session() as s:
+        s.execute(update(Delivery).where(Delivery.campaign_id == cid)
+                  .values(status=DeliveryStatus.sent, sent_at=sent_at))
+        ids = list(s.execute(select(Delivery.id).where(Delivery.campaign_id == cid).order_by(Delivery.id)).scalars())
+    return cid, ids

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -127,14 +128,31 @@ def app(settings):
     from mailer.transport import memory
 
     memory.clear()
+    yield from installed_app(settings)
+
+
+def installed_app(settings: Settings):
+    """For a fixture: ``yield from`` an App on ``settings``, installed process-wide, then closed."""
     application = App(settings)
     previous = set_app(application)
-    yield application
-    application.close()
-    set_app(previous)
+    try:
+        yield application
+    finally:
+        application.close()
+        set_app(previous)
 
 
-def _run_stub_worker(application):
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``timeout_s`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return False
+
+
+def _run_stub_worker(application, *, worker_threads: int = 2, worker_timeout_ms: int = 50):
     """The in-process broker with a running worker; ``broker.drain()`` waits for all queues."""
     import dramatiq
 
@@ -142,7 +160,7 @@ def _run_stub_worker(application):
     from mailer.worker.actors import setup
 
     broker = setup(application.settings)
-    worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=2)
+    worker = dramatiq.Worker(broker, worker_timeout=worker_timeout_ms, worker_threads=worker_threads)
     worker.start()
 
     def drain(timeout_ms: int = 30_000) -> None:
@@ -157,6 +175,15 @@ def _run_stub_worker(application):
     broker.close()
 
 
+def app_with_worker(settings: Settings, *, worker_threads: int = 2, worker_timeout_ms: int = 50):
+    """For a fixture: ``yield from`` an App on ``settings``, installed process-wide, with its
+    broker (the one ``settings.broker_url`` names) and an in-process worker running."""
+    for application in installed_app(settings):
+        for _broker in _run_stub_worker(application, worker_threads=worker_threads,
+                                        worker_timeout_ms=worker_timeout_ms):
+            yield application
+
+
 @pytest.fixture
 def stub_broker(app):
     """The in-process broker and worker for ``app`` (in-memory transport)."""
@@ -164,14 +191,16 @@ def stub_broker(app):
 
 
 @pytest.fixture
-def smtp_app(db_url, smtp_sink):
+def smtp_app_settings() -> dict:
+    """The settings of ``smtp_app`` besides its database and SMTP URL; a test module that
+    needs others overrides this fixture (instead of writing its own ``smtp_app``)."""
+    return {"base_url": "https://shop.example.com/m"}
+
+
+@pytest.fixture
+def smtp_app(db_url, smtp_sink, smtp_app_settings):
     """An App on the test database delivering to the real aiosmtpd sink, installed process-wide."""
-    settings = make_settings(database_url=db_url, smtp_url=smtp_sink.url, base_url="https://shop.example.com/m")
-    application = App(settings)
-    previous = set_app(application)
-    yield application
-    application.close()
-    set_app(previous)
+    yield from installed_app(make_settings(database_url=db_url, smtp_url=smtp_sink.url, **smtp_app_settings))
 
 
 @pytest.fixture

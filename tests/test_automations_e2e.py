@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-import dramatiq
 import pytest
 from sqlalchemy import func, select
 
-from mailer.app import App, set_app
+from mailer.app import App
 from mailer.automations.publish import publish
 from mailer.clock import utcnow
 from mailer.consent import ledger as consent
@@ -26,8 +24,8 @@ from mailer.delivery import sweeper
 from mailer.models import Delivery, DeliveryStatus, RewardCode
 from mailer.notices.trigger import purpose_for
 from mailer.settings import PROJECT_ROOT
-from mailer.worker.actors import SWEEP_HOOKS, setup
-from tests.conftest import make_settings
+from mailer.worker.actors import SWEEP_HOOKS
+from tests.conftest import app_with_worker, make_settings, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.smtp]
 
@@ -35,30 +33,12 @@ SHIPPED = PROJECT_ROOT / "automations"
 ACTIVE = (DeliveryStatus.queued, DeliveryStatus.sending)
 
 
-def wait_for(predicate, timeout_s: float = 60.0, interval_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return False
-
-
 @pytest.fixture
 def live(db_url, redis_url, smtp_sink):
     """The shipped rules, a Redis broker with an in-process worker, and the SMTP sink."""
     settings = make_settings(database_url=db_url, broker_url=redis_url, smtp_url=smtp_sink.url,
                              automations_dir=SHIPPED, quiet_hours="")
-    app = App(settings)
-    previous = set_app(app)
-    broker = setup(settings)
-    worker = dramatiq.Worker(broker, worker_timeout=100, worker_threads=2)
-    worker.start()
-    yield app
-    worker.stop()
-    broker.close()
-    app.close()
-    set_app(previous)
+    yield from app_with_worker(settings, worker_threads=2, worker_timeout_ms=100)
 
 
 def settle(app: App) -> None:
@@ -72,7 +52,7 @@ def settle(app: App) -> None:
         return busy == 0
 
     sweeper.sweep(app, SWEEP_HOOKS)
-    assert wait_for(quiet), "deliveries still in flight"
+    assert wait_until(quiet, 60), "deliveries still in flight"
 
 
 def grant(app: App, email: str, *purposes: str) -> int:

@@ -8,12 +8,10 @@ from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from mailer.app import App, set_app
-from mailer.campaigns import fanout as campaign_actors
 from mailer.campaigns import reports
-from mailer.campaigns import service as campaigns
 from mailer.cli import main
 from mailer.clock import utcnow
 from mailer.models import Bounce, CsatRating, Delivery, DeliveryStatus
@@ -21,7 +19,7 @@ from mailer.tracking import service as tracking
 from mailer.transport import memory
 from mailer.web import apikeys
 from mailer.worker.actors import setup
-from tests.campaign_support import NEWS_KIND, add_customer, newsletter_templates
+from tests.campaign_support import NEWS_KIND, campaign_marked_sent, newsletter_templates
 from tests.conftest import make_settings
 
 
@@ -33,19 +31,8 @@ def sent_campaign(db_url, tmp_path):
     app = App(settings)
     previous = set_app(app)
     setup(settings)
-    with app.session() as s:
-        for i in range(10):
-            add_customer(s, settings, f"r{i}@example.com")
-        cid = campaigns.create(s, settings, app.renderer, name="Figures", template=NEWS_KIND,
-                               segment="newsletter_all", data={"headline": "Hi"}).id
-        campaigns.send(s, settings, cid)
-    while campaign_actors.fan_out_batch(app, cid):
-        pass
     sent_at = utcnow() - timedelta(hours=3)
-    with app.session() as s:
-        s.execute(update(Delivery).where(Delivery.campaign_id == cid)
-                  .values(status=DeliveryStatus.sent, sent_at=sent_at))
-        ids = list(s.execute(select(Delivery.id).where(Delivery.campaign_id == cid).order_by(Delivery.id)).scalars())
+    cid, ids = campaign_marked_sent(app, name="Figures", sent_at=sent_at)
     app.cid, app.ids, app.sent_at = cid, ids, sent_at
     yield app
     app.close()

@@ -20,20 +20,11 @@ from mailer.notices.trigger import notify
 from mailer.queue.broker import QUEUE_BULK, QUEUE_TRANSACTIONAL
 from mailer.settings import PROJECT_ROOT
 from mailer.worker.actors import setup
-from tests.conftest import make_settings
+from tests.conftest import make_settings, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.smtp]
 
 DATA = {"order_number": "1001", "new_eta": "2026-12-01"}
-
-
-def wait_for(predicate, timeout_s: float = 30.0, interval_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return False
 
 
 def test_notice_through_redis_worker_reaches_smtp_and_is_recorded_sent(db_url, redis_url, smtp_sink):
@@ -48,7 +39,7 @@ def test_notice_through_redis_worker_reaches_smtp_and_is_recorded_sent(db_url, r
         # When a notice is triggered
         delivery_id = notify("order_delayed", to="carol@example.com", data=DATA, settings=settings)
         # Then it arrives with the right subject, both parts and its Message-ID
-        assert wait_for(lambda: len(smtp_sink.received) == 1)
+        assert wait_until(lambda: len(smtp_sink.received) == 1, 30)
         msg = message_from_bytes(smtp_sink.received[0].raw, policy=policy.strict)
         expected = app.renderer.render("order_delayed", "en", DATA, context={"first_name": ""}).subject
         assert msg["Subject"] == expected and "1001" in expected
@@ -57,7 +48,7 @@ def test_notice_through_redis_worker_reaches_smtp_and_is_recorded_sent(db_url, r
         def is_sent():
             with app.session() as s:
                 return s.get(Delivery, delivery_id).status is DeliveryStatus.sent
-        assert wait_for(is_sent)
+        assert wait_until(is_sent, 30)
         with app.session() as s:
             d = s.get(Delivery, delivery_id)
             assert d.message_id == msg["Message-ID"] and d.queue == QUEUE_TRANSACTIONAL
@@ -96,7 +87,7 @@ def test_dramatiq_worker_command_and_mailer_notify_cli(tmp_path, redis_url, smtp
                                        "--idempotency-key", "K-1002"], env=env)
             assert res.exit_code == 0, res.output
         # Then exactly one mail arrives
-        assert wait_for(lambda: len(smtp_sink.received) >= 1, timeout_s=60)
+        assert wait_until(lambda: len(smtp_sink.received) >= 1, 60)
         time.sleep(1.0)
         assert len(smtp_sink.received) == 1
         assert smtp_sink.received[0].rcpt_tos == ["dora@example.com"]

@@ -11,14 +11,15 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from mailer import db
-from mailer.app import App, set_app
+from mailer.app import App
 from mailer.automations.publish import publish
 from mailer.cli import main
 from mailer.errors import InvalidEvent, MissingField, ValidationError
 from mailer.events.schemas import EVENT_TYPES, SCHEMAS, validate
 from mailer.models import Customer, Delivery, DeliveryStatus, ShopEvent
 from mailer.settings import PROJECT_ROOT
-from tests.conftest import make_settings
+from mailer.transport import memory
+from tests.conftest import app_with_worker, make_settings
 
 DELAY = {"email": "alice@example.com", "order_number": "1001", "new_eta": "2026-12-01"}
 CART = {"email": "a@example.com", "cart_id": "c1", "items": [{"name": "Hat", "price": 3}], "total": 3,
@@ -40,24 +41,10 @@ def rules_dir(tmp_path, *shipped: str, extra: dict[str, str] | None = None):
 @pytest.fixture
 def events_app(db_url, tmp_path):
     """An App whose automations are only the shipped order_delayed rule, on a stub broker."""
-    import dramatiq
-
-    from mailer.transport import memory
-    from mailer.worker.actors import setup
-
     memory.clear()
     settings = make_settings(database_url=db_url, automations_dir=rules_dir(tmp_path, "order_delayed"),
                              quiet_hours="")
-    app = App(settings)
-    previous = set_app(app)
-    broker = setup(settings)
-    worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=1)
-    worker.start()
-    yield app
-    worker.stop()
-    broker.close()
-    app.close()
-    set_app(previous)
+    yield from app_with_worker(settings, worker_threads=1, worker_timeout_ms=50)
 
 
 def _counts(app) -> tuple[int, int, int]:

@@ -11,17 +11,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select, update
 
 from mailer.app import App, set_app
-from mailer.campaigns import fanout as campaign_actors
 from mailer.campaigns import reports
-from mailer.campaigns import service as campaigns
-from mailer.models import Delivery, DeliveryStatus
 from mailer.worker.actors import setup
 from mailer.tracking import service as tracking
 from mailer.transport import memory
-from tests.campaign_support import NEWS_KIND, add_customer, newsletter_templates
+from tests.campaign_support import campaign_marked_sent, newsletter_templates
 from tests.conftest import make_settings
 from tests.test_browser_templates import OVERFLOW_JS, browser, shots  # noqa: F401 (fixtures)
 
@@ -61,18 +57,8 @@ def young_campaign(sqlite_url, tmp_path):
     app = App(settings)
     previous = set_app(app)
     setup(settings)
+    cid, ids = campaign_marked_sent(app, name="Young", sent_at=SENT_AT)
     with app.session() as s:
-        for i in range(10):
-            add_customer(s, settings, f"r{i}@example.com")
-        cid = campaigns.create(s, settings, app.renderer, name="Young", template=NEWS_KIND,
-                               segment="newsletter_all", data={"headline": "Hi"}).id
-        campaigns.send(s, settings, cid)
-    while campaign_actors.fan_out_batch(app, cid):
-        pass
-    with app.session() as s:
-        s.execute(update(Delivery).where(Delivery.campaign_id == cid)
-                  .values(status=DeliveryStatus.sent, sent_at=SENT_AT))
-        ids = list(s.execute(select(Delivery.id).where(Delivery.campaign_id == cid).order_by(Delivery.id)).scalars())
         for i, m in enumerate(OPEN_MINUTES):
             tracking.record_open(s, settings, tracking.Link(ids[i]), ip="198.51.100.7", user_agent=HUMAN_UA,
                                  now=SENT_AT + timedelta(minutes=m))

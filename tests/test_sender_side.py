@@ -13,7 +13,6 @@ import pytest
 from sqlalchemy import select
 
 from mailer import metrics
-from mailer.app import App, set_app
 from mailer.delivery import bounces
 from mailer.delivery import process as delivery
 from mailer.delivery.compose import return_path
@@ -21,8 +20,6 @@ from mailer.errors import TransientDeliveryError
 from mailer.models import Bounce, Delivery, DeliveryStatus, Suppression
 from mailer.notices import trigger as notices
 from tests.bounce_support import dsn
-from tests.conftest import make_settings
-from tests.smtp_sink import SMTPSink
 from tests.test_bounces_ingest import sent_delivery, write
 
 pytestmark = pytest.mark.smtp
@@ -31,19 +28,9 @@ DATA = {"order_number": "1001", "new_eta": "2026-12-01"}
 
 
 @pytest.fixture
-def sink():
-    s = SMTPSink().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def smtp_app(db_url, sink):
-    app = App(make_settings(database_url=db_url, smtp_url=sink.url, soft_bounce_limit=2))
-    previous = set_app(app)
-    yield app
-    app.close()
-    set_app(previous)
+def smtp_app_settings() -> dict:
+    """``smtp_app`` (tests/conftest.py) suppresses after two soft bounces here."""
+    return {"soft_bounce_limit": 2}
 
 
 def new_notice(app, to: str, key: str) -> int:
@@ -67,11 +54,11 @@ def new_notice(app, to: str, key: str) -> int:
     ("rcpt", "550 5.7.1 Daily sending quota exceeded", 550, "5.7.1", "rate limited"),
 ])
 def test_a_sender_side_refusal_fails_the_delivery_without_counting_against_the_customer(
-        smtp_app, sink, caplog, stage, reply, code, enhanced, reason):
+        smtp_app, smtp_sink, caplog, stage, reply, code, enhanced, reason):
     # Given a relay that refuses our mail for a reason about us, more often than the soft-bounce limit (2)
-    replies = sink.handler.data_replies if stage == "data" else sink.handler.rcpt_replies
+    replies = smtp_sink.handler.data_replies if stage == "data" else smtp_sink.handler.rcpt_replies
     replies["carol@example.com"] = reply
-    relay = sink.url
+    relay = smtp_sink.url
     before = metrics.sender_refusals(relay=relay, reason=reason)
     # When three notices to the same customer are processed
     with caplog.at_level(logging.WARNING, logger="mailer.delivery"):
@@ -90,14 +77,14 @@ def test_a_sender_side_refusal_fails_the_delivery_without_counting_against_the_c
     assert len(warnings) == 3
     assert all(relay in w and str(code) in w and str(enhanced or "none") in w and reason in w for w in warnings)
     assert metrics.sender_refusals(relay=relay, reason=reason) == before + 3
-    assert sink.received == []
+    assert smtp_sink.received == []
 
 
-def test_a_temporary_sender_side_deferral_is_retried_and_alerts(smtp_app, sink, caplog):
+def test_a_temporary_sender_side_deferral_is_retried_and_alerts(smtp_app, smtp_sink, caplog):
     # Given a relay that defers us (rate / reputation) with a 4.7.0
-    sink.handler.rcpt_replies["dan@example.com"] = "421 4.7.0 Try again later, closing connection. (EHLO)"
+    smtp_sink.handler.rcpt_replies["dan@example.com"] = "421 4.7.0 Try again later, closing connection. (EHLO)"
     reason = "deferred (rate / reputation)"
-    before = metrics.sender_refusals(relay=sink.url, reason=reason)
+    before = metrics.sender_refusals(relay=smtp_sink.url, reason=reason)
     d = new_notice(smtp_app, "dan@example.com", "one")
     # When the delivery is processed
     with caplog.at_level(logging.WARNING, logger="mailer.delivery"), pytest.raises(TransientDeliveryError):
@@ -108,19 +95,19 @@ def test_a_temporary_sender_side_deferral_is_retried_and_alerts(smtp_app, sink, 
         assert row.status is DeliveryStatus.queued and row.smtp_code == 421 and "4.7.0" in row.smtp_reply
         assert s.execute(select(Bounce)).first() is None and s.execute(select(Suppression)).first() is None
     # And the operator is told
-    assert metrics.sender_refusals(relay=sink.url, reason=reason) == before + 1
+    assert metrics.sender_refusals(relay=smtp_sink.url, reason=reason) == before + 1
     assert any("sender-side refusal" in r.getMessage() and "4.7.0" in r.getMessage() for r in caplog.records)
     # When the relay accepts again, the mail goes out
-    del sink.handler.rcpt_replies["dan@example.com"]
+    del smtp_sink.handler.rcpt_replies["dan@example.com"]
     assert delivery.process(smtp_app, d).status == "sent"
 
 
-def test_recipient_side_soft_bounces_still_count_next_to_sender_side_refusals(smtp_app, sink):
+def test_recipient_side_soft_bounces_still_count_next_to_sender_side_refusals(smtp_app, smtp_sink):
     # Given a customer whose mail was refused once for our size and once for a full mailbox
-    sink.handler.data_replies["erin@example.com"] = "552 5.3.4 Message size exceeds fixed limit"
+    smtp_sink.handler.data_replies["erin@example.com"] = "552 5.3.4 Message size exceeds fixed limit"
     delivery.process(smtp_app, new_notice(smtp_app, "erin@example.com", "a"))
     delivery.process(smtp_app, new_notice(smtp_app, "erin@example.com", "b"))
-    sink.handler.data_replies["erin@example.com"] = "552 5.2.2 Mailbox full"
+    smtp_sink.handler.data_replies["erin@example.com"] = "552 5.2.2 Mailbox full"
     assert delivery.process(smtp_app, new_notice(smtp_app, "erin@example.com", "c")).status == "failed"
     # Then only the full mailbox is a soft bounce, and the limit (2) is not reached by our own faults
     with smtp_app.session() as s:

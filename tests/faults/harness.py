@@ -1,16 +1,22 @@
-"""The stage for the fault tests: real ``dramatiq`` worker processes, real Redis, PostgreSQL
-and a real SMTP server, plus the levers to hurt them (kill -9, restart Redis, cut the
-database off).
+"""The one stage of the fault tests: real ``dramatiq`` worker processes, a private Redis,
+PostgreSQL and a real SMTP server, the levers to hurt them (kill -9, restart Redis, cut the
+database off), and the counting afterwards.
 
-* :class:`Workers` starts ``python -m dramatiq mailer.worker.boot`` in its own session so the
-  whole process group can be killed with SIGKILL, exactly as a crashed machine would.
+* :class:`FaultRun` is what every fault test gets from the ``fault`` fixture
+  (tests/faults/conftest.py): a migrated PostgreSQL schema of its own, a private Redis, the
+  SMTP sink (or another transport), templates, a segment, customers with and without
+  newsletter consent and a draft campaign, plus worker processes ready to start. It sends
+  the campaign, waits for the sink or the campaign, prints the workers' logs when a test
+  fails, stops everything, and counts what arrived (by Message-ID) and what the database says.
+* :class:`Workers` starts ``python -m dramatiq mailer.worker.boot`` (or ``mailer worker``) in
+  its own session so the whole process group can be killed with SIGKILL, exactly as a
+  crashed machine would.
 * :class:`RedisServer` runs a private ``redis-server`` on a free port (the shared one on
   6379 is never touched) that can be stopped and started again, empty.
 * :class:`TcpProxy` sits between the workers and PostgreSQL; ``cut()`` resets every
   connection and refuses new ones until ``restore()``.
-* :func:`campaign_stage` creates customers (with and without newsletter consent, through
-  the real consent ledger), a newsletter kind, a segment and a draft campaign, the way
-  ``mailer campaigns create`` would.
+* :func:`campaign_stage` creates the customers (through the real consent ledger), the
+  segment and the draft campaign, the way ``mailer campaigns create`` would.
 
 Sink counts are by Message-ID, the one thing a duplicate shares with its original.
 """
@@ -18,6 +24,7 @@ Sink counts are by Message-ID, the one thing a duplicate shares with its origina
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import socket
@@ -30,14 +37,28 @@ from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
+import redis
 import sqlalchemy as sa
 
 from mailer import db
-from mailer.settings import PROJECT_ROOT
-from tests.smtp_sink import free_port
+from mailer.app import App, set_app
+from mailer.campaigns import fanout as campaign_actors
+from mailer.campaigns import service as campaigns
+from mailer.consent import ledger as consent
+from mailer.customers.records import get_or_create
+from mailer.models import Campaign, Delivery
+from mailer.settings import PROJECT_ROOT, Settings
+from mailer.worker.actors import setup
+from tests.campaign_support import NEWS_KIND, newsletter_templates
+from tests.conftest import PG_URL, make_settings
+from tests.smtp_sink import SMTPSink, free_port
 
 #: Longest any fault test waits for its campaign to finish, seconds (a failure, not a threshold).
 FINISH_TIMEOUT_S = 240
+#: Longest a fault test waits for the sink to receive a share of the campaign, seconds.
+PROGRESS_TIMEOUT_S = 120
+#: How long a worker may take to stop after SIGTERM before it is killed, seconds.
+STOP_TIMEOUT_S = 30
 
 
 def wait_for(predicate, timeout_s: float, interval_s: float = 0.2, what: str = "condition"):
@@ -68,8 +89,6 @@ class PgSchema:
     """A fresh, migrated schema; ``url(host, port)`` reaches it directly or through a proxy."""
 
     def __init__(self):
-        from tests.conftest import PG_URL
-
         self.base = PG_URL
         self.name = "f_" + uuid.uuid4().hex[:12]
         self.admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
@@ -92,7 +111,7 @@ class PgSchema:
 # -- worker processes -------------------------------------------------------------------------
 @dataclass
 class Workers:
-    """``dramatiq mailer.worker.boot`` processes sharing one environment."""
+    """Worker processes (``dramatiq mailer.worker.boot`` or ``mailer worker``) sharing one environment."""
 
     env: dict
     log_dir: Path
@@ -100,23 +119,30 @@ class Workers:
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     def start(self, **extra_env) -> subprocess.Popen:
+        """One ``dramatiq mailer.worker.boot`` process of ``threads`` threads (``extra_env`` on top)."""
+        return self._spawn(["-m", "dramatiq", "mailer.worker.boot", "--processes", "1", "--threads", str(self.threads),
+                            "--queues", "transactional", "bulk", "default", "--worker-shutdown-timeout", "3000"],
+                           extra_env)
+
+    def start_mailer_worker(self, processes: int, **extra_env) -> subprocess.Popen:
+        """``mailer worker -p PROCESSES -t THREADS``: the command an operator runs."""
+        return self._spawn(["-m", "mailer.cli", "worker", "-p", str(processes), "-t", str(self.threads),
+                            "--worker-shutdown-timeout", "3000"], extra_env)
+
+    def _spawn(self, args: list[str], extra_env: dict) -> subprocess.Popen:
+        """Start ``python ARGS`` in a session of its own, logging to ``worker-N.log``."""
         n = len(self.procs)
-        log = open(self.log_dir / f"worker-{n}.log", "wb")
         env = {**self.env, **{k: str(v) for k, v in extra_env.items()}}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "mailer.worker.boot", "--processes", "1", "--threads", str(self.threads),
-             "--queues", "transactional", "bulk", "default", "--worker-shutdown-timeout", "3000"],
-            cwd=self.log_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        with open(self.log_dir / f"worker-{n}.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, *args], cwd=self.log_dir, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc
 
     def kill9(self, proc: subprocess.Popen) -> None:
         """SIGKILL the worker's whole process group (master, worker process, metrics fork)."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=30)
 
     def stop_all(self) -> None:
@@ -128,7 +154,7 @@ class Workers:
                     continue
         for proc in self.procs:
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 self.kill9(proc)
 
@@ -177,10 +203,9 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        log = open(self.log_dir / "redis.log", "ab")
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no"], stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        with open(self.log_dir / "redis.log", "ab") as log:
+            self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                          "--save", "", "--appendonly", "no"], stdout=log, stderr=subprocess.STDOUT)
         wait_for(self._ping, 20, 0.05, "redis-server to accept connections")
 
     def _ping(self) -> bool:
@@ -218,7 +243,7 @@ class TcpProxy:
         while not self._stop:
             try:
                 client, _ = self._listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -269,14 +294,10 @@ class TcpProxy:
 
 
 def _reset(s: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    except OSError:
-        pass
-    try:
+    with contextlib.suppress(OSError):
         s.close()
-    except OSError:
-        pass
 
 
 # -- the campaign -------------------------------------------------------------------------------
@@ -294,12 +315,6 @@ class Stage:
 def campaign_stage(settings, tmp: Path, *, consenting: int, without: int = 0, domain: str = "example.com",
                    address=None) -> Stage:
     """Customers, consent, a test newsletter, a segment and a draft campaign in the database."""
-    from mailer.app import App
-    from mailer.campaigns import service as campaigns
-    from mailer.consent import ledger as consent
-    from mailer.customers.records import get_or_create
-    from tests.campaign_support import NEWS_KIND
-
     address = address or (lambda i: f"c{i:05d}@{domain}")
     app = App(settings)
     ok: dict[int, str] = {}
@@ -333,11 +348,6 @@ def write_segment(segments_dir: Path) -> Path:
 
 def send_campaign(settings, campaign_id: int) -> None:
     """``mailer campaigns send``: running, and the fan-out message on the (Redis) broker."""
-    from mailer.app import App, set_app
-    from mailer.campaigns import fanout as campaign_actors
-    from mailer.campaigns import service as campaigns
-    from mailer.worker.actors import setup
-
     app = App(settings)
     previous = set_app(app)
     broker = setup(settings)
@@ -353,8 +363,6 @@ def send_campaign(settings, campaign_id: int) -> None:
 
 def campaign_status(settings, campaign_id: int) -> tuple[str, dict[str, int]]:
     """(campaign status, {delivery status: count})."""
-    from mailer.models import Campaign, Delivery
-
     with db.session_scope(settings) as s:
         status = s.get(Campaign, campaign_id).status.value
         # One GROUP BY over the campaign's deliveries (ix_deliveries_campaign_status).
@@ -363,26 +371,8 @@ def campaign_status(settings, campaign_id: int) -> tuple[str, dict[str, int]]:
     return status, {st.value: n for st, n in rows}
 
 
-def prepare(fault_dir: Path, *, database_url: str, broker_url: str, sink, consenting: int, without: int = 0,
-            address=None, **settings_overrides):
-    """Templates, segment, customers and a draft campaign; returns (settings, stage, env kwargs)."""
-    from tests.campaign_support import newsletter_templates
-    from tests.conftest import make_settings
-
-    templates = newsletter_templates(fault_dir)
-    segments = write_segment(fault_dir / "segments")
-    settings = make_settings(database_url=database_url, broker_url=broker_url, smtp_url=sink.url,
-                             templates_dir=templates, segments_dir=segments, secret_key="fault-test-secret",
-                             **settings_overrides)
-    stage = campaign_stage(settings, fault_dir, consenting=consenting, without=without, address=address)
-    env_kwargs = dict(broker_url=broker_url, smtp_url=sink.url, templates_dir=templates, segments_dir=segments)
-    return settings, stage, env_kwargs
-
-
 def deliveries(settings, campaign_id: int) -> list:
     """Every delivery of the campaign (id, customer_id, to_address, status, message_id, reason, attempts...)."""
-    from mailer.models import Delivery
-
     with db.session_scope(settings) as s:
         return list(s.execute(sa.select(Delivery.id, Delivery.customer_id, Delivery.to_address, Delivery.to_hash,
                                         Delivery.status, Delivery.message_id, Delivery.reason,
@@ -392,10 +382,128 @@ def deliveries(settings, campaign_id: int) -> list:
 
 def broker_backlog(redis_url: str) -> int:
     """Messages the Redis broker still holds (queued, delayed or unacknowledged) in its database."""
-    import redis
-
     client = redis.Redis.from_url(redis_url)
     try:
         return sum(client.hlen(key) for key in client.scan_iter("dramatiq:*.msgs"))
     finally:
         client.close()
+
+
+# -- one fault test's run -----------------------------------------------------------------------
+@dataclass
+class FaultRun:
+    """A draft campaign on a stage of its own, the workers that will send it, and the counting.
+
+    Made by the ``fault`` fixture; ``with run.live():`` around the part where workers run
+    prints their logs and the campaign's figures if a wait or an assertion fails there, and
+    stops the workers, the sink and the proxy on the way out, so what is counted afterwards
+    can no longer change.
+    """
+
+    settings: Settings
+    stage: Stage
+    workers: Workers
+    redis: RedisServer
+    sink: SMTPSink | None = None
+    proxy: TcpProxy | None = None
+    _stopped: bool = False
+
+    @property
+    def campaign_id(self) -> int:
+        return self.stage.campaign_id
+
+    @property
+    def consenting(self) -> dict[int, str]:
+        return self.stage.consenting
+
+    @property
+    def without(self) -> dict[int, str]:
+        return self.stage.without
+
+    def received(self) -> int:
+        """How many mails the SMTP sink has accepted so far."""
+        return len(self.sink.received)
+
+    def send(self) -> None:
+        send_campaign(self.settings, self.campaign_id)
+
+    def wait_received(self, count: int, what: str) -> int:
+        """Wait until the sink has accepted ``count`` mails; returns how many it has."""
+        wait_for(lambda: self.received() >= count, PROGRESS_TIMEOUT_S, what=what)
+        return self.received()
+
+    def wait_completed(self) -> None:
+        wait_for(lambda: self.status()[0] == "completed", FINISH_TIMEOUT_S, 0.5, "the campaign to complete")
+
+    def status(self) -> tuple[str, dict[str, int]]:
+        return campaign_status(self.settings, self.campaign_id)
+
+    def deliveries(self) -> list:
+        return deliveries(self.settings, self.campaign_id)
+
+    def message_ids(self) -> collections.Counter:
+        return message_ids(self.sink)
+
+    def broker_backlog(self) -> int:
+        return broker_backlog(self.redis.url)
+
+    @contextlib.contextmanager
+    def live(self):
+        try:
+            yield self
+        except AssertionError:
+            print(self.workers.logs())
+            print(self.status())
+            raise
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop the workers, then the sink and the proxy (once; the fixture calls it again)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.workers.stop_all()
+        if self.sink is not None:
+            self.sink.stop()
+        if self.proxy is not None:
+            self.proxy.close()
+
+
+def duplicates(counts: collections.Counter) -> int:
+    """Mails received more than once (by Message-ID), beyond the first of each."""
+    return sum(n - 1 for n in counts.values())
+
+
+def fault_run(fault_dir: Path, schema: PgSchema, redis_server: RedisServer, *, consenting: int, without: int = 0,
+              threads: int = 2, transport_url: str | None = None, settings: dict | None = None,
+              worker_settings: dict | None = None, database_proxy: bool = False) -> FaultRun:
+    """Templates, segment, customers and a draft campaign, and the workers' environment.
+
+    ``transport_url`` replaces the SMTP sink (``outbox://DIR``); ``settings`` apply to this
+    process and the workers alike, ``worker_settings`` only to the workers;
+    ``database_proxy`` puts a :class:`TcpProxy` between the workers and PostgreSQL.
+    """
+    settings, worker_settings = settings or {}, worker_settings or {}
+    sink = SMTPSink().start() if transport_url is None else None
+    smtp_url = sink.url if sink is not None else transport_url
+    templates = newsletter_templates(fault_dir)
+    segments = write_segment(fault_dir / "segments")
+    proxy = TcpProxy("127.0.0.1", 5432) if database_proxy else None
+    try:
+        test_settings = make_settings(database_url=schema.url(), broker_url=redis_server.url, smtp_url=smtp_url,
+                                      templates_dir=templates, segments_dir=segments,
+                                      secret_key="fault-test-secret", **settings)
+        stage = campaign_stage(test_settings, fault_dir, consenting=consenting, without=without)
+        env = worker_env(database_url=schema.url(proxy.port if proxy else None), broker_url=redis_server.url,
+                         smtp_url=smtp_url, templates_dir=templates, segments_dir=segments,
+                         **{**settings, **worker_settings})
+    except BaseException:
+        if sink is not None:
+            sink.stop()
+        if proxy is not None:
+            proxy.close()
+        raise
+    workers = Workers(env, fault_dir / "logs", threads=threads)
+    return FaultRun(test_settings, stage, workers, redis_server, sink, proxy)
+

@@ -13,66 +13,44 @@ from __future__ import annotations
 
 import pytest
 
-from mailer.app import App
+from mailer import db
 from mailer.consent import ledger as consent
 from mailer.models import Customer, DeliveryStatus
-from tests.faults.harness import (
-    FINISH_TIMEOUT_S,
-    Workers,
-    campaign_status,
-    deliveries,
-    prepare,
-    send_campaign,
-    wait_for,
-    worker_env,
-)
-from tests.smtp_sink import SMTPSink
 
-pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.smtp, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.smtp, pytest.mark.postgres]
 
 RECIPIENTS = 600
 WITHDRAWING = 150
 
 
-def test_no_mail_reaches_a_customer_after_their_withdrawal(pg_schema, redis_url, fault_dir):
-    sink = SMTPSink().start()
-    settings, stage, env_kwargs = prepare(fault_dir, database_url=pg_schema.url(), broker_url=redis_url,
-                                          sink=sink, consenting=RECIPIENTS)
-    workers = Workers(worker_env(database_url=pg_schema.url(), **env_kwargs), fault_dir / "logs", threads=2)
-    app = App(settings)
+def test_no_mail_reaches_a_customer_after_their_withdrawal(fault):
+    # Given a campaign to 600 consenting customers and two workers of two threads each
+    run = fault(consenting=RECIPIENTS, threads=2)
     withdrawn_at: dict[str, int] = {}     # address -> number of mails the server had when it committed
-    try:
-        workers.start(), workers.start()
-        # Given the campaign is being sent
-        send_campaign(settings, stage.campaign_id)
-        wait_for(lambda: len(sink.received) >= 60, 120, what="the first mails")
+    with run.live():
+        run.workers.start(), run.workers.start()
+        # And the campaign is being sent
+        run.send()
+        run.wait_received(60, "the first mails")
         # When 150 customers who have not received it yet withdraw consent, one by one
-        reached = {rcpt for r in list(sink.received) for rcpt in r.rcpt_tos}
-        targets = [cid for cid, addr in sorted(stage.consenting.items(), reverse=True) if addr not in reached]
+        reached = {rcpt for r in list(run.sink.received) for rcpt in r.rcpt_tos}
+        targets = [cid for cid, addr in sorted(run.consenting.items(), reverse=True) if addr not in reached]
         for cid in targets[:WITHDRAWING]:
-            with app.session() as s:
+            with db.session_scope(run.settings) as s:
                 customer = s.get(Customer, cid)
-                consent.append(s, settings, customer=customer, purpose="newsletter", action="withdrawn",
+                consent.append(s, run.settings, customer=customer, purpose="newsletter", action="withdrawn",
                                source="preference_centre")
-            withdrawn_at[stage.consenting[cid]] = len(sink.received)
+            withdrawn_at[run.consenting[cid]] = run.received()
         # Then the campaign completes
-        wait_for(lambda: campaign_status(settings, stage.campaign_id)[0] == "completed", FINISH_TIMEOUT_S, 0.5,
-                 "the campaign to complete")
-    except AssertionError:
-        print(workers.logs())
-        raise
-    finally:
-        workers.stop_all()
-        sink.stop()
-        app.close()
+        run.wait_completed()
     assert len(withdrawn_at) == WITHDRAWING
     # And no mail to a withdrawn customer arrived after their withdrawal committed
-    received = list(sink.received)
+    received = list(run.sink.received)
     late = [(i, r.rcpt_tos[0]) for i, r in enumerate(received)
             if r.rcpt_tos[0] in withdrawn_at and i >= withdrawn_at[r.rcpt_tos[0]]]
     assert late == []
     # And their deliveries were skipped for lack of consent unless they had already been sent
-    rows = {r.to_address: r for r in deliveries(settings, stage.campaign_id)}
+    rows = {r.to_address: r for r in run.deliveries()}
     skipped = [a for a in withdrawn_at if rows[a].status is DeliveryStatus.skipped]
     early = [a for a in withdrawn_at if rows[a].status is DeliveryStatus.sent]
     assert len(skipped) + len(early) == WITHDRAWING
@@ -80,6 +58,6 @@ def test_no_mail_reaches_a_customer_after_their_withdrawal(pg_schema, redis_url,
     print(f"{len(skipped)} skipped, {len(early)} sent before their withdrawal")
     assert len(skipped) > WITHDRAWING // 2
     # And everyone else got theirs
-    others = set(stage.consenting.values()) - set(withdrawn_at)
+    others = set(run.consenting.values()) - set(withdrawn_at)
     assert all(rows[a].status is DeliveryStatus.sent for a in others)
     assert sorted(r.rcpt_tos[0] for r in received) == sorted(others | set(early))

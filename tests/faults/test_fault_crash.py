@@ -16,93 +16,55 @@ from __future__ import annotations
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-import sqlalchemy as sa
 
-from mailer import db
 from mailer.delivery.compose import message_id
-from mailer.models import Delivery
-from tests.campaign_support import newsletter_templates
-from tests.conftest import make_settings
 from tests.dkim_support import dkim_settings, verify_all
-from tests.faults.harness import (
-    FINISH_TIMEOUT_S,
-    Workers,
-    campaign_stage,
-    campaign_status,
-    message_ids,
-    recipients,
-    send_campaign,
-    wait_for,
-    worker_env,
-    write_segment,
-)
-from tests.smtp_sink import SMTPSink
+from tests.faults.harness import duplicates, recipients
 
-pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.smtp, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.smtp, pytest.mark.postgres]
 
 CONSENTING = 2000
 WITHOUT = 100
 
 
-def test_kill9_twice_mid_campaign_loses_nothing_and_duplicates_at_most_one_per_kill(pg_schema, redis_url,
-                                                                                     fault_dir):
-    # Given a campaign to 2,000 consenting customers (and 100 who never consented)
-    sink = SMTPSink().start()
-    templates = newsletter_templates(fault_dir)
-    segments = write_segment(fault_dir / "segments")
-    dkim = dkim_settings(fault_dir)
-    settings = make_settings(database_url=pg_schema.url(), broker_url=redis_url, smtp_url=sink.url,
-                             templates_dir=templates, segments_dir=segments, secret_key="fault-test-secret",
-                             **dkim)
-    stage = campaign_stage(settings, fault_dir, consenting=CONSENTING, without=WITHOUT)
-    workers = Workers(worker_env(database_url=pg_schema.url(), broker_url=redis_url, smtp_url=sink.url,
-                                 templates_dir=templates, segments_dir=segments, **dkim),
-                      fault_dir / "logs", threads=1)
-    try:
-        a, b = workers.start(), workers.start()
+def test_kill9_twice_mid_campaign_loses_nothing_and_duplicates_at_most_one_per_kill(fault, fault_dir):
+    # Given a campaign to 2,000 consenting customers (and 100 who never consented), DKIM-signed,
+    # and two workers of one thread each
+    run = fault(consenting=CONSENTING, without=WITHOUT, threads=1, settings=dkim_settings(fault_dir))
+    with run.live():
+        a, b = run.workers.start(), run.workers.start()
         # When the campaign is sent and worker A is killed with SIGKILL a quarter of the way in
-        send_campaign(settings, stage.campaign_id)
-        wait_for(lambda: len(sink.received) >= CONSENTING // 4, 120, what="a quarter of the campaign")
-        workers.kill9(a)
-        at_first_kill = len(sink.received)
+        run.send()
+        run.wait_received(CONSENTING // 4, "a quarter of the campaign")
+        run.workers.kill9(a)
+        at_first_kill = run.received()
         # And worker B is killed the same way past half way, and a new worker C takes over
-        wait_for(lambda: len(sink.received) >= at_first_kill + CONSENTING // 4, 120, what="half the campaign")
-        workers.kill9(b)
-        at_second_kill = len(sink.received)
-        workers.start()
+        run.wait_received(at_first_kill + CONSENTING // 4, "half the campaign")
+        run.workers.kill9(b)
+        at_second_kill = run.received()
+        run.workers.start()
         # Then the campaign completes
-        wait_for(lambda: campaign_status(settings, stage.campaign_id)[0] == "completed", FINISH_TIMEOUT_S,
-                 0.5, "the campaign to complete")
-    except AssertionError:
-        print(workers.logs())
-        print(campaign_status(settings, stage.campaign_id))
-        raise
-    finally:
-        workers.stop_all()
-        sink.stop()
-    status, by_status = campaign_status(settings, stage.campaign_id)
+        run.wait_completed()
+    status, by_status = run.status()
     print(f"kills at {at_first_kill} and {at_second_kill} received; final {by_status}")
     assert status == "completed" and by_status == {"sent": CONSENTING}
     # And every consenting recipient got their message exactly once, apart from at most
     # one duplicate per kill (counted by Message-ID at the SMTP server)
-    counts = message_ids(sink)
-
-    with db.session_scope(settings) as s:
-        rows = s.execute(sa.select(Delivery.id, Delivery.customer_id, Delivery.message_id)
-                         .where(Delivery.campaign_id == stage.campaign_id)).all()
-    assert {r.customer_id for r in rows} == set(stage.consenting)
-    expected = {message_id(settings, r.id) for r in rows}
+    counts = run.message_ids()
+    rows = run.deliveries()
+    assert {r.customer_id for r in rows} == set(run.consenting)
+    expected = {message_id(run.settings, r.id) for r in rows}
     assert {r.message_id for r in rows} == expected
     assert set(counts) == expected
-    duplicates = sum(n - 1 for n in counts.values())
-    print(f"duplicates: {duplicates}")
-    assert duplicates <= 2
+    twice = duplicates(counts)
+    print(f"duplicates: {twice}")
+    assert twice <= 2
     # And nobody without consent got anything
-    got = recipients(sink)
-    assert not set(stage.without.values()) & set(got)
+    got = recipients(run.sink)
+    assert not set(run.without.values()) & set(got)
     # And every message carries two DKIM signatures that dkimpy verifies (dkimpy's
     # pure-Python RSA needs ~20 ms per signature: spread over both cores)
-    received = list(sink.received)
+    received = list(run.sink.received)
     with ProcessPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(verify_all, [r.raw for r in received], [fault_dir] * len(received),
                                 chunksize=50))

@@ -15,68 +15,44 @@ import pytest
 
 from mailer.delivery.compose import message_id
 from mailer.models import DeliveryStatus
-from tests.faults.harness import (
-    FINISH_TIMEOUT_S,
-    TcpProxy,
-    Workers,
-    campaign_status,
-    deliveries,
-    message_ids,
-    prepare,
-    send_campaign,
-    wait_for,
-    worker_env,
-)
-from tests.smtp_sink import SMTPSink
+from tests.faults.harness import duplicates
 
-pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.smtp, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.smtp, pytest.mark.postgres]
 
 RECIPIENTS = 500
 OUTAGE_S = 4
 
 
-def test_database_outage_mid_campaign_marks_nothing_sent_that_was_not_sent(pg_schema, redis_url, fault_dir):
-    sink = SMTPSink().start()
-    settings, stage, env_kwargs = prepare(fault_dir, database_url=pg_schema.url(), broker_url=redis_url,
-                                          sink=sink, consenting=RECIPIENTS)
-    proxy = TcpProxy("127.0.0.1", 5432)
-    # A 20 s lease: the record step keeps retrying for 10 s, longer than the outage.
-    workers = Workers(worker_env(database_url=pg_schema.url(proxy.port), lease_s=20, **env_kwargs),
-                      fault_dir / "logs", threads=2)
-    try:
-        workers.start(), workers.start()
-        send_campaign(settings, stage.campaign_id)
+def test_database_outage_mid_campaign_marks_nothing_sent_that_was_not_sent(fault):
+    # Given two workers of two threads each reaching PostgreSQL through a proxy, with a 20 s
+    # lease (the record step keeps retrying for 10 s, longer than the outage)
+    run = fault(consenting=RECIPIENTS, threads=2, database_proxy=True, worker_settings={"lease_s": 20})
+    with run.live():
+        run.workers.start(), run.workers.start()
+        run.send()
         # When the database becomes unreachable a fifth of the way in, for four seconds
-        wait_for(lambda: len(sink.received) >= RECIPIENTS // 5, 120, what="a fifth of the campaign")
-        proxy.cut()
-        at_cut = len(sink.received)
+        run.wait_received(RECIPIENTS // 5, "a fifth of the campaign")
+        run.proxy.cut()
+        at_cut = run.received()
         time.sleep(OUTAGE_S)
-        during = len(sink.received) - at_cut
-        proxy.restore()
+        during = run.received() - at_cut
+        run.proxy.restore()
         # Then the campaign completes
-        wait_for(lambda: campaign_status(settings, stage.campaign_id)[0] == "completed", FINISH_TIMEOUT_S, 0.5,
-                 "the campaign to complete")
-    except AssertionError:
-        print(workers.logs())
-        raise
-    finally:
-        workers.stop_all()
-        sink.stop()
-        proxy.close()
+        run.wait_completed()
     print(f"cut at {at_cut} received; {during} arrived during the outage")
-    rows = deliveries(settings, stage.campaign_id)
-    counts = message_ids(sink)
-    # Nothing is marked sent that the SMTP server did not receive...
+    rows = run.deliveries()
+    counts = run.message_ids()
+    # And nothing is marked sent that the SMTP server did not receive...
     sent_ids = {r.message_id for r in rows if r.status is DeliveryStatus.sent}
     assert sent_ids <= set(counts)
     # ...and everything it received is marked sent, each recipient exactly once
     assert all(r.status is DeliveryStatus.sent for r in rows) and len(rows) == RECIPIENTS
-    assert set(counts) == {message_id(settings, r.id) for r in rows}
+    assert set(counts) == {message_id(run.settings, r.id) for r in rows}
     # Nothing twice beyond the documented window: a worker thread whose mail the relay
     # accepted while the database was cut may resend it once after its lease expires
     # (seen about once in five CI runs). 2 processes x 2 threads = at most 4.
-    duplicates = sum(n - 1 for n in counts.values())
-    assert duplicates <= 4, f"{duplicates} duplicates"
+    twice = duplicates(counts)
+    assert twice <= 4, f"{twice} duplicates"
     # And the workers did meet the outage (they logged the failed database calls)
-    logs = workers.full_logs()
+    logs = run.workers.full_logs()
     assert "OperationalError" in logs or "database unreachable" in logs

@@ -20,21 +20,10 @@ from mailer.db import session_scope
 from mailer.delivery.compose import message_id
 from mailer.instance_secrets import address_hash_salt
 from mailer.models import Bounce, DeliveryStatus, Suppression, SuppressionReason
-from tests.faults.harness import (
-    FINISH_TIMEOUT_S,
-    Workers,
-    broker_backlog,
-    campaign_status,
-    deliveries,
-    message_ids,
-    prepare,
-    send_campaign,
-    wait_for,
-    worker_env,
-)
-from tests.smtp_sink import SMTPSink, free_port
+from tests.faults.harness import wait_for
+from tests.smtp_sink import free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.smtp, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.smtp, pytest.mark.postgres]
 
 RECIPIENTS = 400
 HARD = {f"c{i:05d}@example.com" for i in (3, 77, 150, 222, 399)}
@@ -51,53 +40,42 @@ def scrape(port: int) -> dict[tuple, float]:
     return out
 
 
-def test_flaky_relay_delivers_everything_else_once_suppresses_hard_bounces_and_stops_retrying(
-        pg_schema, redis_url, fault_dir):
+def test_flaky_relay_delivers_everything_else_once_suppresses_hard_bounces_and_stops_retrying(fault, fault_dir):
     # Given a relay that is flaky, rejects some users and greylists one forever
-    sink = SMTPSink().start()
-    sink.handler.flaky = 0.10
-    sink.handler.rcpt_replies.update({a: f"550 5.1.1 <{a}>: Recipient address rejected: User unknown"
-                                      for a in HARD})
-    sink.handler.rcpt_replies[FOREVER_451] = "451 4.7.1 Greylisted, try again later"
-    settings, stage, env_kwargs = prepare(fault_dir, database_url=pg_schema.url(), broker_url=redis_url,
-                                          sink=sink, consenting=RECIPIENTS)
+    run = fault(consenting=RECIPIENTS, threads=2, worker_settings={"retry_max_age_s": MAX_AGE_S})
+    run.sink.handler.flaky = 0.10
+    run.sink.handler.rcpt_replies.update({a: f"550 5.1.1 <{a}>: Recipient address rejected: User unknown"
+                                          for a in HARD})
+    run.sink.handler.rcpt_replies[FOREVER_451] = "451 4.7.1 Greylisted, try again later"
+    # And two workers of two threads each, exposing their metrics
     ports = [free_port(), free_port()]
-    workers = Workers(worker_env(database_url=pg_schema.url(), retry_max_age_s=MAX_AGE_S, **env_kwargs),
-                      fault_dir / "logs", threads=2)
-    try:
+    with run.live():
         for i, port in enumerate(ports):
             metrics_dir = fault_dir / f"metrics-{i}"
             metrics_dir.mkdir()
-            workers.start(MAILER_METRICS_PORT=port, dramatiq_prom_db=metrics_dir)
+            run.workers.start(MAILER_METRICS_PORT=port, dramatiq_prom_db=metrics_dir)
         # When the campaign is sent
-        send_campaign(settings, stage.campaign_id)
+        run.send()
         # Then it completes, and the broker holds nothing more to retry
-        wait_for(lambda: campaign_status(settings, stage.campaign_id)[0] == "completed", FINISH_TIMEOUT_S, 0.5,
-                 "the campaign to complete")
-        wait_for(lambda: broker_backlog(redis_url) == 0, 30, 0.2, "the broker to hold no message")
+        run.wait_completed()
+        wait_for(lambda: run.broker_backlog() == 0, 30, 0.2, "the broker to hold no message")
         metrics = [scrape(port) for port in ports]
-    except AssertionError:
-        print(workers.logs())
-        raise
-    finally:
-        workers.stop_all()
-        sink.stop()
-    rows = deliveries(settings, stage.campaign_id)
+    rows = run.deliveries()
     by_address = {r.to_address: r for r in rows}
-    counts = message_ids(sink)
+    counts = run.message_ids()
     # Every other recipient got exactly one message
     for address, r in by_address.items():
         if address in HARD or address == FOREVER_451:
             continue
         assert r.status is DeliveryStatus.sent, (address, r)
-        assert counts[message_id(settings, r.id)] == 1, address
+        assert counts[message_id(run.settings, r.id)] == 1, address
     assert sum(counts.values()) == RECIPIENTS - len(HARD) - 1
     # The 550 addresses failed, are suppressed as hard bounces, and the raw reply is kept
-    with session_scope(settings) as s:
+    with session_scope(run.settings) as s:
         for address in HARD:
             r = by_address[address]
             assert r.status is DeliveryStatus.failed and "550 5.1.1" in r.smtp_reply
-            h = email_hash(address, address_hash_salt(settings))
+            h = email_hash(address, address_hash_salt(run.settings))
             sup = s.query(Suppression).filter_by(email_hash=h).one()
             assert sup.reason is SuppressionReason.hard_bounce and "User unknown" in sup.detail
             assert s.query(Bounce).filter_by(email_hash=h, kind="hard").count() == 1
