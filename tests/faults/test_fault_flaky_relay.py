@@ -28,7 +28,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.smtp, pytest.mark.postgres]
 RECIPIENTS = 400
 HARD = {f"c{i:05d}@example.com" for i in (3, 77, 150, 222, 399)}
 FOREVER_451 = "c00010@example.com"
-MAX_AGE_S = 12
+#: Long enough that a delivery first tried late in the campaign on a loaded 2-core machine
+#: still has retries left (the age counts from the delivery's creation at fan-out); the
+#: forever-greylisted address is given up after it. Not a speed assertion.
+MAX_AGE_S = 45
 
 
 def scrape(port: int) -> dict[tuple, float]:
