@@ -67,6 +67,14 @@ class Settings:
     automations_dir: Path = PROJECT_ROOT / "automations"
     #: Folder of consent wordings (wordings/<id>.toml: per locale, a version and its exact text).
     wordings_dir: Path = PROJECT_ROOT / "wordings"
+    #: Folder of sign-up and restock forms (forms/<id>.toml), served at /f/<id>.
+    forms_dir: Path = PROJECT_ROOT / "forms"
+    #: Sign-ups (POST /f/<id>) allowed per client IP per minute, across processes (0 = no limit).
+    signup_ip_per_minute: int = 20
+    #: Sign-ups allowed per address per hour, across processes (0 = no limit); more answer as usual but do nothing.
+    signup_address_per_hour: int = 5
+    #: POST /v1/restock-requests mails a confirmation link instead of recording at once (1) unless the body says.
+    restock_double_opt_in: bool = False
     #: The shop's name, shown in every mail.
     store_name: str = "Northwind Shop"
     #: The shop's postal address, in every mail's footer (required for marketing mail).

@@ -413,6 +413,10 @@ def confirm(session: Session, settings: Settings, token: str, *, ip: str | None 
                   wording_version=signup.wording_version, confirmed_at=now)
     ev = append(session, settings, customer=customer, purpose=request.purpose, action=ConsentAction.granted,
                 source=request.source, basis=request.basis, occurred_at=now, proof=proof)
+    # A sign-up form's first name waits in the request until the address owner confirms it.
+    first_name = (request.proof or {}).get("first_name")
+    if isinstance(first_name, str) and first_name and not customer.first_name:
+        customer.first_name = first_name
     session.refresh(request)
     request.event_id = ev.id
     request.proof = dict(request.proof or {}) | {"confirm_ip": ip, "confirm_user_agent": user_agent}

@@ -50,23 +50,23 @@ class Limiter:
         self.backend = backend
         #: True when the backend is Redis (limits hold across processes and machines).
         self.shared = shared
-        self._limiters: dict[tuple[str, int], BucketRateLimiter] = {}
+        self._limiters: dict[tuple[str, int, int], BucketRateLimiter] = {}
         self._lock = threading.Lock()
 
-    def _limiter(self, key: str, rate: int) -> BucketRateLimiter:
+    def _limiter(self, key: str, rate: int, bucket_ms: int = BUCKET_MS) -> BucketRateLimiter:
         with self._lock:
-            limiter = self._limiters.get((key, rate))
+            limiter = self._limiters.get((key, rate, bucket_ms))
             if limiter is None:
-                limiter = self._limiters[(key, rate)] = BucketRateLimiter(
-                    self.backend, f"{KEY_PREFIX}:{key}", limit=rate, bucket=BUCKET_MS)
+                limiter = self._limiters[(key, rate, bucket_ms)] = BucketRateLimiter(
+                    self.backend, f"{KEY_PREFIX}:{key}", limit=rate, bucket=bucket_ms)
             return limiter
 
-    def try_acquire(self, key: str, rate: int) -> bool:
-        """Take one token for ``key`` if the current one-second bucket has one left."""
+    def try_acquire(self, key: str, rate: int, *, bucket_ms: int = BUCKET_MS) -> bool:
+        """Take one token for ``key`` if the current bucket (one second unless ``bucket_ms``) has one left."""
         if rate <= 0:
             return True
         try:
-            with self._limiter(key, rate).acquire(raise_on_failure=False) as acquired:
+            with self._limiter(key, rate, bucket_ms).acquire(raise_on_failure=False) as acquired:
                 return bool(acquired)
         except Exception as exc:  # noqa: BLE001 - Redis down: do not send unlimited, retry later
             raise TransientDeliveryError(f"rate limiter unavailable for {key}: {exc}") from exc

@@ -14,15 +14,18 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
 * ``POST /v1/consents``         grant or withdraw with proof; ``GET /v1/customers/{email}/consents``.
 * ``GET  /v1/wordings/{id}``    the consent wording (text, version, SHA-256) to display.
 * ``PUT/GET/DELETE /v1/customers/{email}``, ``GET .../export``: customers and GDPR requests.
+* ``POST /v1/restock-requests``  a product page's "notify me" (``restock:<sku>`` consent).
+* ``GET/POST/OPTIONS /f/{form_id}``, ``GET /f/{form_id}/embed``, ``GET /f/embed.js``: public
+                                sign-up and restock forms (docs/forms.md).
 * ``GET  /healthz``             liveness with a database round trip.
 
 API keys carry scopes (notices, events, consents, customers, gdpr); a key without the
 endpoint's scope gets 403 naming it.
 
 The routers live in rooms of their own: :mod:`mailer.web.api` (``notices``, ``events``,
-``consents``, ``wordings``, ``customers``)
+``consents``, ``wordings``, ``customers``, ``restock``)
 and :mod:`mailer.web.pages` (``links``: tracking, unsubscribe, preferences, CSAT;
-``confirm``: double opt-in).  They share :mod:`mailer.web.deps` (the App, API keys,
+``confirm``: double opt-in; ``forms``: public sign-up forms).  They share :mod:`mailer.web.deps` (the App, API keys,
 idempotency, the client IP) and :mod:`mailer.web.problems` (error responses); this module
 only assembles them.
 
@@ -51,9 +54,10 @@ from mailer.web.api import consents as consents_api
 from mailer.web.api import customers as customers_api
 from mailer.web.api import events as events_api
 from mailer.web.api import notices as notices_api
+from mailer.web.api import restock as restock_api
 from mailer.web.api import webhooks as webhooks_api
 from mailer.web.api import wordings as wordings_api
-from mailer.web.pages import confirm, links
+from mailer.web.pages import confirm, forms, links
 from mailer.web.problems import _mailer_error_response, _request_validation_response
 
 log = logging.getLogger("mailer.web")
@@ -61,7 +65,7 @@ log = logging.getLogger("mailer.web")
 
 #: Every router the app serves, in the order of its OpenAPI document.
 ROUTERS = (links.router, notices_api.router, confirm.router, events_api.router, consents_api.router,
-           wordings_api.router, customers_api.router, webhooks_api.router)
+           wordings_api.router, customers_api.router, restock_api.router, forms.router, webhooks_api.router)
 
 
 def create_app(settings: Settings | None = None, *, app: App | None = None) -> FastAPI:
