@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from functools import cached_property
-from typing import Iterator
 
 from sqlalchemy.orm import Session, sessionmaker
 

@@ -15,7 +15,8 @@ consent export's begin record).
 from __future__ import annotations
 
 import csv
-from typing import IO, Any, Iterable
+from collections.abc import Iterable
+from typing import IO, Any
 
 #: Name of this escaping scheme, as recorded in a file's header/begin record.
 ESCAPING = "owasp-leading-quote"

@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 _FIELDS = ("delivery_id", "campaign_id", "customer_id", "event_id")
 #: The machine's name, read once per process (the JSON lines' ``host``).

@@ -77,7 +77,7 @@ def serve() -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server naming
+        def do_GET(self):
             if self.path.split("?")[0] not in ("/", "/metrics"):
                 self.send_error(404)
                 return

@@ -37,7 +37,7 @@ Tables and what they are for:
 from __future__ import annotations
 
 import enum
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -80,15 +80,15 @@ class UTCDateTime(TypeDecorator):
             return None
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: pass an aware UTC datetime")
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value, dialect):
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -210,7 +210,7 @@ class Customer(Base):
                                                  onupdate=utcnow)
     erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
-    tags: Mapped[list["CustomerTag"]] = relationship(back_populates="customer", cascade="all, delete-orphan",
+    tags: Mapped[list[CustomerTag]] = relationship(back_populates="customer", cascade="all, delete-orphan",
                                                      lazy="selectin")
 
     __table_args__ = (

@@ -11,9 +11,9 @@ import dataclasses
 import inspect
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 #: The project root when running from a checkout (templates/, segments/ live here).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -184,11 +184,11 @@ class Settings:
         """Token keys, newest first: ``MAILER_SECRET_KEYS``, else ``MAILER_SECRET_KEY`` alone."""
         return self.secret_keys or (self.secret_key,)
 
-    def replace(self, **changes) -> "Settings":
+    def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
         """Build settings from ``MAILER_<FIELD>`` variables (upper case), then ``overrides``."""
         env = os.environ if environ is None else environ
         values: dict = {}

@@ -25,7 +25,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from datetime import time as dtime
 from pathlib import Path
 
@@ -97,8 +97,8 @@ def _parse_expiry(value: str) -> datetime:
         # A bare date means "valid through that day" (UTC).
         parsed = datetime.combine(date.fromisoformat(value), dtime(23, 59, 59))
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
 
 
 def read_csv(path: Path) -> tuple[list[dict], list[RowError]]:
@@ -138,7 +138,7 @@ def read_csv(path: Path) -> tuple[list[dict], list[RowError]]:
                 errors.append(RowError(line_start, "-", f"{len(cells)} values but only {len(columns)} columns "
                                                         f"({', '.join(columns)})"))
                 continue
-            row = dict(zip(columns, cells))
+            row = dict(zip(columns, cells, strict=False))
             code = row.get("code", "")
             if not CODE.match(code):
                 errors.append(RowError(line_start, "code", "empty, longer than 100 characters, or has spaces "

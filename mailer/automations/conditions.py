@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -122,4 +122,4 @@ def out_of_quiet_hours(when: datetime, tz_name: str | None, settings: Settings,
         end_date = local.date() + timedelta(days=1) if t >= start else local.date()
     if not quiet:
         return when
-    return datetime.combine(end_date, end, tzinfo=zone).astimezone(timezone.utc)
+    return datetime.combine(end_date, end, tzinfo=zone).astimezone(UTC)

@@ -11,8 +11,8 @@ conditions hold, applying ``once`` and ``[repeat]`` before storing the sends
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Iterable
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session

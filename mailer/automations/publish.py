@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy import delete, insert, select
@@ -46,8 +46,8 @@ log = logging.getLogger("mailer.events")
 def _parse_time(text: str) -> datetime:
     parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
 
 
 def _apply_customer_update(session, customer: Customer, data: dict) -> None:
@@ -101,7 +101,7 @@ def _app_for(settings: Settings | None) -> App:
 
 
 def publish(type: str, data: dict, *, idempotency_key: str | None = None, settings: Settings | None = None,
-            now: datetime | None = None, app: App | None = None) -> Published:  # noqa: A002 - the API's word
+            now: datetime | None = None, app: App | None = None) -> Published:
     """Accept one shop event: validate, store, apply and run the automations, atomically.
 
     ``now`` (aware UTC) stands in for the clock when computing delays, windows and quiet

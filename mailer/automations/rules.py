@@ -19,10 +19,11 @@ import dataclasses
 import re
 import string
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from mailer import segments
 from mailer.automations import codes as codes_service

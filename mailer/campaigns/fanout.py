@@ -188,10 +188,7 @@ def start(app, campaign_id: int) -> None:
 def fan_out_step(app, campaign_id: int) -> bool:
     """One ``fan_out`` message's work: up to BATCHES_PER_MESSAGE batches; True when it must continue."""
     start_if_due(app, campaign_id)
-    for _ in range(BATCHES_PER_MESSAGE):
-        if not fan_out_batch(app, campaign_id):
-            return False
-    return True
+    return all(fan_out_batch(app, campaign_id) for _ in range(BATCHES_PER_MESSAGE))
 
 
 def sweep_hook(app) -> None:

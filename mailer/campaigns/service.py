@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import or_, select, update
@@ -98,7 +98,7 @@ def parse_send_at(value: str | None, settings: Settings) -> datetime | None:
                               field="send_at") from exc
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=_zone(settings.default_timezone, settings))
-    return parsed.astimezone(timezone.utc)
+    return parsed.astimezone(UTC)
 
 
 def parse_local_time(value: str | None) -> str | None:
@@ -117,7 +117,7 @@ def _zone(name: str | None, settings: Settings):
             return ZoneInfo(candidate)
         except (ZoneInfoNotFoundError, ValueError):
             continue
-    return timezone.utc
+    return UTC
 
 
 def next_local_time(start: datetime, hhmm: str, zone_name: str | None, settings: Settings) -> datetime:
@@ -133,7 +133,7 @@ def next_local_time(start: datetime, hhmm: str, zone_name: str | None, settings:
     for _ in range(3):
         target = datetime.combine(day, time(hour, minute), tzinfo=tz)
         # Round-trip through UTC: a wall time skipped by a DST change moves forward, as clocks do.
-        target_utc = target.astimezone(timezone.utc)
+        target_utc = target.astimezone(UTC)
         if target_utc >= start:
             return target_utc
         day += timedelta(days=1)

@@ -163,7 +163,7 @@ def _snapshot(settings, campaign_id: int, estimate: dict):
             if "segment" not in estimate:
                 try:
                     estimate["segment"] = segments.count(s, settings, segments.load(settings, c.segment))
-                except Exception:  # noqa: BLE001 - the bar just shows what exists so far
+                except Exception:
                     estimate["segment"] = 0
             total = max(f.total, estimate["segment"])
     return f, total

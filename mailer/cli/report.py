@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import click
 from rich.table import Table
@@ -25,13 +25,13 @@ def parse_since(value: str | None) -> datetime | None:
     m = re.fullmatch(r"(\d+)([dh])", value.strip())
     if m:
         n = int(m.group(1))
-        return datetime.now(timezone.utc) - (timedelta(days=n) if m.group(2) == "d" else timedelta(hours=n))
+        return datetime.now(UTC) - (timedelta(days=n) if m.group(2) == "d" else timedelta(hours=n))
     try:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError as exc:
         raise click.BadParameter(f"{value!r}: use 30d, 12h or an ISO-8601 date such as 2026-11-01",
                                  param_hint="--since") from exc
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
 
 @report_group.command("csat")

@@ -32,9 +32,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import IO, Callable, Iterator
+from datetime import UTC, datetime
+from typing import IO
 
 from sqlalchemy import String, and_, func, literal_column, select, type_coerce
 from sqlalchemy.orm import Session
@@ -73,7 +74,7 @@ def _iso_fast(value) -> str | None:
         if len(value) == 19:
             value += ".000000"
         return value.replace(" ", "T", 1) + "+00:00"
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 #: PostgreSQL formats a timestamptz exactly as consent._iso does (UTC, microseconds, +00:00).
@@ -195,14 +196,14 @@ def _serialize(rec: dict, fmt: str) -> str:
 def _parse_when(value: datetime | str | None, name: str) -> datetime | None:
     if value is None or isinstance(value, datetime):
         if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         return value
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise ValidationError(f"{name}: {value!r} is not an ISO 8601 date or date-time (e.g. 2026-01-31)",
                               field=name) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def export(session: Session, settings: Settings, out: IO[str], *, fmt: str = "jsonl",

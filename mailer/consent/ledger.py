@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, exists, or_, select, text, update
 from sqlalchemy.orm import Session, aliased
@@ -85,7 +85,7 @@ def hashed_fields(chain_format: int | None) -> tuple[str, ...]:
 
 
 def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return None if value is None else value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def canonical(fields: dict) -> bytes:
@@ -139,7 +139,7 @@ class Proof:
     wording_version: str | None = None
     confirmed_at: datetime | None = None
 
-    def cleaned(self) -> "Proof":
+    def cleaned(self) -> Proof:
         """Empty strings become None, so an export file (CSV has no null) round-trips exactly."""
         return Proof(ip=self.ip or None, user_agent=self.user_agent or None, form_id=self.form_id or None,
                      wording=self.wording or None, wording_version=self.wording_version or None,
@@ -150,7 +150,7 @@ class Proof:
                 "wording_version": self.wording_version}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Proof":
+    def from_json(cls, data: dict) -> Proof:
         return cls(**{k: data.get(k) for k in ("ip", "user_agent", "form_id", "wording", "wording_version")})
 
 

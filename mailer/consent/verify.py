@@ -27,9 +27,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 from sqlalchemy import and_, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
@@ -444,7 +445,7 @@ def _read_csv(lines: _Lines) -> Iterator[tuple[int, dict]]:
                 yield line_no, {"type": "__bad__", "error": f"{len(row)} columns, expected {len(columns)}"}
                 return
             rec: dict = {}
-            for col, v in zip(columns, row):
+            for col, v in zip(columns, row, strict=False):
                 if unescape is not None:
                     v = unescape(v)
                 if v == "":

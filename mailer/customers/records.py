@@ -21,12 +21,12 @@ import codecs
 import csv
 import re
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import delete, insert, select
@@ -117,8 +117,8 @@ def _parse_datetime(value: str) -> datetime:
     except ValueError:
         parsed = datetime.combine(date.fromisoformat(value), time())
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
 
 
 def parse_row(row: dict[str, str]) -> dict:
@@ -450,7 +450,7 @@ def _rows(path: Path, fh, encoding: str, delimiter: str, columns: tuple[str, ...
             yield number, None, RowError(number, "-", reason)
             continue
         bad_row = None
-        for name, value in zip(names, fields):
+        for name, value in zip(names, fields, strict=False):
             reason = _undecoded(value, encoding) or ("contains a NUL byte" if "\x00" in value else None)
             if reason:
                 bad_row = RowError(number, name, reason)
@@ -458,7 +458,7 @@ def _rows(path: Path, fh, encoding: str, delimiter: str, columns: tuple[str, ...
         if bad_row:
             yield number, None, bad_row
             continue
-        yield number, dict(zip(names, fields)), None
+        yield number, dict(zip(names, fields, strict=False)), None
 
 
 def import_csv(session: Session, settings: Settings, path: Path, *, strict: bool = False,

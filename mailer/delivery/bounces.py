@@ -43,10 +43,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from sqlalchemy import delete, func, select, update
 

@@ -356,7 +356,7 @@ def _claimed(app, delivery_id: int, owner: str, relay) -> Outcome:
         # effort, retried while the database is down) so a retry need not wait for it.
         try:
             _finish(app, delivery_id, owner, status=DeliveryStatus.queued, reason=f"error: {exc}"[:500])
-        except Exception:  # noqa: BLE001 - the lease expires on its own
+        except Exception:
             log.warning("delivery %s: could not release the lease after %r", delivery_id, exc)
         raise
     if step == "blocked":
@@ -413,11 +413,11 @@ def _attempt(app, delivery: Delivery, relay):
         # connection that died meanwhile must not hide the relay's answer.
         try:
             s.rollback()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         try:
             s.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
 

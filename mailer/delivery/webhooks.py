@@ -32,7 +32,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email import message_from_string
 from pathlib import Path
 from typing import Any
@@ -119,7 +119,7 @@ def _fresh(settings: Settings, when: datetime) -> None:
 
 def _epoch(value: Any) -> datetime:
     try:
-        return datetime.fromtimestamp(int(str(value)), tz=timezone.utc)
+        return datetime.fromtimestamp(int(str(value)), tz=UTC)
     except (TypeError, ValueError, OverflowError, OSError) as exc:
         raise SignatureError("bad timestamp") from exc
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mailer import limits
@@ -341,7 +342,7 @@ class Snapshot:
     tag_names: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(cls, c: Customer) -> "Snapshot":
+    def of(cls, c: Customer) -> Snapshot:
         return cls(id=c.id, email=c.email, first_name=c.first_name, last_name=c.last_name, locale=c.locale,
                    timezone=c.timezone, country=c.country, total_spent=c.total_spent or Decimal("0"),
                    currency=c.currency, orders_count=c.orders_count or 0, last_order_at=c.last_order_at,

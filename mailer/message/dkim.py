@@ -177,7 +177,7 @@ class Signer:
             raise ConfigurationError(f"MAILER_DKIM_DOMAIN: {domain!r} is not a domain name")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Signer":
+    def from_settings(cls, settings: Settings) -> Signer:
         keys: list[Key] = []
         if settings.dkim_ed25519_key:
             keys.append(load_key(settings.dkim_ed25519_key, algorithm="ed25519-sha256",

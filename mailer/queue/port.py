@@ -67,7 +67,7 @@ def enqueue_stored(actor_name: str, *args, delay_ms: int | None = None, delivery
     """Send a message for work already committed; broker down: log, return False, the sweeper sends it."""
     try:
         send(actor_name, *args, delay_ms=delay_ms)
-    except Exception as exc:  # noqa: BLE001 - broker down: the row is committed, the sweeper will send it
+    except Exception as exc:
         log.error("%s%s stored but not enqueued (%s); the sweeper will enqueue it", actor_name,
                   f" for delivery {delivery_id}" if delivery_id is not None else "", exc,
                   extra={"delivery_id": delivery_id} if delivery_id is not None else {})
@@ -87,7 +87,7 @@ def enqueue_batches(delivery_ids: list[int], batch_size: int, *, delay_ms: int |
     try:
         for i in range(0, len(delivery_ids), size):
             send(SEND_BATCH, list(delivery_ids[i:i + size]), delay_ms=delay_ms)
-    except Exception as exc:  # noqa: BLE001 - broker down: the rows are committed, the sweeper will send them
+    except Exception as exc:
         log.error("%d bulk deliveries stored but not enqueued (%s); the sweeper will enqueue them",
                   len(delivery_ids), exc)
         return False

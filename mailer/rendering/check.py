@@ -11,8 +11,9 @@ from __future__ import annotations
 import html as html_lib
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from mailer.errors import TemplateError, UnknownKind, ValidationError
 from mailer.rendering import i18n

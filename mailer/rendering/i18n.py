@@ -126,15 +126,15 @@ def to_date(value: Any) -> dt.date:
 
 def to_datetime(value: Any) -> dt.datetime:
     if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
     if isinstance(value, dt.date):
-        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
     if isinstance(value, str):
         try:
             parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError as exc:
             raise FormatError(f"expected an ISO date-time like 2026-12-01T15:30:00Z, got {value!r}") from exc
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
     raise FormatError(f"expected a date-time, got {value!r}")
 
 
@@ -229,14 +229,14 @@ def _cached(fn, *args):
 
 # -- the Jinja filters -----------------------------------------------------------------------
 @jinja2.pass_context
-def money(ctx, value: Any, currency: str | None = None, format: str | None = None) -> str:  # noqa: A002
+def money(ctx, value: Any, currency: str | None = None, format: str | None = None) -> str:
     """``{{ price | money }}`` in the recipient's currency, or ``money("USD")`` explicitly."""
     cur = currency or ctx.get("currency") or "EUR"
     return _cached(_money, _key(value), str(cur), _loc(ctx), format)
 
 
 @jinja2.pass_context
-def number(ctx, value: Any, format: str | None = None) -> str:  # noqa: A002
+def number(ctx, value: Any, format: str | None = None) -> str:
     """``{{ 12500 | number }}`` -> ``12,500`` / ``12 500`` / ``12.500``."""
     return _cached(_number, _key(value), _loc(ctx), format)
 
@@ -248,7 +248,7 @@ def percent(ctx, value: Any) -> str:
 
 
 @jinja2.pass_context
-def date(ctx, value: Any, format: str = "long") -> str:  # noqa: A002
+def date(ctx, value: Any, format: str = "long") -> str:
     """``{{ eta | date }}``: ``short``, ``medium``, ``long``, ``full`` or a CLDR pattern.
 
     A date-time is first moved to the recipient's time zone (context ``timezone``).
@@ -257,14 +257,14 @@ def date(ctx, value: Any, format: str = "long") -> str:  # noqa: A002
 
 
 @jinja2.pass_context
-def datetime(ctx, value: Any, format: str | None = None) -> str:  # noqa: A002
+def datetime(ctx, value: Any, format: str | None = None) -> str:
     """``{{ ends_at | datetime }}``: long date and short time in the recipient's time zone,
     or a Babel format (``short``, ``medium``, ``long``, ``full``, a CLDR pattern)."""
     return _cached(_datetime, value, _loc(ctx), format, str(ctx.get("timezone") or "UTC"))
 
 
 @jinja2.pass_context
-def time(ctx, value: Any, format: str = "short") -> str:  # noqa: A002
+def time(ctx, value: Any, format: str = "short") -> str:
     """``{{ pickup_at | time }}`` in the recipient's time zone."""
     return _cached(_time, value, _loc(ctx), format, str(ctx.get("timezone") or "UTC"))
 

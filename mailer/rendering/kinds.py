@@ -48,7 +48,7 @@ class FieldSpec:
     item_types: dict[str, str] = field(default_factory=dict)
 
     @property
-    def item_specs(self) -> dict[str, "FieldSpec"]:
+    def item_specs(self) -> dict[str, FieldSpec]:
         """``item_types`` as field specs (built once per spec)."""
         cached = self.__dict__.get("_item_specs")
         if cached is None:

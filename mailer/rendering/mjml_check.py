@@ -13,9 +13,9 @@ checks that every Jinja block branch encloses balanced HTML (before and after MR
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from html.parser import HTMLParser
-from typing import Callable
 from xml.parsers import expat
 
 from mailer.errors import TemplateError
@@ -57,7 +57,7 @@ _OPTIONAL_END = frozenset({"p", "li", "td", "th", "tr", "tbody", "thead", "tfoot
 _JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
 _PH = re.compile(r"QJ(\d+)Q")
 _PH_COMMENT = re.compile(r"<!--QJ(\d+)Q-->")
-_ENDING = re.compile(r"<(%s)(\s[^>]*?)?(?<!/)>(.*?)</\1\s*>" % "|".join(ENDING_TAGS), re.S)
+_ENDING = re.compile(r"<({})(\s[^>]*?)?(?<!/)>(.*?)</\1\s*>".format("|".join(ENDING_TAGS)), re.S)
 _STMT = re.compile(r"\{%-?\s*(\w+)")
 _OPENERS = {"if": "endif", "for": "endfor", "macro": "endmacro", "call": "endcall", "filter": "endfilter",
             "with": "endwith", "autoescape": "endautoescape", "raw": "endraw"}

@@ -28,9 +28,10 @@ import re
 import threading
 import tomllib
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import css_inline
 import jinja2
@@ -325,7 +326,7 @@ class Renderer:
         # 4. MRML, then inline the mj-style inline="inline" CSS.
         try:
             html = mjml.mjml2html(mjml_doc, fonts={})
-        except Exception as exc:  # noqa: BLE001 - MRML raises plain ValueErrors
+        except Exception as exc:
             raise err(f"MJML does not compile: {exc}") from exc
         if inline_css:
             try:
@@ -333,7 +334,7 @@ class Renderer:
                 # (css-inline 0.24 inlines nothing when keep_at_rules is combined with inline_style_tags=False.)
                 html = css_inline.CSSInliner(inline_style_tags=False, keep_style_tags=True, keep_link_tags=True,
                                              load_remote_stylesheets=False, extra_css=inline_css).inline(html)
-            except Exception as exc:  # noqa: BLE001 - css_inline.InlineError and CSS parse errors
+            except Exception as exc:
                 raise err(f"CSS inlining failed: {exc} (does an mj-style inline=\"inline\" rule match an element "
                           f"whose style attribute holds Jinja? Narrow the selector or move the rule to a plain "
                           f"<mj-style>)") from exc

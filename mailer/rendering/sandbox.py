@@ -18,7 +18,8 @@ text is cut off at :data:`MAX_TEXT_OUTPUT_CHARS` (refused, never truncated silen
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import jinja2
 from jinja2 import nodes

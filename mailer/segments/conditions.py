@@ -8,7 +8,7 @@ against.  :func:`describe` puts a tree in words.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -189,7 +189,7 @@ def _get(customer: Any, name: str) -> Any:
 def _aware(value: datetime | None) -> datetime | None:
     if value is None:
         return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def _tags_of(customer: Any) -> set[str]:

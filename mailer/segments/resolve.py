@@ -11,8 +11,9 @@ fan-out) can resume from the last id it handled and never holds the segment.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 from sqlalchemy import BigInteger, Integer, bindparam, exists, func, select, true
 from sqlalchemy.orm import Session

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 from mailer.errors import SMTPUTF8Unsupported
 from mailer.transport.base import SendResult
 
-_boxes: dict[str, list["Sent"]] = {}
+_boxes: dict[str, list[Sent]] = {}
 _lock = threading.Lock()
 
 

@@ -82,7 +82,7 @@ class RelayPool:
         self._rng = random.Random()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "RelayPool":
+    def from_settings(cls, settings: Settings) -> RelayPool:
         relays = [Relay(open_transport(url), w, relay_rate(url, settings.relay_rate))
                   for url, w in parse_relays(settings.smtp_url, settings.smtp_relays)]
         limiter = ratelimit.limiter_for(settings) if any(r.rate > 0 for r in relays) else None

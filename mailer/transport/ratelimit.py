@@ -68,7 +68,7 @@ class Limiter:
         try:
             with self._limiter(key, rate, bucket_ms).acquire(raise_on_failure=False) as acquired:
                 return bool(acquired)
-        except Exception as exc:  # noqa: BLE001 - Redis down: do not send unlimited, retry later
+        except Exception as exc:
             raise TransientDeliveryError(f"rate limiter unavailable for {key}: {exc}") from exc
 
     def acquire(self, key: str, rate: int, *, max_wait_s: float = MAX_WAIT_S) -> float:

@@ -13,6 +13,7 @@ reported with ``maybe_sent`` set: the relay may have accepted it.
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import ssl
 import threading
@@ -83,10 +84,8 @@ class SMTPTransport:
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):
                 conn.close()
-            except Exception:  # noqa: BLE001 - closing a broken socket
-                pass
 
     # -- sending ----------------------------------------------------------------------------
     def supports_smtputf8(self) -> bool:
@@ -138,17 +137,15 @@ class SMTPTransport:
     def _reset(self, conn: smtplib.SMTP) -> None:
         try:
             conn.rset()
-        except Exception:  # noqa: BLE001 - the connection is dead; drop it
+        except Exception:
             self._drop()
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):
                 conn.quit()
-            except Exception:  # noqa: BLE001
-                pass
 
 
 def _text(reply: bytes | str) -> str:

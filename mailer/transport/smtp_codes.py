@@ -209,9 +209,7 @@ def _matches(rule: Rule, code: int, enhanced: str | None, reply: str) -> bool:
             return False
     if rule.basic and not str(code).startswith(rule.basic):
         return False
-    if rule.pattern and not _COMPILED[rule.pattern].search(reply or ""):
-        return False
-    return True
+    return not (rule.pattern and not _COMPILED[rule.pattern].search(reply or ""))
 
 
 def enhanced_code(code: int | None, reply: str) -> str | None:
@@ -245,10 +243,7 @@ def classify_dsn(status: str, diagnostic: str = "") -> Outcome:
     status = (status or "").strip().split()[0] if status and status.strip() else ""
     text = diagnostic.split(";", 1)[-1].strip() if diagnostic else ""
     m = _DIAG_CODE.search(text)
-    if m and m.group(1)[0] == status[:1]:
-        code = int(m.group(1))
-    else:
-        code = {"2": 250, "4": 450, "5": 550}.get(status[:1], 550)
+    code = int(m.group(1)) if m and m.group(1)[0] == status[:1] else {"2": 250, "4": 450, "5": 550}.get(status[:1], 550)
     return classify(code, f"{status} {text}".strip())
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Annotated, Any, Callable
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.exceptions import HTTPException

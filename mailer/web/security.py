@@ -19,8 +19,9 @@ import ipaddress
 import json
 import logging
 import re
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import Request

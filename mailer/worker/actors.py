@@ -88,7 +88,7 @@ def send_batch(delivery_ids: list[int]) -> None:
             delivery_service.process(app, delivery_id, owner=owner)
         except LeaseHeld:
             continue  # another worker has it
-        except Exception as exc:  # noqa: BLE001 - isolate one recipient's failure from the batch
+        except Exception as exc:
             if not delivery_service.is_retryable(exc):
                 raise
             port.send(port.SEND_ONE_BULK, delivery_id, delay_ms=app.settings.retry_min_backoff_ms)

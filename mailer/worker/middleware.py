@@ -34,5 +34,5 @@ class SweeperMiddleware(dramatiq.Middleware):
         while not self._stop.wait(self.interval_s):
             try:
                 sweeper.sweep(self.app_getter(), SWEEP_HOOKS)
-            except Exception:  # noqa: BLE001 - a failed sweep is retried at the next interval
+            except Exception:
                 log.exception("sweep failed; retrying in %s s", self.interval_s)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Request
@@ -49,7 +49,7 @@ MAX_IP_CHARS = 64
 #: How far in the future an occurred_at may lie (clock skew between shop and mailer), seconds.
 MAX_CLOCK_SKEW_S = 300
 #: Earliest occurred_at accepted.
-EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=timezone.utc)
+EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
 #: Sources a shop may name over HTTP.
 GRANT_SOURCES = (ConsentSource.checkout, ConsentSource.signup_form, ConsentSource.api)
 WITHDRAW_SOURCES = GRANT_SOURCES + (ConsentSource.preference_centre,)
@@ -174,9 +174,9 @@ def _check(m, body: ConsentGrantIn | ConsentWithdrawIn) -> tuple[str, list[tuple
             problems.append((name, "contains a control character"))
     if body.occurred_at is not None:
         try:
-            if body.occurred_at.astimezone(timezone.utc) > utcnow() + timedelta(seconds=MAX_CLOCK_SKEW_S):
+            if body.occurred_at.astimezone(UTC) > utcnow() + timedelta(seconds=MAX_CLOCK_SKEW_S):
                 problems.append(("occurred_at", "lies in the future"))
-            elif body.occurred_at.astimezone(timezone.utc) < EARLIEST_OCCURRED_AT:
+            elif body.occurred_at.astimezone(UTC) < EARLIEST_OCCURRED_AT:
                 problems.append(("occurred_at", f"before {EARLIEST_OCCURRED_AT:%Y-%m-%d}"))
         except OverflowError:
             problems.append(("occurred_at", "out of range"))
@@ -201,7 +201,7 @@ def _record(s: Session, m, body: ConsentGrantIn | ConsentWithdrawIn, address: st
     proof = ledger.Proof(ip=body.ip, user_agent=body.user_agent, form_id=body.form_id,
                          wording=wording.text if wording else None,
                          wording_version=wording.version if wording else None)
-    occurred_at = body.occurred_at.astimezone(timezone.utc) if body.occurred_at else None
+    occurred_at = body.occurred_at.astimezone(UTC) if body.occurred_at else None
     results: list[ConsentOutcome] = []
     if body.action == "withdraw":
         try:
