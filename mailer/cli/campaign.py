@@ -15,7 +15,16 @@ from mailer.app import App, get_app
 from mailer.campaigns import fanout as campaign_actors
 from mailer.campaigns import reports
 from mailer.campaigns import service as campaigns
-from mailer.cli.base import console, err_console, main, on_terminal, parse_json_or_file, pass_settings, setup_broker
+from mailer.cli.base import (
+    console,
+    err_console,
+    fold_table,
+    main,
+    on_terminal,
+    parse_json_or_file,
+    pass_settings,
+    setup_broker,
+)
 from mailer.models import Campaign
 from mailer.tracking import service as tracking
 
@@ -137,7 +146,7 @@ def cancel_cmd(settings, campaign_id: int) -> None:
 def list_cmd(settings) -> None:
     """Every campaign, newest first."""
 
-    table = Table("id", "name", "status", "template", "segment", "options", "created (UTC)")
+    table = fold_table("id", "name", "status", "template", "segment", "options", "created (UTC)")
     with db.session_scope(settings) as s:
         campaigns.finish_completed(s)
         for c in campaigns.list_campaigns(s):
