@@ -43,19 +43,30 @@ def campaign_group() -> None:
 @click.option("--segment", required=True, help="Segment name (segments/<name>.toml).")
 @click.option("--subject", multiple=True,
               help="Subject for every locale, or LOCALE=TEXT for one (repeatable). Default: the template's.")
+@click.option("--subject-all-locales", is_flag=True,
+              help="A --subject without a locale is meant for every locale, languages included (no warning).")
 @click.option("--send-at", default=None, help="ISO-8601 start time (no offset: the shop's time zone).")
 @click.option("--local-time", default=None, help="HH:MM: deliver at this time in each recipient's zone.")
 @click.option("--no-tracking", is_flag=True, help="No open pixel, no click tracking.")
 @click.option("--data", default=None, help="Template data as JSON, or @file.json (default: the sample data).")
 @pass_settings
-def create_cmd(settings, name, template, segment, subject, send_at, local_time, no_tracking, data) -> None:
-    """Validate and store a draft campaign; prints its id."""
+def create_cmd(settings, name, template, segment, subject, subject_all_locales, send_at, local_time, no_tracking,
+               data) -> None:
+    """Validate and store a draft campaign; prints its id.
+
+    One ``--subject TEXT`` without a locale replaces the subject of every locale: a warning on
+    stderr names the locales that will get it in another language than their body, unless
+    ``--subject-all-locales`` says so deliberately.
+    """
 
     app = App(settings)
     payload = parse_json_or_file(data, option="--data")
+    subjects = campaigns.parse_subjects(subject)
+    if subject_all_locales and "*" not in subjects:
+        raise click.BadParameter("needs a --subject TEXT without a locale", param_hint="--subject-all-locales")
     with db.session_scope(settings) as s:
         c = campaigns.create(s, settings, app.renderer, name=name, template=template, segment=segment,
-                             subjects=campaigns.parse_subjects(subject), data=payload,
+                             subjects=subjects, data=payload,
                              send_at=campaigns.parse_send_at(send_at, settings), local_time=local_time,
                              tracking=not no_tracking)
         cid = c.id
@@ -63,6 +74,12 @@ def create_cmd(settings, name, template, segment, subject, send_at, local_time, 
                       f"{' at ' + send_at if send_at else ''}{' (local ' + local_time + ')' if local_time else ''}"
                       f"{' without tracking' if no_tracking else ''}; send it with: mailer campaign send {cid}",
                       highlight=False)
+    foreign = campaigns.foreign_subject_locales(app.renderer, settings, template, subjects)
+    if foreign and not subject_all_locales:
+        err_console.print(f"warning: the --subject without a locale replaces the template's subject in "
+                          f"{', '.join(foreign)}: those customers get it over a body in their own language. "
+                          f"Give --subject LOCALE=TEXT for each, or --subject-all-locales if that is meant.",
+                          highlight=False, markup=False)
     click.echo(cid)
 
 
