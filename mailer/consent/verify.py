@@ -27,9 +27,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 from sqlalchemy import and_, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
@@ -46,9 +47,9 @@ from mailer.consent.export import (
     STREAM_ROWS,
     _event_columns,
     _record,
-    line_digest,
     _serialize,
     _stream,
+    line_digest,
 )
 from mailer.errors import ChainBroken
 from mailer.models import ConsentAction, ConsentChainFormat, ConsentEvent, ConsentRequest, ConsentState
