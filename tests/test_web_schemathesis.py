@@ -1,14 +1,18 @@
-"""Schemathesis against /openapi.json: generated requests to every operation find no server error.
+"""Schemathesis against /openapi.json: every check (``--checks all``) over every operation.
 
 Runs through the real ASGI app with a valid API key (so the notice API's validation is
 exercised, not only its 401), on SQLite and PostgreSQL, with a bounded number of
-examples per operation.
+examples per operation. Every schemathesis check runs (no server error, status codes,
+content types, response schemas and headers, the ``Allow`` of a 405, negative data
+rejected, unsupported methods, ignored auth, ...) except the ones in :data:`EXCLUDED_CHECKS`,
+each with its reason.
 """
 
 from __future__ import annotations
 
 import pytest
 import schemathesis
+from schemathesis.checks import CHECKS, positive_data_acceptance
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
@@ -20,6 +24,17 @@ from tests.conftest import make_settings
 
 #: Generated requests per API operation.
 EXAMPLES = 40
+
+#: Checks not run, each with the reason it cannot hold for this API.
+EXCLUDED_CHECKS = {
+    # "A schema-valid request is accepted" cannot hold where validity depends on state the
+    # schema cannot know: POST /v1/notices validates ``data`` against the chosen kind's
+    # kind.toml (required fields, types, choices) and looks ``customer_id`` up in the
+    # database; POST /v1/events validates ``data`` against the event type's schema file. Both
+    # answer 422 naming each field (docs/http-api.md). The schema does say every rule it can:
+    # the kind and event type, exactly one of email or customer_id, the rating range.
+    positive_data_acceptance,
+}
 
 
 @pytest.fixture
@@ -48,6 +63,9 @@ schema = schemathesis.pytest.from_fixture("web_schema")
 @schema.parametrize()
 @hypothesis_settings(max_examples=EXAMPLES, deadline=None, database=None,
                      suppress_health_check=list(HealthCheck))
-def test_no_server_errors(case, web_app):
-    response = case.call(headers={"Authorization": f"Bearer {web_app.api_key}"})
-    assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:500])
+def test_every_check_passes(case, web_app):
+    # Given the app and a valid API key; When schemathesis sends a generated request
+    # Then every check except the documented exclusions holds for the response
+    case.call_and_validate(headers={"Authorization": f"Bearer {web_app.api_key}"},
+                           checks=[c for c in CHECKS.get_all() if c not in EXCLUDED_CHECKS],
+                           excluded_checks=list(EXCLUDED_CHECKS))

@@ -274,6 +274,7 @@ def report_cmd(settings, campaign_id: int, output: Path) -> None:
     """A self-contained HTML page: figures, a chart of opens and clicks over time, top links."""
 
     with db.session_scope(settings) as s:
+        campaigns.finish_completed(s)  # a campaign whose deliveries all ended reads "completed", not "running"
         page = reports.html_report(s, campaign_id)
     output.write_text(page, encoding="utf-8")
     console.print(f"wrote {output}", highlight=False)

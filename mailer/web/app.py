@@ -32,6 +32,7 @@ import logging
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mailer.app import App, get_app, set_app
 from mailer.errors import (
@@ -43,7 +44,7 @@ from mailer.web import security as web_security
 from mailer.web.api import events as events_api
 from mailer.web.api import notices as notices_api
 from mailer.web.pages import confirm, links
-from mailer.web.problems import _mailer_error_response, _request_validation_response
+from mailer.web.problems import _http_error_response, _mailer_error_response, _request_validation_response
 
 log = logging.getLogger("mailer.web")
 
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, *, app: App | None = None) -> F
     api.state.mailer = mailer_app
     api.add_exception_handler(MailerError, _mailer_error_response)
     api.add_exception_handler(RequestValidationError, _request_validation_response)
+    api.add_exception_handler(StarletteHTTPException, _http_error_response)
     api.add_middleware(web_security.BodyLimitMiddleware, max_body_bytes=mailer_app.settings.max_body_bytes)
     for router in ROUTERS:
         api.include_router(router)
