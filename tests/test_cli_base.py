@@ -1,11 +1,16 @@
-"""Shared CLI helpers: JSON given inline or as @file, and clear errors for both."""
+"""Shared CLI helpers: JSON given inline or as @file, clear errors for both, output that is not cut off."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import click
 import pytest
 
 from mailer.cli.base import parse_json_or_file
+from mailer.settings import PROJECT_ROOT
 
 
 def test_json_inline_and_from_a_file(tmp_path):
@@ -31,12 +36,6 @@ def test_tables_and_hints_are_not_cut_or_wrapped_off_a_terminal(tmp_path):
     """Given a segment with a long name and description and a 40-column COLUMNS,
     when ``segments list`` prints into a pipe (not a terminal),
     then its name, description and file are printed whole on one line."""
-    import os
-    import subprocess
-    import sys
-
-    from mailer.settings import PROJECT_ROOT
-
     seg_dir = tmp_path / "segments"
     seg_dir.mkdir()
     long_name = "subscribers_who_opened_the_spring_catalogue_twice"
