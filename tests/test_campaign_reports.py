@@ -151,6 +151,28 @@ def test_cli_create_refuses_bad_input_with_a_clear_error(sent_campaign):
     assert ok.stdout.strip().splitlines()[-1].isdigit()
 
 
+def test_one_subject_for_every_locale_warns_naming_the_other_languages(sent_campaign):
+    """Given a newsletter with en and pl bodies, when a campaign is created with one --subject
+    without a locale, then stderr warns that pl gets it; --subject-all-locales or a pl subject
+    of its own silences the warning; the service returns the same list."""
+    env = _env(sent_campaign)
+    runner = CliRunner()
+    base = ["campaign", "create", "--name", "X", "--template", NEWS_KIND, "--segment", "newsletter_all"]
+    shared = runner.invoke(main, [*base, "--subject", "Big news"], env=env)
+    assert shared.exit_code == 0, shared.output
+    assert "warning:" in shared.stderr and "replaces the template's subject in pl:" in shared.stderr
+    deliberate = runner.invoke(main, [*base, "--subject", "Big news", "--subject-all-locales"], env=env)
+    assert deliberate.exit_code == 0 and "warning" not in deliberate.stderr
+    own = runner.invoke(main, [*base, "--subject", "Big news", "--subject", "pl=Wielkie wieści"], env=env)
+    assert own.exit_code == 0 and "warning" not in own.stderr
+    alone = runner.invoke(main, [*base, "--subject-all-locales"], env=env)
+    assert alone.exit_code == 2 and "--subject-all-locales" in alone.output
+    app = sent_campaign
+    renderer = app.renderer
+    assert campaigns.foreign_subject_locales(renderer, app.settings, NEWS_KIND, {"*": "Big news"}) == ["pl"]
+    assert campaigns.foreign_subject_locales(renderer, app.settings, NEWS_KIND, {"pl": "Nowości"}) == []
+
+
 def test_cli_apikey_create_prints_the_key_once_and_stores_its_hash(sent_campaign):
     app = sent_campaign
     runner = CliRunner()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tracemalloc
@@ -223,6 +224,51 @@ def test_a_tampered_file_fails_naming_what_and_where(settings, fmt, tamper, kind
     if seq is not None:
         assert report.problem.seq == seq, report.problem
         assert report.problem.line is not None
+
+
+@FORMATS
+def test_an_edited_evidence_field_names_its_event_line_not_the_end(settings, fmt):
+    # Given an export that verifies
+    _ledger(settings)
+    lines = _lines(_export(settings, fmt))
+    # When the clear email of one event (evidence, outside the chain hash) is edited in place
+    i = _record_line(lines, fmt, 2)
+    assert "łucja@example.pl" in lines[i]
+    lines[i] = lines[i].replace("łucja@example.pl", "lucja@example.pl")
+    report = _verify("".join(lines), fmt)
+    # Then verification names that event's line and seq, not the end record
+    assert not report.ok
+    assert report.problem.kind == "edited" and report.problem.seq == 2, report.problem
+    assert report.problem.line == i + 1 != len(lines), report.problem
+    assert "line_sha256" in report.problem.message and "begin, wording or link" not in report.problem.message
+
+
+def test_a_version_2_csv_export_still_verifies(settings):
+    """Given a CSV written by export version 2 (no line_sha256 column), when it is verified,
+    then it passes; an evidence edit there is still caught (by file_sha256, at the end)."""
+    import csv
+
+    _ledger(settings)
+    rows = list(csv.reader(io.StringIO(_export(settings, "csv"), newline="")))
+    out = io.StringIO(newline="")
+    w = csvsafe.writer(out, lineterminator="\n")
+    digest = hashlib.sha256()
+    for row in rows:
+        row = row[:-1]
+        if row[0] == "begin":
+            info = json.loads(csvsafe.unescape(row[consent_export.CSV_COLUMNS.index("info")]))
+            info["version"] = 2
+            row[consent_export.CSV_COLUMNS.index("info")] = json.dumps(info, ensure_ascii=False,
+                                                                       separators=(",", ":"))
+        if row[0] == "end":
+            info = json.loads(csvsafe.unescape(row[consent_export.CSV_COLUMNS.index("info")]))
+            info["file_sha256"] = digest.hexdigest()
+            row[consent_export.CSV_COLUMNS.index("info")] = json.dumps(info, ensure_ascii=False,
+                                                                       separators=(",", ":"))
+        w.writerow([csvsafe.unescape(c) for c in row])
+        digest = hashlib.sha256(out.getvalue().encode("utf-8"))
+    report = _verify(out.getvalue(), "csv")
+    assert report.ok, report.problem
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,18 @@ def test_demo_writes_an_outbox_of_parseable_mails_with_both_parts(tmp_path):
         assert "<html" in msg.get_body(("html",)).get_content()
     index = (outbox / "index.html").read_text(encoding="utf-8")
     assert index.count("<tr>") == len(emls) + 1
-    # And a second run works too (the database is migrated, not recreated)
+    # And the skipped deliveries come with their stored reasons (the consent gate at work)
+    assert "skipped (not sent): no current consent for loyalty" in res.stdout
+    # And no printed line is wrapped: each command and path stays whole on its line
+    assert any(line.endswith(f"open {outbox / 'index.html'} in a browser") for line in res.stdout.splitlines())
+    assert "(see it with: mailer campaign status 1)" in res.stdout
+    assert "`mailer serve`" in res.stdout and "mailer demo --serve" in res.stdout
+    # When the demo runs a second time in the same folder
     again = subprocess.run([sys.executable, "-m", "mailer.cli", "demo"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    assert len(list(outbox.glob("*.eml"))) > len(emls)
+    # Then it reuses the first run's notices and campaign: nothing is resent, and it says so
+    assert sorted(outbox.glob("*.eml")) == emls
+    assert "this run: sent 0 mails (other outcomes: none)" in again.stdout
+    assert "reused 18 deliveries from an earlier demo run" in again.stdout
+    assert "campaign 1: reused from an earlier run" in again.stdout

@@ -191,6 +191,23 @@ def test_missing_required_field_names_the_field(tmp_path):
     assert info.value.field == "data.items"
 
 
+def test_every_missing_required_field_is_named_at_once(tmp_path):
+    """Given a kind with four required fields, when data lacks all of them and has a
+    mistyped optional one, then one error names every problem, in ``problems``."""
+    renderer = Renderer(make_settings())
+    with pytest.raises(MissingField) as info:
+        renderer.validate("reward_code", {"code": "", "extra_ignored": 1})
+    err = info.value
+    fields = [f for f, _ in err.problems]
+    assert fields == ["data.code", "data.value", "data.value_type", "data.reason"]
+    assert err.field == "data.code"
+    assert all(repr(n) in str(err) for n in ("code", "value", "value_type", "reason"))
+    # And a missing field and a wrongly typed one are both reported
+    with pytest.raises(ValidationError) as info:
+        renderer.validate("order_delayed", {"new_eta": "next week"})
+    assert [f for f, _ in info.value.problems] == ["data.order_number", "data.new_eta"]
+
+
 def test_shipped_kinds_validate_types(tmp_path):
     renderer = Renderer(make_settings())
     sample = renderer.sample("csat_survey")

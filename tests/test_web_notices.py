@@ -131,6 +131,17 @@ def test_validation_errors_are_422_naming_the_field(api, body, loc):
     assert _deliveries(api) == 0
 
 
+def test_every_missing_template_field_is_listed_in_one_422(api):
+    # Given a shipping_update with none of its four required fields
+    r = api.post("/v1/notices", json={"kind": "shipping_update", "email": "a@example.com", "data": {}},
+                 headers=api.bearer)
+    # Then one 422 lists each of them, and nothing was stored
+    assert r.status_code == 422, r.text
+    locs = [d["loc"] for d in r.json()["detail"]]
+    assert locs == [["body", "data", f] for f in ("carrier", "tracking_number", "tracking_url", "status")]
+    assert _deliveries(api) == 0
+
+
 def test_a_failed_request_can_be_corrected_and_retried_with_the_same_key(api):
     headers = {**api.bearer, "Idempotency-Key": "fix-me"}
     bad = api.post("/v1/notices", json={"kind": "order_delayed", "email": "e@example.com",

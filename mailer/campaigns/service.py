@@ -220,6 +220,22 @@ def subjects_for_render(subjects: dict[str, str], locales: list[str]) -> dict[st
     return out
 
 
+def foreign_subject_locales(renderer, settings: Settings, template: str, subjects: dict[str, str]) -> list[str]:
+    """The template locales that would get the one shared subject (``"*"``, a ``--subject``
+    without a locale) although they are not in its language.
+
+    The shared text is taken to be in the default locale's language (``MAILER_DEFAULT_LOCALE``);
+    every other-language locale without a subject of its own gets it over a body in its own
+    language. Empty when there is no shared subject. ``campaign create`` warns with this list
+    unless ``--subject-all-locales`` says it is deliberate; the console can show it too.
+    """
+    if "*" not in subjects:
+        return []
+    language = settings.default_locale.replace("_", "-").split("-")[0].lower()
+    return sorted(loc for loc in renderer.spec(template).locales
+                  if loc not in subjects and loc.replace("_", "-").split("-")[0].lower() != language)
+
+
 def create(session: Session, settings: Settings, renderer, *, name: str, template: str, segment: str,
            subjects: dict[str, str] | None = None, data: dict | None = None, send_at: datetime | None = None,
            local_time: str | None = None, tracking: bool = True) -> Campaign:

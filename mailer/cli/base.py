@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from mailer import limits
 from mailer.app import App, set_app
@@ -21,8 +22,28 @@ from mailer.queue.broker import setup
 from mailer.rendering.i18n import MAX_LOCALE_CHARS, is_valid_locale
 from mailer.settings import Settings
 
-err_console = Console(stderr=True)
-console = Console()
+#: The width Rich lays out for when the output is not a terminal (a pipe, a file, CI): wide
+#: enough that no table cuts a name and no line wraps a command or a path.
+OFF_TERMINAL_WIDTH_CHARS = 4000
+
+
+def _console(*, stderr: bool = False) -> Console:
+    """A console that never wraps a printed line (``soft_wrap``) and, off a terminal, lays out
+    tables at their natural width instead of 80 columns."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, soft_wrap=True, width=None if stream.isatty() else OFF_TERMINAL_WIDTH_CHARS)
+
+
+err_console = _console(stderr=True)
+console = _console()
+
+
+def fold_table(*headers: str, **kwargs) -> Table:
+    """A Rich table whose columns fold long values onto more lines instead of cutting them off."""
+    t = Table(**kwargs)
+    for h in headers:
+        t.add_column(h, overflow="fold")
+    return t
 
 #: Exit codes: 0 fine, 1 done but something was rejected, 2 refused (bad input / error).
 EXIT_REJECTED = 1

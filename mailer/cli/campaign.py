@@ -15,7 +15,16 @@ from mailer.app import App, get_app
 from mailer.campaigns import fanout as campaign_actors
 from mailer.campaigns import reports
 from mailer.campaigns import service as campaigns
-from mailer.cli.base import console, err_console, main, on_terminal, parse_json_or_file, pass_settings, setup_broker
+from mailer.cli.base import (
+    console,
+    err_console,
+    fold_table,
+    main,
+    on_terminal,
+    parse_json_or_file,
+    pass_settings,
+    setup_broker,
+)
 from mailer.models import Campaign
 from mailer.tracking import service as tracking
 
@@ -34,19 +43,30 @@ def campaign_group() -> None:
 @click.option("--segment", required=True, help="Segment name (segments/<name>.toml).")
 @click.option("--subject", multiple=True,
               help="Subject for every locale, or LOCALE=TEXT for one (repeatable). Default: the template's.")
+@click.option("--subject-all-locales", is_flag=True,
+              help="A --subject without a locale is meant for every locale, languages included (no warning).")
 @click.option("--send-at", default=None, help="ISO-8601 start time (no offset: the shop's time zone).")
 @click.option("--local-time", default=None, help="HH:MM: deliver at this time in each recipient's zone.")
 @click.option("--no-tracking", is_flag=True, help="No open pixel, no click tracking.")
 @click.option("--data", default=None, help="Template data as JSON, or @file.json (default: the sample data).")
 @pass_settings
-def create_cmd(settings, name, template, segment, subject, send_at, local_time, no_tracking, data) -> None:
-    """Validate and store a draft campaign; prints its id."""
+def create_cmd(settings, name, template, segment, subject, subject_all_locales, send_at, local_time, no_tracking,
+               data) -> None:
+    """Validate and store a draft campaign; prints its id.
+
+    One ``--subject TEXT`` without a locale replaces the subject of every locale: a warning on
+    stderr names the locales that will get it in another language than their body, unless
+    ``--subject-all-locales`` says so deliberately.
+    """
 
     app = App(settings)
     payload = parse_json_or_file(data, option="--data")
+    subjects = campaigns.parse_subjects(subject)
+    if subject_all_locales and "*" not in subjects:
+        raise click.BadParameter("needs a --subject TEXT without a locale", param_hint="--subject-all-locales")
     with db.session_scope(settings) as s:
         c = campaigns.create(s, settings, app.renderer, name=name, template=template, segment=segment,
-                             subjects=campaigns.parse_subjects(subject), data=payload,
+                             subjects=subjects, data=payload,
                              send_at=campaigns.parse_send_at(send_at, settings), local_time=local_time,
                              tracking=not no_tracking)
         cid = c.id
@@ -54,6 +74,12 @@ def create_cmd(settings, name, template, segment, subject, send_at, local_time, 
                       f"{' at ' + send_at if send_at else ''}{' (local ' + local_time + ')' if local_time else ''}"
                       f"{' without tracking' if no_tracking else ''}; send it with: mailer campaign send {cid}",
                       highlight=False)
+    foreign = campaigns.foreign_subject_locales(app.renderer, settings, template, subjects)
+    if foreign and not subject_all_locales:
+        err_console.print(f"warning: the --subject without a locale replaces the template's subject in "
+                          f"{', '.join(foreign)}: those customers get it over a body in their own language. "
+                          f"Give --subject LOCALE=TEXT for each, or --subject-all-locales if that is meant.",
+                          highlight=False, markup=False)
     click.echo(cid)
 
 
@@ -137,7 +163,7 @@ def cancel_cmd(settings, campaign_id: int) -> None:
 def list_cmd(settings) -> None:
     """Every campaign, newest first."""
 
-    table = Table("id", "name", "status", "template", "segment", "options", "created (UTC)")
+    table = fold_table("id", "name", "status", "template", "segment", "options", "created (UTC)")
     with db.session_scope(settings) as s:
         campaigns.finish_completed(s)
         for c in campaigns.list_campaigns(s):
@@ -248,6 +274,7 @@ def report_cmd(settings, campaign_id: int, output: Path) -> None:
     """A self-contained HTML page: figures, a chart of opens and clicks over time, top links."""
 
     with db.session_scope(settings) as s:
+        campaigns.finish_completed(s)  # a campaign whose deliveries all ended reads "completed", not "running"
         page = reports.html_report(s, campaign_id)
     output.write_text(page, encoding="utf-8")
     console.print(f"wrote {output}", highlight=False)

@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from mailer import db, segments
-from mailer.cli.base import EXIT_REJECTED, console, err_console, main, pass_settings
+from mailer.cli.base import EXIT_REJECTED, console, err_console, fold_table, main, pass_settings
 from mailer.errors import SegmentError
 
 
@@ -21,7 +21,7 @@ def segments_group() -> None:
 @pass_settings
 def list_cmd(settings) -> None:
     """Every segment with its consent purpose; invalid files are reported (exit 1)."""
-    table = Table("segment", "purpose", "description", "file")
+    table = fold_table("segment", "purpose", "description", "file")
     bad = 0
     for path in segments.segment_files(settings):
         try:

@@ -33,5 +33,10 @@ def serve_cmd(settings, host: str | None, port: int | None, workers: int) -> Non
         uvicorn.run("mailer.web:app_from_env", factory=True, workers=workers, **common)
         return
     setup_broker(settings)
+    run_server(get_app(), host=host, port=port)
 
-    uvicorn.run(create_app(app=get_app()), **common)
+
+def run_server(app, *, host: str, port: int) -> None:
+    """Serve ``app`` under uvicorn in this process until Ctrl-C (one worker)."""
+    uvicorn.run(create_app(app=app), host=host, port=port, proxy_headers=False, log_config=log_config(),
+                log_level="info")

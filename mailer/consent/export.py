@@ -50,17 +50,33 @@ from mailer.models import ConsentEvent, ConsentEvidence
 from mailer.settings import Settings
 
 #: Export file format version (the ``begin`` record's ``version``): 2 adds chain_format
-#: per event and spreadsheet-safe CSV cells.
-FORMAT_VERSION = 2
+#: per event and spreadsheet-safe CSV cells; 3 adds ``line_sha256`` to the begin, wording
+#: and event records, so an edit outside the chain's hashed fields names its line.
+FORMAT_VERSION = 3
+#: The first export version whose begin, wording and event records carry ``line_sha256``.
+LINE_HASH_VERSION = 3
+#: Record types that carry ``line_sha256`` (link and end records are fully covered by the chain
+#: and by the end record's own re-check).
+LINE_HASHED_TYPES = ("begin", "wording", "event")
 FORMAT_NAME = "mailer-consent-log"
 #: Rows fetched per round trip while streaming the chain.
 STREAM_ROWS = 2000
 #: Columns of a CSV export, in order.
 CSV_COLUMNS = (("type",) + consent.HASHED_FIELDS
                + ("prev_hash", "hash", "event_id", "customer_id", "email", "ip", "user_agent", "wording", "info",
-                  "chain_format"))
+                  "chain_format", "line_sha256"))
+#: Columns of a version-2 CSV export (before line hashes), still accepted by the verifier.
+CSV_COLUMNS_V2 = CSV_COLUMNS[:-1]
 #: Columns of a version-1 CSV export (before chain format 2), still accepted by the verifier.
-CSV_COLUMNS_V1 = CSV_COLUMNS[:-1]
+CSV_COLUMNS_V1 = CSV_COLUMNS_V2[:-1]
+
+
+def line_digest(rec: dict) -> str:
+    """``line_sha256`` of a record: SHA-256 of the canonical JSON of its non-empty values
+    (``line_sha256`` itself left out), the same for a JSONL line and a CSV row."""
+    fields = {k: v for k, v in rec.items() if k not in ("line_sha256", "line") and v not in (None, "")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+                          .encode("utf-8")).hexdigest()
 
 
 # -- reading the chain from the database ------------------------------------------------------
@@ -164,6 +180,8 @@ class _Writer:
         self.out.write(text_)
 
     def record(self, rec: dict) -> None:
+        if rec["type"] in LINE_HASHED_TYPES:
+            rec["line_sha256"] = line_digest(rec)
         if self.fmt == "csv":
             self.csv.writerow(_csv_row(rec))
         else:
@@ -174,9 +192,9 @@ class _Writer:
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-def _csv_row(rec: dict) -> list:
+def _csv_row(rec: dict, columns: tuple[str, ...] = CSV_COLUMNS) -> list:
     row = []
-    for col in CSV_COLUMNS:
+    for col in columns:
         v = rec.get(col)
         if col == "info" and v is not None:
             v = _JSON.encode(v)
@@ -184,12 +202,13 @@ def _csv_row(rec: dict) -> list:
     return row
 
 
-def _serialize(rec: dict, fmt: str) -> str:
-    """One record exactly as the export writes it (used to re-check the end record)."""
+def _serialize(rec: dict, fmt: str, columns: tuple[str, ...] = CSV_COLUMNS) -> str:
+    """One record exactly as the export writes it (used to re-check the end record);
+    ``columns``: the CSV header of the file being checked (older versions have fewer)."""
     if fmt == "jsonl":
         return _JSON.encode(rec) + "\n"
     buf = io.StringIO()
-    csvsafe.writer(buf, lineterminator="\n").writerow(_csv_row(rec))
+    csvsafe.writer(buf, lineterminator="\n").writerow(_csv_row(rec, columns))
     return buf.getvalue()
 
 

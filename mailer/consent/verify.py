@@ -40,12 +40,16 @@ from mailer.consent import ledger as consent
 from mailer.consent.export import (
     CSV_COLUMNS,
     CSV_COLUMNS_V1,
+    CSV_COLUMNS_V2,
     FORMAT_NAME,
+    LINE_HASH_VERSION,
+    LINE_HASHED_TYPES,
     STREAM_ROWS,
     _event_columns,
     _record,
     _serialize,
     _stream,
+    line_digest,
 )
 from mailer.errors import ChainBroken
 from mailer.models import ConsentAction, ConsentChainFormat, ConsentEvent, ConsentRequest, ConsentState
@@ -395,6 +399,8 @@ class _Lines:
         self.before_line = self.digest.copy()
         self.line = ""
         self.bad: str | None = None
+        #: The CSV header row of the file (its export version's columns).
+        self.columns: tuple[str, ...] = CSV_COLUMNS
 
     def __iter__(self) -> Iterator[str]:
         for raw in self.fh:
@@ -428,11 +434,12 @@ def _read_csv(lines: _Lines) -> Iterator[tuple[int, dict]]:
     reader = csv.reader(iter(lines), strict=True)
     try:
         header = next(reader, None)
-        if header is None or tuple(header) not in (CSV_COLUMNS, CSV_COLUMNS_V1):
+        if header is None or tuple(header) not in (CSV_COLUMNS, CSV_COLUMNS_V2, CSV_COLUMNS_V1):
             yield 1, {"type": "__bad__", "error": f"the header row is not the export's "
                                                   f"({', '.join(CSV_COLUMNS[:4])}, ...)"}
             return
         columns = tuple(header)
+        lines.columns = columns
         # Cells are un-escaped only when the begin record announces the escaping (export
         # version 2); a version-1 file is read exactly as written.
         unescape = None
@@ -497,6 +504,9 @@ def verify_stream(fh: IO[bytes], fmt: str, *, progress: Callable[[int], None] | 
     end: dict | None = None
     end_line = None
     sealed_digest = None
+    line_hashes = False
+    #: The first line whose content its line_sha256 does not allow; reported when the chain holds.
+    line_edit: Problem | None = None
     n = 0
     for line_no, rec in records:
         n += 1
@@ -514,6 +524,10 @@ def verify_stream(fh: IO[bytes], fmt: str, *, progress: Callable[[int], None] | 
             info = rec.get("info") or {}
             if info.get("format") != FORMAT_NAME:
                 return _bad(line_no, f"not a {FORMAT_NAME} export (begin record edited?)")
+            line_hashes = isinstance(info.get("version"), int) and info["version"] >= LINE_HASH_VERSION
+            if line_hashes and rec.get("line_sha256") != line_digest(rec):
+                return _bad(line_no, "the begin record was edited: its bytes do not match its line_sha256",
+                            kind=EDITED)
             first_seq = rec.get("seq")
             verifier = Verifier(first_seq=first_seq, anchor=rec.get("prev_hash"))
             if first_seq == 1 and rec.get("prev_hash") != consent.GENESIS:
@@ -525,17 +539,28 @@ def verify_stream(fh: IO[bytes], fmt: str, *, progress: Callable[[int], None] | 
             continue
         if kind == "end":
             end, end_line, sealed_digest = rec, line_no, lines.before_line.hexdigest()
-            if _serialize(rec, fmt) != lines.line:
+            if _serialize(rec, fmt, lines.columns) != lines.line:
                 return _bad(line_no, "the end record was edited (it is not as the export wrote it)", kind=EDITED)
             continue
         if kind == "wording":
             sha, text_ = rec.get("wording_sha256"), rec.get("wording")
             if not sha or text_ is None or hashlib.sha256(text_.encode("utf-8")).hexdigest() != sha:
                 return _bad(line_no, "a wording record's text does not match its wording_sha256", kind=EDITED)
+            if line_hashes and rec.get("line_sha256") != line_digest(rec):
+                return _bad(line_no, "a wording record was edited: its bytes do not match its line_sha256",
+                            kind=EDITED)
             verifier.wordings[sha] = text_
             continue
         if kind not in ("event", "link"):
             return _bad(line_no, f"unknown record type {kind!r}")
+        if line_edit is None and line_hashes and kind in LINE_HASHED_TYPES \
+                and rec.get("line_sha256") != line_digest(rec):
+            seq = rec.get("seq") if isinstance(rec.get("seq"), int) else None
+            line_edit = Problem(EDITED, seq, f"the event line of seq {seq} was edited: its chain hash holds, but "
+                                "its bytes do not match its line_sha256 (a field outside the chain hash, such as "
+                                "the email, ip, user_agent, event_id or customer_id evidence, changed)",
+                                event_id=rec.get("event_id") if isinstance(rec.get("event_id"), int) else None,
+                                line=line_no)
         rec["line"] = line_no
         if not verifier.feed(rec):
             break
@@ -545,6 +570,9 @@ def verify_stream(fh: IO[bytes], fmt: str, *, progress: Callable[[int], None] | 
         return _bad(1, "the file is empty (no begin record)", kind=TRUNCATED)
     report = verifier.finish()
     if not report.ok:
+        return report
+    if line_edit is not None:
+        report.problem = line_edit
         return report
     if end is None:
         report.problem = Problem(TRUNCATED, report.last_seq, "the file ends without its end record "
@@ -564,9 +592,11 @@ def verify_stream(fh: IO[bytes], fmt: str, *, progress: Callable[[int], None] | 
                                  line=end_line)
         return report
     if info.get("file_sha256") != sealed_digest:
-        report.problem = Problem(EDITED, None, "the events verify, but other bytes before the end record changed "
-                                 "(begin, wording or link records, or formatting): file_sha256 does not match",
-                                 line=end_line)
+        report.problem = Problem(EDITED, None, "every record's content verifies, but bytes before the end record "
+                                 "changed (formatting: spacing, quoting or key order"
+                                 + (")" if line_hashes else ", or a begin, wording or event line of an export "
+                                    "older than version 3, which has no line hashes)")
+                                 + ": file_sha256 does not match", line=end_line)
     return report
 
 

@@ -167,18 +167,35 @@ class Renderer:
             raise TemplateError(f"sample.json: {exc}", template=str(path)) from exc
 
     def validate(self, kind: str, data: dict[str, Any]) -> KindSpec:
-        """Raise :class:`MissingField` naming the first absent required field, or
-        :class:`ValidationError` naming a field whose value does not fit its declared type."""
+        """Raise :class:`MissingField` naming every absent required field, or
+        :class:`ValidationError` naming a field whose value does not fit its declared type.
+
+        When several fields are wrong the error names the first and carries them all in
+        ``problems`` ((field, message) pairs), so the API's 422 ``detail[]`` lists each one."""
         spec = self.spec(kind)
         if not isinstance(data, dict):
             raise ValidationError(f"{kind}: data must be an object", field="data")
-        for name in spec.required:
-            if data.get(name) in (None, "", []):
-                raise MissingField(f"{kind}: required data field {name!r} is missing", field=f"data.{name}")
+        errors: list[ValidationError] = [
+            MissingField(f"{kind}: required data field {name!r} is missing", field=f"data.{name}")
+            for name in spec.required if data.get(name) in (None, "", [])]
+        missing_names = {e.field for e in errors}
         for name, fspec in spec.fields.items():
-            if name in data:
-                _check_value(kind, fspec, name, data[name])
-        return spec
+            if name in data and f"data.{name}" not in missing_names:
+                try:
+                    _check_value(kind, fspec, name, data[name])
+                except ValidationError as exc:
+                    errors.append(exc)
+        if not errors:
+            return spec
+        first = errors[0]
+        if len(errors) > 1:
+            missing = [e.field.removeprefix("data.") for e in errors if isinstance(e, MissingField) and e.field]
+            names = ", ".join(repr(n) for n in missing)
+            first = type(first)(f"{kind}: {len(errors)} problems in data"
+                                + (f"; required data fields missing: {names}" if missing else ""),
+                                field=first.field)
+            first.problems = [(e.field or "data", str(e)) for e in errors]  # type: ignore[attr-defined]
+        raise first
 
     def resolve_locale(self, kind: str, locale: str | None) -> str:
         """The template locale for a recipient's locale (``zh-HK`` -> ``zh-TW``, ``pl-PL`` -> ``pl``)."""

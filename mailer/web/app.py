@@ -42,6 +42,7 @@ import logging
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mailer.app import App, get_app, set_app
 from mailer.errors import (
@@ -58,7 +59,7 @@ from mailer.web.api import restock as restock_api
 from mailer.web.api import webhooks as webhooks_api
 from mailer.web.api import wordings as wordings_api
 from mailer.web.pages import confirm, forms, links
-from mailer.web.problems import _mailer_error_response, _request_validation_response
+from mailer.web.problems import _http_error_response, _mailer_error_response, _request_validation_response
 
 log = logging.getLogger("mailer.web")
 
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None, *, app: App | None = None) -> F
     api.state.mailer = mailer_app
     api.add_exception_handler(MailerError, _mailer_error_response)
     api.add_exception_handler(RequestValidationError, _request_validation_response)
+    api.add_exception_handler(StarletteHTTPException, _http_error_response)
     api.add_middleware(web_security.BodyLimitMiddleware, max_body_bytes=mailer_app.settings.max_body_bytes)
     for router in ROUTERS:
         api.include_router(router)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 
 from fastapi import Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from mailer import limits
 from mailer.errors import (
@@ -71,3 +74,19 @@ def _mailer_error_response(_request: Request, exc: MailerError) -> JSONResponse:
     status = 404 if isinstance(exc, (NotFound, TokenError)) else 409 if isinstance(
         exc, (InvalidState, ConsentError)) else 500
     return JSONResponse({"detail": str(exc)}, status_code=status)
+
+
+async def _http_error_response(request: Request, exc: StarletteHTTPException):
+    """Starlette's HTTP errors, with a 405's ``Allow`` naming every method of the path.
+
+    A path served by two routes (``GET`` and ``POST /u/{token}``) would otherwise answer
+    405 with the ``Allow`` of the first route only (RFC 9110 15.5.6: list them all)."""
+    if exc.status_code != 405:
+        return await http_exception_handler(request, exc)
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
+    return JSONResponse({"detail": exc.detail}, status_code=405, headers=headers)

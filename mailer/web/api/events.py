@@ -35,7 +35,9 @@ class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"type": "order_delayed", "data": {"email": "alice@example.com", "order_number": "1001",
                                            "new_eta": "2026-12-01"}}]})
-    type: str = Field(description=f"One of: {', '.join(events.EVENT_TYPES)}.", max_length=50)
+    # The enum is what publish() enforces (an unknown type is a 422 naming the known ones).
+    type: str = Field(description=f"One of: {', '.join(events.EVENT_TYPES)}.", max_length=50,
+                      json_schema_extra={"enum": list(events.EVENT_TYPES)})
     data: dict[str, Any] = Field(default_factory=dict, description="The event's fields.")
 
 

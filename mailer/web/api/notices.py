@@ -40,7 +40,11 @@ router = APIRouter(route_class=web_security.StrictJSONRoute)
 class NoticeIn(BaseModel):
     """A notice to send: the kind, one recipient (address or customer id), the template data."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Exactly one of email and customer_id (what _create_notice enforces), said in the schema.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
+        {"required": ["email"], "properties": {"email": {"type": "string"}, "customer_id": {"type": "null"}}},
+        {"required": ["customer_id"], "properties": {"customer_id": {"type": "integer"}, "email": {"type": "null"}}},
+    ]})
 
     kind: str = Field(min_length=1, max_length=100, description="Notice kind, e.g. order_delayed.")
     email: str | None = Field(default=None, max_length=320, description="Recipient address.")

@@ -231,7 +231,8 @@ def _existing_rating(s, link: tracking.Link) -> int | None:
              responses={404: {**_HTML, "description": "Invalid or expired token."}})
 def csat_comment(token: str, request: Request,
                  comment: Annotated[str | None, Form(max_length=20_000)] = None,
-                 rating: Annotated[int | None, Form(ge=1, le=5)] = None) -> HTMLResponse:
+                 # Optional but never null: a form field is absent or a number 1-5.
+                 rating: Annotated[int, Form(ge=1, le=5)] = None) -> HTMLResponse:  # type: ignore[assignment]
     """Save a comment (and optionally a changed rating) for the order."""
     if (refused := refuse_cross_site(request)) is not None:
         return refused
