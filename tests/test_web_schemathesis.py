@@ -15,7 +15,6 @@ import schemathesis
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from schemathesis.checks import CHECKS, positive_data_acceptance
-from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from mailer.app import App, set_app
 from mailer.transport import memory

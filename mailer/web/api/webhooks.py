@@ -20,7 +20,15 @@ from mailer.errors import ValidationError
 
 log = logging.getLogger("mailer.web")
 
-router = APIRouter()
+router = APIRouter(tags=["webhooks"])
+
+_PROBLEM = {"content": {"application/problem+json": {"schema": {"type": "object"}}}}
+#: What every webhook endpoint answers besides 200 (the body is the provider's JSON, read raw).
+_RESPONSES = {
+    400: {"description": "The body is not the provider's JSON.", **_PROBLEM},
+    401: {"description": "Signature, token or basic auth not valid: nothing stored.", **_PROBLEM},
+    413: {"description": "Body over MAILER_MAX_BODY_BYTES."},
+}
 
 
 def _problem(status: int, title: str, detail: str) -> JSONResponse:
@@ -78,21 +86,21 @@ async def _handle(request: Request, provider: str) -> JSONResponse:
     return _answer(await run_in_threadpool(webhooks.receive, app, provider, events))
 
 
-@router.post("/webhooks/ses", summary="Amazon SES notifications through SNS (signature verified)")
+@router.post("/webhooks/ses", responses=_RESPONSES, summary="Amazon SES notifications through SNS (signature verified)")
 async def ses(request: Request) -> JSONResponse:
     return await _handle(request, "ses")
 
 
-@router.post("/webhooks/sendgrid", summary="SendGrid Event Webhook (ECDSA signature verified)")
+@router.post("/webhooks/sendgrid", responses=_RESPONSES, summary="SendGrid Event Webhook (ECDSA signature verified)")
 async def sendgrid(request: Request) -> JSONResponse:
     return await _handle(request, "sendgrid")
 
 
-@router.post("/webhooks/mailgun", summary="Mailgun webhooks (HMAC signature verified)")
+@router.post("/webhooks/mailgun", responses=_RESPONSES, summary="Mailgun webhooks (HMAC signature verified)")
 async def mailgun(request: Request) -> JSONResponse:
     return await _handle(request, "mailgun")
 
 
-@router.post("/webhooks/postmark", summary="Postmark bounce and spam complaint webhooks (basic auth)")
+@router.post("/webhooks/postmark", responses=_RESPONSES, summary="Postmark bounce and spam complaint webhooks (basic auth)")
 async def postmark(request: Request) -> JSONResponse:
     return await _handle(request, "postmark")
