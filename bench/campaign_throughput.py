@@ -183,6 +183,7 @@ def prebuilt_messages(settings, count: int) -> list[tuple[str, str, bytes]]:
     """``count`` distinct, finished, DKIM-signed messages composed by the product."""
     from mailer.clock import utcnow
     from mailer.delivery.compose import compose
+    from mailer.delivery.mail import MailContext
     from mailer.message.dkim import Signer
     from mailer.models import Delivery
     from mailer.rendering import Renderer
@@ -194,7 +195,7 @@ def prebuilt_messages(settings, count: int) -> list[tuple[str, str, bytes]]:
     for i in range(count):
         d = Delivery(id=10_000_000 + i, kind=TEMPLATE, to_address=f"ceiling{i}@example.com", to_hash="x" * 64,
                      locale="en", data=data, purpose="newsletter", created_at=utcnow())
-        c = compose(settings, renderer, signer, d, None)
+        c = compose(settings, renderer, signer, MailContext.of(d))
         out.append((c.envelope_from, c.recipient, c.message))
     return out
 

@@ -6,7 +6,7 @@
   inserts, a valid hash chain), far faster than the ledger's one-event-per-call API;
   everything after that (campaign create/send, fan-out, ``send_batch``) is the product's
   own path.
-* :class:`Worker` runs ``python -m dramatiq mailer.boot --processes 1`` with mailer's
+* :class:`Worker` runs ``python -m dramatiq mailer.worker.boot --processes 1`` with mailer's
   settings in its environment and reads its process tree's CPU time and RSS from /proc.
 * :func:`dkim_keys` makes a fresh RSA-2048 and Ed25519 key in a temp dir.
 
@@ -322,7 +322,7 @@ def delivery_counts(settings: Settings, campaign_id: int | None = None) -> dict[
 # -- the worker ---------------------------------------------------------------------------------
 @dataclass
 class Worker:
-    """One ``dramatiq mailer.boot`` command with ``processes`` worker processes."""
+    """One ``dramatiq mailer.worker.boot`` command with ``processes`` worker processes."""
 
     settings: Settings
     log_dir: Path
@@ -348,7 +348,7 @@ class Worker:
                 os.sched_setaffinity(0, cpus)
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "mailer.boot", "--processes", str(self.processes),
+            [sys.executable, "-m", "dramatiq", "mailer.worker.boot", "--processes", str(self.processes),
              "--threads", str(self.threads), "--queues", *self.queues, "--worker-shutdown-timeout", "5000"],
             cwd=self.log_dir, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pre)
         log.close()

@@ -161,6 +161,7 @@ def test_mails_received_by_a_real_relay_verify_including_list_unsubscribe(db_url
     from mailer.app import App
     from mailer.delivery import process as delivery
     from mailer.delivery.compose import compose
+    from mailer.delivery.mail import MailContext
     from mailer.models import Delivery
     from mailer.notices import trigger as notices
     from tests.campaign_support import NEWS_KIND, newsletter_templates
@@ -180,7 +181,7 @@ def test_mails_received_by_a_real_relay_verify_including_list_unsubscribe(db_url
         # And a newsletter's signatures cover its List-Unsubscribe and List-Unsubscribe-Post headers
         news = Delivery(id=99, idempotency_key="x", kind=NEWS_KIND, customer_id=None, to_address="anna@example.org",
                         to_hash="h", locale="en", data={"headline": "Sale"}, purpose="newsletter", queue="bulk")
-        composed = compose(app.settings, app.renderer, app.signer, news, None)
+        composed = compose(app.settings, app.renderer, app.signer, MailContext.of(news))
         assert verify_all(composed.message, keys_root) == [("ed25519-sha256", True), ("rsa-sha256", True)]
         names = signed_header_names(composed.message, "rsa-sha256")
         assert "list-unsubscribe" in names and "list-unsubscribe-post" in names

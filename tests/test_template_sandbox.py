@@ -19,7 +19,7 @@ from mailer.app import App, set_app
 from mailer.campaigns import fanout as campaign_actors
 from mailer.campaigns import service as campaigns
 from mailer.cli import main
-from mailer.delivery import personalize as headers
+from mailer.delivery import process as send_path
 from mailer.errors import TemplateTextError
 from mailer.models import Campaign, Delivery, DeliveryStatus
 from mailer.queue.broker import QUEUES
@@ -70,7 +70,7 @@ def payloads(marker) -> list[str]:
 @pytest.fixture
 def env(db_url, tmp_path):
     memory.clear()
-    headers.campaign_options.cache_clear()
+    send_path.campaign_options.cache_clear()
     settings = make_settings(database_url=db_url, templates_dir=newsletter_templates(tmp_path), batch_size=2)
     app = App(settings)
     previous = set_app(app)
@@ -79,7 +79,7 @@ def env(db_url, tmp_path):
     yield app
     app.close()
     set_app(previous)
-    headers.campaign_options.cache_clear()
+    send_path.campaign_options.cache_clear()
 
 
 def _create(app, subjects) -> int:
@@ -149,7 +149,7 @@ def test_cli_create_refuses_payloads(env, tmp_path, index):
 def _tamper(app, cid: int, subject: str) -> None:
     with app.session() as s:
         s.execute(update(Campaign).where(Campaign.id == cid).values(subjects={"pl": subject, "en": subject}))
-    headers.campaign_options.cache_clear()
+    send_path.campaign_options.cache_clear()
 
 
 def test_preview_refuses_a_tampered_subject(env, tmp_path):

@@ -37,8 +37,8 @@ from sqlalchemy.orm import Session
 from mailer import segments
 from mailer.addresses import email_hash, normalize
 from mailer.clock import utcnow
-from mailer.delivery import personalize as headers
-from mailer.delivery import preview as probes
+from mailer.delivery.compose import personalized
+from mailer.delivery.mail import CampaignOptions, MailContext
 from mailer.errors import InvalidState, NotFound, TemplateError, ValidationError
 from mailer.instance_secrets import address_hash_salt
 from mailer.models import (
@@ -388,14 +388,12 @@ def preview(session: Session, settings: Settings, renderer, campaign_id: int, em
     c = get(session, campaign_id)
     address = normalize(email)
     customer = session.execute(select(Customer).where(Customer.email == address)).scalar_one_or_none()
-    probe = probes.probe(customer, kind=c.template, campaign_id=c.id, to_address=address,
-                         to_hash=email_hash(address, address_hash_salt(settings)),
-                         locale=(customer.locale if customer else None) or settings.default_locale,
-                         data={}, purpose=c.purpose)
-    context = probes.probe_context(settings, probe, customer, links=True)
-    data, options = headers.render_args(settings, probe, context)
-    rendered = renderer.render(c.template, probe.locale, data, context=context, **options)
-    rendered = headers.after_render(context, rendered)
+    probe = Delivery(id=0, kind=c.template, campaign_id=c.id, customer_id=customer.id if customer else None,
+                     to_address=address, to_hash=email_hash(address, address_hash_salt(settings)),
+                     locale=(customer.locale if customer else None) or settings.default_locale,
+                     data={}, purpose=c.purpose, created_at=utcnow())
+    # The campaign as read just now (not the send path's per-process cache of its options).
+    rendered, _ = personalized(settings, renderer, MailContext.of(probe, customer, campaign=CampaignOptions.of(c)))
     return Preview(subject=rendered.subject, locale=rendered.locale, html=rendered.html, text=rendered.text)
 
 

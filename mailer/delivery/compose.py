@@ -1,7 +1,8 @@
 """Composing one delivery into signed MIME bytes: render, headers, MIME, DKIM.
 
-The pieces are pure functions of the delivery, the customer and the settings, so a
-retry composes exactly the same mail (same Message-ID, same tokens).
+The pieces are pure functions of a :class:`~mailer.delivery.mail.MailContext` (the plain
+value the send path loads in its own transactions) and the settings: nothing here reads
+the database, and a retry composes exactly the same mail (same Message-ID, same tokens).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from email.utils import parseaddr
 from mailer.addresses import ascii_form
 from mailer.clock import utcnow
 from mailer.delivery import personalize as header_hooks
+from mailer.delivery.mail import MailContext, Recipient
 from mailer.message.mime import MailParts, build
 from mailer.models import Customer, Delivery
 from mailer.rendering import Rendered
@@ -47,8 +49,9 @@ def return_path(settings: Settings, delivery_id: int) -> str:
     return f"bounces+{delivery_id}@{settings.bounce_domain}"
 
 
-def render_context(settings: Settings, delivery: Delivery, customer: Customer | None) -> dict:
-    """What every template may use besides the delivery's own data."""
+def render_context(settings: Settings, delivery: Delivery | MailContext,
+                   customer: Customer | Recipient | None) -> dict:
+    """What every template may use besides the delivery's own data (attribute reads only)."""
     ctx = {
         "first_name": (customer.first_name if customer else None) or "",
         "last_name": (customer.last_name if customer else None) or "",
@@ -64,32 +67,36 @@ def needs_smtputf8(settings: Settings, to_address: str) -> bool:
     return not (ascii_form(to_address).isascii() and from_parts(settings)[1].isascii())
 
 
-def compose(settings: Settings, renderer, signer, delivery: Delivery, customer: Customer | None, *,
-            utf8: bool | None = None) -> Composed:
+def personalized(settings: Settings, renderer, mail: MailContext) -> tuple[Rendered, list[tuple[str, str]]]:
+    """Render one mail as its recipient gets it, with the headers personalization adds."""
+    context = render_context(settings, mail, mail.customer)
+    extra_headers: list[tuple[str, str]] = [("X-Mailer-Delivery", str(mail.id))]
+    context, extra_headers = header_hooks.decorate(settings, mail, context, extra_headers)
+    # Campaign mail renders with the campaign's data, subjects and compile cache key
+    # (headers.render_args), and gets its open pixel after rendering (headers.after_render).
+    data, options = header_hooks.render_args(settings, mail, context)
+    rendered = renderer.render(mail.kind, mail.locale, data, context=context, **options)
+    return header_hooks.after_render(context, rendered), extra_headers
+
+
+def compose(settings: Settings, renderer, signer, mail: MailContext, *, utf8: bool | None = None) -> Composed:
     """Render and assemble the signed message for one delivery.
 
     ``utf8`` (RFC 6532 headers, sent with SMTPUTF8) defaults to what the addresses need:
     an internationalized local part cannot be written any other way.
     """
     if utf8 is None:
-        utf8 = needs_smtputf8(settings, delivery.to_address)
-    context = render_context(settings, delivery, customer)
-    extra_headers: list[tuple[str, str]] = [("X-Mailer-Delivery", str(delivery.id))]
-
-    context, extra_headers = header_hooks.decorate(settings, delivery, customer, context, extra_headers)
-    # Campaign mail renders with the campaign's data, subjects and compile cache key
-    # (headers.render_args), and gets its open pixel after rendering (headers.after_render).
-    data, options = header_hooks.render_args(settings, delivery, context)
-    rendered = renderer.render(delivery.kind, delivery.locale, data, context=context, **options)
-    rendered = header_hooks.after_render(context, rendered)
+        utf8 = needs_smtputf8(settings, mail.to_address)
+    rendered, extra_headers = personalized(settings, renderer, mail)
     # What the mail is and its language (RFC 3282): the outbox index shows both.
-    extra_headers = [*extra_headers, ("X-Mailer-Kind", delivery.kind), ("Content-Language", rendered.locale)]
+    extra_headers = [*extra_headers, ("X-Mailer-Kind", mail.kind), ("Content-Language", rendered.locale)]
     from_name, from_addr = from_parts(settings)
-    to_addr = delivery.to_address if utf8 else ascii_form(delivery.to_address)
-    mid = message_id(settings, delivery.id)
+    to_addr = mail.to_address if utf8 else ascii_form(mail.to_address)
+    mid = message_id(settings, mail.id)
+    customer = mail.customer
     to_name = " ".join(p for p in ((customer.first_name, customer.last_name) if customer else ()) if p) or None
     raw = build(MailParts(from_name=from_name or None, from_address=from_addr, to_name=to_name,
                           to_address=to_addr, subject=rendered.subject, text=rendered.text,
                           html=rendered.html, message_id=mid, date=utcnow(), headers=extra_headers, utf8=utf8))
-    return Composed(envelope_from=return_path(settings, delivery.id), recipient=to_addr,
+    return Composed(envelope_from=return_path(settings, mail.id), recipient=to_addr,
                     message=signer.sign(raw), message_id=mid, rendered=rendered)

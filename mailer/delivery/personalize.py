@@ -15,47 +15,23 @@ click tracking (the renderer rewrites every http(s) link through it) and an open
 (``open_pixel_url``; :func:`after_render` inserts it before ``</body>`` when the
 template does not place it itself).
 
-Everything here is a pure function of the delivery and settings (plus the immutable
-campaign options), so a retried delivery gets exactly the same links.
+Everything here is a pure function of the :class:`~mailer.delivery.mail.MailContext`
+and the settings: it reads no database (the send path loaded the campaign options and
+the tracking permission beforehand), so a retried delivery gets exactly the same links.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
-from functools import lru_cache
+from dataclasses import replace
 
-from mailer.consent import ledger as consent
-from mailer.db import session_scope
-from mailer.models import Campaign, Customer, Delivery
+from mailer.delivery.mail import MailContext
 from mailer.rendering import TRANSACTIONAL
 from mailer.settings import Settings
 from mailer.tracking import service as tracking
 
 #: The header value RFC 8058 requires for one-click unsubscribe.
 ONE_CLICK = "List-Unsubscribe=One-Click"
-
-
-@dataclass(frozen=True)
-class CampaignOptions:
-    """The parts of a campaign that shape each of its mails (fixed once it is created)."""
-
-    id: int
-    tracking: bool
-    subjects: dict
-    data: dict
-
-
-@lru_cache(maxsize=512)
-def campaign_options(database_url: str, campaign_id: int) -> CampaignOptions | None:
-    """A campaign's tracking flag and subjects, read once per process (they never change)."""
-
-    with session_scope(database_url) as s:
-        c = s.get(Campaign, campaign_id)
-        if c is None:
-            return None
-        return CampaignOptions(id=c.id, tracking=bool(c.tracking), subjects=dict(c.subjects or {}),
-                               data=dict(c.data or {}))
 
 
 def sender_domain(settings: Settings) -> str:
@@ -73,58 +49,46 @@ def list_id(settings: Settings, purpose: str) -> str:
     return value
 
 
-def _tracking_allowed(settings: Settings, delivery: Delivery, customer: Customer | None) -> bool:
-    if not settings.tracking_requires_consent:
-        return True
-    if customer is None or customer.id is None:
-        return False
-
-    with session_scope(settings) as s:
-        return consent.has_consent(s, settings, customer.id, "tracking")
-
-
-def decorate(settings: Settings, delivery: Delivery, customer: Customer | None, context: dict,
+def decorate(settings: Settings, mail: MailContext, context: dict,
              headers: list[tuple[str, str]]) -> tuple[dict, list[tuple[str, str]]]:
     """Add the links templates need and the headers the mail must carry."""
-    marketing = delivery.purpose != TRANSACTIONAL
-    campaign = f"c{delivery.campaign_id}" if delivery.campaign_id else delivery.kind.replace(":", "-")
-    headers.append(("Feedback-ID", f"{campaign}:{delivery.kind.replace(':', '-')}:"
+    marketing = mail.purpose != TRANSACTIONAL
+    campaign = f"c{mail.campaign_id}" if mail.campaign_id else mail.kind.replace(":", "-")
+    headers.append(("Feedback-ID", f"{campaign}:{mail.kind.replace(':', '-')}:"
                                    f"{'marketing' if marketing else 'transactional'}:{sender_domain(settings)}"))
-    customer_id = delivery.customer_id or (customer.id if customer is not None else None)
-    prefs = tracking.preferences_url(settings, customer_id, delivery)
+    customer_id = mail.customer_id or (mail.customer.id if mail.customer is not None else None)
+    prefs = tracking.preferences_url(settings, customer_id, mail)
     context["preferences_url"] = prefs
     if not marketing:
         # Transactional mail has nothing to unsubscribe from; the link leads to the preferences.
         context.setdefault("unsubscribe_url", prefs)
         return context, headers
-    unsubscribe = tracking.unsubscribe_url(settings, delivery)
+    unsubscribe = tracking.unsubscribe_url(settings, mail)
     context["unsubscribe_url"] = unsubscribe
-    headers.append(("List-Unsubscribe", f"<{unsubscribe}>, <{tracking.unsubscribe_mailto(settings, delivery)}>"))
+    headers.append(("List-Unsubscribe", f"<{unsubscribe}>, <{tracking.unsubscribe_mailto(settings, mail)}>"))
     headers.append(("List-Unsubscribe-Post", ONE_CLICK))
-    headers.append(("List-Id", list_id(settings, delivery.purpose)))
-    options = campaign_options(settings.database_url, delivery.campaign_id) if delivery.campaign_id else None
-    if options is not None:
-        if options.tracking and delivery.id and _tracking_allowed(settings, delivery, customer):
-            context["wrap_link"] = lambda url, _d=delivery: tracking.click_url(settings, _d, url)
-            context["open_pixel_url"] = tracking.open_url(settings, delivery)
+    headers.append(("List-Id", list_id(settings, mail.purpose)))
+    options = mail.campaign if mail.campaign_id else None
+    if options is not None and options.tracking and mail.id and mail.tracking_allowed:
+        context["wrap_link"] = lambda url, _m=mail: tracking.click_url(settings, _m, url)
+        context["open_pixel_url"] = tracking.open_url(settings, mail)
     return context, headers
 
 
-def render_args(settings: Settings, delivery: Delivery, context: dict) -> tuple[dict, dict]:
+def render_args(settings: Settings, mail: MailContext, context: dict) -> tuple[dict, dict]:
     """The data and extra ``Renderer.render`` arguments for one delivery.
 
     Campaign deliveries store no data of their own: the campaign's data (the same for
-    every recipient) is read once per process, so a million deliveries do not each carry
-    a copy of the newsletter's content.  Campaign mail also renders with the campaign's
-    per-locale subjects and a compile cache of its own.
+    every recipient, read once per process by the send path) is merged in here, so a
+    million deliveries do not each carry a copy of the newsletter's content.  Campaign
+    mail also renders with the campaign's per-locale subjects and a compile cache of
+    its own.
     """
-    if not delivery.campaign_id:
-        return delivery.data, {}
-    options = campaign_options(settings.database_url, delivery.campaign_id)
+    options = mail.campaign if mail.campaign_id else None
     if options is None:
-        return delivery.data, {}
-    data = {**options.data, **(delivery.data or {})}
-    extra: dict = {"cache_key": f"campaign:{delivery.campaign_id}"}
+        return mail.data, {}
+    data = {**options.data, **(mail.data or {})}
+    extra: dict = {"cache_key": f"campaign:{mail.campaign_id}"}
     if options.subjects:
         extra["subject"] = options.subjects
     return data, extra

@@ -16,7 +16,12 @@ The sequence, each database step its own short transaction:
    the consent row is read ``FOR SHARE`` and that read transaction stays open until the
    relay has answered, so a withdrawal (which updates that row) commits only after an
    in-flight mail is through: no mail is accepted after a withdrawal has committed.
-3. **Compose**: render, MIME, DKIM (``utf8`` headers only for internationalized addresses).
+   A merged back-in-stock mail then lists only the products still wanted
+   (:func:`products_still_wanted`), and the same read transaction loads the rest of
+   what the mail needs (campaign options, tracking permission) into a plain
+   :class:`~mailer.delivery.mail.MailContext` (:func:`load_mail`).
+3. **Compose** that value: render, MIME, DKIM (``utf8`` headers only for
+   internationalized addresses); composition reads no database.
 4. **Send** over the chosen relay.
 5. **Record** right after the SMTP reply: ``sent`` with the reply, or back to ``queued``
    for a retry (transient, with Dramatiq's exponential backoff and jitter, until the
@@ -42,6 +47,7 @@ else (a crash before step 4, a lost broker message, a relay refusal) sends nothi
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
@@ -62,6 +68,7 @@ from mailer.consent import ledger as consent
 from mailer.consent import suppressions
 from mailer.delivery.bounces import record_bounce, sender_refusal
 from mailer.delivery.compose import compose
+from mailer.delivery.mail import CampaignOptions, MailContext, Recipient
 from mailer.errors import (
     DeliveryError,
     LeaseHeld,
@@ -206,12 +213,22 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError) or bool(getattr(exc, "connection_invalidated", False))
 
 
-def gate(app, s, delivery: Delivery, customer: Customer | None, *,
-         lock: bool = False) -> tuple[DeliveryStatus, str] | None:
-    """Why this delivery must not go out now, or None if it may.
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's answer: why the mail must not go out now (``blocked``, a status and a
+    reason), or None if it may; and the consent purposes it found current (``granted``,
+    None when consent was not consulted: transactional mail needs none)."""
+
+    blocked: tuple[DeliveryStatus, str] | None = None
+    granted: tuple[str, ...] | None = None
+
+
+def gate(app, s, delivery: Delivery, customer: Customer | None, *, lock: bool = False) -> Verdict:
+    """May this delivery go out now?  Campaign state, suppressions, consent, frequency cap.
 
     ``lock``: read the consent row ``FOR SHARE`` (PostgreSQL) so a withdrawal waits for
     the caller's transaction, which the caller keeps open until the relay answered.
+    The gate only decides; :func:`products_still_wanted` trims a merged restock mail.
     """
     settings = app.settings
     if delivery.campaign_id is not None:
@@ -219,16 +236,16 @@ def gate(app, s, delivery: Delivery, customer: Customer | None, *,
         # a worker claimed just before the pause (primary-key read of the campaign's status).
         campaign_status = s.execute(_CAMPAIGN_STATUS, {"c_id": delivery.campaign_id}).scalar_one_or_none()
         if campaign_status is CampaignStatus.cancelled:
-            return DeliveryStatus.cancelled, "campaign cancelled"
+            return Verdict((DeliveryStatus.cancelled, "campaign cancelled"))
         if campaign_status is CampaignStatus.paused:
-            return DeliveryStatus.held, "campaign paused"
+            return Verdict((DeliveryStatus.held, "campaign paused"))
     hit = suppressions.suppression_for(s, delivery.to_hash, delivery.purpose)
     if hit is not None:
-        return DeliveryStatus.suppressed, f"suppressed: {hit.reason.value} ({hit.scope})"
+        return Verdict((DeliveryStatus.suppressed, f"suppressed: {hit.reason.value} ({hit.scope})"))
     if delivery.purpose == TRANSACTIONAL:
-        return None
+        return Verdict()
     if customer is None or customer.email is None:
-        return DeliveryStatus.skipped, "no customer record (erased?) for a marketing mail"
+        return Verdict((DeliveryStatus.skipped, "no customer record (erased?) for a marketing mail"))
     purposes = _consent_purposes(delivery)
     if lock and s.get_bind().dialect.name == "postgresql":
         # Share-lock the consent_state rows this mail depends on (primary key lookups);
@@ -239,15 +256,7 @@ def gate(app, s, delivery: Delivery, customer: Customer | None, *,
                   .with_for_update(read=True))
     granted = [p for p in purposes if consent.has_consent(s, settings, customer.id, p)]
     if not granted:
-        return DeliveryStatus.skipped, f"no current consent for {delivery.purpose}"
-    if len(granted) < len(purposes):
-        # A merged back-in-stock mail: list only the products whose restock request is
-        # still current (the customer may have withdrawn one since the mail was merged).
-        # The stored row keeps what was scheduled; this send carries the kept products.
-        keep = set(granted)
-        products = [p for p in delivery.data["products"] if _restock_purpose(delivery, p) in keep]
-        delivery.data = {**delivery.data, "products": products,
-                         "sku": products[0].get("sku", delivery.data.get("sku"))}
+        return Verdict((DeliveryStatus.skipped, f"no current consent for {delivery.purpose}"))
     if settings.frequency_cap > 0:
         since = utcnow() - timedelta(hours=settings.frequency_window_hours)
         # Marketing mails sent to this customer in the window (ix_deliveries_customer_sent).
@@ -255,9 +264,24 @@ def gate(app, s, delivery: Delivery, customer: Customer | None, *,
                          .where(Delivery.customer_id == customer.id, Delivery.sent_at >= since,
                                 Delivery.purpose != TRANSACTIONAL, Delivery.id != delivery.id)).scalar_one()
         if sent >= settings.frequency_cap:
-            return DeliveryStatus.skipped, (f"frequency cap: {sent} marketing mails in the last "
-                                            f"{settings.frequency_window_hours} h")
-    return None
+            return Verdict((DeliveryStatus.skipped, (f"frequency cap: {sent} marketing mails in the last "
+                                                     f"{settings.frequency_window_hours} h")))
+    return Verdict(granted=tuple(granted))
+
+
+def products_still_wanted(delivery: Delivery, granted: tuple[str, ...] | None) -> dict:
+    """The data this send carries: for a merged back-in-stock mail, only the products
+    whose restock request is still current (``granted``, from :func:`gate`).
+
+    The customer may have withdrawn one request since the mail was merged.  The stored
+    row keeps what was scheduled; only this send carries the kept products.  Any other
+    mail carries its data unchanged.
+    """
+    if granted is None or len(granted) >= len(_consent_purposes(delivery)):
+        return delivery.data
+    keep = set(granted)
+    products = [p for p in delivery.data["products"] if _restock_purpose(delivery, p) in keep]
+    return {**delivery.data, "products": products, "sku": products[0].get("sku", delivery.data.get("sku"))}
 
 
 def _restock_purpose(delivery: Delivery, product: dict) -> str:
@@ -272,6 +296,70 @@ def _consent_purposes(delivery: Delivery) -> list[str]:
     if delivery.purpose.startswith("restock:") and isinstance(products, list) and products:
         return list(dict.fromkeys(_restock_purpose(delivery, p) for p in products))
     return [delivery.purpose]
+
+
+class _CampaignOptionsCache:
+    """Campaign options by (database URL, campaign id), read once per process through the
+    caller's session: they never change once a campaign exists (a missing campaign is
+    remembered as None too).  At most ``maxsize`` entries, least recently used dropped."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._items: collections.OrderedDict[tuple[str, int], CampaignOptions | None] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, s, settings, campaign_id: int) -> CampaignOptions | None:
+        key = (settings.database_url, campaign_id)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        # Primary-key read, once per campaign per process (the lock is not held meanwhile).
+        campaign = s.get(Campaign, campaign_id)
+        options = CampaignOptions.of(campaign) if campaign is not None else None
+        with self._lock:
+            self._items[key] = options
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+        return options
+
+    def cache_clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+#: Campaigns whose options one process remembers.
+CAMPAIGN_OPTIONS_ENTRIES = 512
+
+campaign_options = _CampaignOptionsCache(CAMPAIGN_OPTIONS_ENTRIES)
+
+
+def tracking_allowed(s, settings, delivery: Delivery, customer: Customer | None,
+                     options: CampaignOptions | None) -> bool:
+    """Does the customer permit open and click tracking of this mail?
+
+    Asked only when the answer matters (a marketing mail of a campaign with tracking
+    on); otherwise False, and no query is made.  Without
+    ``MAILER_TRACKING_REQUIRES_CONSENT`` the answer is yes; with it, the customer's
+    current consent for the ``tracking`` purpose, read in the caller's transaction.
+    """
+    if delivery.purpose == TRANSACTIONAL or options is None or not options.tracking or not delivery.id:
+        return False
+    if not settings.tracking_requires_consent:
+        return True
+    if customer is None or customer.id is None:
+        return False
+    return consent.has_consent(s, settings, customer.id, "tracking")
+
+
+def load_mail(s, settings, delivery: Delivery, customer: Customer | None, *, data: dict) -> MailContext:
+    """Everything composing ``delivery`` needs, read in the caller's transaction ``s``.
+
+    ``data`` is what this send carries (see :func:`products_still_wanted`).
+    """
+    options = campaign_options(s, settings, delivery.campaign_id) if delivery.campaign_id else None
+    return MailContext.of(delivery, Recipient.of(customer), campaign=options, data=data,
+                          tracking_allowed=tracking_allowed(s, settings, delivery, customer, options))
 
 
 def _age_s(delivery: Delivery) -> float:
@@ -381,7 +469,7 @@ def _claimed(app, delivery_id: int, owner: str, relay) -> Outcome:
 
 
 def _attempt(app, delivery: Delivery, relay):
-    """Gate, compose and send inside one read transaction (see the module docstring, step 2).
+    """Gate, load, compose and send inside one read transaction (see the module docstring, step 2).
 
     Returns ("blocked", (status, reason)), ("invalid", error) or ("sent", (composed, result));
     delivery errors from the relay propagate.
@@ -393,11 +481,12 @@ def _attempt(app, delivery: Delivery, relay):
         # mail that nothing on the send path reads; bench/campaign_throughput.py).
         customer = (s.get(Customer, delivery.customer_id, options=[lazyload(Customer.tags)])
                     if delivery.customer_id else None)
-        blocked = gate(app, s, delivery, customer, lock=True)
-        if blocked is not None:
-            return "blocked", blocked
+        verdict = gate(app, s, delivery, customer, lock=True)
+        if verdict.blocked is not None:
+            return "blocked", verdict.blocked
+        mail = load_mail(s, settings, delivery, customer, data=products_still_wanted(delivery, verdict.granted))
         try:
-            composed = compose(settings, app.renderer, app.signer, delivery, customer)
+            composed = compose(settings, app.renderer, app.signer, mail)
         except (TemplateError, ValidationError) as exc:
             return "invalid", exc
         send = app.transport.send
