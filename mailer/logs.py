@@ -19,13 +19,14 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 
 _FIELDS = ("delivery_id", "campaign_id", "customer_id", "event_id")
 #: The machine's name, read once per process (the JSON lines' ``host``).
 HOST = socket.gethostname()
 
-_context: contextvars.ContextVar[dict] = contextvars.ContextVar("mailer_log_context", default={})
+_context: contextvars.ContextVar[Mapping] = contextvars.ContextVar("mailer_log_context", default=MappingProxyType({}))
 
 
 @contextlib.contextmanager

@@ -111,7 +111,7 @@ def read_csv(path: Path) -> tuple[list[dict], list[RowError]]:
     errors: list[RowError] = []
     seen: dict[str, int] = {}
     try:
-        fh = open(path, newline="", encoding="utf-8-sig")
+        fh = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - opened apart to report OSError clearly; closed by `with fh` below
     except OSError as exc:
         raise ValidationError(f"{path}: cannot read: {exc.strerror}") from exc
     with fh:

@@ -109,7 +109,7 @@ def after_render(context: dict, rendered):
         return rendered
     html = rendered.html
     match = None
-    for match in _BODY_END.finditer(html):
+    for match in _BODY_END.finditer(html):  # noqa: B007 - the loop leaves the last match in `match`
         pass
     html = html[:match.start()] + pixel_html(url) + html[match.start():] if match else html + pixel_html(url)
     return replace(rendered, html=html)

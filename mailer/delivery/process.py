@@ -48,6 +48,7 @@ else (a crash before step 4, a lost broker message, a relay refusal) sends nothi
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import os
@@ -500,14 +501,10 @@ def _attempt(app, delivery: Delivery, relay):
     finally:
         # Ends the read transaction (releasing the consent lock); it wrote nothing, and a
         # connection that died meanwhile must not hide the relay's answer.
-        try:
+        with contextlib.suppress(Exception):
             s.rollback()
-        except Exception:
-            pass
-        try:
+        with contextlib.suppress(Exception):
             s.close()
-        except Exception:
-            pass
 
 
 def _record_transient(app, delivery: Delivery, owner: str, exc: TransientDeliveryError) -> Outcome:

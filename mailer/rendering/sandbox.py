@@ -106,10 +106,10 @@ class SafeEnvironment(ImmutableSandboxedEnvironment):
     def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
-                    if len(seq) * max(times, 0) > MAX_SEQUENCE_ITEMS:
-                        raise SecurityError(f"'*' would build {len(seq) * times:,} characters or items; "
-                                            f"the limit is {MAX_SEQUENCE_ITEMS:,}")
+                if (isinstance(seq, (str, list, tuple)) and isinstance(times, int)
+                        and len(seq) * max(times, 0) > MAX_SEQUENCE_ITEMS):
+                    raise SecurityError(f"'*' would build {len(seq) * times:,} characters or items; "
+                                        f"the limit is {MAX_SEQUENCE_ITEMS:,}")
         elif operator == "+":
             if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)) \
                     and len(left) + len(right) > MAX_SEQUENCE_ITEMS:
