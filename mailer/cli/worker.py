@@ -26,4 +26,4 @@ def worker_cmd(settings, processes, threads, queues, dramatiq_args) -> None:
     if queues:
         args += ["--queues", *queues]
     args += list(dramatiq_args)
-    os.execvp(args[0], args)  # nosec B606 - our own interpreter running dramatiq, arguments as a list, no shell
+    os.execvp(args[0], args)  # our interpreter runs dramatiq, arguments as a list, no shell  # nosec B606

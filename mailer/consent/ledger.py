@@ -58,7 +58,7 @@ GENESIS = "0" * 64
 #: PostgreSQL advisory lock key that serializes appends so the chain never forks.
 CHAIN_LOCK_KEY = 0x6D61696C  # "mail"
 #: Token purpose of double opt-in links (its own signing key, see mailer.tokens).
-CONFIRM_TOKEN_PURPOSE = "confirm"  # nosec B105 - a token purpose label, not a secret
+CONFIRM_TOKEN_PURPOSE = "confirm"  # a token purpose label, not a secret  # nosec B105
 #: The notice kind that carries the double opt-in link.
 CONFIRM_KIND = "confirm_subscription"
 #: A second sign-up for the same (customer, purpose) within this many seconds reuses the

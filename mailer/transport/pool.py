@@ -79,7 +79,7 @@ class RelayPool:
         self.limiter = limiter
         self.name = relays[0].name if len(relays) == 1 else "pool"
         self._lock = threading.Lock()
-        self._rng = random.Random()  # nosec B311 - picks a relay by weight, no security use
+        self._rng = random.Random()  # picks a relay by weight, no security use  # nosec B311
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RelayPool:
@@ -114,7 +114,7 @@ class RelayPool:
             for relay in self.order():
                 if self._take(relay):
                     return relay
-            pause = ratelimit.seconds_to_next_bucket() + random.uniform(0, ratelimit.JITTER_S)  # nosec B311 - retry jitter
+            pause = ratelimit.seconds_to_next_bucket() + random.uniform(0, ratelimit.JITTER_S)  # retry jitter, no security use  # nosec B311
             if time.monotonic() - started + pause > max_wait_s:
                 raise RateLimited(f"every relay is at its rate limit after {max_wait_s:.0f} s; "
                                             "retrying later")

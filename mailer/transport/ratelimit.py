@@ -77,7 +77,7 @@ class Limiter:
             return 0.0
         started = time.monotonic()
         while not self.try_acquire(key, rate):
-            pause = seconds_to_next_bucket() + random.uniform(0, JITTER_S)  # nosec B311 - retry jitter
+            pause = seconds_to_next_bucket() + random.uniform(0, JITTER_S)  # retry jitter, no security use  # nosec B311
             if time.monotonic() - started + pause > max_wait_s:
                 raise RateLimited(f"rate limit {rate}/s for {key} still reached after {max_wait_s:.0f} s; "
                                   "retrying later")
