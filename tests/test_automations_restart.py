@@ -32,7 +32,7 @@ from mailer.notices.trigger import purpose_for
 from mailer.settings import PROJECT_ROOT
 from mailer.worker.actors import setup
 from tests.conftest import make_settings
-from tests.test_automations_e2e import wait_for
+from tests.conftest import wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.smtp, pytest.mark.slow]
 
@@ -77,7 +77,7 @@ def test_worker_killed_between_scheduling_and_sending_loses_nothing_and_duplicat
         # Given a running worker (proved by one notice reaching the SMTP server)
         publish("order_delayed", {"email": "warm@example.com", "order_number": "W-1", "new_eta": "2026-12-01"},
                 app=app)
-        assert wait_for(lambda: len(smtp_sink.received) == 1), "first worker did not start"
+        assert wait_until(lambda: len(smtp_sink.received) == 1, 60.0), "first worker did not start"
         # And scheduled sends: two cart reminders, a back-in-stock mail (15 min; also a delayed
         # Dramatiq message the worker holds) and a survey in three days
         with app.session() as s:
@@ -109,13 +109,13 @@ def test_worker_killed_between_scheduling_and_sending_loses_nothing_and_duplicat
         # And a new worker starts
         second = start_worker(env)
         # Then every due mail arrives: 2 reminders, the restock mail, the survey, the notice
-        assert wait_for(lambda: len(smtp_sink.received) == 6), f"got {len(smtp_sink.received)} of 6 mails"
+        assert wait_until(lambda: len(smtp_sink.received) == 6, 60.0), f"got {len(smtp_sink.received)} of 6 mails"
 
         def all_sent() -> bool:
             with app.session() as s:
                 return all(st is DeliveryStatus.sent for st in s.execute(select(Delivery.status)).scalars())
 
-        assert wait_for(all_sent)
+        assert wait_until(all_sent, 60.0)
         # And after several more sweeps, still exactly once each
         time.sleep(4)
         assert len(smtp_sink.received) == 6
