@@ -32,7 +32,7 @@ def sink():
 
 
 def _mail(n: int, *, message_id: str | None = None, body: str = "Hello.\r\n", delivery: int | None = None) -> bytes:
-    head = [f"From: shop@example.com", f"To: c{n}@example.com", f"Subject: test {n}",
+    head = ["From: shop@example.com", f"To: c{n}@example.com", f"Subject: test {n}",
             f"Message-ID: {message_id or f'<{n}.bench@example.com>'}"]
     if delivery is not None:
         head.append(f"X-Mailer-Delivery: {delivery}")

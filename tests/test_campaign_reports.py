@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from mailer.app import App, set_app
 from mailer.campaigns import reports
+from mailer.campaigns import service as campaigns
 from mailer.cli import main
 from mailer.clock import utcnow
 from mailer.models import Bounce, CsatRating, Delivery, DeliveryStatus
