@@ -146,10 +146,17 @@ def test_v1_events_before_the_boundary_still_verify_and_new_events_are_v2(db_url
     db.downgrade(db_url, "0001")
     db.dispose_engines()
     with db.session_scope(settings) as s:
-        from mailer.customers.records import get_or_create
+        from types import SimpleNamespace
 
-        cust = get_or_create(s, settings, "old@example.com")
-        s.flush()
+        from mailer.addresses import email_hash
+
+        # Raw SQL: the ORM model knows columns that later migrations add.
+        sh = email_hash("old@example.com", b"pre-0003-salt")
+        s.execute(sa.text("INSERT INTO customers (email, email_hash, total_spent, orders_count, attributes, "
+                          "created_at, updated_at) VALUES ('old@example.com', :h, 0, 0, '{}', CURRENT_TIMESTAMP, "
+                          "CURRENT_TIMESTAMP)"), {"h": sh})
+        cid = s.execute(sa.text("SELECT id FROM customers WHERE email = 'old@example.com'")).scalar_one()
+        cust = SimpleNamespace(id=cid, email_hash=sh)
         prev = consent.GENESIS
         for seq in (1, 2, 3):
             fields = {"seq": seq, "subject_hash": cust.email_hash, "purpose": "newsletter",

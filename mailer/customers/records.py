@@ -536,14 +536,14 @@ def parse_record(row: dict[str, str]) -> dict:
                 parse_row(probe)
             except _Bad as bad:
                 problems.append((bad.column, bad.reason))
-        raise limits.InvalidData(problems) from None
+        raise limits.InvalidData.listing(problems) from None
     extra = {k: v for k, v in row.items() if k not in COLUMNS and v not in (None, "")}
     problems = [(f"attributes.{k}", f"longer than {MAX_ATTRIBUTE_CHARS} characters or has a control character")
                 for k, v in extra.items() if len(v) > MAX_ATTRIBUTE_CHARS or _CONTROL.search(v)]
     if len(extra) > MAX_ATTRIBUTES:
         problems.insert(0, ("attributes", f"more than {MAX_ATTRIBUTES} attributes"))
     if problems:
-        raise limits.InvalidData(problems)
+        raise limits.InvalidData.listing(problems)
     if extra:
         values["attributes"] = extra
     return values

@@ -120,7 +120,7 @@ def submit(app, form: forms.Form, sub: Submission) -> SignupResult:
         return SignupResult("ignored")
     address, problems = check(form, sub)
     if problems:
-        raise InvalidData(problems)
+        raise InvalidData.listing(problems)
     settings = app.settings
     limiter = limiter_for(settings)
     if not limiter.try_acquire(f"signup:ip:{sub.ip or 'unknown'}", settings.signup_ip_per_minute,

@@ -95,7 +95,7 @@ def path_address(email: str) -> str:
     try:
         return normalize(email)
     except InvalidAddress as exc:
-        raise limits.InvalidData([("email", str(exc))]) from None
+        raise limits.InvalidData.listing([("email", str(exc))]) from None
 
 
 def clean(value: str | None, limit: int) -> str | None:

@@ -250,7 +250,7 @@ def post_consent(body: ConsentIn, request: Request, api_key: Annotated[ApiKey, D
     m = get_mailer(request)
     address, problems = _check(m, body)
     if problems:
-        raise limits.InvalidData(problems)
+        raise limits.InvalidData.listing(problems)
     pending: list[ledger.PendingConfirmation] = []
     result = idempotency.run_atomic(m, f"consents:key{api_key.id}", idempotency_key, body.model_dump(mode="json"),
                                     lambda s: _record(s, m, body, address, pending))

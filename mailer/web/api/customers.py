@@ -104,7 +104,7 @@ def put_customer(email: Email, body: CustomerIn, request: Request,
     address = path_address(email)
     clash = sorted(k for k in body.attributes if k in records.COLUMNS)
     if clash:
-        raise limits.InvalidData([(f"attributes.{k}", f"{k} is a field of its own; set it there") for k in clash])
+        raise limits.InvalidData.listing([(f"attributes.{k}", f"{k} is a field of its own; set it there") for k in clash])
     values = records.parse_record(_cells(address, body))
     m = get_mailer(request)
     with m.session() as s:

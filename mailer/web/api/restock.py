@@ -105,7 +105,7 @@ def post_restock_request(body: RestockRequestIn, request: Request,
         except ValueError:
             problems.append(("ip", "not an IPv4 or IPv6 address"))
     if problems:
-        raise limits.InvalidData(problems)
+        raise limits.InvalidData.listing(problems)
     double = m.settings.restock_double_opt_in if body.double_opt_in is None else body.double_opt_in
     pending: list[ledger.PendingConfirmation] = []
     result = idempotency.run_atomic(m, f"restock:key{api_key.id}", idempotency_key, body.model_dump(mode="json"),
