@@ -171,6 +171,51 @@ def test_confirming_grants_with_the_wording_hash_and_the_first_name(site):
         assert s.get(Customer, ev.customer_id).first_name == "Bo"
 
 
+def test_a_form_with_two_purposes_mails_one_link_that_confirms_both(site):
+    # Given a sign-up box that asks for the newsletter and the loyalty programme
+    path = site.dir / "forms" / "multi.toml"
+    path.write_text((site.dir / "forms" / "newsletter.toml").read_text()
+                    .replace('purposes = ["newsletter"]', 'purposes = ["newsletter", "loyalty"]'))
+    # When someone signs up on it
+    r = site.post("/f/multi", data={"email": "duo@example.com", "locale": "pl"})
+    # Then two requests are stored (each its own proof) but only ONE confirmation mail goes out
+    assert r.status_code == 200
+    assert _count(site, ConsentRequest) == 2
+    sent = _sent(site)
+    assert [m.recipient for m in sent] == ["duo@example.com"]
+    link = re.search(r"http://testserver(/confirm/[A-Za-z0-9._~-]+)", sent[0].message.get_body(("html",)).get_content())
+    assert link, "the confirmation mail carries the link"
+    # And the page asking names both purposes, and following the link grants both, once
+    ask = site.get(link.group(1))
+    assert ask.status_code == 200 and "Newsletter, Nagrody i oferty programu lojalnościowego" in ask.text
+    assert site.post(link.group(1)).status_code == 200
+    with site.mailer.session() as s:
+        granted = sorted(e.purpose for e in s.execute(select(ConsentEvent)).scalars())
+        states = sorted(st.purpose for st in s.execute(select(ConsentState)).scalars())
+    assert granted == ["loyalty", "newsletter"] and states == ["loyalty", "newsletter"]
+    again = site.post(link.group(1))
+    assert again.status_code == 200 and _count(site, ConsentEvent) == 2
+    # And signing up again within ten minutes sends no second mail
+    site.post("/f/multi", data={"email": "duo@example.com", "locale": "pl"})
+    assert _sent(site) == sent
+
+
+def test_a_combined_link_never_confirms_another_persons_request(site):
+    # Given two people's pending requests
+    with site.mailer.session() as s:
+        a = ledger.request_double_opt_in(s, site.mailer.settings, purpose="newsletter", email="a@example.com")
+        b = ledger.request_double_opt_in(s, site.mailer.settings, purpose="loyalty", email="b@example.com")
+        # When a link is minted for a's request naming b's too (as a forger with the key could)
+        token = ledger._confirm_token(site.mailer.settings, s.get(ConsentRequest, a.request_id), (b.request_id,))
+        # Then combining the two refuses, and following the link grants a only
+        with pytest.raises(Exception, match="one customer"):
+            ledger.combine(s, site.mailer.settings, [a, b])
+    assert site.post(f"/confirm/{token}").status_code == 200
+    with site.mailer.session() as s:
+        assert [(e.customer_id, e.purpose) for e in s.execute(select(ConsentEvent)).scalars()] == \
+            [(a.customer_id, "newsletter")]
+
+
 def test_bad_input_is_422_naming_the_field_and_stores_nothing(site):
     # When an address is malformed (page) or missing (fetch)
     page = site.post("/f/newsletter", data={"email": "not-an-address", "locale": "pl"})

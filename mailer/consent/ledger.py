@@ -310,15 +310,50 @@ class PendingConfirmation:
     created: bool = True
     #: True when the customer already had current consent (nothing stored, nothing sent).
     already_granted: bool = False
+    #: Further requests of the same sign-up that this one link confirms too (a form with
+    #: several purposes mails one confirmation, see :func:`combine`).
+    also: tuple[int, ...] = ()
+    #: Every purpose the link confirms (this one first).
+    purposes: tuple[str, ...] = ()
 
 
 def confirm_url(settings: Settings, token: str) -> str:
     return f"{settings.base_url.rstrip('/')}/confirm/{token}"
 
 
-def _confirm_token(settings: Settings, request: ConsentRequest) -> str:
+def _confirm_token(settings: Settings, request: ConsentRequest, also: tuple[int, ...] = ()) -> str:
     ttl = max(1, int((request.expires_at - utcnow()).total_seconds()))
-    return tokens.sign(settings.signing_keys, CONFIRM_TOKEN_PURPOSE, {"r": request.id}, ttl_s=ttl)
+    payload: dict = {"r": request.id}
+    if also:
+        payload["a"] = list(also)
+    return tokens.sign(settings.signing_keys, CONFIRM_TOKEN_PURPOSE, payload, ttl_s=ttl)
+
+
+#: Most purposes one confirmation link may cover (a form lists a handful at most).
+MAX_PURPOSES_PER_LINK = 20
+
+
+def combine(session: Session, settings: Settings, pending: list[PendingConfirmation]) -> PendingConfirmation | None:
+    """One link for the requests of one sign-up that were newly stored (None when none were).
+
+    A form with several purposes stores one request per purpose (each is its own proof),
+    but the person gets ONE mail whose link confirms them all; requests reused within
+    :data:`CONFIRM_RESEND_MIN_S` or already granted are not mailed again.
+    """
+    fresh = [p for p in pending if p.created and not p.already_granted]
+    if not fresh:
+        return None
+    if len(fresh) == 1:
+        return fresh[0]
+    if len({p.customer_id for p in fresh}) != 1 or len(fresh) > MAX_PURPOSES_PER_LINK:
+        raise ConsentError("one confirmation link covers the requests of one customer, at most "
+                           f"{MAX_PURPOSES_PER_LINK}")
+    first = fresh[0]
+    also = tuple(p.request_id for p in fresh[1:])
+    token = _confirm_token(settings, session.get(ConsentRequest, first.request_id), also)
+    return PendingConfirmation(first.request_id, first.customer_id, first.purpose, token, confirm_url(settings, token),
+                               min(p.expires_at for p in fresh), also=also,
+                               purposes=tuple(p.purpose for p in fresh))
 
 
 def request_double_opt_in(session: Session, settings: Settings, *, purpose: str,
@@ -370,6 +405,8 @@ class ConfirmResult:
     purpose: str
     event_id: int | None
     locale: str | None
+    #: Every purpose the link covers, this request's first (a multi-purpose sign-up).
+    purposes: tuple[str, ...] = ()
 
 
 def pending_request(session: Session, settings: Settings, token: str) -> ConsentRequest:
@@ -389,10 +426,49 @@ def pending_request(session: Session, settings: Settings, token: str) -> Consent
     return request
 
 
+def _linked_requests(session: Session, settings: Settings, token: str, first: ConsentRequest) -> list[ConsentRequest]:
+    """The further requests a combined link names (same customer only; the MAC was checked)."""
+    also = tokens.verify(settings.signing_keys, CONFIRM_TOKEN_PURPOSE, token, now=0).get("a") or []
+    if not isinstance(also, list) or len(also) >= MAX_PURPOSES_PER_LINK:
+        raise TokenError("confirmation token names too many requests")
+    out = []
+    for rid in also:
+        req = session.get(ConsentRequest, rid) if isinstance(rid, int) else None
+        if req is not None and req.customer_id == first.customer_id:
+            out.append(req)
+    return out
+
+
+def link_purposes(session: Session, settings: Settings, token: str) -> tuple[str, ...]:
+    """Every purpose a confirmation link covers (for the page that asks)."""
+    first = pending_request(session, settings, token)
+    return (first.purpose, *(r.purpose for r in _linked_requests(session, settings, token, first)))
+
+
 def confirm(session: Session, settings: Settings, token: str, *, ip: str | None = None,
             user_agent: str | None = None) -> ConfirmResult:
-    """Follow a double opt-in link: record the grant once; a second call changes nothing."""
+    """Follow a double opt-in link: record the grant(s) once; a second call changes nothing.
+
+    A combined link (:func:`combine`) confirms every request it names, each with its own
+    proof; the result is "confirmed" when this call recorded at least one of them.
+    """
     request = pending_request(session, settings, token)
+    linked = _linked_requests(session, settings, token, request)
+    purposes = (request.purpose, *(r.purpose for r in linked))
+    first = _confirm_one(session, settings, request, ip=ip, user_agent=user_agent)
+    recorded = first.status == "confirmed"
+    for other in linked:
+        if other.expires_at <= utcnow() and other.confirmed_at is None:
+            continue
+        recorded = _confirm_one(session, settings, other, ip=ip, user_agent=user_agent).status == "confirmed" \
+            or recorded
+    return ConfirmResult("confirmed" if recorded else "already_confirmed", first.request_id, first.purpose,
+                         first.event_id, first.locale, purposes)
+
+
+def _confirm_one(session: Session, settings: Settings, request: ConsentRequest, *, ip: str | None,
+                 user_agent: str | None) -> ConfirmResult:
+    """Record one request's grant once (the conditional UPDATE decides between racing clicks)."""
     customer = session.get(Customer, request.customer_id)
     locale = customer.locale if customer else None
     if request.confirmed_at is not None:

@@ -145,5 +145,8 @@ def submit(app, form: forms.Form, sub: Submission) -> SignupResult:
                 request = s.get(ConsentRequest, p.request_id)
                 request.proof = dict(request.proof or {}) | {"first_name": sub.first_name.strip()}
             pending.append(p)
-    mails = sum(1 for p in pending if send_confirmation(app, p) is not None)
+        # One mail for the whole sign-up: a form with several purposes stores one request
+        # per purpose (each its own proof) and one link that confirms them all.
+        link = ledger.combine(s, settings, pending)
+    mails = 1 if link is not None and send_confirmation(app, link) is not None else 0
     return SignupResult("accepted", mails)

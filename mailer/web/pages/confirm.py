@@ -81,6 +81,12 @@ def _t(locale: str, key: str, **values) -> str:
     return STRINGS.get(locale, STRINGS["en"])[key].format(**values)
 
 
+def _purposes_label(loc: str, purposes: tuple[str, ...]) -> str:
+    """The purposes a link confirms, named for people ("newsletter, loyalty")."""
+    page_loc = web_pages.page_locale(loc)
+    return ", ".join(web_pages.purpose_label(page_loc, p) for p in purposes)
+
+
 def _mailer(request: Request) -> App:
     return getattr(request.app.state, "mailer", None) or get_app()
 
@@ -110,7 +116,7 @@ def confirm_page(token: str, request: Request) -> HTMLResponse:
             return _invalid(m)
         customer = s.get(Customer, req.customer_id)
         loc = _locale(m, customer.locale if customer else None)
-        purpose = web_pages.purpose_label(web_pages.page_locale(loc), req.purpose)
+        purpose = _purposes_label(loc, consent.link_purposes(s, m.settings, token))
         confirmed = req.confirmed_at is not None
     store = m.settings.store_name
     if confirmed:
@@ -140,7 +146,7 @@ def confirm_submit(token: str, request: Request) -> HTMLResponse:
         log.info("double opt-in confirmation refused: %s", exc)
         return _invalid(m)
     loc = _locale(m, result.locale)
-    purpose = web_pages.purpose_label(web_pages.page_locale(loc), result.purpose)
+    purpose = _purposes_label(loc, result.purposes or (result.purpose,))
     store = m.settings.store_name
     if result.status == "already_confirmed":
         body = f"<p>{escape(_t(loc, 'again'))}</p>"
