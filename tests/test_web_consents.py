@@ -266,6 +266,16 @@ def test_double_opt_in_mails_a_confirmation_instead_of_granting(api):
     assert proof["ip"] == "203.0.113.7" and proof["wording"] == PL_TEXT and proof["wording_version"] == WORDING_VERSION
 
 
+def test_double_opt_in_for_two_purposes_mails_one_confirmation(api):
+    # When a checkout asks for double opt-in to the newsletter and the loyalty programme
+    r = api.post("/v1/consents", json=_grant(double_opt_in=True, purposes=["newsletter", "loyalty"]), headers=_h(api))
+    # Then both are pending, each with its own request, and ONE confirmation mail is queued
+    assert [x["status"] for x in r.json()["results"]] == ["confirmation_sent", "confirmation_sent"]
+    assert _count(api, ConsentRequest) == 2 and _count(api, ConsentEvent) == 0
+    with api.mailer.session() as s:
+        assert s.execute(select(Delivery.kind)).scalars().all() == ["confirm_subscription"]
+
+
 def test_withdrawal_is_recorded_and_an_unknown_address_is_404(api):
     # Given a grant
     api.post("/v1/consents", json=_grant(), headers=_h(api))

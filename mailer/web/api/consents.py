@@ -221,6 +221,9 @@ def _record(s: Session, m, body: ConsentGrantIn | ConsentWithdrawIn, address: st
             status = ("already_granted" if p.already_granted else "confirmation_sent" if p.created
                       else "confirmation_pending")
             results.append(ConsentOutcome(purpose=purpose, status=status))
+        # One mail whose link confirms every purpose newly requested (each keeps its own request).
+        link = ledger.combine(s, settings, pending)
+        pending[:] = [link] if link is not None else []
     else:
         for purpose in body.purposes:
             ev = ledger.grant(s, settings, purpose=purpose, source=body.source, email=address,
