@@ -129,3 +129,81 @@ def test_a_visitor_signs_up_in_polish_and_confirms_from_the_mail(browser, served
     # And `mailer consent verify` passes
     result = CliRunner().invoke(main, ["consent", "verify"], env={"MAILER_DATABASE_URL": db_url})
     assert result.exit_code == 0, result.output
+
+
+class _ShopSite:
+    """A storefront on another origin (its own port): one page with the pasted embed snippet."""
+
+    def __init__(self, html: str):
+        import http.server
+
+        body = html.encode("utf-8")
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (the stdlib's name)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _shop_page(snippet: str) -> str:
+    return ('<!doctype html><html lang="pl"><head><meta charset="utf-8"><title>Sklep</title></head>'
+            f"<body><h1>Sklep Northwind</h1>{snippet}</body></html>")
+
+
+def test_the_embed_snippet_works_from_an_allowed_origin_and_is_refused_from_another(browser, served, smtp_sink,
+                                                                                     artifacts_dir):
+    app, broker, base = served
+    import httpx
+
+    # Given the snippet a shop pastes, served from two storefronts on other origins, one of them allowed
+    snippet = httpx.get(f"{base}/f/newsletter/embed?locale=pl").text
+    allowed, other = _ShopSite(_shop_page(snippet)), _ShopSite(_shop_page(snippet))
+    try:
+        form_file = app.settings.forms_dir / "newsletter.toml"
+        form_file.write_text(form_file.read_text().replace(
+            'allowed_origins = ["https://shop.example.com"]',
+            f'allowed_origins = ["https://shop.example.com", "{allowed.origin}"]'))
+        page = browser.new_page(user_agent=USER_AGENT)
+        # When a visitor signs up on the allowed storefront (the script posts with fetch, across origins)
+        page.goto(f"{allowed.origin}/")
+        page.get_by_label("Adres e-mail").fill("ewa@example.com")
+        page.get_by_role("button", name="Zapisz się").click()
+        status = page.locator("[data-mailer-status]")
+        status.filter(has_text="Dziękujemy").wait_for(timeout=WAIT_S * 1000)
+        page.screenshot(path=str(artifacts_dir / "screenshots" / "signup-embed-allowed.png"), full_page=True)
+        # Then the page stays on the shop, and the confirmation mail goes to the address
+        assert page.url.startswith(allowed.origin)
+        broker.drain()
+        deadline = time.monotonic() + WAIT_S
+        while not smtp_sink.received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [r.rcpt_tos for r in smtp_sink.received] == [["ewa@example.com"]]
+        # When the same snippet is used on a storefront that is not allowed
+        page2 = browser.new_page(user_agent=USER_AGENT)
+        page2.goto(f"{other.origin}/")
+        page2.get_by_label("Adres e-mail").fill("eve@example.com")
+        page2.get_by_role("button", name="Zapisz się").click()
+        page2.locator("[data-mailer-status]").filter(has_text="Sorry").wait_for(timeout=WAIT_S * 1000)
+        # Then nothing is stored for that address and no mail is sent to it
+        broker.drain()
+        with app.session() as s:
+            proofs = [r.proof.get("form_id") for r in s.execute(select(ConsentRequest)).scalars()]
+        assert len(proofs) == 1
+        assert [r.rcpt_tos for r in smtp_sink.received] == [["ewa@example.com"]]
+    finally:
+        allowed.close()
+        other.close()

@@ -125,6 +125,20 @@ def test_the_hosted_page_is_localized_accessible_and_shows_the_exact_wording(sit
     assert site.post("/f/nope", data={"email": "a@example.com"}).status_code == 404
 
 
+@pytest.mark.parametrize("locale, title, button", [
+    ("zh-TW", "訂閱電子報", "訂閱"), ("zh-CN", "订阅电子报", "订阅"), ("ko", "뉴스레터 구독", "구독하기"),
+    ("fr", "Inscription", "S&#x27;inscrire"), ("ar", "اشترك", "اشترك"), ("de", "Anmelden", "Anmelden")])
+def test_the_hosted_page_speaks_every_shipped_locale_with_its_own_wording(site, locale, title, button):
+    # When the hosted form is opened in a locale the templates ship
+    r = site.get(f"/f/newsletter?locale={locale}")
+    # Then its strings and the wording are in that language (the exact words the ledger will hash)
+    assert r.status_code == 200
+    assert f"<h1>{title}</h1>" in r.text and f">{button}</button>" in r.text
+    with site.mailer.session() as s:
+        v = wordings.resolve(s, site.mailer.settings, "newsletter", "2026-12", locale)
+    assert v.locale == locale and v.text in r.text.replace("&#x27;", "'")
+
+
 def test_the_embed_snippet_posts_to_mailer_and_loads_the_script_from_mailer(site):
     # When the shop asks for its snippet
     r = site.get("/f/restock/embed?locale=pl&sku=MUG-1")

@@ -77,6 +77,48 @@ STRINGS: dict[str, dict[str, str]] = {
            "Netz. Bitte versuchen Sie es in einer Minute erneut.", "not_found": "Dieses Formular gibt es nicht.",
            "unavailable": "Dieses Formular ist gerade nicht verfügbar.",
            "refused": "Diese Seite darf dieses Formular nicht verwenden.", "error_title": "Etwas ist schiefgelaufen"},
+    "fr": {"signup_title": "Inscription", "restock_title": "Me prévenir de son retour", "email": "Adresse e-mail",
+           "first_name": "Prénom (facultatif)", "signup_button": "S'inscrire", "restock_button": "Me prévenir",
+           "honeypot": "Laissez ce champ vide", "product": "Produit : {sku}",
+           "thanks_title": "Vérifiez votre boîte de réception",
+           "thanks": "Merci ! Si l'adresse est correcte, un e-mail avec un lien de confirmation est en route. "
+                     "Nous ne vous enverrons rien avant votre confirmation.",
+           "invalid": "Veuillez vérifier le champ signalé.", "rate_limited": "Trop d'inscriptions depuis votre "
+           "réseau. Veuillez réessayer dans une minute.", "not_found": "Ce formulaire n'existe pas.",
+           "unavailable": "Ce formulaire n'est pas disponible pour le moment.",
+           "refused": "Ce site ne peut pas utiliser ce formulaire.", "error_title": "Un problème est survenu"},
+    "zh-TW": {"signup_title": "訂閱電子報", "restock_title": "到貨時通知我", "email": "電子郵件地址",
+              "first_name": "名字（選填）", "signup_button": "訂閱", "restock_button": "到貨通知我",
+              "honeypot": "請勿填寫此欄位", "product": "商品：{sku}", "thanks_title": "請查看您的收件匣",
+              "thanks": "謝謝！如果地址正確，一封附有確認連結的郵件已寄出。在您確認之前，我們不會寄送任何內容給您。",
+              "invalid": "請檢查標示的欄位。", "rate_limited": "來自您網路的訂閱次數過多，請一分鐘後再試。",
+              "not_found": "找不到此表單。", "unavailable": "此表單目前無法使用。",
+              "refused": "此網站無法使用這個表單。", "error_title": "發生錯誤"},
+    "zh-CN": {"signup_title": "订阅电子报", "restock_title": "到货时通知我", "email": "电子邮件地址",
+              "first_name": "名字（选填）", "signup_button": "订阅", "restock_button": "到货通知我",
+              "honeypot": "请勿填写此栏", "product": "商品：{sku}", "thanks_title": "请查看您的收件箱",
+              "thanks": "谢谢！如果地址正确，一封带有确认链接的邮件已发出。在您确认之前，我们不会向您发送任何内容。",
+              "invalid": "请检查标出的字段。", "rate_limited": "来自您网络的订阅次数过多，请一分钟后再试。",
+              "not_found": "找不到此表单。", "unavailable": "此表单暂时无法使用。",
+              "refused": "此网站不能使用这个表单。", "error_title": "出现问题"},
+    "ko": {"signup_title": "뉴스레터 구독", "restock_title": "재입고 알림 받기", "email": "이메일 주소",
+           "first_name": "이름 (선택)", "signup_button": "구독하기", "restock_button": "알림 받기",
+           "honeypot": "이 칸은 비워 두세요", "product": "상품: {sku}", "thanks_title": "받은편지함을 확인하세요",
+           "thanks": "감사합니다! 주소가 맞다면 확인 링크가 담긴 메일이 발송되었습니다. "
+                     "확인하시기 전에는 아무것도 보내지 않습니다.",
+           "invalid": "표시된 항목을 확인해 주세요.", "rate_limited": "사용 중인 네트워크에서 구독 요청이 너무 많습니다. "
+           "1분 후에 다시 시도해 주세요.", "not_found": "존재하지 않는 양식입니다.",
+           "unavailable": "지금은 이 양식을 사용할 수 없습니다.", "refused": "이 사이트는 이 양식을 사용할 수 없습니다.",
+           "error_title": "문제가 발생했습니다"},
+    "ar": {"signup_title": "اشترك", "restock_title": "أعلمني عند توفره", "email": "عنوان البريد الإلكتروني",
+           "first_name": "الاسم الأول (اختياري)", "signup_button": "اشترك", "restock_button": "أعلمني",
+           "honeypot": "اترك هذا الحقل فارغًا", "product": "المنتج: {sku}", "thanks_title": "تحقق من بريدك الوارد",
+           "thanks": "شكرًا لك! إذا كان العنوان صحيحًا، فقد أُرسلت رسالة تحتوي على رابط التأكيد. "
+                     "لن نرسل إليك شيئًا حتى تؤكد.",
+           "invalid": "يرجى التحقق من الحقل المحدد.", "rate_limited": "عدد كبير جدًا من الاشتراكات من شبكتك. "
+           "يرجى المحاولة مرة أخرى بعد دقيقة.", "not_found": "هذا النموذج غير موجود.",
+           "unavailable": "هذا النموذج غير متاح الآن.", "refused": "لا يمكن لهذا الموقع استخدام هذا النموذج.",
+           "error_title": "حدث خطأ ما"},
 }
 
 #: The hosted page runs no script, loads nothing from elsewhere and may be framed only by allowed origins.
