@@ -57,29 +57,83 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets the HTTP app read while a worker writes; busy_timeout waits (ms) instead of failing.
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
 
-def make_engine(url: str) -> Engine:
-    """A new engine for ``url`` with mailer's connection settings."""
+#: SQLite: how long a writer waits for the database's one write lock, seconds; then it fails
+#: with "database is locked" (a bounded wait, never a hang).
+SQLITE_BUSY_TIMEOUT_S = 30
+#: Keepalive probes sent before a silent PostgreSQL peer is declared gone.
+KEEPALIVE_PROBES = 3
+
+_worker_sessions = [False]
+
+
+def worker_sessions() -> None:
+    """Mark this process as a worker: its PostgreSQL sessions get ``statement_timeout``
+    (``MAILER_DB_WORKER_STATEMENT_TIMEOUT_S``). Call before the first engine is made
+    (:mod:`mailer.worker.boot` does); the web app and the CLI run long exports and counts,
+    so theirs have none."""
+    _worker_sessions[0] = True
+
+
+def _pg_session_settings(settings: Settings | None) -> dict[str, str]:
+    """What each new PostgreSQL connection SETs: bounds on what a partitioned or stuck
+    session can hold (docs/delivery.md, "Running on many machines")."""
+    s = settings or Settings()
+    out = {}
+    if s.db_idle_in_transaction_s > 0:
+        out["idle_in_transaction_session_timeout"] = f"{s.db_idle_in_transaction_s * 1000}"
+    if _worker_sessions[0] and s.db_worker_statement_timeout_s > 0:
+        out["statement_timeout"] = f"{s.db_worker_statement_timeout_s * 1000}"
+    return out
+
+
+def _pg_connect_args(settings: Settings | None) -> dict:
+    s = settings or Settings()
+    if s.db_keepalive_s <= 0:
+        return {}
+    # libpq's TCP keepalives: a peer behind a cut link is noticed in about
+    # idle + probes x interval seconds, instead of the kernel's two hours.
+    return {"keepalives": 1, "keepalives_idle": s.db_keepalive_s,
+            "keepalives_interval": max(1, s.db_keepalive_s // KEEPALIVE_PROBES),
+            "keepalives_count": KEEPALIVE_PROBES}
+
+
+def make_engine(url: str, settings: Settings | None = None) -> Engine:
+    """A new engine for ``url`` with mailer's connection settings (keepalives and timeouts from ``settings``)."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10,
+                               connect_args=_pg_connect_args(settings))
+        session_settings = _pg_session_settings(settings)
+        if session_settings:
+            def _set(dbapi_conn, _record) -> None:
+                # Once per new connection (not per checkout): SET outside any transaction,
+                # committed at once, so a later ROLLBACK keeps it.
+                autocommit = dbapi_conn.autocommit
+                dbapi_conn.autocommit = True
+                with dbapi_conn.cursor() as cur:
+                    for name, value in session_settings.items():
+                        cur.execute(f"SET {name} = {int(value)}")  # nosec B608 - names are ours, values ints
+                dbapi_conn.autocommit = autocommit
+            event.listen(engine, "connect", _set)
     return engine
 
 
 def get_engine(settings_or_url: Settings | str) -> Engine:
-    """The process-wide engine for a URL (created once)."""
-    url = settings_or_url if isinstance(settings_or_url, str) else settings_or_url.database_url
+    """The process-wide engine for a URL (created once, with the first caller's settings)."""
+    settings = None if isinstance(settings_or_url, str) else settings_or_url
+    url = settings_or_url if settings is None else settings.database_url
     with _lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = _engines[url] = make_engine(url)
+            engine = _engines[url] = make_engine(url, settings)
         return engine
 
 

@@ -150,6 +150,19 @@ class ChainBroken(ConsentError):
         self.position = position
 
 
+class Busy(MailerError):
+    """A lock could not be taken in time (another session holds it); nothing was changed: retry.
+
+    ``retry_after_s`` is how long to wait first (HTTP answers 503 with ``Retry-After``).
+    """
+
+    retry_after_s: int
+
+    def __init__(self, message: str, *, retry_after_s: int = 5):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class NotFound(MailerError):
     """A referenced row does not exist."""
 

@@ -1,7 +1,8 @@
 """Structured logs: one JSON object per line, carrying the delivery id when there is one.
 
-Every record gets time, level, logger, message, host and pid (so the lines of several
-machines can be told apart).  The ids of what is being
+Every record gets time, level, logger, message, host, pid and worker (``MAILER_WORKER_NAME``,
+by default ``hostname:pid``), so the lines of several machines can be told apart even when
+their hostnames are the same (containers).  The ids of what is being
 worked on (``delivery_id``, ``campaign_id``, ``customer_id``, ``event_id``) come from
 ``extra={...}`` at the call site or, for everything logged inside
 ``with log_context(delivery_id=...)`` (the send path wraps each delivery in one), from
@@ -25,6 +26,21 @@ from types import MappingProxyType
 _FIELDS = ("delivery_id", "campaign_id", "customer_id", "event_id")
 #: The machine's name, read once per process (the JSON lines' ``host``).
 HOST = socket.gethostname()
+
+#: Longest worker name kept, characters (lease owners hold 100: name, thread id and a random part).
+MAX_WORKER_NAME_CHARS = 60
+_worker_name = [""]
+
+
+def set_worker_name(name: str) -> None:
+    """Name this process (``MAILER_WORKER_NAME``); empty = ``hostname:pid``."""
+    _worker_name[0] = (name or "").strip()[:MAX_WORKER_NAME_CHARS]
+
+
+def worker_name() -> str:
+    """This process's name in lease owners and in each JSON line's ``worker``."""
+    return _worker_name[0] or f"{HOST}:{os.getpid()}"
+
 
 _context: contextvars.ContextVar[Mapping] = contextvars.ContextVar("mailer_log_context", default=MappingProxyType({}))
 
@@ -56,7 +72,8 @@ class ContextFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
-               "logger": record.name, "message": record.getMessage(), "host": HOST, "pid": record.process}
+               "logger": record.name, "message": record.getMessage(), "host": HOST, "pid": record.process,
+               "worker": worker_name()}
         for f in _FIELDS:
             value = getattr(record, f, None)
             if value is None:

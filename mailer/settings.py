@@ -169,6 +169,19 @@ class Settings:
     broker_heartbeat_ms: int = 60_000
     #: Redis broker: queue maintenance (requeueing dead workers' messages) per million commands.
     broker_maintenance_chance: int = 1000
+    #: PostgreSQL: TCP keepalive idle time (seconds) on every connection, so a peer cut off by a
+    #: partition is noticed in about this long plus 3 probes a third of it apart. 0 = the OS default.
+    db_keepalive_s: int = 30
+    #: PostgreSQL: the server ends a session idle inside a transaction this long (seconds), releasing
+    #: its locks (a partitioned worker's consent read locks). Above the SMTP timeout of one reply. 0 = off.
+    db_idle_in_transaction_s: int = 90
+    #: PostgreSQL: consent writes wait at most this long (seconds) for the chain lock or a consent row,
+    #: then fail with a retryable "busy" error. Above db_idle_in_transaction_s. 0 = wait for ever.
+    db_lock_timeout_s: int = 120
+    #: PostgreSQL: statement_timeout (seconds) of worker processes' sessions. 0 = none.
+    db_worker_statement_timeout_s: int = 60
+    #: This process's name in lease owners, logs and metrics; empty = hostname:pid.
+    worker_name: str = ""
     #: The shop's rate table for converting order totals to MAILER_DEFAULT_CURRENCY (the shop's currency):
     #: a CSV ``currency,rate`` or a TOML ``[rates]`` table, rate = shop currency per unit; never a live lookup.
     fx_rates_file: str = ""

@@ -75,6 +75,27 @@ def db_url(request, tmp_path):
 
 
 @pytest.fixture
+def pg_url():
+    """A migrated, empty PostgreSQL schema (for tests of what only PostgreSQL does; mark them postgres)."""
+    need_service("PostgreSQL", "127.0.0.1", 5432)
+    import sqlalchemy as sa
+
+    schema = "t_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    url = _pg_schema_url(schema)
+    try:
+        db.upgrade(url)
+        yield url
+    finally:
+        db.dispose_engines()
+        with admin.connect() as c:
+            c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
 def sqlite_url(tmp_path):
     url = f"sqlite:///{tmp_path / 'mailer.db'}"
     db.upgrade(url)

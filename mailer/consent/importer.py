@@ -256,7 +256,7 @@ class _Writer:
         now = utcnow()
         ids = self._customers(rows, now)
         if self.tail is None:
-            lock_chain(self.session)
+            lock_chain(self.session, self.settings)
             # The tail, read once: from here to the commit no one else appends (the lock on
             # PostgreSQL; on SQLite the customers' INSERT above took the single write lock).
             last = self.conn.execute(select(ConsentEvent.seq, ConsentEvent.hash)

@@ -26,12 +26,15 @@ Verification lives in :mod:`mailer.consent_verify`, the compliance export in :mo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, exists, or_, select, text, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased
 
 from mailer import tokens
@@ -39,7 +42,7 @@ from mailer.addresses import email_hash
 from mailer.clock import utcnow
 from mailer.customers.records import by_email as customer_by_email  # the one lookup, under the CLI's name
 from mailer.customers.records import get_or_create
-from mailer.errors import ConsentError, TokenError
+from mailer.errors import Busy, ConsentError, TokenError
 from mailer.instance_secrets import address_hash_salt
 from mailer.models import (
     ConsentAction,
@@ -154,10 +157,37 @@ class Proof:
         return cls(**{k: data.get(k) for k in ("ip", "user_agent", "form_id", "wording", "wording_version")})
 
 
-def lock_chain(session: Session) -> None:
-    """Serialize appends until the transaction ends (PostgreSQL; SQLite has one writer)."""
+#: PostgreSQL's SQLSTATE for lock_timeout (lock_not_available).
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def lock_chain(session: Session, settings: Settings | None = None) -> None:
+    """Serialize appends until the transaction ends (PostgreSQL; SQLite has one writer).
+
+    The wait is bounded by ``MAILER_DB_LOCK_TIMEOUT_S`` for the rest of the transaction (the
+    chain lock and the consent_state row the trigger rewrites): a session that holds them
+    and went silent (a partitioned worker) is ended by the server's
+    ``idle_in_transaction_session_timeout`` first, so a waiting withdrawal then proceeds;
+    past the bound it fails with :class:`~mailer.errors.Busy`, having changed nothing.
+    """
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_KEY})
+        timeout_s = settings.db_lock_timeout_s if settings is not None else Settings.db_lock_timeout_s
+        with busy_on_lock_timeout():
+            session.execute(text(f"SET LOCAL lock_timeout = {int(timeout_s) * 1000}"))  # nosec B608 - an int
+            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_KEY})
+
+
+@contextlib.contextmanager
+def busy_on_lock_timeout() -> Iterator[None]:
+    """Turn PostgreSQL's lock_timeout error into :class:`~mailer.errors.Busy` (retryable, clear)."""
+    try:
+        yield
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+        raise Busy("consent is being changed by another session that holds its lock (a worker "
+                   "mailing this customer, or an import); nothing was recorded: try again in a "
+                   "few seconds", retry_after_s=5) from None
 
 
 def append(session: Session, settings: Settings, *, customer: Customer, purpose: str,
@@ -183,7 +213,7 @@ def append(session: Session, settings: Settings, *, customer: Customer, purpose:
     occurred_at = occurred_at or now
     if occurred_at.tzinfo is None:
         raise ConsentError("occurred_at must carry a time zone (UTC)")
-    lock_chain(session)
+    lock_chain(session, settings)
     # The chain tail: the highest seq. Appends are serialized by the advisory lock on
     # PostgreSQL and by SQLite's single writer; seq is UNIQUE as a backstop.
     last = session.execute(select(ConsentEvent.seq, ConsentEvent.hash)
@@ -199,7 +229,8 @@ def append(session: Session, settings: Settings, *, customer: Customer, purpose:
     )
     ev.hash = chain_hash(prev, event_fields(ev))
     session.add(ev)
-    session.flush()
+    with busy_on_lock_timeout():  # the trigger rewrites the consent_state row (a worker may hold it)
+        session.flush()
     session.add(ConsentEvidence(event_id=ev.id, email=customer.email, ip=proof.ip, user_agent=proof.user_agent))
     # The consent_events_derive_state trigger has just rewritten the state row; a copy this
     # session loaded before is stale now.

@@ -51,8 +51,6 @@ import collections
 import contextlib
 import functools
 import logging
-import os
-import socket
 import threading
 import time
 import uuid
@@ -80,7 +78,7 @@ from mailer.errors import (
     TransientDeliveryError,
     ValidationError,
 )
-from mailer.logs import log_context
+from mailer.logs import log_context, worker_name
 from mailer.models import (
     Campaign,
     CampaignStatus,
@@ -111,8 +109,8 @@ class Outcome:
 
 
 def worker_id() -> str:
-    """Who holds a lease: host, process, thread and a random part."""
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:6]}"
+    """Who holds a lease: the worker's name (``MAILER_WORKER_NAME``, default host:pid), thread and a random part."""
+    return f"{worker_name()}:{threading.get_ident()}:{uuid.uuid4().hex[:6]}"
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,14 @@ Queues: ``transactional`` (notices; never waits behind a newsletter) and ``bulk`
 
 from __future__ import annotations
 
+import logging
+import time
+
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -47,6 +52,62 @@ class MailerRedisBroker(RedisBroker):
         return super().consume(queue_name, prefetch, timeout)
 
 
+#: Seconds between redis-py's checks that an idle broker connection still answers.
+HEALTH_CHECK_S = 30
+#: Dramatiq's consumer threads log here when Redis cannot be reached (each retry, every 3 s).
+CONSUMER_LOGGER = "dramatiq.worker._ConsumerThread"
+#: Errors this far apart (seconds) belong to two outages; closer, to one (logged once).
+OUTAGE_GAP_S = 60.0
+#: Errors a broker outage raises in Dramatiq's consumer: Redis' own, Dramatiq's wrapper, and the
+#: ``IndexError: pop from empty list`` of its message cache seen during a partition.
+OUTAGE_ERRORS = (redis.RedisError, BrokerConnectionError, IndexError, OSError)
+
+
+class OutageLogFilter(logging.Filter):
+    """Logs a Redis outage once, as one line without a traceback, instead of a critical
+    traceback and a "Restarting consumer" line from every consumer thread every 3 s.
+
+    Dramatiq's consumer already retries by itself; this changes only what is logged.
+    An error that is not about reaching the broker passes unchanged.
+    """
+
+    def __init__(self, clock=time.monotonic):
+        super().__init__()
+        self._clock = clock
+        self._last_s: float | None = None
+
+    def _outage(self, record: logging.LogRecord) -> BaseException | None:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+        elif record.args and isinstance(record.args, tuple) and isinstance(record.args[0], BaseException):
+            exc = record.args[0]
+        else:
+            return None
+        return exc if isinstance(exc, OUTAGE_ERRORS) else None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = self._clock()
+        in_outage = self._last_s is not None and now - self._last_s < OUTAGE_GAP_S
+        if record.getMessage().startswith("Restarting consumer"):
+            return not in_outage
+        exc = self._outage(record)
+        if exc is None:
+            return True
+        self._last_s = now
+        if in_outage:
+            return False
+        record.msg = ("broker unreachable (%s: %s); Dramatiq's consumers retry every few seconds, and "
+                      "this is logged once per outage")
+        record.args = (type(exc).__name__, exc)
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.ERROR, "ERROR"
+        return True
+
+
+_outage_filter = OutageLogFilter()
+
+
 def middleware(settings: Settings, *, prometheus: bool = False) -> list:
     mw = [
         AgeLimit(),
@@ -72,7 +133,13 @@ def build_broker(settings: Settings, *, prometheus: bool = False, **redis_option
         # heartbeat/maintenance: how soon a killed worker's unacknowledged messages are requeued.
         redis_options.setdefault("heartbeat_timeout", settings.broker_heartbeat_ms)
         redis_options.setdefault("maintenance_chance", settings.broker_maintenance_chance)
+        # Keepalives: a Redis peer behind a cut link is noticed by the OS, not after hours.
+        redis_options.setdefault("socket_keepalive", True)
+        redis_options.setdefault("health_check_interval", HEALTH_CHECK_S)
         broker = MailerRedisBroker(url=url, middleware=middleware(settings, prometheus=prometheus), **redis_options)
+        consumer_log = logging.getLogger(CONSUMER_LOGGER)
+        if _outage_filter not in consumer_log.filters:
+            consumer_log.addFilter(_outage_filter)
     for queue in QUEUES:
         broker.declare_queue(queue)
     return broker

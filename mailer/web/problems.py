@@ -13,6 +13,7 @@ from starlette.routing import Match
 
 from mailer import limits
 from mailer.errors import (
+    Busy,
     ConsentError,
     InvalidState,
     MailerError,
@@ -71,6 +72,8 @@ def _request_validation_response(_request: Request, exc: RequestValidationError)
 def _mailer_error_response(_request: Request, exc: MailerError) -> JSONResponse:
     if isinstance(exc, (ValidationError, TemplateError)):
         return _validation_response(exc)
+    if isinstance(exc, Busy):
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after_s)})
     status = 404 if isinstance(exc, (NotFound, TokenError)) else 409 if isinstance(
         exc, (InvalidState, ConsentError)) else 500
     return JSONResponse({"detail": str(exc)}, status_code=status)
