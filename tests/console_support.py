@@ -43,6 +43,17 @@ WIDTHS = (375, 1280)
 START_S = 60.0
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 _counter = itertools.count(1)
+#: Elements sticking out sideways (the same check as tests/test_browser_templates.py).
+OVERFLOW_JS = """() => {
+  const w = document.documentElement.clientWidth;
+  const bad = [];
+  for (const el of document.querySelectorAll('body *')) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0) continue;
+    if (r.right > w + 1 || r.left < -1) bad.push(el.tagName + ' ' + Math.round(r.left) + '..' + Math.round(r.right));
+  }
+  return {scrollWidth: document.documentElement.scrollWidth, clientWidth: w, bad: bad.slice(0, 5)};
+}"""
 
 
 def _settings_of(app_or_settings) -> Settings:
