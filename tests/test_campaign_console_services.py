@@ -10,18 +10,18 @@ from sqlalchemy import select
 
 from mailer import segments
 from mailer.addresses import email_hash
-from mailer.instance_secrets import address_hash_salt
 from mailer.campaigns import progress, reports
 from mailer.campaigns import service as campaigns
 from mailer.clock import utcnow
 from mailer.consent import suppressions
 from mailer.errors import InvalidState, ValidationError
+from mailer.instance_secrets import address_hash_salt
 from mailer.models import Bounce, Delivery, DeliveryStatus, SuppressionReason
 from mailer.tracking import service as tracking
 from mailer.transport import memory
 from mailer.web.console import charts
 from tests.campaign_support import NEWS_KIND, add_customer
-from tests.test_campaign_send import _create, _send, env  # noqa: F401 - the env fixture
+from tests.test_campaign_send import _create, _send, env
 
 __all__ = ["env"]
 

@@ -27,7 +27,16 @@ from mailer.campaigns import reports
 from mailer.campaigns import service as campaigns
 from mailer.clock import utcnow
 from mailer.errors import SegmentError
-from mailer.models import Bounce, Campaign, CampaignStatus, Customer, Delivery, DeliveryStatus, TrackingEvent, TrackingKind
+from mailer.models import (
+    Bounce,
+    Campaign,
+    CampaignStatus,
+    Customer,
+    Delivery,
+    DeliveryStatus,
+    TrackingEvent,
+    TrackingKind,
+)
 from mailer.settings import Settings
 
 #: Campaigns per page of the console's list.

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailer import segments
@@ -50,6 +50,7 @@ from mailer.models import (
     Delivery,
     DeliveryStatus,
 )
+from mailer.queue import port
 from mailer.queue.port import QUEUE_TRANSACTIONAL
 from mailer.rendering import TRANSACTIONAL
 from mailer.rendering.i18n import fallback_chain
@@ -489,6 +490,39 @@ def test_send(session: Session, settings: Settings, renderer, campaign_id: int, 
     return ids
 
 
+def enqueue_test_sends(delivery_ids: list[int]) -> int:
+    """After commit: hand each stored test-send delivery to the transactional queue; how many."""
+    return sum(1 for i in delivery_ids if port.enqueue_delivery(i, QUEUE_TRANSACTIONAL))
+
+
+def confirmation_count(session: Session, settings: Settings, campaign_id: int, action: str) -> int:
+    """How many mails an action concerns, for the confirmation that states the count.
+
+    ``send``: the segment's recipients right now; ``pause`` and ``cancel``: the mails not yet
+    sent (deliveries pending plus recipients the fan-out has not reached); ``resume``: the
+    held deliveries plus recipients not yet reached.
+    """
+    c = get(session, campaign_id)
+    mine = (Delivery.campaign_id == c.id, Delivery.purpose == c.purpose)
+
+    def n(statuses) -> int:
+        # Counted over ix_deliveries_campaign_status.
+        return session.execute(select(func.count()).select_from(Delivery)
+                               .where(*mine, Delivery.status.in_(statuses))).scalar_one()
+
+    remaining = 0
+    if not c.fanout_done:
+        made = session.execute(select(func.count()).select_from(Delivery).where(*mine)).scalar_one()
+        remaining = max(0, segments.count(session, settings, segments.load(settings, c.segment)) - made)
+    if action == "send":
+        return remaining
+    if action == "resume":
+        return n([DeliveryStatus.held]) + remaining
+    if action in ("pause", "cancel"):
+        return n(PENDING) + remaining
+    raise ValidationError(f"unknown action {action!r}", field="action")
+
+
 # -- preview ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Preview:
@@ -579,5 +613,6 @@ def held_in_running(session: Session) -> list[int]:
 
 __all__ = ["create", "validate", "send", "pause", "resume", "cancel", "preview", "get", "list_campaigns",
            "next_local_time", "parse_subjects", "parse_preheaders", "parse_send_at", "parse_local_time",
-           "queued_ids", "locale_plan", "LocalePlan", "parse_seeds", "test_send"]
+           "queued_ids", "locale_plan", "LocalePlan", "parse_seeds", "test_send", "enqueue_test_sends",
+           "confirmation_count"]
 
