@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from mailer.audit import entries
 from mailer.campaigns import fanout
-from mailer.campaigns import service as campaigns
+from mailer.clock import utcnow
 from mailer.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
 from mailer.transport import memory
 from mailer.worker.actors import setup
@@ -52,7 +52,6 @@ def test_create_form_shows_the_segment_count_sample_and_fallback_warning(shop, c
                                                                  "subject_en": "Hello", "subject_pl": "Cześć"})
     # Then ko is named as falling back, en and pl are not
     warning = re.search(r'id="fallback-warning">(.*?)</div>', panel.text, re.S).group(1)
-    assert "ko" in warning and "pl" not in warning.replace("pl", "", 0) or "ko (" in warning
     assert "ko (" in warning and "en (" not in warning and "pl (" not in warning
 
 
@@ -171,7 +170,7 @@ def test_cancel_one_pending_automation_send(shop, console_as):
         d = Delivery(idempotency_key="auto:test:1", kind="abandoned_cart", to_address="c0@example.com",
                      to_hash="x" * 64, locale="en", data={}, purpose="transactional",
                      status=DeliveryStatus.scheduled, automation="abandoned_cart",
-                     send_after=__import__("mailer.clock", fromlist=["utcnow"]).utcnow())
+                     send_after=utcnow())
         s.add(d)
         s.flush()
         did = d.id
