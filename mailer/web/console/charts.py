@@ -21,8 +21,11 @@ from mailer.campaigns.reports import Timeline, y_ticks
 #: Drawing size in SVG user units (scaled to the page width by CSS).
 WIDTH_UNITS = 480
 HEIGHT_UNITS = 260
+#: A bar chart's width in SVG user units: narrower than the timeline, so its 14-unit text
+#: stays about 12 px on a 375 px phone.
+BAR_WIDTH_UNITS = 360
 #: Height of one bar of a bar chart, and the gap below it, in SVG user units.
-BAR_UNITS = 22
+BAR_UNITS = 24
 BAR_GAP_UNITS = 8
 #: (label, colour) per timeline series: human opens, machine opens, clicks. Contrast on white >= 4.5:1.
 SERIES = (("Opens (people)", "#1f5f99"), ("Machine opens", "#5f5f5f"), ("Clicks", "#b3261e"))
@@ -59,13 +62,13 @@ def timeline_chart(tl: Timeline, *, label: str = "Opens and clicks over time (UT
              f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="#ffffff" stroke="#cccccc"/>']
     for v in ticks:
         parts.append(f'<line x1="{left}" x2="{left + w}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e5e5e5"/>'
-                     f'<text x="{left - 5}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11" '
+                     f'<text x="{left - 5}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="13" '
                      f'fill="#333333">{v}</text>')
     fmt = _TIME_FORMAT.get(tl.bucket, "%H:%M")
     for i in sorted({0, n - 1, (n - 1) // 2}):
         when: datetime = tl.points[i][0]
         anchor = "start" if i == 0 and n > 1 else "end" if i == n - 1 and n > 1 else "middle"
-        parts.append(f'<text x="{x(i):.1f}" y="{top + h + 16}" text-anchor="{anchor}" font-size="11" '
+        parts.append(f'<text x="{x(i):.1f}" y="{top + h + 16}" text-anchor="{anchor}" font-size="13" '
                      f'fill="#333333">{escape(when.strftime(fmt))}</text>')
     for k, (vals, (_, colour), dash) in enumerate(zip(values, SERIES, DASHES, strict=True)):
         if k == 1 and not any(vals):
@@ -83,7 +86,7 @@ def timeline_chart(tl: Timeline, *, label: str = "Opens and clicks over time (UT
             continue
         parts.append(f'<line x1="{lx}" x2="{lx + 18}" y1="14" y2="14" stroke="{colour}" stroke-width="3"'
                      f'{(" stroke-dasharray=" + chr(34) + DASHES[k] + chr(34)) if DASHES[k] else ""}/>'
-                     f'<text x="{lx + 22}" y="18" font-size="12" fill="#333333">{escape(names[k])}</text>')
+                     f'<text x="{lx + 22}" y="18" font-size="14" fill="#333333">{escape(names[k])}</text>')
         lx += 30 + 7 * len(names[k])
     parts.append("</svg>")
     return Markup("".join(parts))  # nosec B704 - every interpolated text above is escaped
@@ -93,18 +96,18 @@ def bar_chart(rows: Sequence[tuple[str, float, str]], *, label: str, colour: str
     """One horizontal bar per (name, value, value text) row, longest bar = largest value."""
     if not rows:
         return Markup("")
-    left, right, top = 96, 64, 8
-    w = WIDTH_UNITS - left - right
+    left, right, top = 64, 64, 4
+    w = BAR_WIDTH_UNITS - left - right
     height = top + len(rows) * (BAR_UNITS + BAR_GAP_UNITS)
     peak = max(v for _, v, _ in rows) or 1
-    parts = [_svg_open(label, WIDTH_UNITS, height)]
+    parts = [_svg_open(label, BAR_WIDTH_UNITS, height)]
     for i, (name, value, text) in enumerate(rows):
         y0 = top + i * (BAR_UNITS + BAR_GAP_UNITS)
         bw = max(w * value / peak, 1 if value else 0)
-        parts.append(f'<text x="{left - 6}" y="{y0 + BAR_UNITS * 0.7:.1f}" text-anchor="end" font-size="12" '
+        parts.append(f'<text x="{left - 6}" y="{y0 + BAR_UNITS * 0.72:.1f}" text-anchor="end" font-size="14" '
                      f'fill="#333333">{escape(name)}</text>'
                      f'<rect class="bar" x="{left}" y="{y0}" width="{bw:.1f}" height="{BAR_UNITS}" fill="{colour}"/>'
-                     f'<text x="{left + bw + 6:.1f}" y="{y0 + BAR_UNITS * 0.7:.1f}" font-size="12" '
+                     f'<text x="{left + bw + 6:.1f}" y="{y0 + BAR_UNITS * 0.72:.1f}" font-size="14" '
                      f'fill="#333333">{escape(text)}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))  # nosec B704 - every interpolated text above is escaped
