@@ -12,11 +12,9 @@ from mailer.audit import entries
 from mailer.campaigns import fanout
 from mailer.clock import utcnow
 from mailer.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
-from mailer.transport import memory
 from mailer.worker.actors import setup
 from tests.campaign_support import add_customer
 
-XSS = "<script>alert(1)</script>"
 NEWS = "newsletter/product_launch"
 
 
@@ -182,27 +180,3 @@ def test_cancel_one_pending_automation_send(shop, console_as):
         assert s.get(Delivery, did).status is DeliveryStatus.cancelled
     r = client.post(f"/console/automations/pending/{did}/cancel", data=_form(client), follow_redirects=False)
     assert f"gone={did}" in r.headers["location"]
-
-
-def test_names_subjects_and_customer_names_are_shown_as_text(shop, console_as):
-    setup(shop.settings)
-    memory.clear()
-    client = console_as("marketer")
-    with shop.session() as s:
-        add_customer(s, shop.settings, "xss@example.com", locale="en", first_name=XSS)
-    r = _create(client, name=XSS, subject_en="Hi " + XSS)
-    # The subject grammar may refuse the markup; the name must be stored and shown escaped
-    if r.status_code == 422:
-        assert XSS not in r.text
-        r = _create(client, name=XSS, subject_en="Hi &lt;b&gt;")
-    cid = int(r.headers["location"].split("/")[3].split("?")[0])
-    pages = ["/console/campaigns", f"/console/campaigns/{cid}", f"/console/campaigns/{cid}/preview",
-             f"/console/campaigns/{cid}/report", f"/console/campaigns/{cid}/confirm/send",
-             "/console/campaigns/new?segment=newsletter_all", "/console/segments/newsletter_all",
-             "/console/segments", "/console/templates", "/console/automations"]
-    for path in pages:
-        page = client.get(path)
-        assert page.status_code == 200, path
-        assert XSS not in page.text, path
-    assert "&lt;script&gt;" in client.get("/console/campaigns").text
-    assert "&lt;script&gt;" in client.get("/console/segments/newsletter_all").text
