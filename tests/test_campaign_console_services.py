@@ -215,3 +215,28 @@ def test_charts_escape_labels_and_scale_bars_to_the_largest():
     widths = [float(w) for w in __import__("re").findall(r'class="bar" x="\d+" y="\d+" width="([\d.]+)"', svg)]
     assert widths[0] == pytest.approx(2 * widths[1])
     assert str(charts.bar_chart([], label="x")) == ""
+
+
+def test_cli_create_takes_preheaders_per_locale(env):
+    from click.testing import CliRunner
+
+    from mailer.cli import main
+    from mailer.models import Campaign
+
+    _people(env, {"en": 1, "pl": 1})
+    s = env.settings
+    cli_env = {"MAILER_DATABASE_URL": s.database_url, "MAILER_BROKER_URL": "stub://", "MAILER_SMTP_URL": "memory://cli",
+               "MAILER_SECRET_KEY": s.secret_key, "MAILER_TEMPLATES_DIR": str(s.templates_dir),
+               "MAILER_SEGMENTS_DIR": str(s.segments_dir), "COLUMNS": "200"}
+    args = ["campaign", "create", "--name", "Pre", "--template", NEWS_KIND, "--segment", "newsletter_all",
+            "--data", '{"headline": "Hi"}']
+    # When the CLI is given a preheader for pl
+    out = CliRunner().invoke(main, [*args, "--preheader", "pl=Tylko dziś"], env=cli_env)
+    assert out.exit_code == 0, out.output
+    with env.app.session() as session:
+        c = session.get(Campaign, int(out.stdout.strip().splitlines()[-1]))
+        # Then it is stored for pl only
+        assert c.preheaders == {"pl": "Tylko dziś"}
+    # And a broken preheader is refused naming the option
+    bad = CliRunner().invoke(main, [*args, "--preheader", "pl={{ nope("], env=cli_env)
+    assert bad.exit_code != 0 and "preheader" in bad.output
