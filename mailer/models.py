@@ -383,6 +383,8 @@ class Campaign(Base):
     purpose: Mapped[str] = mapped_column(String(100))
     #: Subject per locale ({"en": "...", "pl": "..."}); empty means the template's subjects.
     subjects: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: Preheader per locale, the same shape as ``subjects``; empty means the template's preheaders.
+    preheaders: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[CampaignStatus] = mapped_column(_enum(CampaignStatus), default=CampaignStatus.draft)
     send_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -63,6 +63,7 @@ from mailer.automations.rules import (
     Reward,
     Rule,
     Waves,
+    describe,
     format_duration,
     get,
     load,
@@ -71,12 +72,12 @@ from mailer.automations.rules import (
     parse_rule,
 )
 from mailer.automations.sends import KEY_MAX_CHARS, LOCK_CLASS
-from mailer.automations.views import Pending, pending
+from mailer.automations.views import Pending, cancel_pending, pending
 
 __all__ = [
     # rules
     "ADD_DATA", "AUDIENCES", "EVENT_OPS", "RULE_KEYS", "Merge", "Repeat", "Reward", "Rule", "Waves",
-    "format_duration", "get", "load", "load_each", "parse_duration", "parse_rule",
+    "describe", "format_duration", "get", "load", "load_each", "parse_duration", "parse_rule",
     # conditions
     "customer_matches", "event_matches", "out_of_quiet_hours", "parse_quiet_hours",
     # sends
@@ -86,7 +87,7 @@ __all__ = [
     # engine
     "FAST_PATH_MAX_DELAY_S", "cancel_group", "handle", "wake",
     # views
-    "Pending", "pending",
+    "Pending", "pending", "cancel_pending",
     # hooks
     "RELEASE_INTERVAL_S", "release_codes_hook",
 ]

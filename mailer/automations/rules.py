@@ -419,3 +419,36 @@ def get(settings: Settings, name: str) -> Rule:
         if rule.name == name:
             return rule
     raise ConfigurationError(f"no automation named {name!r} in {settings.automations_dir}")
+
+
+def describe(r: Rule) -> list[str]:
+    """A rule in words, a few lines (``mailer automations list`` and the console's automations page)."""
+    lines: list[str] = []
+    if r.description:
+        lines.append(r.description)
+    audience = " to everyone with a restock request" if r.audience == "restock_requests" else ""
+    lines.append(f"on {r.event} -> send {r.kind}{audience} ({'transactional' if r.transactional else 'marketing: ' + r.purpose}) "
+                 f"{r.describe_delays()}")
+    lines.append(f"group {r.group}; cancelled by {', '.join(r.cancelled_by) or 'nothing'}")
+    extras = []
+    if r.once:
+        extras.append("at most once per group")
+    if r.repeat:
+        changed = f" unless {', '.join(r.repeat.unless_changed)} changed" if r.repeat.unless_changed else ""
+        extras.append(f"nothing again within {format_duration(r.repeat.window)}{changed}")
+    if r.merge:
+        extras.append(f"merges into {r.merge.into} within {format_duration(r.merge.window)}")
+    if r.waves:
+        extras.append(f"waves of max(stock x {r.waves.per_unit:g}, {r.waves.min_size}) "
+                      f"every {format_duration(r.waves.interval)}")
+    if r.reward:
+        extras.append(f"code from pool {r.reward.pool}")
+    if r.event_if or r.customer_if or r.became:
+        extras.append("conditions: " + ", ".join(n for n, c in (("event_if", r.event_if),
+                                                                ("customer_if", r.customer_if),
+                                                                ("became", r.became)) if c))
+    if not r.transactional:
+        extras.append("quiet hours" if r.quiet_hours else "ignores quiet hours")
+    if extras:
+        lines.append("; ".join(extras))
+    return lines

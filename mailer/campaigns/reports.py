@@ -81,7 +81,10 @@ def figures(session: Session, campaign_id: int) -> Figures:
         raise NotFound(f"no campaign with id {campaign_id}")
     f = Figures(campaign_id=c.id, name=c.name, status=c.status.value)
     # Counts per status over ix_deliveries_campaign_status.
-    by_status = dict(session.execute(select(Delivery.status, func.count()).where(Delivery.campaign_id == c.id)
+    # Test sends (purpose transactional, see service.test_send) are left out: ``mine`` keeps the
+    # campaign's own deliveries, all of which carry its consent purpose.
+    mine = (Delivery.campaign_id == c.id, Delivery.purpose == c.purpose)
+    by_status = dict(session.execute(select(Delivery.status, func.count()).where(*mine)
                                      .group_by(Delivery.status)).all())
     f.total = sum(by_status.values())
     f.pending = sum(by_status.get(s, 0) for s in PENDING)
@@ -91,13 +94,12 @@ def figures(session: Session, campaign_id: int) -> Figures:
     f.cancelled = by_status.get(DeliveryStatus.cancelled, 0)
     f.frequency_capped = session.execute(
         select(func.count()).select_from(Delivery)
-        .where(Delivery.campaign_id == c.id, Delivery.status == DeliveryStatus.skipped,
+        .where(*mine, Delivery.status == DeliveryStatus.skipped,
                Delivery.reason.like("frequency cap%"))).scalar_one()
     # Deliveries with a hard/soft bounce record (bounces joined by delivery id), or marked bounced.
     bounced_ids = (select(Delivery.id).select_from(Delivery)
                    .outerjoin(Bounce, (Bounce.delivery_id == Delivery.id) & Bounce.kind.in_(("hard", "soft")))
-                   .where(Delivery.campaign_id == c.id,
-                          or_(Delivery.status == DeliveryStatus.bounced, Bounce.id.is_not(None)))
+                   .where(*mine, or_(Delivery.status == DeliveryStatus.bounced, Bounce.id.is_not(None)))
                    .distinct().subquery())
     bounced_rows = session.execute(select(Delivery.status, func.count()).select_from(bounced_ids)
                                    .join(Delivery, Delivery.id == bounced_ids.c.id)

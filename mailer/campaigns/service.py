@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailer import segments
@@ -49,6 +50,9 @@ from mailer.models import (
     Delivery,
     DeliveryStatus,
 )
+from mailer.queue import port
+from mailer.queue.port import QUEUE_TRANSACTIONAL
+from mailer.rendering import TRANSACTIONAL
 from mailer.rendering.i18n import fallback_chain
 from mailer.settings import Settings
 
@@ -85,6 +89,14 @@ def parse_subjects(values: tuple[str, ...] | list[str] | None) -> dict[str, str]
                                   field="subject")
         out[loc] = text.strip()
     return out
+
+
+def parse_preheaders(values: tuple[str, ...] | list[str] | None) -> dict[str, str]:
+    """``--preheader TEXT`` / ``--preheader pl=TEXT``: the same grammar as :func:`parse_subjects`."""
+    try:
+        return parse_subjects(values)
+    except ValidationError as exc:
+        raise ValidationError(str(exc).replace("--subject", "--preheader"), field="preheader") from exc
 
 
 def parse_send_at(value: str | None, settings: Settings) -> datetime | None:
@@ -157,7 +169,8 @@ def _segment_locales(session: Session, purpose: str, settings: Settings) -> list
 
 
 def validate(session: Session, settings: Settings, renderer, *, template: str, segment_name: str,
-             subjects: dict[str, str], data: dict) -> tuple[str, list[str]]:
+             subjects: dict[str, str], data: dict, preheaders: dict[str, str] | None = None
+             ) -> tuple[str, list[str]]:
     """Check a campaign can be sent; return (consent purpose, template locales that will be used)."""
     if not template.startswith("newsletter/"):
         raise ValidationError(f"--template {template!r}: campaigns send newsletter kinds "
@@ -174,6 +187,8 @@ def validate(session: Session, settings: Settings, renderer, *, template: str, s
     # Subjects are data, never code: the restricted, sandboxed grammar, checked before anything renders.
     for loc, text in subjects.items():
         renderer.check_text(template, text, field=subject_field(loc))
+    for loc, text in (preheaders or {}).items():
+        renderer.check_text(template, text, field=f"preheader[{loc}]")
     used: dict[str, list[str]] = {}
     for loc in _segment_locales(session, segment.purpose, settings):
         resolved = renderer.resolve_locale(template, loc)
@@ -182,7 +197,8 @@ def validate(session: Session, settings: Settings, renderer, *, template: str, s
         subject = _subject_for(subjects, resolved)  # None: the template's own subject for the locale
         try:
             rendered = renderer.render(template, resolved, data, context=_probe_context(settings),
-                                       subject=subject, cache_key=f"validate:{template}")
+                                       subject=subject, preheader=_subject_for(preheaders or {}, resolved),
+                                       cache_key=f"validate:{template}")
         except TemplateError as exc:
             raise TemplateError(f"{exc} (needed for customers with locale {', '.join(asked)})",
                                 template=None) from exc
@@ -238,7 +254,8 @@ def foreign_subject_locales(renderer, settings: Settings, template: str, subject
 
 def create(session: Session, settings: Settings, renderer, *, name: str, template: str, segment: str,
            subjects: dict[str, str] | None = None, data: dict | None = None, send_at: datetime | None = None,
-           local_time: str | None = None, tracking: bool = True) -> Campaign:
+           local_time: str | None = None, tracking: bool = True,
+           preheaders: dict[str, str] | None = None) -> Campaign:
     """Validate and store a draft campaign."""
     name = (name or "").strip()
     if not name or len(name) > MAX_NAME_CHARS or any(c in name for c in "\r\n\x00"):
@@ -246,12 +263,15 @@ def create(session: Session, settings: Settings, renderer, *, name: str, templat
     subjects = dict(subjects or {})
     data = dict(data if data is not None else renderer.sample(template) if _is_kind(renderer, template) else {})
     local_time = parse_local_time(local_time)
+    preheaders = dict(preheaders or {})
     purpose, locales = validate(session, settings, renderer, template=template, segment_name=segment,
-                                subjects=subjects, data=data)
+                                subjects=subjects, data=data, preheaders=preheaders)
     if send_at is not None and send_at.tzinfo is None:
         raise ValidationError("send_at must carry a time zone", field="send_at")
     campaign = Campaign(name=name, template=template, segment=segment, purpose=purpose,
-                        subjects=subjects_for_render(subjects, renderer.spec(template).locales), data=data, status=CampaignStatus.draft,
+                        subjects=subjects_for_render(subjects, renderer.spec(template).locales),
+                        preheaders=subjects_for_render(preheaders, renderer.spec(template).locales),
+                        data=data, status=CampaignStatus.draft,
                         send_at=send_at, local_time=local_time, tracking=tracking, cursor=0, fanout_done=False)
     session.add(campaign)
     session.flush()
@@ -373,6 +393,136 @@ def queued_ids(session: Session, campaign_id: int, *, after_id: int = 0, limit: 
                                 .order_by(Delivery.id).limit(limit)).scalars())
 
 
+# -- which subject each locale gets (the console's fallback warning) ---------------------------
+@dataclass(frozen=True)
+class LocalePlan:
+    """What the customers of one locale present in a segment will get."""
+
+    #: The customers' locale (a customer without one counts under MAILER_DEFAULT_LOCALE).
+    locale: str
+    customers: int
+    #: The template locale their mail is rendered in (the fallback chain applies).
+    template_locale: str
+    #: Where their subject comes from: a locale key of ``subjects``, ``"*"`` (for every
+    #: locale) or ``None`` (the template's own subject for ``template_locale``).
+    subject_from: str | None
+
+    @property
+    def fallback(self) -> bool:
+        """True when they get a subject or body not written for their own locale."""
+        if self.subject_from is None:
+            return self.template_locale != self.locale
+        return self.subject_from != self.locale
+
+
+def locale_plan(renderer, template: str, subjects: dict[str, str], present: dict[str, int]) -> list[LocalePlan]:
+    """For each locale in ``present`` (``segments.locales``), the template locale and subject it gets.
+
+    Uses the same resolution as sending: :meth:`Renderer.resolve_locale`, then the subject
+    chosen along the fallback chain of the template locale, then the shared ``"*"`` one.
+    """
+    out = []
+    for loc, n in sorted(present.items()):
+        resolved = renderer.resolve_locale(template, loc)
+        source = next((k for k in fallback_chain(resolved) if k in subjects), None)
+        if source is None and "*" in subjects:
+            source = "*"
+        out.append(LocalePlan(locale=loc, customers=n, template_locale=resolved, subject_from=source))
+    return out
+
+
+# -- test send --------------------------------------------------------------------------------
+#: Most seed addresses in one test send.
+MAX_TEST_SEEDS = 20
+#: Idempotency-key prefix of test sends; their rows are not counted in the campaign's figures.
+TEST_KEY_PREFIX = "test:campaign:"
+_SEED_SPLIT = re.compile(r"[\s,;]+")
+
+
+def parse_seeds(text: str | list[str] | None) -> list[str]:
+    """Seed addresses from text (one per line, or separated by commas, semicolons or spaces)."""
+    raw = text if isinstance(text, list) else _SEED_SPLIT.split((text or "").strip())
+    out: list[str] = []
+    for item in (r.strip() for r in raw):
+        if not item:
+            continue
+        try:
+            address = normalize(item)
+        except ValidationError as exc:
+            raise ValidationError(f"seed address {item[:80]!r} is not a valid e-mail address", field="seeds") from exc
+        if address not in out:
+            out.append(address)
+    if not out:
+        raise ValidationError("give at least one seed address", field="seeds")
+    if len(out) > MAX_TEST_SEEDS:
+        raise ValidationError(f"at most {MAX_TEST_SEEDS} seed addresses per test send", field="seeds")
+    return out
+
+
+def test_send(session: Session, settings: Settings, renderer, campaign_id: int, seeds: list[str], *,
+              locale: str | None = None) -> list[int]:
+    """Store one delivery of the campaign's mail per seed address; the caller enqueues them after commit.
+
+    A test send goes through the real send path (compose, DKIM, relay, its delivery row)
+    with the campaign's subjects, preheaders and data, in ``locale``. It is a proof for the
+    shop's own staff, not marketing to a customer: it is sent as ``transactional`` (so no
+    consent is asked, no open or click is tracked and the campaign's figures leave it out:
+    :func:`mailer.campaigns.reports.figures` counts only the campaign's purpose), but a
+    suppressed seed address is still not sent to.
+    """
+    c = get(session, campaign_id)
+    if c.status in (CampaignStatus.cancelled,):
+        raise InvalidState(f"campaign {c.id} is cancelled; a test send needs a campaign that can still be sent")
+    loc = renderer.resolve_locale(c.template, locale or settings.default_locale)
+    salt = address_hash_salt(settings)
+    ids: list[int] = []
+    for address in seeds:
+        # Unique index on customers.email: one probe per seed, to greet a known customer by name.
+        customer = session.execute(select(Customer).where(Customer.email == address)).scalar_one_or_none()
+        d = Delivery(idempotency_key=f"{TEST_KEY_PREFIX}{c.id}:{uuid.uuid4().hex}", kind=c.template,
+                     campaign_id=c.id, customer_id=customer.id if customer else None, to_address=address,
+                     to_hash=email_hash(address, salt), locale=loc, data={}, purpose=TRANSACTIONAL,
+                     queue=QUEUE_TRANSACTIONAL, status=DeliveryStatus.queued)
+        session.add(d)
+        session.flush()
+        ids.append(d.id)
+    log.info("campaign %s: test send to %d seed address(es) in %s", c.id, len(ids), loc)
+    return ids
+
+
+def enqueue_test_sends(delivery_ids: list[int]) -> int:
+    """After commit: hand each stored test-send delivery to the transactional queue; how many."""
+    return sum(1 for i in delivery_ids if port.enqueue_delivery(i, QUEUE_TRANSACTIONAL))
+
+
+def confirmation_count(session: Session, settings: Settings, campaign_id: int, action: str) -> int:
+    """How many mails an action concerns, for the confirmation that states the count.
+
+    ``send``: the segment's recipients right now; ``pause`` and ``cancel``: the mails not yet
+    sent (deliveries pending plus recipients the fan-out has not reached); ``resume``: the
+    held deliveries plus recipients not yet reached.
+    """
+    c = get(session, campaign_id)
+    mine = (Delivery.campaign_id == c.id, Delivery.purpose == c.purpose)
+
+    def n(statuses) -> int:
+        # Counted over ix_deliveries_campaign_status.
+        return session.execute(select(func.count()).select_from(Delivery)
+                               .where(*mine, Delivery.status.in_(statuses))).scalar_one()
+
+    remaining = 0
+    if not c.fanout_done:
+        made = session.execute(select(func.count()).select_from(Delivery).where(*mine)).scalar_one()
+        remaining = max(0, segments.count(session, settings, segments.load(settings, c.segment)) - made)
+    if action == "send":
+        return remaining
+    if action == "resume":
+        return n([DeliveryStatus.held]) + remaining
+    if action in ("pause", "cancel"):
+        return n(PENDING) + remaining
+    raise ValidationError(f"unknown action {action!r}", field="action")
+
+
 # -- preview ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Preview:
@@ -380,21 +530,27 @@ class Preview:
     locale: str
     html: str
     text: str
+    preheader: str = ""
 
 
-def preview(session: Session, settings: Settings, renderer, campaign_id: int, email: str) -> Preview:
-    """Render the campaign as ``email`` would receive it (their name and locale if known)."""
+def preview(session: Session, settings: Settings, renderer, campaign_id: int, email: str, *,
+            locale: str | None = None) -> Preview:
+    """Render the campaign as ``email`` would receive it (their name and locale if known).
+
+    ``locale`` renders it in that locale instead of the recipient's (the console's per-locale preview).
+    """
 
     c = get(session, campaign_id)
     address = normalize(email)
     customer = session.execute(select(Customer).where(Customer.email == address)).scalar_one_or_none()
     probe = Delivery(id=0, kind=c.template, campaign_id=c.id, customer_id=customer.id if customer else None,
                      to_address=address, to_hash=email_hash(address, address_hash_salt(settings)),
-                     locale=(customer.locale if customer else None) or settings.default_locale,
+                     locale=locale or (customer.locale if customer else None) or settings.default_locale,
                      data={}, purpose=c.purpose, created_at=utcnow())
     # The campaign as read just now (not the send path's per-process cache of its options).
     rendered, _ = personalized(settings, renderer, MailContext.of(probe, customer, campaign=CampaignOptions.of(c)))
-    return Preview(subject=rendered.subject, locale=rendered.locale, html=rendered.html, text=rendered.text)
+    return Preview(subject=rendered.subject, locale=rendered.locale, html=rendered.html, text=rendered.text,
+                   preheader=rendered.preheader)
 
 
 # -- housekeeping (sweeper hook) ---------------------------------------------------------------
@@ -456,5 +612,7 @@ def held_in_running(session: Session) -> list[int]:
 
 
 __all__ = ["create", "validate", "send", "pause", "resume", "cancel", "preview", "get", "list_campaigns",
-           "next_local_time", "parse_subjects", "parse_send_at", "parse_local_time", "queued_ids"]
+           "next_local_time", "parse_subjects", "parse_preheaders", "parse_send_at", "parse_local_time",
+           "queued_ids", "locale_plan", "LocalePlan", "parse_seeds", "test_send", "enqueue_test_sends",
+           "confirmation_count"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mailer.automations import format_duration, load_each, pending
+from mailer.automations import describe, load_each, pending
 from mailer.cli.base import EXIT_REJECTED, console, err_console, main, pass_settings
 from mailer.db import session_scope
 from mailer.errors import ConfigurationError
@@ -34,35 +34,8 @@ def list_cmd(settings) -> None:
             message = str(r) if str(path) in str(r) else f"{path}: {r}"
             err_console.print(f"invalid: {message}", markup=False, highlight=False, soft_wrap=True)
             continue
-        state = "" if r.enabled else "  [disabled]"
-        lines = [f"{r.name}{state}  ({r.path})"]
-        if r.description:
-            lines.append(f"  {r.description}")
-        audience = " to everyone with a restock request" if r.audience == "restock_requests" else ""
-        lines.append(f"  on {r.event} -> send {r.kind}{audience} ({'transactional' if r.transactional else 'marketing: ' + r.purpose}) "
-                     f"{r.describe_delays()}")
-        lines.append(f"  group {r.group}; cancelled by {', '.join(r.cancelled_by) or 'nothing'}")
-        extras = []
-        if r.once:
-            extras.append("at most once per group")
-        if r.repeat:
-            changed = f" unless {', '.join(r.repeat.unless_changed)} changed" if r.repeat.unless_changed else ""
-            extras.append(f"nothing again within {format_duration(r.repeat.window)}{changed}")
-        if r.merge:
-            extras.append(f"merges into {r.merge.into} within {format_duration(r.merge.window)}")
-        if r.waves:
-            extras.append(f"waves of max(stock x {r.waves.per_unit:g}, {r.waves.min_size}) "
-                          f"every {format_duration(r.waves.interval)}")
-        if r.reward:
-            extras.append(f"code from pool {r.reward.pool}")
-        if r.event_if or r.customer_if or r.became:
-            extras.append("conditions: " + ", ".join(n for n, c in (("event_if", r.event_if),
-                                                                    ("customer_if", r.customer_if),
-                                                                    ("became", r.became)) if c))
-        if not r.transactional:
-            extras.append("quiet hours" if r.quiet_hours else "ignores quiet hours")
-        if extras:
-            lines.append("  " + "; ".join(extras))
+        lines = [f"{r.name}{'' if r.enabled else '  [disabled]'}  ({r.path})"]
+        lines += ["  " + line for line in describe(r)]
         console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
     if invalid:
         err_console.print(f"{invalid} invalid automation file(s)", markup=False, highlight=False)

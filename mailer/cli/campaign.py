@@ -43,6 +43,8 @@ def campaign_group() -> None:
 @click.option("--segment", required=True, help="Segment name (segments/<name>.toml).")
 @click.option("--subject", multiple=True,
               help="Subject for every locale, or LOCALE=TEXT for one (repeatable). Default: the template's.")
+@click.option("--preheader", multiple=True,
+              help="Preheader for every locale, or LOCALE=TEXT for one (repeatable). Default: the template's.")
 @click.option("--subject-all-locales", is_flag=True,
               help="A --subject without a locale is meant for every locale, languages included (no warning).")
 @click.option("--send-at", default=None, help="ISO-8601 start time (no offset: the shop's time zone).")
@@ -50,8 +52,8 @@ def campaign_group() -> None:
 @click.option("--no-tracking", is_flag=True, help="No open pixel, no click tracking.")
 @click.option("--data", default=None, help="Template data as JSON, or @file.json (default: the sample data).")
 @pass_settings
-def create_cmd(settings, name, template, segment, subject, subject_all_locales, send_at, local_time, no_tracking,
-               data) -> None:
+def create_cmd(settings, name, template, segment, subject, preheader, subject_all_locales, send_at, local_time,
+               no_tracking, data) -> None:
     """Validate and store a draft campaign; prints its id.
 
     One ``--subject TEXT`` without a locale replaces the subject of every locale: a warning on
@@ -66,7 +68,7 @@ def create_cmd(settings, name, template, segment, subject, subject_all_locales, 
         raise click.BadParameter("needs a --subject TEXT without a locale", param_hint="--subject-all-locales")
     with db.session_scope(settings) as s:
         c = campaigns.create(s, settings, app.renderer, name=name, template=template, segment=segment,
-                             subjects=subjects, data=payload,
+                             subjects=subjects, data=payload, preheaders=campaigns.parse_preheaders(preheader),
                              send_at=campaigns.parse_send_at(send_at, settings), local_time=local_time,
                              tracking=not no_tracking)
         cid = c.id

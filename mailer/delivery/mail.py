@@ -11,7 +11,7 @@ model objects.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from mailer.models import Campaign, Customer, Delivery
@@ -25,11 +25,12 @@ class CampaignOptions:
     tracking: bool
     subjects: dict
     data: dict
+    preheaders: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, campaign: Campaign) -> CampaignOptions:
         return cls(id=campaign.id, tracking=bool(campaign.tracking), subjects=dict(campaign.subjects or {}),
-                   data=dict(campaign.data or {}))
+                   data=dict(campaign.data or {}), preheaders=dict(campaign.preheaders or {}))
 
 
 @dataclass(frozen=True)

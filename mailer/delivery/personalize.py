@@ -82,7 +82,7 @@ def render_args(settings: Settings, mail: MailContext, context: dict) -> tuple[d
     every recipient, read once per process by the send path) is merged in here, so a
     million deliveries do not each carry a copy of the newsletter's content.  Campaign
     mail also renders with the campaign's per-locale subjects and a compile cache of
-    its own.
+    its own (and its per-locale preheaders, when it has any).
     """
     options = mail.campaign if mail.campaign_id else None
     if options is None:
@@ -91,6 +91,8 @@ def render_args(settings: Settings, mail: MailContext, context: dict) -> tuple[d
     extra: dict = {"cache_key": f"campaign:{mail.campaign_id}"}
     if options.subjects:
         extra["subject"] = options.subjects
+    if options.preheaders:
+        extra["preheader"] = options.preheaders
     return data, extra
 
 

@@ -31,7 +31,7 @@ Modules:
   ``segment_files``.
 * :mod:`mailer.segments.conditions` - the condition compiler to SQL
   (``compile_condition``), the plain-Python evaluator (``evaluate``) and ``describe``.
-* :mod:`mailer.segments.resolve` - resolution: ``count``, ``stream`` (keyset + id
+* :mod:`mailer.segments.resolve` - resolution: ``count``, ``locales``, ``stream`` (keyset + id
   windows, consent and suppressions), ``sample``, ``contains``, ``Recipient``,
   ``BATCH_SIZE`` and ``WINDOW_MAX_FACTOR``.
 
@@ -54,7 +54,7 @@ from mailer.segments.files import (
     segment_files,
     validate_condition,
 )
-from mailer.segments.resolve import Recipient, contains, count, sample, stream
+from mailer.segments.resolve import Recipient, contains, count, locales, sample, stream
 
 __all__ = ["Segment", "Recipient", "FIELDS", "load", "list_segments", "parse", "validate_condition",
-           "compile_condition", "evaluate", "describe", "count", "stream", "sample", "contains", "segment_files"]
+           "compile_condition", "evaluate", "describe", "count", "locales", "stream", "sample", "contains", "segment_files"]

@@ -25,6 +25,10 @@ router.include_router(auth.router)
 # templates_page, automations; console-compliance: customers, consent, audit_page).
 from . import dashboard; router.include_router(dashboard.router)  # noqa: E402, E702, I001
 from . import settings; router.include_router(settings.router)  # noqa: E402, E702, I001
+from . import campaigns; router.include_router(campaigns.router)  # noqa: E402, E702, I001
+from . import segments; router.include_router(segments.router)  # noqa: E402, E702, I001
+from . import templates_page; router.include_router(templates_page.router)  # noqa: E402, E702, I001
+from . import automations; router.include_router(automations.router)  # noqa: E402, E702, I001
 
 
 def install(api: FastAPI) -> None:

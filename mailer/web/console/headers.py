@@ -12,6 +12,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 #: The console's Content-Security-Policy (docs/console.md#security).
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-src 'self'; "
        "frame-ancestors 'self'; form-action 'self'; base-uri 'none'; object-src 'none'")
+#: The CSP of preview frames (``/console/frames/...``: a mail's own HTML, shown in an
+#: ``<iframe sandbox>``): no script at all, the mail's inline styles and its images, framed
+#: only by the console. Mail HTML is styled inline, which the console's own CSP forbids.
+FRAME_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data: https: http:; font-src 'self' data:; "
+             "frame-ancestors 'self'; form-action 'none'; base-uri 'none'; sandbox")
+#: Path prefix of the preview frames.
+FRAME_PREFIX = "/console/frames/"
 #: Path prefix of the console.
 PREFIX = "/console"
 #: How long browsers may cache the console's static files, seconds.
@@ -20,6 +27,8 @@ STATIC_MAX_AGE_S = 3600
 _COMMON = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
            (b"referrer-policy", b"same-origin"), (b"x-frame-options", b"SAMEORIGIN"),
            (b"cross-origin-opener-policy", b"same-origin")]
+
+_FRAME = [(b"content-security-policy", FRAME_CSP.encode()), *_COMMON[1:]]
 
 
 class ConsoleHeadersMiddleware:
@@ -34,12 +43,13 @@ class ConsoleHeadersMiddleware:
             await self.app(scope, receive, send)
             return
         static = path.startswith(PREFIX + "/static/")
+        frame = path.startswith(FRAME_PREFIX)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", [])
                            if k.lower() not in (b"content-security-policy", b"cache-control")]
-                headers += _COMMON
+                headers += _FRAME if frame else _COMMON
                 headers.append((b"cache-control", f"public, max-age={STATIC_MAX_AGE_S}".encode() if static
                                 else b"no-store"))
                 message = {**message, "headers": headers}
