@@ -164,3 +164,20 @@ def test_stream_export_refuses_an_unknown_format(settings):
     with pytest.raises(ValidationError) as err:
         next(ledger_view.stream_export(settings, fmt="xml", filters=ledger_view.Filters()))
     assert err.value.field == "format"
+
+
+def test_the_suppressions_cli_uses_the_same_service(settings):
+    seed_person(settings)
+    env = {"MAILER_DATABASE_URL": settings.database_url, "MAILER_SECRET_KEY": settings.secret_key}
+    run = CliRunner().invoke
+    # When an operator suppresses an address by hand, lists it and lifts it
+    added = run(main, ["suppressions", "add", "Ada@Example.com", "--reason", "asked by phone"], env=env)
+    assert added.exit_code == 0, added.output
+    listed = run(main, ["suppressions", "list", "ada@example.com"], env=env)
+    sid = int(listed.output.split()[0])
+    assert "manual" in listed.output and "asked by phone" in listed.output
+    # Then without a reason it is refused, and with one it is gone
+    assert run(main, ["suppressions", "remove", "ada@example.com", str(sid), "--reason", " "], env=env).exit_code != 0
+    lifted = run(main, ["suppressions", "remove", "ada@example.com", str(sid), "--reason", "confirmed"], env=env)
+    assert lifted.exit_code == 0, lifted.output
+    assert "not suppressed" in run(main, ["suppressions", "list", "ada@example.com"], env=env).output

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -40,7 +41,7 @@ def _mailer(settings, *args: str) -> str:
     r = subprocess.run([sys.executable, "-m", "mailer.cli", *args], env=_env(settings), capture_output=True,
                        text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout
+    return r.stdout + r.stderr
 
 
 def _look(page, name: str) -> None:
@@ -100,7 +101,7 @@ def test_compliance_officer_answers_an_access_and_an_erasure_request(live_consol
     # And a newsletter campaign is then sent to every subscriber
     out = _mailer(settings, "campaign", "create", "--name", "After the erasure", "--template",
                   "newsletter/seasonal_sale", "--segment", "newsletter_all", "--subject", "en=Winter sale")
-    campaign_id = int(next(w for w in out.replace(")", " ").split() if w.isdigit()))
+    campaign_id = int(re.search(r"created draft campaign (\d+)", out).group(1))
     _mailer(settings, "campaign", "send", str(campaign_id))
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline and not any("bob@example.com" in r.rcpt_tos
