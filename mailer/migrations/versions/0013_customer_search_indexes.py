@@ -9,13 +9,13 @@ pg_trgm is not used: prefix search is what the console offers, and these indexes
 no extension.  See mailer/compliance/search.py for the queries they serve.
 
 Revision ID: 0013
-Revises: 0006
+Revises: 0007 (brief: 0006; re-chained after console-core's 0007 so the branch has one head)
 Create Date: 2026-12-01 00:00:00
 """
 from alembic import op
 
 revision = '0013'
-down_revision = '0006'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
