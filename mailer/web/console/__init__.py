@@ -25,6 +25,9 @@ router.include_router(auth.router)
 # templates_page, automations; console-compliance: customers, consent, audit_page).
 from . import dashboard; router.include_router(dashboard.router)  # noqa: E402, E702, I001
 from . import settings; router.include_router(settings.router)  # noqa: E402, E702, I001
+from . import customers; router.include_router(customers.router)  # noqa: E402, E702, I001
+from . import consent; router.include_router(consent.router)  # noqa: E402, E702, I001
+from . import audit_page; router.include_router(audit_page.router)  # noqa: E402, E702, I001
 
 
 def install(api: FastAPI) -> None:

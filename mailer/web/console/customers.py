@@ -25,6 +25,7 @@ from mailer.consent import suppressions
 from mailer.errors import InvalidAddress, NotFound, ValidationError
 from mailer.gdpr import requests as gdpr
 from mailer.models import Customer
+from mailer.web.console import i18n
 from mailer.web.console.auth import ConsoleUser, require
 from mailer.web.console.render import render
 from mailer.web.deps import client_ip, get_mailer
@@ -84,8 +85,8 @@ def export_download(request: Request, customer_id: int, user: ConsoleUser = Depe
         c = _customer(s, customer_id)
         if c is None or c.email is None:
             return _profile_page(request, user, customer_id, status_code=404 if c is None else 409,
-                                 error="This customer has no address any more (erased): there is nothing to export "
-                                       "by address.")
+                                 error=i18n.translator(user.locale)("This customer has no address any more (erased): there is nothing to export "
+                                       "by address."))
         doc = gdpr.export(s, mailer_app.settings, c.email)
         audit.record(s, actor=user.email, action="gdpr.export", target=f"customer:{c.id}",
                      detail={"email_hash": c.email_hash, "deliveries": len(doc["deliveries"]),
@@ -105,14 +106,14 @@ def erase(request: Request, customer_id: int, confirm: str = Form("", max_length
         if c is None:
             return _profile_page(request, user, customer_id, status_code=404)
         if c.email is None:
-            return _profile_page(request, user, customer_id, status_code=409, error="Already erased.")
+            return _profile_page(request, user, customer_id, status_code=409, error=i18n.translator(user.locale)("Already erased."))
         try:
             typed = normalize(confirm)
         except InvalidAddress:
             typed = None
         if typed != c.email:
             return _profile_page(request, user, customer_id, status_code=422,
-                                 error="To erase, type the customer's e-mail address exactly (field confirm).")
+                                 error=i18n.translator(user.locale)("To erase, type the customer's e-mail address exactly (field confirm)."))
         report = gdpr.erase(s, mailer_app.settings, c.email)
         audit.record(s, actor=user.email, action="gdpr.erase", target=f"customer:{customer_id}",
                      detail={k: v for k, v in report.as_dict().items() if v}, ip=client_ip(request))
@@ -154,7 +155,7 @@ def remove_suppression(request: Request, customer_id: int, suppression_id: int,
                                  "scope": row.scope, "reason": " ".join(reason.split()),
                                  "email_hash": c.email_hash}, ip=client_ip(request))
     except NotFound:
-        return _profile_page(request, user, customer_id, status_code=404, error="No such suppression of this customer.")
+        return _profile_page(request, user, customer_id, status_code=404, error=i18n.translator(user.locale)("No such suppression of this customer."))
     except ValidationError as exc:
         return _profile_page(request, user, customer_id, status_code=422, error=str(exc))
     return RedirectResponse(f"/console/customers/{customer_id}?done=unsuppressed", status_code=303)
