@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import sqlalchemy as sa  # noqa: E402
-import segments as seg_bench  # noqa: E402  (bench/segments.py: generator and loaders)
 from common import loadavg, percentile, print_machine  # noqa: E402
 
+import segments as seg_bench  # noqa: E402  (bench/segments.py: generator and loaders)
 from mailer import db  # noqa: E402
 from mailer.instance_secrets import address_hash_salt  # noqa: E402
 from mailer.settings import Settings  # noqa: E402
@@ -193,6 +193,8 @@ def main() -> None:
                 t0 = time.perf_counter()
                 seg_bench.load_sqlite(path, dataset())
                 print(f"SQLite loaded in {time.perf_counter() - t0:.1f} s", flush=True)
+            else:
+                db.upgrade(base.replace(database_url=url))  # a kept data set follows new migrations
             measure(base.replace(database_url=url), "sqlite", args.customers, args.requests)
             db.dispose_engines()
     if not args.no_pg and seg_bench.pg_reachable():
@@ -210,6 +212,8 @@ def main() -> None:
                 t0 = time.perf_counter()
                 seg_bench.load_pg(seg_bench.PG_URL, schema, dataset())
                 print(f"PostgreSQL loaded in {time.perf_counter() - t0:.1f} s", flush=True)
+            else:
+                db.upgrade(base.replace(database_url=url))
             measure(base.replace(database_url=url), "postgresql", args.customers, args.requests)
         finally:
             db.dispose_engines()

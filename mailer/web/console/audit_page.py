@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -59,10 +60,10 @@ def _matching(session, action, actor, since, until, *, before: int | None, limit
 
 
 @router.get("/audit")
-def audit_page(request: Request, action: str | None = Query(None, max_length=50),
-               actor: str | None = Query(None, max_length=320), since: str | None = Query(None, max_length=40),
-               until: str | None = Query(None, max_length=40), before: int | None = Query(None, ge=1),
-               user: ConsoleUser = Depends(require("audit"))):
+def audit_page(request: Request, *, action: Annotated[str | None, Query(max_length=50)] = None,
+               actor: Annotated[str | None, Query(max_length=320)] = None, since: Annotated[str | None, Query(max_length=40)] = None,
+               until: Annotated[str | None, Query(max_length=40)] = None, before: Annotated[int | None, Query(ge=1)] = None,
+               user: Annotated[ConsoleUser, Depends(require("audit"))]):
     form = {"action": action or "", "actor": actor or "", "since": since or "", "until": until or ""}
     ctx = {"form": form, "actions": audit.ACTIONS, "rows": [], "next_before": None, "error": None, "chain": None}
     try:
@@ -106,9 +107,9 @@ def _csv(settings, action, actor, since, until, mailer_app) -> Iterator[bytes]:
 
 
 @router.get("/audit/export.csv")
-def audit_export(request: Request, action: str | None = Query(None, max_length=50),
-                 actor: str | None = Query(None, max_length=320), since: str | None = Query(None, max_length=40),
-                 until: str | None = Query(None, max_length=40), user: ConsoleUser = Depends(require("audit"))):
+def audit_export(request: Request, *, action: Annotated[str | None, Query(max_length=50)] = None,
+                 actor: Annotated[str | None, Query(max_length=320)] = None, since: Annotated[str | None, Query(max_length=40)] = None,
+                 until: Annotated[str | None, Query(max_length=40)] = None, user: Annotated[ConsoleUser, Depends(require("audit"))]):
     try:
         action_, actor_, since_, until_ = _filters(action, actor, since, until)
     except ValidationError as exc:

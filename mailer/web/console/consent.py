@@ -14,6 +14,8 @@ filters the listing only, and the export form says so.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import StreamingResponse
 
@@ -37,10 +39,10 @@ def _form(purpose, source, since, until) -> dict:
 
 
 @router.get("/consent")
-def ledger_page(request: Request, purpose: str | None = Query(None, max_length=200),
-                source: str | None = Query(None, max_length=50), since: str | None = Query(None, max_length=40),
-                until: str | None = Query(None, max_length=40), before: int | None = Query(None, ge=1),
-                user: ConsoleUser = Depends(require("consent"))):
+def ledger_page(request: Request, *, purpose: Annotated[str | None, Query(max_length=200)] = None,
+                source: Annotated[str | None, Query(max_length=50)] = None, since: Annotated[str | None, Query(max_length=40)] = None,
+                until: Annotated[str | None, Query(max_length=40)] = None, before: Annotated[int | None, Query(ge=1)] = None,
+                user: Annotated[ConsoleUser, Depends(require("consent"))]):
     form = _form(purpose, source, since, until)
     try:
         filters = ledger_view.parse_filters(purpose, source, since, until)
@@ -55,7 +57,7 @@ def ledger_page(request: Request, purpose: str | None = Query(None, max_length=2
 
 
 @router.post("/consent/verify")
-def verify(request: Request, user: ConsoleUser = Depends(require("consent"))):
+def verify(request: Request, *, user: Annotated[ConsoleUser, Depends(require("consent"))]):
     mailer_app = get_mailer(request)
     with mailer_app.session() as s:
         report = consent_verify.verify_db(s, mailer_app.settings)
@@ -64,9 +66,9 @@ def verify(request: Request, user: ConsoleUser = Depends(require("consent"))):
 
 
 @router.post("/consent/export")
-def export(request: Request, format: str = Form("jsonl", max_length=10), purpose: str = Form("", max_length=200),
-           since: str = Form("", max_length=40), until: str = Form("", max_length=40),
-           user: ConsoleUser = Depends(require("consent", write=True))):
+def export(request: Request, *, format: Annotated[str, Form(max_length=10)] = "jsonl", purpose: Annotated[str, Form(max_length=200)] = "",
+           since: Annotated[str, Form(max_length=40)] = "", until: Annotated[str, Form(max_length=40)] = "",
+           user: Annotated[ConsoleUser, Depends(require("consent", write=True))]):
     mailer_app = get_mailer(request)
     try:
         filters = ledger_view.parse_filters(purpose, None, since, until)
@@ -91,7 +93,7 @@ def export(request: Request, format: str = Form("jsonl", max_length=10), purpose
 
 
 @router.get("/consent/wordings")
-def wordings_page(request: Request, user: ConsoleUser = Depends(require("consent"))):
+def wordings_page(request: Request, *, user: Annotated[ConsoleUser, Depends(require("consent"))]):
     with get_mailer(request).session() as s:
         rows = ledger_view.wordings(s)
         return render(request, user, "console/consent/wordings.html", {"wordings": rows})

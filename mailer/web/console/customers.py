@@ -14,6 +14,8 @@ Every action and its audit row commit in one transaction: nothing is done unreco
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
@@ -37,7 +39,7 @@ REMOVABLE = {r.value for r in suppressions.REMOVABLE_REASONS}
 
 
 @router.get("/customers")
-def search_page(request: Request, q: str | None = None, user: ConsoleUser = Depends(require("customers"))):
+def search_page(request: Request, *, q: str | None = None, user: Annotated[ConsoleUser, Depends(require("customers"))]):
     hits, error = [], None
     if q is not None:
         try:
@@ -65,8 +67,8 @@ def _profile_page(request: Request, user: ConsoleUser, customer_id: int, *, erro
 
 
 @router.get("/customers/{customer_id}")
-def profile_page(request: Request, customer_id: int, done: str | None = None,
-                 user: ConsoleUser = Depends(require("customers"))):
+def profile_page(request: Request, *, customer_id: int, done: str | None = None,
+                 user: Annotated[ConsoleUser, Depends(require("customers"))]):
     return _profile_page(request, user, customer_id, done=done if done in DONE_MESSAGES else None)
 
 
@@ -79,7 +81,7 @@ def _customer(session, customer_id: int) -> Customer | None:
 
 
 @router.post("/customers/{customer_id}/export")
-def export_download(request: Request, customer_id: int, user: ConsoleUser = Depends(require("gdpr", write=True))):
+def export_download(request: Request, *, customer_id: int, user: Annotated[ConsoleUser, Depends(require("gdpr", write=True))]):
     mailer_app = get_mailer(request)
     with mailer_app.session() as s:
         c = _customer(s, customer_id)
@@ -98,8 +100,8 @@ def export_download(request: Request, customer_id: int, user: ConsoleUser = Depe
 
 
 @router.post("/customers/{customer_id}/erase")
-def erase(request: Request, customer_id: int, confirm: str = Form("", max_length=400),
-          user: ConsoleUser = Depends(require("gdpr", write=True))):
+def erase(request: Request, *, customer_id: int, confirm: Annotated[str, Form(max_length=400)] = "",
+          user: Annotated[ConsoleUser, Depends(require("gdpr", write=True))]):
     mailer_app = get_mailer(request)
     with mailer_app.session() as s:
         c = _customer(s, customer_id)
@@ -121,9 +123,9 @@ def erase(request: Request, customer_id: int, confirm: str = Form("", max_length
 
 
 @router.post("/customers/{customer_id}/suppressions")
-def add_suppression(request: Request, customer_id: int, reason: str = Form("", max_length=2000),
-                    scope: str = Form("all", max_length=200),
-                    user: ConsoleUser = Depends(require("suppressions", write=True))):
+def add_suppression(request: Request, *, customer_id: int, reason: Annotated[str, Form(max_length=2000)] = "",
+                    scope: Annotated[str, Form(max_length=200)] = "all",
+                    user: Annotated[ConsoleUser, Depends(require("suppressions", write=True))]):
     mailer_app = get_mailer(request)
     try:
         with mailer_app.session() as s:
@@ -140,9 +142,9 @@ def add_suppression(request: Request, customer_id: int, reason: str = Form("", m
 
 
 @router.post("/customers/{customer_id}/suppressions/{suppression_id}/remove")
-def remove_suppression(request: Request, customer_id: int, suppression_id: int,
-                       reason: str = Form("", max_length=2000),
-                       user: ConsoleUser = Depends(require("suppressions", write=True))):
+def remove_suppression(request: Request, *, customer_id: int, suppression_id: int,
+                       reason: Annotated[str, Form(max_length=2000)] = "",
+                       user: Annotated[ConsoleUser, Depends(require("suppressions", write=True))]):
     mailer_app = get_mailer(request)
     try:
         with mailer_app.session() as s:
