@@ -453,8 +453,8 @@ class Delivery(Base):
         Index("ix_deliveries_to_hash", "to_hash"),
         # Dashboard: mail sent since T by kind is a range scan of this index alone.
         Index("ix_deliveries_sent_at_kind", "sent_at", "kind"),
-        # Dashboard: outcomes of the last days (rows touched since T, by status).
-        Index("ix_deliveries_updated_status", "updated_at", "status"),
+        # Dashboard: outcomes of the last days (per status, rows touched since T).
+        Index("ix_deliveries_status_updated", "status", "updated_at"),
         # Dashboard: queue depth and the oldest waiting mail per status.
         Index("ix_deliveries_status_created", "status", "created_at"),
     )

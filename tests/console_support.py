@@ -43,6 +43,17 @@ WIDTHS = (375, 1280)
 START_S = 60.0
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 _counter = itertools.count(1)
+#: Elements sticking out sideways (the same check as tests/test_browser_templates.py).
+OVERFLOW_JS = """() => {
+  const w = document.documentElement.clientWidth;
+  const bad = [];
+  for (const el of document.querySelectorAll('body *')) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0) continue;
+    if (r.right > w + 1 || r.left < -1) bad.push(el.tagName + ' ' + Math.round(r.left) + '..' + Math.round(r.right));
+  }
+  return {scrollWidth: document.documentElement.scrollWidth, clientWidth: w, bad: bad.slice(0, 5)};
+}"""
 
 
 def _settings_of(app_or_settings) -> Settings:
@@ -195,3 +206,38 @@ def screenshots(page, name: str) -> list[Path]:
 
 def stamp() -> str:
     return utcnow().strftime("%Y%m%d%H%M%S")
+
+
+# -- route inventory (the security tests walk every console route) -------------------------------
+#: Routes anyone may reach without logging in: (path, method).
+PUBLIC_ROUTES = frozenset({("/console/login", "GET"), ("/console/login", "POST"), ("/console/logout", "POST"),
+                           ("/console/set-password/{token}", "GET"), ("/console/set-password/{token}", "POST")})
+
+
+def console_routes(api) -> list[tuple[str, str, object]]:
+    """Every (path, method, route) the app serves under /console (static files excluded)."""
+    from fastapi.routing import APIRoute, iter_route_contexts
+
+    out = []
+    # FastAPI keeps included routers nested; iter_route_contexts flattens them with their full paths.
+    for ctx in iter_route_contexts(api.routes):
+        if isinstance(ctx.route, APIRoute) and ctx.path.startswith("/console"):
+            out.extend((ctx.path, method, ctx.route) for method in sorted(ctx.methods or ()))
+    return out
+
+
+def guard_of(route) -> tuple[str, bool] | None:
+    """(area, write) of the ``require()`` dependency a route has, or None."""
+    stack = list(route.dependant.dependencies)
+    while stack:
+        dep = stack.pop()
+        area = getattr(dep.call, "console_area", None)
+        if area is not None:
+            return area, dep.call.console_write
+        stack.extend(dep.dependencies)
+    return None
+
+
+def concrete(path: str) -> str:
+    """A path with every ``{param}`` filled with ``1``."""
+    return re.sub(r"\{[^}]+\}", "1", path)

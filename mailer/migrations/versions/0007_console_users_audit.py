@@ -5,7 +5,7 @@
 * ``console_tokens``: one-time set-password links (SHA-256 of the token, expiry).
 * ``audit_log``: hash-chained like consent_events; guard triggers refuse UPDATE and DELETE
   (and TRUNCATE on PostgreSQL) at the database level.
-* Dashboard indexes: ``deliveries (sent_at, kind)``, ``(updated_at, status)``,
+* Dashboard indexes: ``deliveries (sent_at, kind)``, ``(status, updated_at)``,
   ``(status, created_at)`` and ``bounces (occurred_at, kind)``, so the last 7 days
   aggregate over index ranges on a million customers' mail.
 
@@ -112,7 +112,7 @@ def upgrade() -> None:
     op.create_index('ix_audit_log_action_occurred', 'audit_log', ['action', 'occurred_at'], unique=False)
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
         batch_op.create_index('ix_deliveries_sent_at_kind', ['sent_at', 'kind'], unique=False)
-        batch_op.create_index('ix_deliveries_updated_status', ['updated_at', 'status'], unique=False)
+        batch_op.create_index('ix_deliveries_status_updated', ['status', 'updated_at'], unique=False)
         batch_op.create_index('ix_deliveries_status_created', ['status', 'created_at'], unique=False)
     with op.batch_alter_table('bounces', schema=None) as batch_op:
         batch_op.create_index('ix_bounces_occurred_kind', ['occurred_at', 'kind'], unique=False)
@@ -137,7 +137,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_bounces_occurred_kind')
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
         batch_op.drop_index('ix_deliveries_status_created')
-        batch_op.drop_index('ix_deliveries_updated_status')
+        batch_op.drop_index('ix_deliveries_status_updated')
         batch_op.drop_index('ix_deliveries_sent_at_kind')
     op.drop_index('ix_audit_log_action_occurred', table_name='audit_log')
     op.drop_index('ix_audit_log_occurred_at', table_name='audit_log')

@@ -24,7 +24,14 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from mailer.app import App
-from mailer.errors import LoginFailed, LoginThrottled, NotFound, SecondFactorRequired, ValidationError
+from mailer.errors import (
+    LoginFailed,
+    LoginThrottled,
+    NotFound,
+    SecondFactorRequired,
+    TransientDeliveryError,
+    ValidationError,
+)
 from mailer.users import accounts, sessions
 from mailer.web import security as web_security
 from mailer.web.console import csrf, i18n, roles
@@ -183,6 +190,11 @@ def login_submit(request: Request, email: Annotated[str, Form()] = "", password:
                                     totp=_field(totp) or None, ip=client_ip(request),
                                     user_agent=request.headers.get("user-agent"),
                                     previous_token=request.cookies.get(csrf.SESSION_COOKIE))
+    except TransientDeliveryError:  # the shared rate limiter (Redis) cannot be reached
+        log.warning("console login refused: the rate limiter is unavailable")
+        return render(request, None, "console/auth/login.html",
+                      {"next": target, "error": "Logging in is not possible right now; try again in a minute.",
+                       "need_code": False, "email": _field(email)}, status_code=503)
     except LoginThrottled as exc:
         return render(request, None, "console/auth/login.html",
                       {"next": target, "error": str(exc), "need_code": False,

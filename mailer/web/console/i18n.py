@@ -41,6 +41,7 @@ DYNAMIC_TEXTS = (
     "the password needs at least 12 characters", "the password may have at most 256 characters",
     "The two passwords differ.", "You cannot disable your own account.",
     "That code did not match; try the next one.",
+    "Logging in is not possible right now; try again in a minute.",
 )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
+from fastapi.routing import iter_route_contexts
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 
@@ -51,7 +52,8 @@ def environment() -> Environment:
 def _served_paths(request: Request) -> frozenset[str]:
     cached = getattr(request.app.state, "console_paths", None)
     if cached is None:
-        cached = frozenset(getattr(r, "path", "") for r in request.app.router.routes)
+        # Included routers stay nested in FastAPI; iter_route_contexts gives each route's full path.
+        cached = frozenset(ctx.path for ctx in iter_route_contexts(request.app.routes))
         request.app.state.console_paths = cached
     return cached
 

@@ -16,7 +16,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 
-from mailer import audit
 from mailer.errors import InvalidState, NotFound, ValidationError
 from mailer.users import accounts
 from mailer.web import apikeys
@@ -92,9 +91,7 @@ def create_key(request: Request, user: Annotated[ConsoleUser, Depends(require("a
     m = request.app.state.mailer
     try:
         with m.session() as s:
-            created = apikeys.create(s, name, scopes)
-            audit.record(s, actor=user.email, action="apikey.create", target=f"apikey:{created.name}",
-                         detail={"scopes": list(created.scopes)}, ip=client_ip(request))
+            created = apikeys.create_audited(s, name, scopes, actor=user.email, ip=client_ip(request))
     except (ValidationError, InvalidState) as exc:
         return _page(request, user, status_code=422, error=str(exc))
     return _page(request, user, new_key={"name": created.name, "key": created.key, "scopes": created.scopes})
