@@ -65,6 +65,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -229,6 +230,10 @@ class Customer(Base):
         Index("ix_customers_churn_risk", "churn_risk"),
         Index("ix_customers_expected_next_order_at", "expected_next_order_at"),
         Index("ix_customers_predicted_spend_tier", "predicted_spend_tier"),
+        # Console customer search (mailer/compliance/search.py, migration 0013): a name prefix is
+        # a range over lower(name); the unique index on email serves an e-mail prefix the same way.
+        Index("ix_customers_first_name_lower", func.lower(text("first_name"))),
+        Index("ix_customers_last_name_lower", func.lower(text("last_name"))),
     )
 
     @property

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ def export_cmd(settings, email: str, output: str) -> None:
 
     with db.session_scope(settings) as s:
         doc = gdpr.export(s, settings, email)
-    text = json.dumps(doc, ensure_ascii=False, indent=2, sort_keys=False) + "\n"
+    text = gdpr.export_json(doc)
     if output == "-":
         sys.stdout.write(text)
         return

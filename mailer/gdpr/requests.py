@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -148,6 +149,11 @@ def export(session: Session, settings: Settings, email: str) -> dict:
     }
 
 
+def export_json(doc: dict) -> str:
+    """The access export as the file ``mailer gdpr export`` writes (and the console downloads)."""
+    return json.dumps(doc, ensure_ascii=False, indent=2, sort_keys=False) + "\n"
+
+
 @dataclass
 class Erasure:
     """What one erasure changed (counts of rows)."""
@@ -269,4 +275,4 @@ def purge_tracking(session: Session, settings: Settings, older_than_days: int | 
             return total
 
 
-__all__ = ["export", "erase", "purge_tracking", "is_erased", "Erasure"]
+__all__ = ["export", "export_json", "erase", "purge_tracking", "is_erased", "Erasure"]

@@ -29,6 +29,9 @@ from . import campaigns; router.include_router(campaigns.router)  # noqa: E402, 
 from . import segments; router.include_router(segments.router)  # noqa: E402, E702, I001
 from . import templates_page; router.include_router(templates_page.router)  # noqa: E402, E702, I001
 from . import automations; router.include_router(automations.router)  # noqa: E402, E702, I001
+from . import customers; router.include_router(customers.router)  # noqa: E402, E702, I001
+from . import consent; router.include_router(consent.router)  # noqa: E402, E702, I001
+from . import audit_page; router.include_router(audit_page.router)  # noqa: E402, E702, I001
 
 
 def install(api: FastAPI) -> None:
