@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import pytest
 from dramatiq.common import join_queue
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
@@ -14,7 +15,11 @@ from mailer.connectors.signing import sign
 from mailer.delivery import sweeper
 from mailer.models import ConnectorWebhook, Delivery, DeliveryStatus
 from mailer.queue.broker import QUEUES
+from mailer.settings import PROJECT_ROOT
+from mailer.web.app import create_app
 from mailer.worker.actors import SWEEP_HOOKS
+from tests import connector_payloads as P
+from tests.conftest import _run_stub_worker, installed_app, make_settings
 from tests.connector_payloads import SHOP, STORE
 
 SECRET = "shpss_5e1f0a7b9c"  # a test secret, not a real one  # nosec B105
@@ -93,3 +98,15 @@ class Shop:
 
 def text_of(message) -> str:
     return message.get_body(("plain",)).get_content()
+
+
+@pytest.fixture(name="shop")
+def shop_fixture(db_url, smtp_sink, tmp_path):
+    """A connected Shopify shop and WooCommerce store (secrets from the environment), real SMTP."""
+    settings = make_settings(database_url=db_url, smtp_url=smtp_sink.url, automations_dir=PROJECT_ROOT / "automations",
+                             quiet_hours="", base_url="https://shop.example.com/m",
+                             shopify_secrets=f"{P.SHOP}={SECRET}", woocommerce_secrets=f"{P.STORE}={WOO_SECRET}",
+                             connector_export_dir=str(tmp_path / "exports"))
+    for app in installed_app(settings):
+        for broker in _run_stub_worker(app):
+            yield Shop(app, broker, TestClient(create_app(app=app)), smtp_sink)

@@ -8,7 +8,6 @@ import threading
 from decimal import Decimal
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from mailer.consent import ledger as consent
@@ -23,25 +22,11 @@ from mailer.models import (
     ShopCustomer,
     ShopEvent,
 )
-from mailer.settings import PROJECT_ROOT
-from mailer.web.app import create_app
 from tests import connector_payloads as P
-from tests.conftest import _run_stub_worker, installed_app, make_settings
-from tests.connector_support import SECRET, WOO_SECRET, Shop, text_of
+from tests.connector_support import SECRET, shop_fixture, text_of  # noqa: F401 - shop_fixture is the fixture
 
 pytestmark = [pytest.mark.smtp]
 ALICE = "alice@example.com"
-
-
-@pytest.fixture
-def shop(db_url, smtp_sink, tmp_path):
-    settings = make_settings(database_url=db_url, smtp_url=smtp_sink.url, automations_dir=PROJECT_ROOT / "automations",
-                             quiet_hours="", base_url="https://shop.example.com/m",
-                             shopify_secrets=f"{P.SHOP}={SECRET}", woocommerce_secrets=f"{P.STORE}={WOO_SECRET}",
-                             connector_export_dir=str(tmp_path / "exports"))
-    for app in installed_app(settings):
-        for broker in _run_stub_worker(app):
-            yield Shop(app, broker, TestClient(create_app(app=app)), smtp_sink)
 
 
 def _count(app, model) -> int:
