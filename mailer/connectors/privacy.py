@@ -56,17 +56,6 @@ def _audit(session: Session, ctx: Ctx, action: str, target: str, detail: dict | 
              json.dumps(detail or {}, sort_keys=True))
 
 
-def _scrub_bodies(session: Session, ctx: Ctx, address: str) -> None:
-    """Raw bodies still kept (pending or failed deliveries of this shop) that name the address go."""
-    # Only undone rows keep a body (done ones dropped it), so this reads few rows.
-    rows = session.execute(select(ConnectorWebhook).where(ConnectorWebhook.shop == ctx.shop,
-                                                          ConnectorWebhook.body.is_not(None))).scalars()
-    for row in rows:
-        if address in (row.body or "").lower():
-            row.body = None
-            row.detail = ((row.detail or "") + "; body erased (customers/redact)").strip("; ")
-
-
 def data_request(ctx: Ctx, p: dict) -> None:
     customer = c.obj(p.get("customer"))
     address = c.email(customer.get("email"))
@@ -105,7 +94,6 @@ def redact_customer(ctx: Ctx, p: dict) -> None:
                                                    ConnectorOrder.shop == ctx.shop,
                                                    ConnectorOrder.customer_id == live))
         report = gdpr.erase(s, ctx.settings, address)
-        _scrub_bodies(s, ctx, address)
         _audit(s, ctx, "gdpr.erase", f"customer:{customer.get('id')}",
                {"email_hash": email_hash(address, address_hash_salt(ctx.settings)), **report.as_dict()})
     ctx.note(f"erased ({report.customers} customer, {report.deliveries} deliveries)")
