@@ -8,6 +8,7 @@ connect``).  The comparison is constant time (:func:`hmac.compare_digest`).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -61,16 +62,22 @@ def parse_pairs(platform: str, text: str, setting: str) -> dict[str, str]:
     return out
 
 
+@functools.lru_cache(maxsize=32)
+def _pairs(platform: str, text: str) -> dict[str, str]:
+    setting = "MAILER_SHOPIFY_SECRETS" if platform == "shopify" else "MAILER_WOOCOMMERCE_SECRETS"
+    return parse_pairs(platform, text, setting)
+
+
 def env_secrets(settings: Settings, platform: str) -> dict[str, str]:
-    if platform == "shopify":
-        return parse_pairs(platform, settings.shopify_secrets, "MAILER_SHOPIFY_SECRETS")
-    return parse_pairs(platform, settings.woocommerce_secrets, "MAILER_WOOCOMMERCE_SECRETS")
+    """The secrets the environment gives (parsed once per distinct setting value)."""
+    return dict(_pairs(platform, settings.shopify_secrets if platform == "shopify" else settings.woocommerce_secrets))
 
 
-def secret_for(session: Session, settings: Settings, platform: str, shop: str) -> str | None:
-    """The secret for ``shop``: the environment's, else the one ``mailer connect`` stored."""
-    secret = env_secrets(settings, platform).get(shop)
-    if secret:
+def secret_for(session: Session | None, settings: Settings, platform: str, shop: str) -> str | None:
+    """The secret for ``shop``: the environment's, else the one ``mailer connect`` stored (needs ``session``)."""
+    secret = _pairs(platform, settings.shopify_secrets if platform == "shopify" else settings.woocommerce_secrets
+                    ).get(shop)
+    if secret or session is None:
         return secret
     # One lookup on uq_connector_shops_platform_shop.
     return session.execute(select(ConnectorShop.secret).where(ConnectorShop.platform == platform,
