@@ -33,9 +33,9 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mailer import db  # noqa: E402
-from mailer.connectors.signing import sign  # noqa: E402
-from tests import connector_payloads as P  # noqa: E402
+from mailer import db
+from mailer.connectors.signing import sign
+from tests import connector_payloads as P
 
 _REPO = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("MAILER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
