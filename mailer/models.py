@@ -143,6 +143,9 @@ class ConsentSource(str, enum.Enum):
     preference_centre = "preference_centre"
     admin = "admin"
     complaint = "complaint"
+    #: From a shop's webhooks (mailer.connectors); the shop is in the proof's form_id.
+    shopify = "shopify"
+    woocommerce = "woocommerce"
 
 
 class CampaignStatus(str, enum.Enum):
@@ -859,3 +862,156 @@ class AuditEntry(Base):
 
     def __repr__(self) -> str:
         return f"<AuditEntry seq={self.seq} action={self.action!r} actor={self.actor!r}>"
+# -- shop connectors (mailer.connectors, migration 0008) ------------------------------------------
+class ConnectorShop(Base):
+    """A connected shop: its webhook secret and write-back credentials (``mailer connect``)."""
+
+    __tablename__ = "connector_shops"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: ``shopify`` or ``woocommerce``.
+    platform: Mapped[str] = mapped_column(String(20))
+    #: ``my-shop.myshopify.com``, or the WooCommerce store URL as ``X-WC-Webhook-Source`` sends it.
+    shop: Mapped[str] = mapped_column(String(255))
+    #: Webhook signing secret (MAILER_SHOPIFY_SECRETS / MAILER_WOOCOMMERCE_SECRETS win over it).
+    secret: Mapped[str | None] = mapped_column(Text)
+    #: Where consent is written back: the Admin GraphQL URL, or the store's base URL.
+    api_url: Mapped[str | None] = mapped_column(String(2000))
+    #: Shopify Admin API access token, or WooCommerce ``consumer_key:consumer_secret``.
+    api_token: Mapped[str | None] = mapped_column(Text)
+    #: The last ``consent_events.seq`` the write-back has looked at for this shop.
+    writeback_cursor: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (UniqueConstraint("platform", "shop", name="uq_connector_shops_platform_shop"),)
+
+    def __repr__(self) -> str:
+        return f"<ConnectorShop {self.platform}:{self.shop}>"
+
+
+class ConnectorWebhook(Base):
+    """One webhook delivery from a shop, kept under its webhook id (each takes effect once)."""
+
+    __tablename__ = "connector_webhooks"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    platform: Mapped[str] = mapped_column(String(20))
+    shop: Mapped[str] = mapped_column(String(255))
+    #: ``X-Shopify-Webhook-Id`` / ``X-WC-Webhook-Delivery-ID``.
+    webhook_id: Mapped[str] = mapped_column(String(200))
+    topic: Mapped[str] = mapped_column(String(100))
+    #: ``pending``, ``processing``, ``done``, ``failed`` or ``ignored`` (an unmapped topic).
+    status: Mapped[str] = mapped_column(String(20))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: The same webhook id received again (answered 200, not applied again).
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    #: The raw body while it is being processed; dropped once done (personal data).
+    body: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        # The dedupe: a second INSERT of the same delivery fails, also when two arrive at once.
+        UniqueConstraint("platform", "shop", "webhook_id", name="uq_connector_webhooks_delivery"),
+        # The sweeper finds deliveries whose message was lost; status reads per topic.
+        Index("ix_connector_webhooks_status", "status", "received_at"),
+        Index("ix_connector_webhooks_shop_topic", "platform", "shop", "topic", "received_at"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<ConnectorWebhook {self.platform}:{self.shop} {self.topic} {self.webhook_id} {self.status}>"
+
+
+class ShopCustomer(Base):
+    """Which shop a customer came from, and the shop's own id for them (write-back, shop/redact)."""
+
+    __tablename__ = "shop_customers"
+
+    platform: Mapped[str] = mapped_column(String(20), primary_key=True)
+    shop: Mapped[str] = mapped_column(String(255), primary_key=True)
+    customer_id: Mapped[int] = mapped_column(BigId, ForeignKey("customers.id", ondelete="CASCADE"),
+                                             primary_key=True)
+    remote_id: Mapped[str | None] = mapped_column(String(100))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (Index("ix_shop_customers_customer", "customer_id"),)
+
+    def __repr__(self) -> str:
+        return f"<ShopCustomer {self.platform}:{self.shop} customer={self.customer_id} remote={self.remote_id}>"
+
+
+class ConnectorItem(Base):
+    """What a shop last said about one stock item (restocks are stock rising from zero)."""
+
+    __tablename__ = "connector_items"
+
+    platform: Mapped[str] = mapped_column(String(20), primary_key=True)
+    shop: Mapped[str] = mapped_column(String(255), primary_key=True)
+    #: ``inv:<inventory_item_id>`` (Shopify) or ``product:<id>`` (WooCommerce).
+    item_key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    sku: Mapped[str | None] = mapped_column(String(100))
+    name: Mapped[str | None] = mapped_column(String(200))
+    price: Mapped[str | None] = mapped_column(String(40))
+    url: Mapped[str | None] = mapped_column(String(2000))
+    image_url: Mapped[str | None] = mapped_column(String(2000))
+    #: Units available over every location; NULL: never told.
+    available: Mapped[int | None] = mapped_column(Integer)
+    #: Per location (Shopify ``inventory_levels/update``): ``{location_id: available}``.
+    levels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<ConnectorItem {self.platform}:{self.shop} {self.item_key} sku={self.sku} available={self.available}>"
+
+
+class ConnectorOrder(Base):
+    """A shop order as the connector knows it: its number, customer and the ETA last told."""
+
+    __tablename__ = "connector_orders"
+
+    platform: Mapped[str] = mapped_column(String(20), primary_key=True)
+    shop: Mapped[str] = mapped_column(String(255), primary_key=True)
+    order_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    order_number: Mapped[str] = mapped_column(String(100))
+    customer_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("customers.id", ondelete="CASCADE"))
+    #: The estimated delivery the customer was last told (ISO 8601, as the shop wrote it).
+    last_eta: Mapped[str | None] = mapped_column(String(40))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<ConnectorOrder {self.platform}:{self.shop} {self.order_id} #{self.order_number}>"
+
+
+class ConnectorOutbox(Base):
+    """One consent change to write back to a shop: queued, retried with backoff, sent once."""
+
+    __tablename__ = "connector_outbox"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    consent_event_id: Mapped[int] = mapped_column(BigId)
+    platform: Mapped[str] = mapped_column(String(20))
+    shop: Mapped[str] = mapped_column(String(255))
+    remote_id: Mapped[str] = mapped_column(String(100))
+    #: What the shop is told: ``unsubscribed``.
+    state: Mapped[str] = mapped_column(String(20))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: ``pending``, ``sending``, ``sent`` or ``failed`` (gave up after MAILER_CONNECTOR_WRITEBACK_MAX_ATTEMPTS).
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        # Idempotent: one write-back per consent event and shop.
+        UniqueConstraint("consent_event_id", "platform", "shop", name="uq_connector_outbox_event_shop"),
+        # The sweeper takes due rows.
+        Index("ix_connector_outbox_due", "status", "next_attempt_at"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<ConnectorOutbox {self.id} {self.platform}:{self.shop} event={self.consent_event_id} {self.status}>"

@@ -139,6 +139,20 @@ class Settings:
     postmark_webhook_auth: str = ""
     #: Webhook signatures whose timestamp is further than this many seconds from now are refused (replays).
     webhook_max_age_s: int = 900
+    #: Shopify webhook secrets as comma-separated ``shop-domain=secret`` pairs (``POST /webhooks/shopify``); they win over ``mailer connect``.
+    shopify_secrets: str = ""
+    #: WooCommerce webhook secrets as comma-separated ``store-url=secret`` pairs (``POST /webhooks/woocommerce``).
+    woocommerce_secrets: str = ""
+    #: The consent purpose a shop's e-mail marketing consent is (both ways: webhooks in, write-back out).
+    connector_purpose: str = "newsletter"
+    #: Folder where a Shopify ``customers/data_request`` export is written (one JSON file per request, per shop).
+    connector_export_dir: str = "gdpr-exports"
+    #: What a WooCommerce order reaching ``completed`` means: ``delivered`` (order_delivered) or ``shipped``.
+    woocommerce_completed: str = "delivered"
+    #: Consent write-back to a shop: attempts before a change is marked failed (backoff doubles from 30 s).
+    connector_writeback_max_attempts: int = 8
+    #: Consent write-back: the first retry waits this many seconds, each further one twice as long (at most 1 h).
+    connector_writeback_backoff_s: int = 30
     #: Tracking events older than this many days are purged by ``mailer gdpr purge``.
     tracking_retention_days: int = 395
     #: Opens within this many seconds of delivery are machine opens.

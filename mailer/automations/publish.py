@@ -8,7 +8,7 @@ The HTTP ``POST /v1/events``, ``mailer events publish`` and Python callers
 2. in **one transaction**: stores the ``shop_events`` row (its ``Idempotency-Key`` is
    unique: the same key again returns the first event and changes nothing), finds or
    creates the customer, applies ``customer_updated`` / ``order_placed`` to the
-   customer record (an ``order_placed`` is kept in ``orders`` too), and runs the automations (cancel, schedule, merge, claim codes).
+   customer record (an ``order_placed`` is kept in ``orders`` too, an ``order_cancelled`` marks it), and runs the automations (cancel, schedule, merge, claim codes).
    Any error rolls all of it back: nothing is half-applied;
 3. after the commit, enqueues the sends that are due now (and, as a fast path, the
    scheduled ones with a Dramatiq ``delay``; the database row decides either way).
@@ -35,7 +35,7 @@ from mailer.db import insert_or_ignore
 from mailer.errors import ControlFlow, ValidationError
 from mailer.events.schemas import _CONTROL, IDEMPOTENCY_KEY_MAX_CHARS, Published, Snapshot, validate
 from mailer.instance_secrets import address_hash_salt
-from mailer.models import Customer, CustomerTag, ShopEvent
+from mailer.models import Customer, CustomerTag, OrderStatus, ShopEvent
 from mailer.settings import Settings
 
 log = logging.getLogger("mailer.events")
@@ -151,6 +151,9 @@ def publish(type: str, data: dict, *, idempotency_key: str | None = None, settin
                     total = Decimal(str(cleaned["total"])) if "total" in cleaned else None
                     record_order(s, app.settings, customer.id, cleaned["order_number"], placed_at=placed,
                                  total=total, currency=cleaned.get("currency"))
+                elif type == "order_cancelled":
+                    record_order(s, app.settings, customer.id, cleaned["order_number"],
+                                 status=OrderStatus.refunded if cleaned.get("refunded") else OrderStatus.cancelled)
                 s.flush()
             actions = handle(s, app, rules, event, customer, before, now)
             event.processed_at = utcnow()

@@ -180,6 +180,12 @@ def _tags(value: Any, where: str) -> list[str]:
     return sorted({_text(t, f"{where}[{i}]", 100) for i, t in enumerate(value)})
 
 
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidEvent(f"{where} must be true or false", field=where)
+    return value
+
+
 @dataclass(frozen=True)
 class Field:
     """One declared field of an event (or of an item inside ``items``)."""
@@ -278,6 +284,9 @@ SCHEMAS: dict[str, dict[str, Field]] = {
                       "tracking_url": Field(_url, True, "carrier tracking page"),
                       "eta": Field(_when, doc="estimated delivery (ISO 8601)")},
     "order_delivered": {**_ORDER, "delivered_at": Field(_when, doc="when it was delivered (ISO 8601)")},
+    "order_cancelled": {**_CUSTOMER, "order_number": Field(_ident, True, "the shop's order number"),
+                        "refunded": Field(_flag, doc="true when the order was refunded rather than cancelled"),
+                        **_COMMON},
     "cart_updated": dict(_CART),
     "cart_abandoned": dict(_CART),
     "product_restocked": {"sku": Field(_ident, True, "the product's SKU (restock:<sku> requests)"),

@@ -6,7 +6,8 @@
   reward codes and ratings.
 * :func:`erase` (Art. 17): records a withdrawal for every purpose still granted,
   adds an ``erased`` suppression (scope ``all``) keyed by the salted address hash, then
-  removes the personal data: the profile, tags, addresses and data in deliveries, IP
+  removes the personal data: the profile, tags, addresses and data in deliveries, raw shop
+  webhook bodies not yet applied, IP
   and user agent in tracking, the clear-text proof in ``consent_evidence`` and pending
   consent requests.  Consent events stay: they only ever held the address as its
   salted hash, so the chain still verifies.  Re-importing the address later creates a
@@ -35,6 +36,7 @@ from mailer.instance_secrets import address_hash_salt
 from mailer.models import (
     Bounce,
     BounceReport,
+    ConnectorWebhook,
     ConsentEvent,
     ConsentEvidence,
     ConsentRequest,
@@ -171,6 +173,7 @@ class Erasure:
     shop_events: int = 0
     csat_ratings: int = 0
     bounce_reports: int = 0
+    shop_webhooks: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -244,6 +247,14 @@ def erase(session: Session, settings: Settings, email: str) -> Erasure:
     report.bounce_reports = session.execute(
         delete(BounceReport).where(BounceReport.email_hash == subject)
         .execution_options(synchronize_session=False)).rowcount
+    # A shop's webhook deliveries keep their raw body only until applied (pending or failed
+    # ones): those naming the address lose it.  Few rows carry a body, so the scan is short.
+    for row in session.execute(select(ConnectorWebhook).where(ConnectorWebhook.body.is_not(None))).scalars():
+        if address in (row.body or "").lower() or ascii_form(address) in (row.body or "").lower():
+            row.body = None
+            row.detail = ((row.detail or "") + "; body erased (GDPR Art. 17)").lstrip("; ")
+            report.shop_webhooks += 1
+    session.flush()
     session.expire_all()
     return report
 

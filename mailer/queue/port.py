@@ -37,6 +37,8 @@ SEND_ONE_BULK = "send_one_bulk"
 SEND_BATCH = "send_batch"
 FAN_OUT = "fan_out"
 SWEEP = "sweep"
+PROCESS_SHOP_WEBHOOK = "process_shop_webhook"
+WRITE_BACK_CONSENT = "write_back_consent"
 
 #: The queue each actor consumes from (the worker's declarations must agree: a test checks).
 ACTOR_QUEUES = {
@@ -45,6 +47,8 @@ ACTOR_QUEUES = {
     SEND_BATCH: QUEUE_BULK,
     FAN_OUT: QUEUE_BULK,
     SWEEP: QUEUE_DEFAULT,
+    PROCESS_SHOP_WEBHOOK: QUEUE_DEFAULT,
+    WRITE_BACK_CONSENT: QUEUE_DEFAULT,
 }
 
 

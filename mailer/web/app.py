@@ -17,6 +17,8 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
 * ``POST /v1/restock-requests``  a product page's "notify me" (``restock:<sku>`` consent).
 * ``GET/POST/OPTIONS /f/{form_id}``, ``GET /f/{form_id}/embed``, ``GET /f/embed.js``: public
                                 sign-up and restock forms (docs/forms.md).
+* ``POST /webhooks/shopify``, ``POST /webhooks/woocommerce``: a shop's signed webhooks
+                                (stored once, applied by a worker; docs/connectors.md).
 * ``GET  /healthz``             liveness with a database round trip.
 * ``/console/...``               the console for marketers, compliance staff and admins
                                 (log in at ``/console/login``; docs/console.md).
@@ -25,7 +27,7 @@ API keys carry scopes (notices, events, consents, customers, gdpr); a key withou
 endpoint's scope gets 403 naming it.
 
 The routers live in rooms of their own: :mod:`mailer.web.api` (``notices``, ``events``,
-``consents``, ``wordings``, ``customers``, ``restock``)
+``consents``, ``wordings``, ``customers``, ``restock``, ``webhooks``, ``shops``)
 and :mod:`mailer.web.pages` (``links``: tracking, unsubscribe, preferences, CSAT;
 ``confirm``: double opt-in; ``forms``: public sign-up forms).  They share :mod:`mailer.web.deps` (the App, API keys,
 idempotency, the client IP) and :mod:`mailer.web.problems` (error responses); this module
@@ -59,6 +61,7 @@ from mailer.web.api import customers as customers_api
 from mailer.web.api import events as events_api
 from mailer.web.api import notices as notices_api
 from mailer.web.api import restock as restock_api
+from mailer.web.api import shops as shops_api
 from mailer.web.api import webhooks as webhooks_api
 from mailer.web.api import wordings as wordings_api
 from mailer.web.pages import confirm, forms, links
@@ -69,7 +72,8 @@ log = logging.getLogger("mailer.web")
 
 #: Every router the app serves, in the order of its OpenAPI document.
 ROUTERS = (links.router, notices_api.router, confirm.router, events_api.router, consents_api.router,
-           wordings_api.router, customers_api.router, restock_api.router, forms.router, webhooks_api.router)
+           wordings_api.router, customers_api.router, restock_api.router, forms.router, webhooks_api.router,
+           shops_api.router)
 
 
 def create_app(settings: Settings | None = None, *, app: App | None = None) -> FastAPI:

@@ -6,6 +6,8 @@
 * ``sweep()``                        default queue: re-enqueue deliveries whose message was
                                      lost (broker restart, crash) and wake due scheduled ones.
 * ``fan_out(campaign_id)``           bulk queue, a campaign's segment into deliveries.
+* ``process_shop_webhook(id)``       default queue: one stored Shopify / WooCommerce delivery.
+* ``write_back_consent(id)``         default queue: one consent change sent back to its shop.
 
 Services never import this module: they send by actor name through
 :mod:`mailer.queue.port` (whose ``ACTOR_QUEUES`` must name the same queues; a test
@@ -25,6 +27,8 @@ from mailer.app import get_app
 from mailer.automations.hooks import release_codes_hook
 from mailer.campaigns import fanout
 from mailer.campaigns.fanout import sweep_hook as campaigns_sweep_hook
+from mailer.connectors import inbox as connector_inbox
+from mailer.connectors import writeback as connector_writeback
 from mailer.customers.predictions import daily_refit_hook
 from mailer.delivery import process as delivery_service
 from mailer.delivery import sweeper
@@ -102,8 +106,21 @@ def fan_out(campaign_id: int) -> None:
         port.send(port.FAN_OUT, campaign_id)
 
 
+@dramatiq.actor(queue_name=QUEUE_DEFAULT, max_retries=20, min_backoff=1000, max_backoff=300_000)
+def process_shop_webhook(webhook_row_id: int) -> None:
+    """Apply one stored shop delivery (claimed under a lease: running twice applies it once)."""
+    connector_inbox.process(get_app(), webhook_row_id)
+
+
+@dramatiq.actor(queue_name=QUEUE_DEFAULT, max_retries=0)
+def write_back_consent(outbox_row_id: int) -> None:
+    """Send one consent write-back; its own backoff lives in the row (the sweeper re-sends it when due)."""
+    connector_writeback.send(get_app(), outbox_row_id)
+
+
 #: The extra sweeps every worker runs after the deliveries' (see mailer.delivery.sweeper.SweepHook).
-SWEEP_HOOKS: tuple[sweeper.SweepHook, ...] = (campaigns_sweep_hook, release_codes_hook, daily_refit_hook)
+SWEEP_HOOKS: tuple[sweeper.SweepHook, ...] = (campaigns_sweep_hook, release_codes_hook, daily_refit_hook,
+                                              connector_inbox.sweep_hook, connector_writeback.sweep_hook)
 
 
 @dramatiq.actor(queue_name=QUEUE_DEFAULT, max_retries=0)
@@ -111,7 +128,7 @@ def sweep() -> None:
     sweeper.sweep(get_app(), SWEEP_HOOKS)
 
 
-ACTORS = (send_notice, send_one_bulk, send_batch, fan_out, sweep)
+ACTORS = (send_notice, send_one_bulk, send_batch, fan_out, sweep, process_shop_webhook, write_back_consent)
 
 
 def bind(broker: dramatiq.Broker) -> None:
