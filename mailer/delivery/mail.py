@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from mailer.delivery import utm
 from mailer.models import Campaign, Customer, Delivery
 
 
@@ -25,11 +26,13 @@ class CampaignOptions:
     tracking: bool
     subjects: dict
     data: dict
+    #: ``utm_campaign`` of its shop links and its List-Id label (from the name; :func:`mailer.delivery.utm.slug`).
+    slug: str = ""
 
     @classmethod
     def of(cls, campaign: Campaign) -> CampaignOptions:
         return cls(id=campaign.id, tracking=bool(campaign.tracking), subjects=dict(campaign.subjects or {}),
-                   data=dict(campaign.data or {}))
+                   data=dict(campaign.data or {}), slug=utm.slug(campaign.name, campaign.id))
 
 
 @dataclass(frozen=True)
