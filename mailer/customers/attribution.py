@@ -13,8 +13,8 @@ Owns the ``attributions`` table.  The rule (issue 20, docs/campaigns.md "Revenue
 * a cancellation or refund (``order_cancelled`` / ``order_refunded`` events, or an import
   row with that status) sets ``reversed_at``: the figures leave the order out.
 
-Attribution is set-based SQL (:func:`attribute_where`): one ``INSERT ... SELECT`` per
-basis over a set of orders, the touch picked with ``ROW_NUMBER()`` per order, ``ON
+Attribution is set-based SQL (:func:`_statement`, built once per process and scope):
+one ``INSERT ... SELECT`` per basis over a set of orders, the touch picked with ``ROW_NUMBER()`` per order, ``ON
 CONFLICT (order_id) DO NOTHING`` keeping one send per order.  The stream path (one event,
 :func:`attribute_order`) and the batch path (an import, a backfill:
 :func:`attribute_customers`, :func:`attribute_range`) are the same statement over a
@@ -29,11 +29,12 @@ on :class:`~mailer.models.Delivery` to :func:`revenue`.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from sqlalchemy import Interval, and_, distinct, func, literal, or_, select, update
+from sqlalchemy import Interval, and_, bindparam, distinct, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
@@ -66,21 +67,31 @@ _d = Delivery.__table__
 _a = Attribution.__table__
 
 
-def _window_start(session: Session, seconds: int):
+def _window_start(dialect: str, seconds: int):
     """SQL for ``orders.placed_at`` minus ``seconds``, comparable with ``tracking_events.occurred_at``.
 
     PostgreSQL subtracts an interval from the timestamptz.  SQLite stores both as text
     ``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC), so ``strftime`` yields the same shape (to the
     millisecond: a touch exactly on the boundary still compares as inside).
     """
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect == "postgresql":
         return _o.c.placed_at - literal(dt.timedelta(seconds=seconds), Interval())
     return func.strftime("%Y-%m-%d %H:%M:%f", _o.c.placed_at, f"-{int(seconds)} seconds")
 
 
-def _insert_basis(session: Session, settings: Settings, scope, basis: str, now: dt.datetime) -> int:
-    kind, seconds = ((TrackingKind.click, settings.attribution_click_days * 86400) if basis == CLICK
-                     else (TrackingKind.open, settings.attribution_open_hours * 3600))
+#: The scopes a statement is built for, each with its bound parameters.
+_SCOPES = {
+    "order": lambda: _o.c.id == bindparam("order_id"),
+    "range": lambda: _o.c.id.between(bindparam("first_id"), bindparam("last_id")),
+    "customers": lambda: _o.c.customer_id.in_(bindparam("customer_ids", expanding=True)),
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _statement(dialect: str, scope: str, basis: str, seconds: int, default_currency: str):
+    """The INSERT ... SELECT of one basis over one kind of scope, built once per process
+    (building it costs more than running it for one order: the stream path runs it per event)."""
+    kind = TrackingKind.click if basis == CLICK else TrackingKind.open
     # Latest touch first, per order; the id breaks a tie of two touches in one instant.
     rank = func.row_number().over(partition_by=_o.c.id,
                                   order_by=(_t.c.occurred_at.desc(), _t.c.id.desc())).label("rank")
@@ -91,37 +102,36 @@ def _insert_basis(session: Session, settings: Settings, scope, basis: str, now: 
     # orders: a cancelled or refunded one is never attributed.
     touches = (
         select(_o.c.id.label("order_id"), _o.c.customer_id, _t.c.delivery_id, _d.c.campaign_id,
-               _d.c.automation, func.coalesce(_o.c.currency, settings.default_currency).label("currency"),
+               _d.c.automation, func.coalesce(_o.c.currency, default_currency).label("currency"),
                _o.c.total.label("amount"), _t.c.occurred_at.label("touched_at"), _o.c.placed_at, rank)
         .select_from(_o.join(_t, and_(_t.c.customer_id == _o.c.customer_id, _t.c.kind == kind,
                                       _t.c.occurred_at <= _o.c.placed_at,
-                                      _t.c.occurred_at >= _window_start(session, seconds)))
+                                      _t.c.occurred_at >= _window_start(dialect, seconds)))
                      .join(_d, _d.c.id == _t.c.delivery_id))
-        .where(scope, _o.c.status == OrderStatus.placed.value,
+        .where(_SCOPES[scope](), _o.c.status == OrderStatus.placed.value,
                or_(_d.c.campaign_id.is_not(None), _d.c.automation.is_not(None)))
         .subquery("touches"))
     rows = select(touches.c.order_id, touches.c.customer_id, touches.c.delivery_id, touches.c.campaign_id,
                   touches.c.automation, touches.c.currency, touches.c.amount, literal(basis).label("basis"),
                   touches.c.touched_at, touches.c.placed_at,
-                  literal(now, UTCDateTime()).label("attributed_at")).where(touches.c.rank == 1)
+                  bindparam("now", type_=UTCDateTime()).label("attributed_at")).where(touches.c.rank == 1)
     columns = ["order_id", "customer_id", "delivery_id", "campaign_id", "automation", "currency", "amount",
                "basis", "touched_at", "placed_at", "attributed_at"]
     # One order, one send: an order attributed before (by a click, or earlier) is left alone.
-    stmt = (dialect_insert(session, _a).from_select(columns, rows).on_conflict_do_nothing(index_elements=["order_id"])
-            .returning(_a.c.id))
     # RETURNING counts the rows added on both databases (rowcount of INSERT ... SELECT is not reliable).
-    return len(session.execute(stmt).all())
+    return (dialect_insert(dialect, _a).from_select(columns, rows).on_conflict_do_nothing(index_elements=["order_id"])
+            .returning(_a.c.id))
 
 
-def attribute_where(session: Session, settings: Settings, scope, *, now: dt.datetime | None = None) -> int:
-    """Attribute every placed, unattributed order matching ``scope`` (a SQL criterion on ``orders``).
-
-    Clicks first, then human opens for the orders no click claimed; returns the rows added.
-    Runs inside the caller's transaction.
-    """
-    now = now or utcnow()
-    added = _insert_basis(session, settings, scope, CLICK, now)
-    return added + _insert_basis(session, settings, scope, OPEN, now)
+def _attribute(session: Session, settings: Settings, scope: str, params: dict, now: dt.datetime | None) -> int:
+    dialect = session.get_bind().dialect.name
+    values = {**params, "now": now or utcnow()}
+    added = 0
+    for basis, seconds in ((CLICK, settings.attribution_click_days * 86400),
+                           (OPEN, settings.attribution_open_hours * 3600)):
+        stmt = _statement(dialect, scope, basis, seconds, settings.default_currency)
+        added += len(session.execute(stmt, values).all())
+    return added
 
 
 def attribute_order(session: Session, settings: Settings, order_id: int, *,
@@ -131,7 +141,7 @@ def attribute_order(session: Session, settings: Settings, order_id: int, *,
     An order attributed before keeps its send; its amount and currency follow the order
     (a corrected ``order_placed``).
     """
-    attribute_where(session, settings, _o.c.id == order_id, now=now)
+    _attribute(session, settings, "order", {"order_id": order_id}, now)
     # The order's current amount onto its attribution (one row by the unique order_id).
     session.execute(update(_a).where(_a.c.order_id == order_id)
                     .values(amount=select(_o.c.total).where(_o.c.id == order_id).scalar_subquery(),
@@ -149,7 +159,7 @@ def attribute_customers(session: Session, settings: Settings, customer_ids: Iter
     if not ids:
         return 0
     # uq_orders_customer_shop_order's prefix (customer_id) finds the orders.
-    added = attribute_where(session, settings, _o.c.customer_id.in_(ids), now=now)
+    added = _attribute(session, settings, "customers", {"customer_ids": ids}, now)
     reverse_where(session, _o.c.customer_id.in_(ids), now=now)
     return added
 
@@ -157,7 +167,7 @@ def attribute_customers(session: Session, settings: Settings, customer_ids: Iter
 def attribute_range(session: Session, settings: Settings, first_id: int, last_id: int, *,
                     now: dt.datetime | None = None) -> int:
     """The batch path for a backfill: orders with ``first_id <= id <= last_id`` (primary-key range)."""
-    return attribute_where(session, settings, _o.c.id.between(first_id, last_id), now=now)
+    return _attribute(session, settings, "range", {"first_id": first_id, "last_id": last_id}, now)
 
 
 def reverse_where(session: Session, scope, *, now: dt.datetime | None = None) -> int:
