@@ -6,11 +6,10 @@ Usage::
                                 [--customers N] [--stream N] [--seed S] [--full]
 
 ``--full`` is the issue's size: 1,000,000 orders against 10,000,000 tracking events
-(200,000 customers, 40 campaigns: 8,000,000 deliveries? no: one campaign mail per customer
-per campaign that reached them, see below).  The defaults are a tenth of that.
+(200,000 customers, 10 campaigns: 2,000,000 deliveries).  The defaults are a tenth of that.
 
 Bulk generation (seeded numpy, written with ``executemany`` on SQLite and ``COPY`` on
-PostgreSQL, into a schema made by the real migrations): ``--customers`` customers; 40
+PostgreSQL, into a schema made by the real migrations): ``--customers`` customers; 10
 campaigns over 60 days, each mailed to every customer (campaign 1 is the
 ``--customers``-recipient campaign the report renders); ``--events`` tracking events on
 random deliveries: 55% human opens, 25% machine opens, 20% clicks, each within 3 days of

@@ -244,3 +244,65 @@ def test_an_orders_import_attributes_like_the_events_and_reverses_cancelled_rows
     with attr_app.session() as s:
         figures = attribution.campaign_revenue(s, campaign_id)
     assert (figures.orders, figures.revenue) == (1, {"EUR": Decimal("50.00")})
+
+
+def test_campaign_stats_over_http_html_report_and_cli_show_the_revenue(attr_app, tmp_path):
+    from click.testing import CliRunner
+    from fastapi.testclient import TestClient
+
+    from mailer.campaigns import reports
+    from mailer.cli import main
+    from mailer.web import apikeys
+    from mailer.web.app import create_app
+
+    # Given a campaign sent to two customers, one of whom clicked and ordered in EUR and PLN
+    with attr_app.session() as s:
+        spring = _campaign(s, "Spring")
+        ann, bob = _customer(s), _customer(s, "bob@example.com")
+        _touch(s, _send(s, ann, campaign=spring), TrackingKind.click, T0 - timedelta(hours=1))
+        _send(s, bob, campaign=spring)
+        campaign_id = spring.id
+        key = apikeys.create(s, "analyst", "reports").key
+        other = apikeys.create(s, "shop", "events").key
+    _order(attr_app, "1", total=100, currency="EUR")
+    _order(attr_app, "2", total=50, currency="PLN")
+    # When the stats are asked over HTTP with a reports key
+    client = TestClient(create_app(app=attr_app))
+    r = client.get(f"/v1/campaigns/{campaign_id}/stats", headers={"Authorization": f"Bearer {key}"})
+    # Then the JSON has the attribution beside the existing figures
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["attributed_orders"] == 2 and body["attributed_revenue"] == {"EUR": "100.00", "PLN": "50.00"}
+    assert body["conversion_rate"] == 0.5 and body["sent"] == 2 and "rates" in body
+    assert body["revenue_per_recipient"] == {"EUR": "50.00", "PLN": "25.00"}
+    # And a key without the reports scope is refused, an unknown campaign is a 404 problem
+    assert client.get(f"/v1/campaigns/{campaign_id}/stats",
+                      headers={"Authorization": f"Bearer {other}"}).status_code == 403
+    assert client.get("/v1/campaigns/999999/stats", headers={"Authorization": f"Bearer {key}"}).status_code == 404
+    # And the HTML report shows the revenue per currency and the conversion rate
+    with attr_app.session() as s:
+        page = reports.html_report(s, campaign_id)
+    assert 'id="revenue"' in page and "Revenue (EUR)" in page and "Revenue (PLN)" in page and "50.0 %" in page
+    # And `mailer campaign status` prints it
+    env = {"MAILER_DATABASE_URL": attr_app.settings.database_url, "MAILER_BROKER_URL": "stub://"}
+    out = CliRunner().invoke(main, ["campaign", "status", str(campaign_id)], env=env).output
+    assert "attributed orders" in out and "100.00 EUR" in out and "50.00 PLN" in out
+
+
+def test_unsubscribe_latency_counts_mail_after_the_click(attr_app):
+    from mailer.delivery import brakes
+
+    # Given two unsubscribes: Ann still got a marketing mail 3 days later, Bob none
+    with attr_app.session() as s:
+        spring = _campaign(s, "Spring")
+        ann, bob = _customer(s), _customer(s, "bob@example.com")
+        for c in (ann, bob):
+            _touch(s, _send(s, c, campaign=spring), TrackingKind.unsubscribe, T0)
+        _send(s, ann, automation="winback", sent_at=T0 + timedelta(days=3))
+        campaign_id = spring.id
+    # When the latency is measured for the campaign's links
+    with attr_app.session() as s:
+        latency = brakes.unsubscribe_latency(s, campaign_id=campaign_id)
+    # Then one of two was mailed after, 3 days: over the 2-day limit
+    assert (latency.unsubscribes, latency.mailed_after, latency.over_limit) == (2, 1, 1)
+    assert latency.max_s == 3 * 86400 and not latency.within_limit
