@@ -28,14 +28,18 @@ _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
 
-def dialect_insert(bind: Session | Connection, table: Any) -> postgresql.Insert | sqlite.Insert:
+def dialect_insert(bind: Session | Connection | str, table: Any) -> postgresql.Insert | sqlite.Insert:
     """``INSERT`` into ``table`` in the dialect of ``bind``'s database, so that ``on_conflict_do_*`` works.
 
     The only place that chooses between PostgreSQL's and SQLite's insert construct (both
-    speak ``ON CONFLICT``); ``table`` is a mapped class or a ``Table``.
+    speak ``ON CONFLICT``); ``table`` is a mapped class or a ``Table``; ``bind`` may also be
+    the dialect's name (a statement built once per process and dialect).
     """
-    dialect = bind.get_bind().dialect if isinstance(bind, Session) else bind.dialect
-    return (postgresql.insert if dialect.name == "postgresql" else sqlite.insert)(table)
+    if isinstance(bind, str):
+        name = bind
+    else:
+        name = (bind.get_bind().dialect if isinstance(bind, Session) else bind.dialect).name
+    return (postgresql.insert if name == "postgresql" else sqlite.insert)(table)
 
 
 def insert_or_ignore(bind: Session | Connection, table: Any,

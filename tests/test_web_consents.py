@@ -89,6 +89,7 @@ ENDPOINTS = [
     ("get", "/v1/customers/ann@example.com/export", "gdpr", None),
     ("post", "/v1/notices", "notices", {"kind": "order_delayed", "email": "ann@example.com", "data": {}}),
     ("post", "/v1/events", "events", {"type": "order.placed", "data": {}}),
+    ("get", "/v1/campaigns/1/stats", "reports", None),
 ]
 
 

@@ -18,7 +18,7 @@ from mailer.delivery import personalize as header_hooks
 from mailer.delivery.mail import MailContext, Recipient
 from mailer.message.mime import MailParts, build
 from mailer.models import Customer, Delivery
-from mailer.rendering import Rendered
+from mailer.rendering import TRANSACTIONAL, Rendered
 from mailer.settings import Settings
 
 
@@ -31,8 +31,18 @@ class Composed:
     rendered: Rendered
 
 
-def from_parts(settings: Settings) -> tuple[str, str]:
-    name, address = parseaddr(settings.from_address)
+def from_address(settings: Settings, purpose: str | None = None) -> str:
+    """The ``From`` of a stream: ``MAILER_MARKETING_FROM`` for marketing purposes,
+    ``MAILER_TRANSACTIONAL_FROM`` for transactional mail, either falling back to
+    ``MAILER_FROM_ADDRESS`` (``purpose`` None: that default)."""
+    if purpose is None:
+        return settings.from_address
+    chosen = settings.transactional_from if purpose == TRANSACTIONAL else settings.marketing_from
+    return chosen or settings.from_address
+
+
+def from_parts(settings: Settings, purpose: str | None = None) -> tuple[str, str]:
+    name, address = parseaddr(from_address(settings, purpose))
     return name, address
 
 
@@ -62,9 +72,9 @@ def render_context(settings: Settings, delivery: Delivery | MailContext,
     return ctx
 
 
-def needs_smtputf8(settings: Settings, to_address: str) -> bool:
+def needs_smtputf8(settings: Settings, to_address: str, purpose: str | None = None) -> bool:
     """True when the recipient (after IDNA for the domain) or the sender is not ASCII."""
-    return not (ascii_form(to_address).isascii() and from_parts(settings)[1].isascii())
+    return not (ascii_form(to_address).isascii() and from_parts(settings, purpose)[1].isascii())
 
 
 def personalized(settings: Settings, renderer, mail: MailContext) -> tuple[Rendered, list[tuple[str, str]]]:
@@ -86,11 +96,11 @@ def compose(settings: Settings, renderer, signer, mail: MailContext, *, utf8: bo
     an internationalized local part cannot be written any other way.
     """
     if utf8 is None:
-        utf8 = needs_smtputf8(settings, mail.to_address)
+        utf8 = needs_smtputf8(settings, mail.to_address, mail.purpose)
     rendered, extra_headers = personalized(settings, renderer, mail)
     # What the mail is and its language (RFC 3282): the outbox index shows both.
     extra_headers = [*extra_headers, ("X-Mailer-Kind", mail.kind), ("Content-Language", rendered.locale)]
-    from_name, from_addr = from_parts(settings)
+    from_name, from_addr = from_parts(settings, mail.purpose)
     to_addr = mail.to_address if utf8 else ascii_form(mail.to_address)
     mid = message_id(settings, mail.id)
     customer = mail.customer

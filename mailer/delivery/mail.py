@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from mailer.delivery import utm
 from mailer.models import Campaign, Customer, Delivery
 
 
@@ -26,11 +27,14 @@ class CampaignOptions:
     subjects: dict
     data: dict
     preheaders: dict = field(default_factory=dict)
+    #: ``utm_campaign`` of its shop links and its List-Id label (from the name; :func:`mailer.delivery.utm.slug`).
+    slug: str = ""
 
     @classmethod
     def of(cls, campaign: Campaign) -> CampaignOptions:
         return cls(id=campaign.id, tracking=bool(campaign.tracking), subjects=dict(campaign.subjects or {}),
-                   data=dict(campaign.data or {}), preheaders=dict(campaign.preheaders or {}))
+                   data=dict(campaign.data or {}), preheaders=dict(campaign.preheaders or {}),
+                   slug=utm.slug(campaign.name, campaign.id))
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Per-delivery headers and template links: unsubscribe, preferences, tracking.
 
 Every mail gets a ``Feedback-ID`` (``campaign:kind:type:sender``, the Gmail Postmaster
-format).  Marketing mail (any purpose other than ``transactional``) also gets:
+format; the sender is the domain of the stream's From: ``MAILER_MARKETING_FROM`` or
+``MAILER_TRANSACTIONAL_FROM``, falling back to ``MAILER_FROM_ADDRESS``).  Marketing mail (any purpose other than ``transactional``) also gets:
 
 * ``List-Unsubscribe: <https://.../u/TOKEN>, <mailto:unsubscribe@...?subject=...>`` and
   ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058; DKIM signs both);
@@ -13,7 +14,8 @@ Campaign mail with tracking on (and, when ``MAILER_TRACKING_REQUIRES_CONSENT`` i
 the customer's consent for the ``tracking`` purpose) also gets ``wrap_link(url)`` for
 click tracking (the renderer rewrites every http(s) link through it) and an open pixel
 (``open_pixel_url``; :func:`after_render` inserts it before ``</body>`` when the
-template does not place it itself).
+template does not place it itself).  Campaign links to ``MAILER_SHOP_DOMAINS`` get UTM
+parameters first (:mod:`mailer.delivery.utm`), tracked or not.
 
 Everything here is a pure function of the :class:`~mailer.delivery.mail.MailContext`
 and the settings: it reads no database (the send path loaded the campaign options and
@@ -25,6 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+from mailer.delivery import utm
 from mailer.delivery.mail import MailContext
 from mailer.rendering import TRANSACTIONAL
 from mailer.settings import Settings
@@ -34,15 +37,23 @@ from mailer.tracking import service as tracking
 ONE_CLICK = "List-Unsubscribe=One-Click"
 
 
-def sender_domain(settings: Settings) -> str:
-    return settings.from_address.rpartition("@")[2].rstrip(">").strip() or "localhost"
+def sender_domain(settings: Settings, purpose: str | None = None) -> str:
+    """The domain of the stream's From (MAILER_MARKETING_FROM / MAILER_TRANSACTIONAL_FROM / MAILER_FROM_ADDRESS)."""
+    if purpose is None:
+        address = settings.from_address
+    else:
+        address = (settings.transactional_from if purpose == TRANSACTIONAL else settings.marketing_from) \
+            or settings.from_address
+    return address.rpartition("@")[2].rstrip(">").strip() or "localhost"
 
 
 def list_id(settings: Settings, purpose: str) -> str:
-    """``"Northwind Shop newsletter" <newsletter.example.com>``: one list per consent purpose."""
+    """``"Northwind Shop newsletter" <newsletter.example.com>``: one list per consent purpose (the
+    stream every campaign and marketing automation of that purpose belongs to), on the stream's
+    From domain."""
     label = re.sub(r"[^a-z0-9-]+", "-", purpose.lower()).strip("-") or "list"
     phrase = f"{settings.store_name} {purpose}"
-    value = f"<{label}.{sender_domain(settings)}>"
+    value = f"<{label}.{sender_domain(settings, purpose)}>"
     if phrase.isascii() and re.fullmatch(r"[\x20-\x7e]+", phrase):
         phrase = phrase.replace("\\", "").replace('"', "")
         value = f'"{phrase}" {value}'
@@ -55,7 +66,8 @@ def decorate(settings: Settings, mail: MailContext, context: dict,
     marketing = mail.purpose != TRANSACTIONAL
     campaign = f"c{mail.campaign_id}" if mail.campaign_id else mail.kind.replace(":", "-")
     headers.append(("Feedback-ID", f"{campaign}:{mail.kind.replace(':', '-')}:"
-                                   f"{'marketing' if marketing else 'transactional'}:{sender_domain(settings)}"))
+                                   f"{'marketing' if marketing else 'transactional'}:"
+                                   f"{sender_domain(settings, mail.purpose)}"))
     customer_id = mail.customer_id or (mail.customer.id if mail.customer is not None else None)
     prefs = tracking.preferences_url(settings, customer_id, mail)
     context["preferences_url"] = prefs
@@ -69,10 +81,21 @@ def decorate(settings: Settings, mail: MailContext, context: dict,
     headers.append(("List-Unsubscribe-Post", ONE_CLICK))
     headers.append(("List-Id", list_id(settings, mail.purpose)))
     options = mail.campaign if mail.campaign_id else None
+    tag = _utm_tagger(settings, mail, options)
     if options is not None and options.tracking and mail.id and mail.tracking_allowed:
-        context["wrap_link"] = lambda url, _m=mail: tracking.click_url(settings, _m, url)
+        context["wrap_link"] = lambda url, _m=mail: tracking.click_url(settings, _m, tag(url))
         context["open_pixel_url"] = tracking.open_url(settings, mail)
+    elif options is not None and settings.shop_domains:
+        context["wrap_link"] = tag
     return context, headers
+
+
+def _utm_tagger(settings: Settings, mail: MailContext, options):
+    """Campaign links to MAILER_SHOP_DOMAINS get their UTM parameters (mailer/delivery/utm.py)."""
+    if options is None or not settings.shop_domains:
+        return lambda url: url
+    name = options.slug or f"campaign-{options.id}"
+    return lambda url: utm.tag(url, domains=settings.shop_domains, source=mail.purpose, campaign=name)
 
 
 def render_args(settings: Settings, mail: MailContext, context: dict) -> tuple[dict, dict]:
