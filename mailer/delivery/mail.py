@@ -11,7 +11,7 @@ model objects.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from mailer.models import Campaign, Customer, Delivery
@@ -25,11 +25,14 @@ class CampaignOptions:
     tracking: bool
     subjects: dict
     data: dict
+    #: A/B variants by label: {"A": {"template", "subjects", "preheaders"}, ...}; empty without a test.
+    variants: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, campaign: Campaign) -> CampaignOptions:
         return cls(id=campaign.id, tracking=bool(campaign.tracking), subjects=dict(campaign.subjects or {}),
-                   data=dict(campaign.data or {}))
+                   data=dict(campaign.data or {}),
+                   variants={v["label"]: dict(v) for v in (campaign.variants or ())})
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class MailContext:
     customer: Recipient | None = None
     campaign: CampaignOptions | None = None
     tracking_allowed: bool = False
+    #: The campaign's A/B variant label this mail was assigned ("A".."D"), or None.
+    variant: str | None = None
 
     @classmethod
     def of(cls, delivery: Delivery, customer: Customer | Recipient | None = None, *,
@@ -87,4 +92,4 @@ class MailContext:
                    purpose=delivery.purpose, data=delivery.data if data is None else data,
                    campaign_id=delivery.campaign_id, customer_id=delivery.customer_id,
                    created_at=delivery.created_at, customer=recipient, campaign=campaign,
-                   tracking_allowed=tracking_allowed)
+                   tracking_allowed=tracking_allowed, variant=getattr(delivery, "variant", None))

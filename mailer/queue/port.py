@@ -1,7 +1,7 @@
 """The enqueue port: the one way services hand work to the workers.
 
 Services never import the Dramatiq actors.  They name an actor (:data:`SEND_NOTICE`,
-:data:`SEND_BATCH`, ...) and this module builds a :class:`dramatiq.Message` for it and
+:data:`SEND_BATCH`, :data:`DECIDE_AB_TEST`, ...) and this module builds a :class:`dramatiq.Message` for it and
 gives it to the broker that the process configured (``dramatiq.set_broker``, done by
 :func:`mailer.queue.broker.setup` or the worker's boot).  The actors themselves are
 declared by :mod:`mailer.worker.actors`, which only the worker side imports; a web or
@@ -37,6 +37,7 @@ SEND_ONE_BULK = "send_one_bulk"
 SEND_BATCH = "send_batch"
 FAN_OUT = "fan_out"
 SWEEP = "sweep"
+DECIDE_AB_TEST = "decide_ab_test"
 
 #: The queue each actor consumes from (the worker's declarations must agree: a test checks).
 ACTOR_QUEUES = {
@@ -45,6 +46,7 @@ ACTOR_QUEUES = {
     SEND_BATCH: QUEUE_BULK,
     FAN_OUT: QUEUE_BULK,
     SWEEP: QUEUE_DEFAULT,
+    DECIDE_AB_TEST: QUEUE_BULK,
 }
 
 

@@ -6,6 +6,8 @@
 * ``sweep()``                        default queue: re-enqueue deliveries whose message was
                                      lost (broker restart, crash) and wake due scheduled ones.
 * ``fan_out(campaign_id)``           bulk queue, a campaign's segment into deliveries.
+* ``decide_ab_test(campaign_id)``    bulk queue, delayed until an A/B test's wait is over:
+                                     pick the winner and fan the rest out with it.
 
 Services never import this module: they send by actor name through
 :mod:`mailer.queue.port` (whose ``ACTOR_QUEUES`` must name the same queues; a test
@@ -23,7 +25,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from mailer.app import get_app
 from mailer.automations.hooks import release_codes_hook
-from mailer.campaigns import fanout
+from mailer.campaigns import abtest, fanout
 from mailer.campaigns.fanout import sweep_hook as campaigns_sweep_hook
 from mailer.customers.predictions import daily_refit_hook
 from mailer.delivery import process as delivery_service
@@ -102,8 +104,16 @@ def fan_out(campaign_id: int) -> None:
         port.send(port.FAN_OUT, campaign_id)
 
 
+@dramatiq.actor(queue_name=QUEUE_BULK, priority=PRIORITY_BULK, max_retries=20, min_backoff=1000,
+                max_backoff=60_000)
+def decide_ab_test(campaign_id: int) -> None:
+    """Decide an A/B test whose wait is over (a no-op when early, decided or not running)."""
+    abtest.decide(get_app(), campaign_id)
+
+
 #: The extra sweeps every worker runs after the deliveries' (see mailer.delivery.sweeper.SweepHook).
-SWEEP_HOOKS: tuple[sweeper.SweepHook, ...] = (campaigns_sweep_hook, release_codes_hook, daily_refit_hook)
+SWEEP_HOOKS: tuple[sweeper.SweepHook, ...] = (campaigns_sweep_hook, abtest.sweep_hook, release_codes_hook,
+                                              daily_refit_hook)
 
 
 @dramatiq.actor(queue_name=QUEUE_DEFAULT, max_retries=0)
@@ -111,7 +121,7 @@ def sweep() -> None:
     sweeper.sweep(get_app(), SWEEP_HOOKS)
 
 
-ACTORS = (send_notice, send_one_bulk, send_batch, fan_out, sweep)
+ACTORS = (send_notice, send_one_bulk, send_batch, fan_out, sweep, decide_ab_test)
 
 
 def bind(broker: dramatiq.Broker) -> None:
