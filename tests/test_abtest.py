@@ -1,0 +1,335 @@
+"""A/B tests: the reproducible split, the statistics, the variant grammar, validation, and
+the whole life of a test in process (test share, wait, decision, the rest) on both databases."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from scipy import stats as scipy_stats
+from sqlalchemy import func, select, update
+
+from mailer.app import App
+from mailer.campaigns import abstats, abtest, reports
+from mailer.campaigns import fanout as campaign_actors
+from mailer.campaigns import service as campaigns
+from mailer.clock import utcnow
+from mailer.delivery.compose import personalized
+from mailer.delivery.mail import CampaignOptions, MailContext, Recipient
+from mailer.errors import ValidationError
+from mailer.models import AbTest, Campaign, CampaignStatus, Delivery, DeliveryStatus
+from mailer.tracking import service as tracking
+from tests.campaign_support import NEWS_KIND, add_customer, newsletter_templates
+from tests.conftest import make_settings
+
+HUMAN_UA = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.0"
+
+
+# -- the split ---------------------------------------------------------------------------------
+def test_the_split_is_the_same_every_time_and_differs_between_campaigns():
+    # Given two computations of the split for the same campaign and customers
+    first = [abtest.assign(7, c, 20, 2) for c in range(1, 2001)]
+    again = [abtest.assign(7, c, 20, 2) for c in range(1, 2001)]
+    other = [abtest.assign(8, c, 20, 2) for c in range(1, 2001)]
+    # Then they agree exactly, and another campaign splits the same customers differently
+    assert first == again
+    assert first != other
+    assert all(0 <= abtest.bucket(7, c) < 1 for c in range(1, 200))
+
+
+def test_the_test_share_is_the_share_asked_for_split_evenly_across_the_variants():
+    # Given 30,000 customers, a 20 % test share and three variants
+    n, share = 30_000, 20
+    picks = [abtest.assign(42, c, share, 3) for c in range(1, n + 1)]
+    in_test = [p for p in picks if p is not None]
+    # Then about 20 % are in the test (binomial: 6,000 expected, sd ~69; 6 sd allowed)
+    assert abs(len(in_test) - n * share / 100) < 6 * (n * 0.2 * 0.8) ** 0.5
+    # And each variant gets about a third of them (sd ~37 for 2,000)
+    for v in range(3):
+        assert abs(in_test.count(v) - len(in_test) / 3) < 6 * (len(in_test) * (1 / 3) * (2 / 3)) ** 0.5
+
+
+# -- the statistics ----------------------------------------------------------------------------
+def test_two_proportion_z_test_matches_the_textbook_figures():
+    # Given 60 opens of 500 against 40 of 500
+    c = abstats.two_proportions(60, 500, 40, 500, level=0.95)
+    # Then z = 0.04 / sqrt(0.1 * 0.9 * 2/500) = 2.108, p = 0.0350 (two-sided)
+    assert c.difference == pytest.approx(0.04)
+    assert c.p_value == pytest.approx(2 * scipy_stats.norm.sf(0.04 / (0.1 * 0.9 * 2 / 500) ** 0.5), rel=1e-9)
+    assert c.p_value == pytest.approx(0.0350, abs=5e-4)
+    assert c.significant
+    # And the Wald interval is 0.04 +- 1.96 * sqrt(.12*.88/500 + .08*.92/500)
+    half = 1.959964 * (0.12 * 0.88 / 500 + 0.08 * 0.92 / 500) ** 0.5
+    assert (c.low, c.high) == (pytest.approx(0.04 - half, abs=1e-6), pytest.approx(0.04 + half, abs=1e-6))
+    # And the same rates on a tenth of the mails are not significant
+    assert not abstats.two_proportions(6, 50, 4, 50, level=0.95).significant
+
+
+def test_welch_from_sums_agrees_with_scipy_on_the_raw_revenue():
+    # Given revenue per recipient for two variants (most bought nothing)
+    a = [0.0] * 180 + [49.0, 120.5, 35.0, 80.0, 99.9] * 4
+    b = [0.0] * 190 + [20.0, 35.0, 12.5, 60.0, 15.0] * 2
+    arm_a = abstats.Arm("A", n=len(a), total=sum(a), total_sq=sum(x * x for x in a))
+    arm_b = abstats.Arm("B", n=len(b), total=sum(b), total_sq=sum(x * x for x in b))
+    # When Welch's test runs on counts and sums
+    c = abstats.welch(arm_a, arm_b, level=0.95)
+    # Then it gives scipy's answer on the raw values
+    ref = scipy_stats.ttest_ind(a, b, equal_var=False)
+    assert c.p_value == pytest.approx(ref.pvalue, rel=1e-6)
+    assert c.difference == pytest.approx(sum(a) / len(a) - sum(b) / len(b))
+    assert c.low < c.difference < c.high
+
+
+def test_the_best_variant_wins_only_when_clearly_better():
+    # Given B clearly ahead of A
+    clear = abstats.decide([abstats.Arm("A", 1000, 100), abstats.Arm("B", 1000, 160)], "opens", confidence=0.95)
+    assert clear.winner == "B" and clear.runner_up == "A" and clear.comparison.low > 0
+    # Given a small difference
+    close = abstats.decide([abstats.Arm("A", 1000, 100), abstats.Arm("B", 1000, 110)], "opens", confidence=0.95)
+    assert close.winner is None and close.best == "B"
+    assert close.comparison.low < 0 < close.comparison.high  # the interval straddles zero
+    # Given a tie, the earlier (default) variant is the best one
+    tie = abstats.decide([abstats.Arm("A", 100, 10), abstats.Arm("B", 100, 10)], "clicks", confidence=0.95)
+    assert tie.best == "A" and tie.winner is None
+
+
+def test_with_more_variants_the_bar_is_higher():
+    # Given a difference significant at 95 % (p ~ 0.035) between two arms
+    arms = [abstats.Arm("A", 500, 40), abstats.Arm("B", 500, 60)]
+    assert abstats.decide(arms, "opens", confidence=0.95).winner == "B"
+    # When a third, similar arm is in the test, Bonferroni asks p < 0.025 for each comparison
+    three = [abstats.Arm("A", 500, 40), abstats.Arm("B", 500, 60), abstats.Arm("C", 500, 41)]
+    d = abstats.decide(three, "opens", confidence=0.95)
+    # Then there is no winner, at the corrected level
+    assert d.winner is None and d.comparison.level == pytest.approx(0.975)
+
+
+# -- the variant grammar -----------------------------------------------------------------------
+def test_variants_parse_one_per_unprefixed_value_with_locale_values_added():
+    got = abtest.parse_variants(["subject=Hello {{ first_name }}", "pl:subject=Cześć", "*:preheader=New in",
+                                 "subject=Hi there", "*:template=newsletter/seasonal_sale"])
+    assert got == [{"template": None, "subjects": {"*": "Hello {{ first_name }}", "pl": "Cześć"},
+                    "preheaders": {"*": "New in"}},
+                   {"template": "newsletter/seasonal_sale", "subjects": {"*": "Hi there"}, "preheaders": {}}]
+
+
+@pytest.mark.parametrize("values, field", [
+    (["subject=A"], "variant"),
+    (["subject=A", "subject=B", "subject=C", "subject=D", "subject=E"], "variant"),
+    (["en:subject=A", "subject=B"], "variant[1]"),
+    (["subject=A", "subject="], "variant[2].subject[*]"),
+    (["subject=A", "subject=B", "en:subject=x", "en:subject=y"], "variant[2].subject[en]"),
+    (["subject=A", "colour=red"], "variant[2]"),
+    (["subject=A", "subject=B\nBcc: x"], "variant[2].subject[*]"),
+    (["subject=A", "en:template=newsletter/x"], "variant[1].template"),
+])
+def test_bad_variants_are_refused_naming_the_variant(values, field):
+    with pytest.raises(ValidationError) as err:
+        abtest.parse_variants(values)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize("wait, seconds", [("90m", 5400), ("4h", 14400), ("2d", 172800)])
+def test_waits_parse(wait, seconds):
+    assert abtest.parse_wait(wait) == seconds
+
+
+@pytest.mark.parametrize("wait", ["", "4", "30s", "31d", "4 hours", "-1h"])
+def test_bad_waits_are_refused(wait):
+    with pytest.raises(ValidationError) as err:
+        abtest.parse_wait(wait)
+    assert err.value.field == "test_wait"
+
+
+# -- creating a test (SQL: both databases) -----------------------------------------------------
+@pytest.fixture
+def app(db_url, tmp_path):
+    settings = make_settings(database_url=db_url, templates_dir=newsletter_templates(tmp_path),
+                             machine_open_window_s=0, frequency_cap=0)
+    application = App(settings)
+    yield application
+    application.close()
+
+
+AB = abtest.Settings(test_share_percent=50, winner_metric="opens", wait_s=4 * 3600, confidence=0.95)
+
+
+def _create(app, variants, ab=AB, **kw) -> int:
+    with app.session() as s:
+        return campaigns.create(s, app.settings, app.renderer, name="Spring", template=NEWS_KIND,
+                                segment="newsletter_all", data={"headline": "Spring sale"},
+                                variants=abtest.parse_variants(variants), ab=ab, **kw).id
+
+
+@pytest.mark.parametrize("variants, field", [
+    (["subject=Hi", "subject={{ cycler.__init__.__globals__ }}"], "variant[2].subject[*]"),
+    (["subject=Hi", "subject=Hi", "pl:subject={% for x in y %}{% endfor %}"], "variant[2].subject[pl]"),
+    (["subject=Hi", "*:preheader={{ nope }}", "subject=Ho"], "variant[1].preheader[*]"),
+    (["subject=Hi", "subject=Hi"], "variant[2]"),
+])
+def test_variant_subjects_go_through_the_sandbox_and_nothing_is_stored(app, variants, field):
+    with app.session() as s:
+        add_customer(s, app.settings, "ann@example.com")
+    with pytest.raises(ValidationError) as err:
+        _create(app, variants)
+    assert err.value.field == field
+    with app.session() as s:
+        assert s.execute(select(func.count()).select_from(Campaign)).scalar_one() == 0
+        assert s.execute(select(func.count()).select_from(AbTest)).scalar_one() == 0
+
+
+def test_a_test_needs_tracking_and_sane_settings(app):
+    with pytest.raises(ValidationError) as err:
+        _create(app, ["subject=A", "subject=B"], tracking=False)
+    assert err.value.field == "winner_metric"
+    with pytest.raises(ValidationError) as err:
+        _create(app, ["subject=A", "subject=B"], ab=abtest.Settings(80, "opens", 3600))
+    assert err.value.field == "test_share"
+    with pytest.raises(ValidationError) as err:
+        _create(app, ["subject=A", "subject=B"], ab=abtest.Settings(20, "likes", 3600))
+    assert err.value.field == "winner_metric"
+
+
+def test_each_variant_renders_its_own_subject_and_preheader(app):
+    with app.session() as s:
+        add_customer(s, app.settings, "ann@example.com", first_name="Ann")
+    cid = _create(app, ["subject=Spring for {{ first_name }}", "*:preheader=Fresh stock",
+                        "subject=Sale starts now", "pl:subject=Wyprzedaż"])
+    with app.session() as s:
+        options = CampaignOptions.of(s.get(Campaign, cid))
+        probe = Delivery(id=5, kind=NEWS_KIND, campaign_id=cid, customer_id=None, to_address="x@example.com",
+                         to_hash="h", locale="en", data={}, purpose="newsletter", created_at=utcnow())
+        ann = Recipient(id=None, first_name="Ann")
+        for label, locale, subject in (("A", "en", "Spring for Ann"), ("B", "en", "Sale starts now"),
+                                       ("B", "pl", "Wyprzedaż")):
+            probe.variant, probe.locale = label, locale
+            rendered, _ = personalized(app.settings, app.renderer, MailContext.of(probe, ann, campaign=options))
+            assert rendered.subject == subject
+        probe.variant, probe.locale = "A", "en"
+        rendered, _ = personalized(app.settings, app.renderer, MailContext.of(probe, ann, campaign=options))
+        assert rendered.preheader == "Fresh stock"
+
+
+# -- the life of a test in process -------------------------------------------------------------
+def _fan_out(app) -> None:
+    cid = _cid(app)
+    while campaign_actors.fan_out_batch(app, cid, batch_size=37):
+        pass
+
+
+def _cid(app) -> int:
+    with app.session() as s:
+        return s.execute(select(Campaign.id)).scalar_one()
+
+
+def _mark_sent(app, cid, when) -> None:
+    with app.session() as s:
+        s.execute(update(Delivery).where(Delivery.campaign_id == cid, Delivery.status == DeliveryStatus.queued)
+                  .values(status=DeliveryStatus.sent, sent_at=when))
+
+
+def test_test_share_wait_decision_and_the_rest_each_recipient_once(app):
+    # Given 200 consenting customers and an A/B test on half of them, opens deciding
+    with app.session() as s:
+        ids = [add_customer(s, app.settings, f"r{i}@example.com").id for i in range(200)]
+    cid = _create(app, ["subject=Plain", "subject=Urgent: sale ends"])
+    with app.session() as s:
+        campaigns.send(s, app.settings, cid)
+    # When the fan-out runs (in batches of 37)
+    _fan_out(app)
+    with app.session() as s:
+        rows = s.execute(select(Delivery.customer_id, Delivery.variant).where(Delivery.campaign_id == cid)).all()
+        test = s.get(AbTest, cid)
+        expected = {c: "AB"[abtest.assign(cid, c, 50, 2)] for c in ids if abtest.assign(cid, c, 50, 2) is not None}
+        # Then exactly the test share got deliveries, each with the variant of the split
+        assert dict(rows) == expected
+        assert {"A", "B"} == set(expected.values())
+        assert test.state == abtest.WAITING
+        ends = test.test_ends_at
+    sent_at = utcnow()
+    _mark_sent(app, cid, sent_at)
+    # And the campaign is not complete while the test waits
+    with app.session() as s:
+        campaigns.finish_completed(s)
+        assert s.get(Campaign, cid).status is CampaignStatus.running
+    # Given B's recipients open far more often (humans, an hour after delivery)
+    with app.session() as s:
+        for d_id, variant in s.execute(select(Delivery.id, Delivery.variant).where(Delivery.campaign_id == cid)
+                                       .order_by(Delivery.id)).all():
+            if variant == "B" or d_id % 10 == 0:
+                tracking.record_open(s, app.settings, tracking.Link(d_id), ip="198.51.100.7", user_agent=HUMAN_UA,
+                                     now=sent_at + timedelta(hours=1))
+    # When the decision runs before the wait is over, nothing happens
+    assert abtest.decide(app, cid, now=ends - timedelta(minutes=1)) is None
+    # When it runs at the end of the wait, B wins; a second run changes nothing
+    assert abtest.decide(app, cid, now=ends) == "B"
+    assert abtest.decide(app, cid, now=ends) is None
+    with app.session() as s:
+        test = s.get(AbTest, cid)
+        assert test.state == abtest.DECIDED and test.winner == "B" and test.decision["no_winner"] is False
+        assert test.decision["interval"][0] > 0
+    # And the rest of the segment gets B only, and every customer has exactly one delivery
+    _fan_out(app)
+    with app.session() as s:
+        rows = s.execute(select(Delivery.customer_id, Delivery.variant).where(Delivery.campaign_id == cid)).all()
+        assert sorted(c for c, _ in rows) == sorted(ids)
+        rest = [v for c, v in rows if c not in expected]
+        assert rest and set(rest) == {"B"}
+        summary = reports.ab_summary(s, cid)
+    assert summary["state"] == "decided" and summary["winner"] == "B"
+    assert [v["label"] for v in summary["variants"]] == ["A", "B"]
+
+
+def test_no_significant_difference_sends_the_default_and_says_so(app):
+    with app.session() as s:
+        ids = [add_customer(s, app.settings, f"r{i}@example.com").id for i in range(60)]
+    cid = _create(app, ["subject=Plain", "subject=Other"])
+    with app.session() as s:
+        campaigns.send(s, app.settings, cid)
+    _fan_out(app)
+    sent_at = utcnow()
+    _mark_sent(app, cid, sent_at)
+    with app.session() as s:
+        test_ids = dict(s.execute(select(Delivery.id, Delivery.variant).where(Delivery.campaign_id == cid)).all())
+        # One open for each variant: no evidence either way
+        for label in ("A", "B"):
+            d_id = next(d for d, v in test_ids.items() if v == label)
+            tracking.record_open(s, app.settings, tracking.Link(d_id), ip="198.51.100.7", user_agent=HUMAN_UA,
+                                 now=sent_at + timedelta(hours=1))
+        ends = s.get(AbTest, cid).test_ends_at
+    assert abtest.decide(app, cid, now=ends) == "A"
+    _fan_out(app)
+    with app.session() as s:
+        test = s.get(AbTest, cid)
+        assert test.decision["no_winner"] is True and test.winner == "A"
+        low, high = test.decision["interval"]
+        assert low < 0 < high
+        rows = s.execute(select(Delivery.customer_id, Delivery.variant).where(Delivery.campaign_id == cid)).all()
+        assert sorted(c for c, _ in rows) == sorted(ids)
+        assert {v for d, v in s.execute(select(Delivery.id, Delivery.variant)
+                                        .where(Delivery.campaign_id == cid)).all() if d not in test_ids} == {"A"}
+
+
+def test_a_crash_after_the_decision_is_resumed_by_the_sweeper(app):
+    # Given a test decided, whose fan-out message was lost (no broker in this process)
+    with app.session() as s:
+        for i in range(30):
+            add_customer(s, app.settings, f"r{i}@example.com")
+    cid = _create(app, ["subject=Plain", "subject=Other"])
+    with app.session() as s:
+        campaigns.send(s, app.settings, cid)
+    _fan_out(app)
+    with app.session() as s:
+        ends = s.get(AbTest, cid).test_ends_at
+        s.execute(update(AbTest).values(test_ends_at=utcnow() - timedelta(seconds=1)))
+    assert ends is not None
+    # When the sweeper hook runs, it decides the due test
+    with app.session() as s:
+        assert abtest.due(s) == [cid]
+    abtest.sweep_hook(app)
+    with app.session() as s:
+        assert s.get(AbTest, cid).state == abtest.DECIDED
+        c = s.get(Campaign, cid)
+        # Then the campaign's fan-out is rewound and open, so the stalled-fan-out check restarts it
+        assert c.cursor == 0 and c.fanout_done is False
+        assert abtest.due(s) == []
