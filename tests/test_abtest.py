@@ -3,9 +3,11 @@ the whole life of a test in process (test share, wait, decision, the rest) on bo
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
+from click.testing import CliRunner
 from scipy import stats as scipy_stats
 from sqlalchemy import func, select, update
 
@@ -13,6 +15,7 @@ from mailer.app import App
 from mailer.campaigns import abstats, abtest, reports
 from mailer.campaigns import fanout as campaign_actors
 from mailer.campaigns import service as campaigns
+from mailer.cli import main
 from mailer.clock import utcnow
 from mailer.delivery.compose import personalized
 from mailer.delivery.mail import CampaignOptions, MailContext, Recipient
@@ -333,3 +336,71 @@ def test_a_crash_after_the_decision_is_resumed_by_the_sweeper(app):
         # Then the campaign's fan-out is rewound and open, so the stalled-fan-out check restarts it
         assert c.cursor == 0 and c.fanout_done is False
         assert abtest.due(s) == []
+
+
+# -- the command line --------------------------------------------------------------------------
+def _env(app) -> dict:
+    s = app.settings
+    return {"MAILER_DATABASE_URL": s.database_url, "MAILER_BROKER_URL": "stub://",
+            "MAILER_SMTP_URL": "memory://cli", "MAILER_SECRET_KEY": s.secret_key,
+            "MAILER_TEMPLATES_DIR": str(s.templates_dir), "MAILER_SEGMENTS_DIR": str(s.segments_dir),
+            "COLUMNS": "200"}
+
+
+def test_cli_creates_a_test_shows_its_state_and_reports_the_decision(app, tmp_path):
+    runner = CliRunner()
+    env = _env(app)
+    with app.session() as s:
+        for i in range(40):
+            add_customer(s, app.settings, f"r{i}@example.com", locale=("en", "pl")[i % 2])
+    base = ["campaign", "create", "--name", "Spring AB", "--template", NEWS_KIND, "--segment", "newsletter_all",
+            "--data", '{"headline": "Spring"}']
+    # A variant subject that is code is refused, naming the variant, its field and locale
+    bad = runner.invoke(main, [*base, "--variant", "subject=Hello", "--variant", "subject=Hi",
+                               "--variant", "en:subject={{ ''.__class__ }}", "--test-share", "20",
+                               "--winner-metric", "opens", "--test-wait", "4h"], env=env)
+    assert bad.exit_code == 2 and "variant[2].subject[en]" in bad.output, bad.output
+    # Test options without variants are a usage error
+    lone = runner.invoke(main, [*base, "--test-share", "20"], env=env)
+    assert lone.exit_code == 2 and "--variant" in lone.output
+    with app.session() as s:
+        assert s.execute(select(func.count()).select_from(Campaign)).scalar_one() == 0
+    # When the marketer creates a test of two subjects on 50 %, by clicks, 4 hours, 90 %
+    made = runner.invoke(main, [*base, "--variant", "subject=Hello {{ first_name }}", "--variant", "pl:subject=Cześć",
+                                "--variant", "subject=Last days of spring", "--test-share", "50",
+                                "--winner-metric", "clicks", "--test-wait", "4h", "--confidence", "0.9"], env=env)
+    assert made.exit_code == 0, made.output
+    cid = int(made.stdout.strip().splitlines()[-1])
+    with app.session() as s:
+        test = s.get(AbTest, cid)
+        assert (test.test_share_percent, test.winner_metric, test.wait_s, test.confidence) == (50, "clicks", 14400, 0.9)
+        assert [v["label"] for v in s.get(Campaign, cid).variants] == ["A", "B"]
+        campaigns.send(s, app.settings, cid)
+    _fan_out(app)
+    # Then status says it is testing until the end of the wait
+    status = runner.invoke(main, ["campaign", "status", str(cid)], env=env)
+    assert status.exit_code == 0 and "testing until" in status.output, status.output
+    preview = runner.invoke(main, ["campaign", "preview", str(cid), "--email", "r1@example.com", "--variant", "B",
+                                   "-o", str(tmp_path / "b.html")], env=env)
+    assert preview.exit_code == 0 and "Last days of spring" in preview.output, preview.output
+    # Given B's mails are clicked and the wait is over
+    sent_at = utcnow()
+    _mark_sent(app, cid, sent_at)
+    with app.session() as s:
+        for d_id, variant in s.execute(select(Delivery.id, Delivery.variant).where(Delivery.campaign_id == cid)).all():
+            if variant == "B":
+                tracking.record_click(s, app.settings, tracking.Link(d_id, url="https://shop.example.com/"),
+                                      ip="198.51.100.7", user_agent=HUMAN_UA, now=sent_at + timedelta(hours=1))
+        ends = s.get(AbTest, cid).test_ends_at
+    assert abtest.decide(app, cid, now=ends) == "B"
+    # Then status and the report say B won, with the interval, and show each variant's figures
+    status = runner.invoke(main, ["campaign", "status", str(cid), "--json"], env=env)
+    data = json.loads(status.output[status.output.index("{"):])
+    assert data["ab_test"]["state"] == "decided" and data["ab_test"]["winner"] == "B"
+    assert data["ab_test"]["variants"][1]["unique_clicks"] > 0 == data["ab_test"]["variants"][0]["unique_clicks"]
+    table = runner.invoke(main, ["campaign", "status", str(cid)], env=env)
+    assert "decided: B won" in table.output and "interval" in table.output, table.output
+    out = tmp_path / "report.html"
+    assert runner.invoke(main, ["campaign", "report", str(cid), "-o", str(out)], env=env).exit_code == 0
+    page = out.read_text(encoding="utf-8")
+    assert "A/B test" in page and "decided: B won" in page and "Last days of spring" in page

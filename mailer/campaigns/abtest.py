@@ -163,6 +163,9 @@ class Settings:
         if self.winner_metric not in METRICS:
             raise ValidationError(f"--winner-metric {self.winner_metric!r}: one of {', '.join(METRICS)}",
                                   field="winner_metric")
+        if self.winner_metric == "revenue" and "attributions" not in Delivery.metadata.tables:
+            raise ValidationError("--winner-metric revenue needs revenue attribution, which this installation "
+                                  "lacks; use opens or clicks", field="winner_metric")
         share = self.test_share_percent
         if not isinstance(share, (int, float)) or not MIN_SHARE_PERCENT <= share <= MAX_SHARE_PERCENT:
             raise ValidationError(f"--test-share must be {MIN_SHARE_PERCENT:g}-{MAX_SHARE_PERCENT:g} (percent of the "
