@@ -31,6 +31,10 @@ Tables and what they are for:
 * ``orders``           the shop's orders (events and imports), in the order's and the shop's currency;
                        the prediction models are fitted on them (mailer/customers/orders.py).
 * ``prediction_fits``  every fit of the prediction models: when, as of which day, parameters.
+* ``attributions``     one row per attributed order: the campaign or automation send it goes to
+                       (last click, else last human open), amount and currency, reversal
+                       (mailer/customers/attribution.py).
+* ``campaign_actions`` every pause and resume of a campaign: who or which brake, and the figures.
 * ``instance_secrets`` secrets born with the database (the address-hash salt); see
                        mailer/instance_secrets.py.  Back them up with the data.
 """
@@ -396,6 +400,11 @@ class Campaign(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: The brake that paused it (``complaint_rate``, ``hard_bounce_rate``); NULL when a person paused it
+    #: or it runs. Cleared by resume; ``campaign_actions`` keeps the history.
+    brake: Mapped[str | None] = mapped_column(String(30))
+    #: The figures the brake acted on (sent, complaints, hard bounces, rates, thresholds).
+    brake_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     def __repr__(self) -> str:
         return f"<Campaign id={self.id} name={self.name!r} status={self.status.value if self.status else None}>"
@@ -776,3 +785,68 @@ class PredictionFit(Base):
 
     def __repr__(self) -> str:
         return f"<PredictionFit id={self.id} as_of={self.as_of} status={self.status!r}>"
+
+
+class Attribution(Base):
+    """One attributed order: the campaign or automation send that gets its revenue.
+
+    One order, one send (``order_id`` is unique).  Per-variant or per-anything figures
+    are a join on ``delivery_id``.
+    """
+
+    __tablename__ = "attributions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    order_id: Mapped[int] = mapped_column(BigId, ForeignKey("orders.id", ondelete="CASCADE"), unique=True)
+    customer_id: Mapped[int] = mapped_column(BigId, ForeignKey("customers.id", ondelete="CASCADE"))
+    delivery_id: Mapped[int] = mapped_column(BigId, ForeignKey("deliveries.id", ondelete="CASCADE"))
+    campaign_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("campaigns.id", ondelete="CASCADE"))
+    #: The automation rule of the send (``deliveries.automation``); NULL for a campaign send.
+    automation: Mapped[str | None] = mapped_column(String(100))
+    #: The order's currency (ISO 4217) and total in it; NULL amount when the order carried no total.
+    currency: Mapped[str] = mapped_column(String(3))
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
+    #: ``click`` (last tracked click within MAILER_ATTRIBUTION_CLICK_DAYS) or ``open``
+    #: (last human open within MAILER_ATTRIBUTION_OPEN_HOURS).
+    basis: Mapped[str] = mapped_column(String(10))
+    #: When the click or open happened, and when the order was placed.
+    touched_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    placed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    attributed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: Set when the order was cancelled or refunded; the figures leave it out then.
+    reversed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: ``cancelled`` or ``refunded``.
+    reversal: Mapped[str | None] = mapped_column(String(20))
+
+    __table_args__ = (
+        # Campaign figures: one campaign's attributions, the reversed ones left out.
+        Index("ix_attributions_campaign", "campaign_id", "reversed_at"),
+        # Automation figures, per rule.
+        Index("ix_attributions_automation", "automation", "reversed_at"),
+        # Per-delivery joins (A/B variants, deletion of a delivery).
+        Index("ix_attributions_delivery", "delivery_id"),
+    )
+
+    def __repr__(self) -> str:
+        return (f"<Attribution id={self.id} order_id={self.order_id} delivery_id={self.delivery_id} "
+                f"basis={self.basis!r}>")
+
+
+class CampaignAction(Base):
+    """A pause or resume of a campaign: by a person (``cli``, ``console``) or by a brake, with its figures."""
+
+    __tablename__ = "campaign_actions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(BigId, ForeignKey("campaigns.id", ondelete="CASCADE"))
+    #: ``paused`` or ``resumed``.
+    action: Mapped[str] = mapped_column(String(20))
+    #: Who: ``brake:complaint_rate``, ``brake:hard_bounce_rate``, ``cli``, ``console``, ``api``.
+    actor: Mapped[str] = mapped_column(String(100))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index("ix_campaign_actions_campaign", "campaign_id", "occurred_at"),)
+
+    def __repr__(self) -> str:
+        return f"<CampaignAction id={self.id} campaign_id={self.campaign_id} action={self.action!r}>"

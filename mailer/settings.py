@@ -178,6 +178,23 @@ class Settings:
     spend_tier_quantiles: str = "0.5,0.8"
     #: The worker refits the prediction models and rescores every customer once a day (0 = off).
     predictions_daily_refit: bool = True
+    #: An order goes to the send whose tracked link the customer clicked last within this many days.
+    attribution_click_days: int = 5
+    #: Failing a click, to the send the customer last opened (human opens only) within this many hours.
+    attribution_open_hours: int = 24
+    #: The shop's own domains (comma separated; subdomains included): their links in campaign mail get
+    #: ``utm_source``, ``utm_medium=email`` and ``utm_campaign`` unless they already carry them.
+    shop_domains: tuple[str, ...] = ()
+    #: Brake: a running campaign pauses itself when complaints / sent reach this share (0.003 = 0.3%; 0 = off).
+    max_complaint_rate: float = 0.003
+    #: Brake: a running campaign pauses itself when hard bounces / attempted pass this share (0.05 = 5%; 0 = off).
+    max_hard_bounce_rate: float = 0.05
+    #: The brakes act only once a campaign has sent at least this many mails.
+    brake_min_sent: int = 1000
+    #: ``From`` of marketing mail (campaigns, marketing automations), e.g. on a news. subdomain; empty: MAILER_FROM_ADDRESS.
+    marketing_from: str = ""
+    #: ``From`` of transactional mail (notices), e.g. on an orders. subdomain; empty: MAILER_FROM_ADDRESS.
+    transactional_from: str = ""
 
     @property
     def signing_keys(self) -> tuple[str, ...]:

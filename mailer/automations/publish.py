@@ -8,7 +8,9 @@ The HTTP ``POST /v1/events``, ``mailer events publish`` and Python callers
 2. in **one transaction**: stores the ``shop_events`` row (its ``Idempotency-Key`` is
    unique: the same key again returns the first event and changes nothing), finds or
    creates the customer, applies ``customer_updated`` / ``order_placed`` to the
-   customer record (an ``order_placed`` is kept in ``orders`` too), and runs the automations (cancel, schedule, merge, claim codes).
+   customer record (an ``order_placed`` is kept in ``orders`` too and attributed to the
+   campaign or automation send that brought it; ``order_cancelled`` / ``order_refunded``
+   mark it and reverse that), and runs the automations (cancel, schedule, merge, claim codes).
    Any error rolls all of it back: nothing is half-applied;
 3. after the commit, enqueues the sends that are due now (and, as a fast path, the
    scheduled ones with a Dramatiq ``delay``; the database row decides either way).
@@ -30,12 +32,13 @@ from mailer.app import App, get_app
 from mailer.automations.engine import handle, wake
 from mailer.automations.rules import load
 from mailer.clock import utcnow
+from mailer.customers.attribution import attribute_order, reverse_order
 from mailer.customers.orders import record_order
 from mailer.db import insert_or_ignore
 from mailer.errors import ControlFlow, ValidationError
 from mailer.events.schemas import _CONTROL, IDEMPOTENCY_KEY_MAX_CHARS, Published, Snapshot, validate
 from mailer.instance_secrets import address_hash_salt
-from mailer.models import Customer, CustomerTag, ShopEvent
+from mailer.models import Customer, CustomerTag, OrderStatus, ShopEvent
 from mailer.settings import Settings
 
 log = logging.getLogger("mailer.events")
@@ -149,8 +152,15 @@ def publish(type: str, data: dict, *, idempotency_key: str | None = None, settin
                     if customer.last_order_at is None or placed > customer.last_order_at:
                         customer.last_order_at = placed
                     total = Decimal(str(cleaned["total"])) if "total" in cleaned else None
-                    record_order(s, app.settings, customer.id, cleaned["order_number"], placed_at=placed,
-                                 total=total, currency=cleaned.get("currency"))
+                    order_id = record_order(s, app.settings, customer.id, cleaned["order_number"],
+                                            placed_at=placed, total=total, currency=cleaned.get("currency"))
+                    attribute_order(s, app.settings, order_id, now=now)
+                elif type in ("order_cancelled", "order_refunded"):
+                    status = OrderStatus.cancelled if type == "order_cancelled" else OrderStatus.refunded
+                    when = _parse_time(cleaned["occurred_at"]) if "occurred_at" in cleaned else now
+                    order_id = record_order(s, app.settings, customer.id, cleaned["order_number"], placed_at=when,
+                                            status=status)
+                    reverse_order(s, order_id, now=now)
                 s.flush()
             actions = handle(s, app, rules, event, customer, before, now)
             event.processed_at = utcnow()

@@ -42,7 +42,17 @@ from sqlalchemy.orm import Session
 from mailer.campaigns import abstats
 from mailer.clock import utcnow
 from mailer.errors import ValidationError
-from mailer.models import AbTest, Campaign, CampaignStatus, Delivery, DeliveryStatus, TrackingEvent, TrackingKind
+from mailer.models import (
+    AbTest,
+    Attribution,
+    Campaign,
+    CampaignStatus,
+    Delivery,
+    DeliveryStatus,
+    Order,
+    TrackingEvent,
+    TrackingKind,
+)
 from mailer.queue import port
 
 log = logging.getLogger("mailer.campaigns")
@@ -163,9 +173,6 @@ class Settings:
         if self.winner_metric not in METRICS:
             raise ValidationError(f"--winner-metric {self.winner_metric!r}: one of {', '.join(METRICS)}",
                                   field="winner_metric")
-        if self.winner_metric == "revenue" and "attributions" not in Delivery.metadata.tables:
-            raise ValidationError("--winner-metric revenue needs revenue attribution, which this installation "
-                                  "lacks; use opens or clicks", field="winner_metric")
         share = self.test_share_percent
         if not isinstance(share, (int, float)) or not MIN_SHARE_PERCENT <= share <= MAX_SHARE_PERCENT:
             raise ValidationError(f"--test-share must be {MIN_SHARE_PERCENT:g}-{MAX_SHARE_PERCENT:g} (percent of the "
@@ -283,17 +290,20 @@ def arms(session: Session, campaign_id: int, metric: str, labels: tuple[str, ...
 def revenue_by_variant(session: Session, campaign_id: int) -> dict[str, tuple[float, float, int]]:
     """Attributed revenue per variant: (sum, sum of squares per recipient, recipients who bought).
 
-    Needs the ``attributions`` table (revenue attribution); without it every variant has 0.
+    In the shop's currency (``orders.total_shop``, converted with MAILER_FX_RATES_FILE), so
+    orders in several currencies add up; an order without a shop-currency total counts 0.
+    Reversed attributions (cancelled, refunded orders) do not count.
     """
-    attributions = Delivery.metadata.tables.get("attributions")
-    if attributions is None:
-        return {}
-    a = attributions.c
-    # Revenue per delivery first (a recipient may have several attributed orders), then the
-    # sums per variant; reversed attributions (refunds, cancellations) do not count.
-    per_delivery = (select(Delivery.variant.label("variant"), func.sum(a.amount).label("revenue"))
-                    .join(Delivery, Delivery.id == a.delivery_id)
-                    .where(Delivery.campaign_id == campaign_id, a.reversed_at.is_(None))
+    # Revenue per delivery first (a recipient may have several attributed orders; the
+    # campaign's attributions via ix_attributions_campaign, orders by primary key), then the
+    # sums per variant over those per-delivery totals.
+    per_delivery = (select(Delivery.variant.label("variant"),
+                           func.coalesce(func.sum(Order.total_shop), 0).label("revenue"))
+                    .select_from(Attribution)
+                    .join(Delivery, Delivery.id == Attribution.delivery_id)
+                    .join(Order, Order.id == Attribution.order_id)
+                    .where(Attribution.campaign_id == campaign_id, Attribution.reversed_at.is_(None),
+                           Delivery.variant.is_not(None))
                     .group_by(Delivery.id, Delivery.variant).subquery())
     rows = session.execute(select(per_delivery.c.variant, func.sum(per_delivery.c.revenue),
                                   func.sum(per_delivery.c.revenue * per_delivery.c.revenue),

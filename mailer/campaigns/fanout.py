@@ -79,7 +79,7 @@ def fan_out_batch(app, campaign_id: int, *, batch_size: int | None = None, now: 
             if broken is not None:
                 # The segment file was removed or broken after the campaign was created:
                 # stop here (paused, nothing more is sent) rather than retry forever.
-                campaigns.pause(s, campaign_id)
+                campaigns.pause(s, campaign_id, actor="fanout:segment-broken")
                 log.error("campaign %s paused: its segment %r cannot be loaded: %s; fix the segment file and "
                           "run: mailer campaign resume %s", campaign_id, c.segment, broken, campaign_id)
                 return False

@@ -15,6 +15,10 @@ Definitions (the same in ``mailer campaign status``, the HTML report and the doc
 * **complaints**: deliveries with a spam complaint (feedback loop report).
 * Rates use *sent + bounced* (attempted deliveries that reached a mailbox provider) for
   the bounce rate and *sent* for the others; click-to-open is clicks / human opens.
+* **attributed orders** / **attributed revenue** (per currency): orders attributed to the
+  campaign (last click, else last human open; reversed ones left out);
+  **conversion rate** is converted customers / recipients (sent + bounced), **revenue per
+  recipient** is revenue / recipients, per currency.
 
 An A/B-tested campaign also has :func:`ab_summary`: each variant's figures (sent, unique
 human opens, unique clicks, attributed revenue, and their rates per sent mail), the test's
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from html import escape
 
 from sqlalchemy import distinct, func, literal_column, or_, select, union
@@ -38,6 +43,8 @@ from sqlalchemy.orm import Session
 
 from mailer.campaigns import abtest
 from mailer.clock import utcnow
+from mailer.customers import attribution
+from mailer.delivery import brakes
 from mailer.errors import NotFound
 from mailer.models import AbTest, Bounce, Campaign, CsatRating, Delivery, DeliveryStatus, TrackingEvent, TrackingKind
 
@@ -67,6 +74,15 @@ class Figures:
     unsubscribes: int = 0
     complaints: int = 0
     rates: dict = field(default_factory=dict)
+    #: Revenue attribution (mailer/customers/attribution.py): orders not reversed, revenue per
+    #: currency (decimal strings), converted customers / sent, revenue per currency / sent.
+    attributed_orders: int = 0
+    attributed_revenue: dict = field(default_factory=dict)
+    conversion_rate: float = 0.0
+    revenue_per_recipient: dict = field(default_factory=dict)
+    #: The brake that paused the campaign and its figures (mailer/delivery/brakes.py), if one did.
+    brake: str | None = None
+    brake_detail: dict | None = None
 
     @property
     def done(self) -> int:
@@ -137,6 +153,13 @@ def figures(session: Session, campaign_id: int) -> Figures:
         "bounce_rate": _rate(f.bounced, f.sent + f.bounced),
         "complaint_rate": _rate(f.complaints, f.sent),
     }
+    money = attribution.campaign_revenue(session, c.id)
+    recipients = f.sent + f.bounced
+    f.attributed_orders = money.orders
+    f.attributed_revenue = {cur: str(v) for cur, v in sorted(money.revenue.items())}
+    f.conversion_rate = money.conversion_rate(recipients)
+    f.revenue_per_recipient = {cur: str(v) for cur, v in sorted(money.per_recipient(recipients).items())}
+    f.brake, f.brake_detail = c.brake, c.brake_detail
     return f
 
 
@@ -346,6 +369,11 @@ def html_report(session: Session, campaign_id: int, *, generated_at: datetime | 
     rates = [("Open rate", f.rates["open_rate"]), ("Click rate", f.rates["click_rate"]),
              ("Click-to-open", f.rates["click_to_open"]), ("Unsubscribe rate", f.rates["unsubscribe_rate"]),
              ("Bounce rate", f.rates["bounce_rate"]), ("Complaint rate", f.rates["complaint_rate"])]
+    money = [("Attributed orders", f"{f.attributed_orders:,}"), ("Conversion rate", _pct(f.conversion_rate))]
+    money += [(f"Revenue ({escape(cur)})", f"{Decimal(v):,.2f}") for cur, v in f.attributed_revenue.items()]
+    money += [(f"Revenue per recipient ({escape(cur)})", f"{Decimal(v):,.2f}")
+              for cur, v in f.revenue_per_recipient.items()]
+    money_html = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in money)
     fig_html = "".join(f"<tr><th>{k}</th><td>{v:,}</td></tr>" for k, v in rows)
     rate_html = "".join(f"<tr><th>{escape(k)}</th><td>{_pct(v)}</td></tr>" for k, v in rates)
     link_html = "".join(f'<tr><td class="url">{escape(u)}</td><td>{n:,}</td><td>{uq:,}</td></tr>'
@@ -357,12 +385,14 @@ def html_report(session: Session, campaign_id: int, *, generated_at: datetime | 
            "max-width:900px}h1{margin-bottom:4px}.muted{color:#777}table{border-collapse:collapse;margin:12px 0}"
            "th,td{padding:4px 12px;border-bottom:1px solid #eee;text-align:left}td{text-align:right}"
            "td.url{text-align:left;word-break:break-all}.grid{display:flex;gap:0 32px;flex-wrap:wrap;"
-           "align-items:flex-start}@media (max-width:520px){body{margin:12px}}" + CHART_CSS)
+           "align-items:flex-start}.alert{background:#fdecea;border-left:4px solid #d62728;padding:8px 12px}@media (max-width:520px){body{margin:12px}}" + CHART_CSS)
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width, initial-scale=1"><title>Campaign {f.campaign_id}: {escape(f.name)}</title>'
             f"<style>{css}</style></head><body><h1>Campaign {f.campaign_id}: {escape(f.name)}</h1>"
             f'<p class="muted">{meta}</p><div class="grid"><table><caption>Figures</caption>{fig_html}</table>'
-            f"<table><caption>Rates</caption>{rate_html}</table></div>{_ab_html(ab_summary(session, campaign_id))}"
+            f"<table><caption>Rates</caption>{rate_html}</table>"
+            f'<table id="revenue"><caption>Revenue (attributed)</caption>{money_html}</table></div>'
+            f"{_brake_html(session, f)}{_ab_html(ab_summary(session, campaign_id))}"
             f"<h2>Opens and clicks over time</h2>{svg_chart(tl)}"
             f"<h2>Most clicked links</h2><table><tr><th>Link</th><th>Clicks</th><th>Unique</th></tr>{link_html}"
             f'</table><p class="muted">Generated {when} by mailer. Machine opens (privacy proxies, scanners) '
@@ -465,6 +495,31 @@ def _ab_html(summary: dict | None) -> str:
     return (f'<h2>A/B test</h2><p class="decision">{escape(ab_line(summary))}</p>'
             f"<table><tr><th>Variant</th><th>What differs</th><th>Sent</th><th>Unique opens</th>"
             f"<th>Unique clicks</th><th>Revenue (per recipient)</th></tr>{rows}</table>{decided}")
+
+
+def _brake_html(session: Session, f: Figures) -> str:
+    """The brake that paused the campaign (with its figures), every pause and resume, and the
+    unsubscribe latency of the campaign's links against the 2-day limit."""
+    parts = []
+    if f.brake:
+        d = f.brake_detail or {}
+        parts.append(f'<p id="brake" class="alert"><strong>Paused by the {escape(f.brake)} brake</strong>: '
+                     f"{d.get('complaints', 0):,} complaints and {d.get('hard_bounces', 0):,} hard bounces in "
+                     f"{d.get('sent', 0):,} sent (complaint rate {d.get('complaint_rate', 0) * 100:.3f} %, limit "
+                     f"{d.get('max_complaint_rate', 0) * 100:.2f} %; hard-bounce rate "
+                     f"{d.get('hard_bounce_rate', 0) * 100:.2f} %, limit {d.get('max_hard_bounce_rate', 0) * 100:.1f}"
+                     " %). Resume it explicitly with <code>mailer campaign resume</code>.</p>")
+    history = brakes.actions(session, f.campaign_id)
+    if history:
+        rows = "".join(f"<tr><td>{a.occurred_at:%Y-%m-%d %H:%M:%S} UTC</td><td>{escape(a.action)}</td>"
+                       f"<td>{escape(a.actor)}</td></tr>" for a in history)
+        parts.append(f'<table id="actions"><caption>Pauses and resumes</caption>{rows}</table>')
+    latency = brakes.unsubscribe_latency(session, campaign_id=f.campaign_id)
+    verdict = "within" if latency.within_limit else "OVER"
+    parts.append(f'<p id="unsubscribe-latency" class="muted">Unsubscribe latency: {latency.unsubscribes:,} '
+                 f"unsubscribes; {latency.mailed_after:,} still got marketing mail after the click (worst "
+                 f"{latency.max_s / 3600:.1f} h); {verdict} the 2-day limit.</p>")
+    return "".join(parts)
 
 
 # -- CSAT -------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ Life cycle::
   (:mod:`mailer.campaigns.fanout`), which streams the segment in keyset batches and
   creates one delivery per recipient under the idempotency key
   ``campaign:<id>:<customer id>``; see there for resuming without resending.
-* **Pause** holds every delivery not yet sent (status ``held``), and the delivery gate
+* **Pause** (by a person, or by a brake: :mod:`mailer.delivery.brakes`, complaint or
+  hard-bounce rate; recorded in ``campaign_actions`` either way) holds every delivery
+  not yet sent (status ``held``), and the delivery gate
   holds any that a worker had already picked up; **resume** releases them.  **Cancel**
   cancels every delivery not yet sent.  Either way at most the mails already in a
   worker's hands at that instant (one per worker thread) still go out.
@@ -41,6 +43,7 @@ from mailer import segments
 from mailer.addresses import email_hash, normalize
 from mailer.campaigns import abtest
 from mailer.clock import utcnow
+from mailer.delivery import brakes
 from mailer.delivery.compose import personalized
 from mailer.delivery.mail import CampaignOptions, MailContext
 from mailer.errors import InvalidState, NotFound, TemplateError, ValidationError
@@ -362,21 +365,15 @@ def send(session: Session, settings: Settings, campaign_id: int, *, now: datetim
     return c
 
 
-def pause(session: Session, campaign_id: int) -> int:
-    """Pause: hold every delivery not yet sent; returns how many were held."""
+def pause(session: Session, campaign_id: int, *, actor: str = "cli") -> int:
+    """Pause: hold every delivery not yet sent, recorded with ``actor``; returns how many were held."""
     c = get(session, campaign_id)
     if c.status not in (CampaignStatus.running, CampaignStatus.scheduled):
         raise InvalidState(f"campaign {c.id} is {c.status.value}; only a running or scheduled one can be paused")
-    c.status = CampaignStatus.paused
-    session.flush()
-    # One UPDATE over the (campaign_id, status) index; rows a worker holds under a lease
-    # are stopped by the gate (it sees the paused campaign) instead.
-    res = session.execute(update(Delivery)
-                          .where(Delivery.campaign_id == c.id,
-                                 Delivery.status.in_([DeliveryStatus.queued, DeliveryStatus.scheduled]))
-                          .values(status=DeliveryStatus.held, reason="campaign paused", updated_at=utcnow())
-                          .execution_options(synchronize_session=False))
-    return res.rowcount
+    held = brakes.pause_campaign(session, c.id, actor=actor)
+    if held is None:
+        raise InvalidState(f"campaign {c.id} was paused or finished meanwhile")
+    return held
 
 
 def release_held(session: Session, campaign_id: int) -> None:
@@ -395,12 +392,14 @@ def release_held(session: Session, campaign_id: int) -> None:
                     .execution_options(synchronize_session=False))
 
 
-def resume(session: Session, campaign_id: int, *, now: datetime | None = None) -> Campaign:
-    """Resume a paused campaign; the caller enqueues its deliveries and fan-out after commit."""
+def resume(session: Session, campaign_id: int, *, now: datetime | None = None, actor: str = "cli") -> Campaign:
+    """Resume a paused campaign (also one a brake paused: always an explicit act, recorded with
+    ``actor``); the caller enqueues its deliveries and fan-out after commit."""
     now = now or utcnow()
     c = get(session, campaign_id)
     if c.status is not CampaignStatus.paused:
         raise InvalidState(f"campaign {c.id} is {c.status.value}; only a paused one can be resumed")
+    brakes.record_resume(session, c, actor=actor, now=now)
     if c.started_at is None and c.send_at is not None and c.send_at > now:
         c.status = CampaignStatus.scheduled
     else:

@@ -12,7 +12,7 @@ from mailer.web import apikeys
 
 @main.group("apikey")
 def apikey_group() -> None:
-    """Bearer keys for the HTTP API, each with scopes: notices, events, consents, customers, gdpr."""
+    """Bearer keys for the HTTP API, each with scopes: notices, events, consents, customers, gdpr, reports."""
 
 
 @apikey_group.command("create")

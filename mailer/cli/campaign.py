@@ -233,8 +233,22 @@ def _figures_table(f) -> Table:
                                            f"{r['click_to_open'] * 100:.1f} % of openers)"),
                          ("unsubscribes", f"{f.unsubscribes}  ({r['unsubscribe_rate'] * 100:.2f} %)"),
                          ("complaints", f"{f.complaints}  ({r['complaint_rate'] * 100:.3f} %)"),
-                         ("bounce rate", f"{r['bounce_rate'] * 100:.2f} %")):
+                         ("bounce rate", f"{r['bounce_rate'] * 100:.2f} %"),
+                         ("attributed orders", f"{f.attributed_orders}  ({f.conversion_rate * 100:.2f} % converted)"),
+                         ("attributed revenue", "  ".join(f"{v} {c}" for c, v in f.attributed_revenue.items())
+                          or "none"),
+                         ("revenue per recipient", "  ".join(f"{v} {c}" for c, v in f.revenue_per_recipient.items())
+                          or "none")):
         table.add_row(label, str(value))
+    if f.brake:
+        d = f.brake_detail or {}
+        table.add_row("PAUSED BY BRAKE", f"{f.brake}: {d.get('complaints', 0)} complaints, "
+                                         f"{d.get('hard_bounces', 0)} hard bounces in {d.get('sent', 0)} sent "
+                                         f"(complaint rate {d.get('complaint_rate', 0) * 100:.3f} % / limit "
+                                         f"{d.get('max_complaint_rate', 0) * 100:.2f} %, hard-bounce rate "
+                                         f"{d.get('hard_bounce_rate', 0) * 100:.2f} % / limit "
+                                         f"{d.get('max_hard_bounce_rate', 0) * 100:.1f} %); "
+                                         f"resume explicitly: mailer campaign resume {f.campaign_id}")
     ab = getattr(f, "ab_test", None)
     if ab:
         table.add_row("A/B test", reports.ab_line(ab))

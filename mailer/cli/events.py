@@ -23,7 +23,7 @@ def events_group() -> None:
 @pass_settings
 def publish_cmd(settings, type_: str, data: str, idempotency_key: str | None, as_json: bool) -> None:
     """Publish event TYPE (order_placed, order_delayed, order_shipped, order_delivered,
-    cart_updated, cart_abandoned, product_restocked, customer_updated) and show what the
+    order_cancelled, order_refunded, cart_updated, cart_abandoned, product_restocked, customer_updated) and show what the
     automations did. Exit code 1 when an automation failed (e.g. a reward pool ran out)."""
     payload = parse_json(data, option="--data")
     setup_broker(settings)

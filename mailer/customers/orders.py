@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from mailer.addresses import email_hash, normalize
 from mailer.clock import utcnow
+from mailer.customers.attribution import attribute_customers
 from mailer.customers.records import (
     DEFAULT_DELIMITER,
     DEFAULT_ENCODING,
@@ -237,6 +238,8 @@ class OrderImportResult(ImportResult):
     """``created`` / ``updated`` count orders; ``new_customers`` the addresses not known before."""
 
     new_customers: int = 0
+    #: Imported orders attributed to a campaign or automation send (mailer/customers/attribution.py).
+    attributed: int = 0
 
 
 def _insert(session: Session):
@@ -282,6 +285,8 @@ def _upsert_orders(session: Session, settings: Settings, rows: list[dict], resul
     after = conn.execute(count).scalar_one()
     result.created += after - before
     result.updated += len(rows) - (after - before)
+    # Revenue attribution of the imported orders (and reversal of cancelled / refunded ones).
+    result.attributed += attribute_customers(session, settings, ids, now=now)
 
 
 def import_orders_csv(session: Session, settings: Settings, path: Path, *, strict: bool = False,
@@ -313,7 +318,7 @@ def import_orders_csv(session: Session, settings: Settings, path: Path, *, stric
         progress(len(batch))
     if strict and result.errors:
         result.strict_aborted = True
-        result.created = result.updated = result.new_customers = 0
+        result.created = result.updated = result.new_customers = result.attributed = 0
     return result
 
 
@@ -333,8 +338,8 @@ def import_orders_file(settings: Settings, path: Path, *, strict: bool = False,
 # -- events ----------------------------------------------------------------------------------------
 def record_order(session: Session, settings: Settings, customer_id: int, shop_order_id: str, *,
                  placed_at: dt.datetime | None = None, total: Decimal | None = None, currency: str | None = None,
-                 status: OrderStatus = OrderStatus.placed) -> None:
-    """Keep one order from an event, inside the event's transaction (created, or updated in place).
+                 status: OrderStatus = OrderStatus.placed) -> int:
+    """Keep one order from an event, inside the event's transaction (created, or updated in place); its id.
 
     A cancellation or refund of an order never seen before is kept too (it has no total
     then), so a later ``order_placed`` replay cannot resurrect it as placed.
@@ -359,6 +364,9 @@ def record_order(session: Session, settings: Settings, customer_id: int, shop_or
     else:
         update = {"status": stmt.excluded.status, "updated_at": stmt.excluded.updated_at}
     session.execute(stmt.on_conflict_do_update(index_elements=["customer_id", "shop_order_id"], set_=update))
+    # The row just written, by uq_orders_customer_shop_order.
+    return session.execute(select(o.c.id).where(o.c.customer_id == customer_id,
+                                                o.c.shop_order_id == shop_order_id)).scalar_one()
 
 
 # -- reading for the models -------------------------------------------------------------------------

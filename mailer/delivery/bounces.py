@@ -56,6 +56,7 @@ from mailer.bouncekit import reasons as bk
 from mailer.clock import utcnow
 from mailer.consent import ledger as consent
 from mailer.consent import suppressions
+from mailer.delivery import brakes
 from mailer.errors import ConsentError, ValidationError
 from mailer.instance_secrets import address_hash_salt
 from mailer.models import (
@@ -143,6 +144,8 @@ def record_bounce(settings, s, delivery: Delivery, *, kind: str, status_code: st
         suppressions.suppress(s, address_hash=delivery.to_hash, email=delivery.to_address,
                               reason=SuppressionReason.hard_bounce, detail=f"hard bounce: {what}")
         metrics.count("bounced", queue=delivery.queue, kind=delivery.kind)
+        # A stale list: the hard-bounce brake may pause the campaign (mailer/delivery/brakes.py).
+        brakes.check(s, settings, delivery.campaign_id)
         return SuppressionReason.hard_bounce.value
     metrics.count("soft_bounced", queue=delivery.queue, kind=delivery.kind)
     # Soft bounces of this address so far (bounces.email_hash is indexed).
@@ -321,8 +324,12 @@ def _complaint(s, settings: Settings, delivery: Delivery, report: bouncekit.Repo
     metrics.count("complained", queue=delivery.queue, kind=delivery.kind)
     log.warning("delivery %s: complaint (%s); suppressed, consent withdrawn for %s", delivery.id,
                 ftype, ", ".join(withdrawn) or "nothing", extra={"delivery_id": delivery.id})
+    # The complaint brake may pause the campaign, in this transaction (mailer/delivery/brakes.py).
+    brake = brakes.check(s, settings, delivery.campaign_id)
+    paused = f"; campaign {delivery.campaign_id} paused by the {brake} brake" if brake else ""
     return Result(source, "complaint", delivery.id,
-                  f"{ftype}; suppressed; consent withdrawn: {', '.join(withdrawn) or 'none held'}", "feedback")
+                  f"{ftype}; suppressed; consent withdrawn: {', '.join(withdrawn) or 'none held'}{paused}",
+                  "feedback")
 
 
 def _withdraw_marketing(s, settings: Settings, delivery: Delivery) -> list[str]:

@@ -278,6 +278,15 @@ SCHEMAS: dict[str, dict[str, Field]] = {
                       "tracking_url": Field(_url, True, "carrier tracking page"),
                       "eta": Field(_when, doc="estimated delivery (ISO 8601)")},
     "order_delivered": {**_ORDER, "delivered_at": Field(_when, doc="when it was delivered (ISO 8601)")},
+    # A cancellation or refund keeps the order with that status and reverses its revenue
+    # attribution (mailer/customers/attribution.py); a partial refund still reverses it whole.
+    "order_cancelled": {**_CUSTOMER, "order_number": Field(_ident, True, "the shop's order number"),
+                        "reason": Field(lambda v, w: _text(v, w, 200), doc="why, for the shop's records"),
+                        **_COMMON},
+    "order_refunded": {**_CUSTOMER, "order_number": Field(_ident, True, "the shop's order number"),
+                       "refund_total": Field(_amount, doc="amount refunded"), "currency": Field(_currency),
+                       "reason": Field(lambda v, w: _text(v, w, 200), doc="why, for the shop's records"),
+                       **_COMMON},
     "cart_updated": dict(_CART),
     "cart_abandoned": dict(_CART),
     "product_restocked": {"sku": Field(_ident, True, "the product's SKU (restock:<sku> requests)"),

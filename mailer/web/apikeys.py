@@ -30,7 +30,7 @@ from mailer.models import ApiKey
 #: Random bytes in a key's secret part.
 SECRET_BYTES = 32
 #: Every scope a key can hold, and the endpoints it opens (docs/http-api.md).
-SCOPES = ("notices", "events", "consents", "customers", "gdpr")
+SCOPES = ("notices", "events", "consents", "customers", "gdpr", "reports")
 #: Scopes of keys created without --scope, and of keys from before scopes existed.
 DEFAULT_SCOPES = ("notices", "events")
 #: last_used_at is rewritten only when older than this many seconds.

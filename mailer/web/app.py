@@ -17,13 +17,14 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
 * ``POST /v1/restock-requests``  a product page's "notify me" (``restock:<sku>`` consent).
 * ``GET/POST/OPTIONS /f/{form_id}``, ``GET /f/{form_id}/embed``, ``GET /f/embed.js``: public
                                 sign-up and restock forms (docs/forms.md).
+* ``GET  /v1/campaigns/{id}/stats`` a campaign's figures with attributed orders and revenue.
 * ``GET  /healthz``             liveness with a database round trip.
 
-API keys carry scopes (notices, events, consents, customers, gdpr); a key without the
+API keys carry scopes (notices, events, consents, customers, gdpr, reports); a key without the
 endpoint's scope gets 403 naming it.
 
 The routers live in rooms of their own: :mod:`mailer.web.api` (``notices``, ``events``,
-``consents``, ``wordings``, ``customers``, ``restock``)
+``consents``, ``wordings``, ``customers``, ``restock``, ``campaigns``)
 and :mod:`mailer.web.pages` (``links``: tracking, unsubscribe, preferences, CSAT;
 ``confirm``: double opt-in; ``forms``: public sign-up forms).  They share :mod:`mailer.web.deps` (the App, API keys,
 idempotency, the client IP) and :mod:`mailer.web.problems` (error responses); this module
@@ -51,6 +52,7 @@ from mailer.errors import (
 from mailer.queue.broker import setup
 from mailer.settings import Settings
 from mailer.web import security as web_security
+from mailer.web.api import campaigns as campaigns_api
 from mailer.web.api import consents as consents_api
 from mailer.web.api import customers as customers_api
 from mailer.web.api import events as events_api
@@ -66,7 +68,8 @@ log = logging.getLogger("mailer.web")
 
 #: Every router the app serves, in the order of its OpenAPI document.
 ROUTERS = (links.router, notices_api.router, confirm.router, events_api.router, consents_api.router,
-           wordings_api.router, customers_api.router, restock_api.router, forms.router, webhooks_api.router)
+           wordings_api.router, customers_api.router, restock_api.router, forms.router, webhooks_api.router,
+           campaigns_api.router)
 
 
 def create_app(settings: Settings | None = None, *, app: App | None = None) -> FastAPI:
