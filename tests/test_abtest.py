@@ -12,6 +12,7 @@ from scipy import stats as scipy_stats
 from sqlalchemy import func, select, update
 
 from mailer.app import App
+from mailer.automations.publish import publish
 from mailer.campaigns import abstats, abtest, reports
 from mailer.campaigns import fanout as campaign_actors
 from mailer.campaigns import service as campaigns
@@ -404,3 +405,43 @@ def test_cli_creates_a_test_shows_its_state_and_reports_the_decision(app, tmp_pa
     assert runner.invoke(main, ["campaign", "report", str(cid), "-o", str(out)], env=env).exit_code == 0
     page = out.read_text(encoding="utf-8")
     assert "A/B test" in page and "decided: B won" in page and "Last days of spring" in page
+
+
+def test_revenue_decides_on_attributed_revenue_per_recipient_in_the_shop_currency(app):
+    # Given an A/B test decided by revenue, its test share sent
+    with app.session() as s:
+        for i in range(160):
+            add_customer(s, app.settings, f"r{i}@example.com")
+    cid = _create(app, ["subject=Plain", "subject=Free shipping"],
+                  ab=abtest.Settings(test_share_percent=50, winner_metric="revenue", wait_s=3600))
+    with app.session() as s:
+        campaigns.send(s, app.settings, cid)
+    _fan_out(app)
+    sent_at = utcnow() - timedelta(hours=3)
+    _mark_sent(app, cid, sent_at)
+    with app.session() as s:
+        sends = s.execute(select(Delivery.id, Delivery.variant, Delivery.to_address)
+                          .where(Delivery.campaign_id == cid).order_by(Delivery.id)).all()
+        # B's recipients click and most of them then order; one of A's does, once
+        buyers = [(d, to) for d, v, to in sends if v == "B"][: max(1, sum(v == "B" for _, v, _ in sends) * 3 // 4)]
+        buyers.append(next((d, to) for d, v, to in sends if v == "A"))
+        for d_id, _ in buyers:
+            tracking.record_click(s, app.settings, tracking.Link(d_id, url="https://shop.example.com/"),
+                                  ip="198.51.100.7", user_agent=HUMAN_UA, now=sent_at + timedelta(hours=1))
+    for n, (_, to) in enumerate(buyers):
+        publish("order_placed", {"email": to, "order_number": f"o{n}", "total": 40 + n % 7,
+                                 "currency": app.settings.default_currency,
+                                 "occurred_at": (sent_at + timedelta(hours=2)).isoformat()},
+                app=app, now=sent_at + timedelta(hours=2))
+    # When the wait is over
+    with app.session() as s:
+        ends = s.get(AbTest, cid).test_ends_at
+        assert len(abtest.revenue_by_variant(s, cid)) == 2
+    # Then B wins on revenue per recipient, by Welch's test, and the report shows each variant's revenue
+    assert abtest.decide(app, cid, now=ends) == "B"
+    with app.session() as s:
+        test = s.get(AbTest, cid)
+        assert test.decision["metric"] == "revenue" and test.decision["interval"][0] > 0
+        summary = reports.ab_summary(s, cid)
+    revenue = {v["label"]: v["revenue"] for v in summary["variants"]}
+    assert revenue["B"] > revenue["A"] > 0
