@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
@@ -21,7 +22,7 @@ from mailer.clock import utcnow
 from mailer.delivery.compose import personalized
 from mailer.delivery.mail import CampaignOptions, MailContext, Recipient
 from mailer.errors import ValidationError
-from mailer.models import AbTest, Campaign, CampaignStatus, Delivery, DeliveryStatus
+from mailer.models import AbTest, Campaign, CampaignStatus, Customer, Delivery, DeliveryStatus
 from mailer.tracking import service as tracking
 from tests.campaign_support import NEWS_KIND, add_customer, newsletter_templates
 from tests.conftest import make_settings
@@ -445,3 +446,34 @@ def test_revenue_decides_on_attributed_revenue_per_recipient_in_the_shop_currenc
         summary = reports.ab_summary(s, cid)
     revenue = {v["label"]: v["revenue"] for v in summary["variants"]}
     assert revenue["B"] > revenue["A"] > 0
+
+
+def test_a_local_time_test_waits_for_the_last_local_time_and_sends_the_rest_at_the_same_local_time(app):
+    # Given a local-time (10:00) A/B test to customers in two zones
+    zones = ("Europe/Warsaw", "America/New_York")
+    with app.session() as s:
+        for i in range(40):
+            add_customer(s, app.settings, f"r{i}@example.com", timezone=zones[i % 2])
+    cid = _create(app, ["subject=Plain", "subject=Other"], local_time="10:00")
+    with app.session() as s:
+        campaigns.send(s, app.settings, cid)
+    _fan_out(app)
+    with app.session() as s:
+        test = s.get(AbTest, cid)
+        due = [d for d in s.execute(select(Delivery.send_after).where(Delivery.campaign_id == cid)).scalars()]
+        # Then the test ends the wait after the last test mail's local time
+        assert test.test_ends_at == max(due) + timedelta(seconds=AB.wait_s)
+        test_ids = set(s.execute(select(Delivery.id).where(Delivery.campaign_id == cid)).scalars())
+    # When it is decided, the rest are scheduled for the next 10:00 local time after the decision
+    decided_at = test.test_ends_at + timedelta(hours=1)
+    assert abtest.decide(app, cid, now=decided_at) == "A"
+    _fan_out(app)
+    with app.session() as s:
+        rest = s.execute(select(Delivery.id, Delivery.send_after, Customer.timezone)
+                         .join(Customer, Customer.id == Delivery.customer_id)
+                         .where(Delivery.campaign_id == cid, Delivery.id.not_in(test_ids))).all()
+        assert rest
+        for _, send_after, zone in rest:
+            local = send_after.astimezone(ZoneInfo(zone))
+            assert (local.hour, local.minute) == (10, 0)
+            assert decided_at <= send_after < decided_at + timedelta(days=1)
