@@ -259,13 +259,18 @@ def validate_variants(session: Session, settings: Settings, renderer, *, templat
     for i, variant in enumerate(abtest.labelled(variants), start=1):
         kind = variant.get("template") or template
         where = f"variant[{i}]"
+        locales = renderer.spec(kind).locales if _is_kind(renderer, kind) else []
+        # As the send path merges them: the variant's subjects, expanded per locale, over the campaign's.
+        merged = {**subjects_for_render(subjects, renderer.spec(template).locales),
+                  **subjects_for_render(variant["subjects"], locales)}
         try:
             for loc, text in variant["subjects"].items():
                 renderer.check_text(kind, text, field=f"{where}.subject[{loc}]")
             for loc, text in variant["preheaders"].items():
                 renderer.check_text(kind, text, field=f"{where}.preheader[{loc}]")
             validate(session, settings, renderer, template=kind, segment_name=segment_name,
-                     subjects={**subjects, **variant["subjects"]}, data=data, preheaders=variant["preheaders"])
+                     subjects=merged, data=data,
+                     preheaders=subjects_for_render(variant["preheaders"], locales))
         except ValidationError as exc:
             field = getattr(exc, "field", None) or ""
             named = field if field.startswith(where) else f"{where}.{field}" if field else where
@@ -273,7 +278,6 @@ def validate_variants(session: Session, settings: Settings, renderer, *, templat
                                   field=named) from exc
         except TemplateError as exc:
             raise TemplateError(f"{where} ({kind}): {exc}", template=None) from exc
-        locales = renderer.spec(kind).locales
         stored = {"label": variant["label"], "template": kind,
                   "subjects": subjects_for_render(variant["subjects"], locales),
                   "preheaders": subjects_for_render(variant["preheaders"], locales)}
@@ -310,8 +314,9 @@ def create(session: Session, settings: Settings, renderer, *, name: str, templat
                                   f"got {len(variants)}", field="variant")
         ab.check()
         if not tracking:
-            raise ValidationError(f"--winner-metric {ab.winner_metric} needs tracking (opens, clicks and the "
-                                  f"clicks revenue is attributed by); drop --no-tracking", field="winner_metric")
+            raise ValidationError(f"--winner-metric {ab.winner_metric} needs tracking (opens and clicks are "
+                                  f"what it counts or attributes revenue by); drop --no-tracking",
+                                  field="winner_metric")
         stored_variants = validate_variants(session, settings, renderer, template=template, segment_name=segment,
                                             subjects=subjects, data=data, variants=variants)
     campaign = Campaign(name=name, template=template, segment=segment, purpose=purpose,
