@@ -171,6 +171,8 @@ def _create(app, variants, ab=AB, **kw) -> int:
     (["subject=Hi", "subject=Hi", "pl:subject={% for x in y %}{% endfor %}"], "variant[2].subject[pl]"),
     (["subject=Hi", "*:preheader={{ nope }}", "subject=Ho"], "variant[1].preheader[*]"),
     (["subject=Hi", "subject=Hi"], "variant[2]"),
+    (["subject=Hi", "template=newsletter/no_such_kind"], "variant[2].template"),
+    (["subject=Hi", "template=order_delayed"], "variant[2].template"),
 ])
 def test_variant_subjects_go_through_the_sandbox_and_nothing_is_stored(app, variants, field):
     with app.session() as s:

@@ -273,6 +273,7 @@ def validate_variants(session: Session, settings: Settings, renderer, *, templat
                      preheaders=subjects_for_render(variant["preheaders"], locales))
         except ValidationError as exc:
             field = getattr(exc, "field", None) or ""
+            field = "template" if field == "kind" else field  # an unknown kind is the variant's template
             named = field if field.startswith(where) else f"{where}.{field}" if field else where
             raise ValidationError(f"{where}: {exc}" if not str(exc).startswith(where) else str(exc),
                                   field=named) from exc
