@@ -16,6 +16,7 @@ Tables and what they are for:
 * ``consent_chain_formats`` where each chain format starts (v2 hashes also cover customer_id).
 * ``consent_requests`` pending double opt-in confirmations.
 * ``campaigns``        newsletters to a segment, with a keyset checkpoint for resuming.
+* ``ab_tests``         a campaign's A/B test: share, winning metric, wait, state and decision.
 * ``deliveries``       one row per mail we intend to send; unique idempotency key.
 * ``suppressions``     addresses never to mail again (by salted hash; address kept until erasure).
 * ``bounces``          every bounce / complaint with its raw report.
@@ -403,6 +404,9 @@ class Campaign(Base):
     #: "HH:MM": deliver at this local time in each recipient's zone.
     local_time: Mapped[str | None] = mapped_column(String(5))
     tracking: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: A/B test variants, in order (the first is the default), or None:
+    #: [{"label": "A", "template": ..., "subjects": {locale: text}, "preheaders": {locale: text}}].
+    variants: Mapped[list[Any] | None] = mapped_column(JSON)
     #: Keyset checkpoint: the last customer id fanned out.
     cursor: Mapped[int] = mapped_column(BigInteger, default=0)
     fanout_done: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -447,6 +451,9 @@ class Delivery(Base):
     #: Pending scheduled sends with the same group are cancelled together (automations).
     cancel_group: Mapped[str | None] = mapped_column(String(255))
     automation: Mapped[str | None] = mapped_column(String(100))
+    #: A/B variant label ("A".."D") of a campaign mail; "holdout" for an automation send kept
+    #: back on purpose (recorded, never mailed); None otherwise.
+    variant: Mapped[str | None] = mapped_column(String(10))
     message_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     relay: Mapped[str | None] = mapped_column(String(255))
     smtp_code: Mapped[int | None] = mapped_column(Integer)
@@ -475,6 +482,42 @@ class Delivery(Base):
 
     def __repr__(self) -> str:
         return f"<Delivery id={self.id} kind={self.kind!r} status={self.status.value if self.status else None}>"
+
+
+class AbTest(Base):
+    """A campaign's A/B test: its settings, where it stands, and the decision once made.
+
+    ``state``: ``testing`` (the test share is being fanned out), ``waiting`` (the test
+    share is out; the winner is picked at ``test_ends_at``), ``decided`` (``winner`` is a
+    variant label; ``decision`` holds the figures, the p-value and the interval; with no
+    significant difference ``winner`` is the default variant and ``decision.no_winner``
+    is true), and the rest of the segment is fanned out with the winner.
+    """
+
+    __tablename__ = "ab_tests"
+
+    campaign_id: Mapped[int] = mapped_column(BigId, ForeignKey("campaigns.id", ondelete="CASCADE"),
+                                             primary_key=True)
+    #: Share of the segment in the test, percent (1-50); split evenly across the variants.
+    test_share_percent: Mapped[float] = mapped_column(Float)
+    #: "opens" (unique human opens per sent), "clicks" (unique clicks per sent) or "revenue".
+    winner_metric: Mapped[str] = mapped_column(String(10))
+    #: Seconds between the test share being out and the decision.
+    wait_s: Mapped[int] = mapped_column(Integer)
+    confidence: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(20), default="testing")
+    test_ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    winner: Mapped[str | None] = mapped_column(String(10))
+    decision: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        # The decision job and the sweeper look for waiting tests that are due.
+        Index("ix_ab_tests_state_ends", "state", "test_ends_at"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<AbTest campaign={self.campaign_id} state={self.state!r} winner={self.winner!r}>"
 
 
 class Suppression(Base):

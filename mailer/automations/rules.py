@@ -50,7 +50,9 @@ AUDIENCES = ("customer", "restock_requests")
 #: Every key a rule file may have, for the error message on a typo.
 RULE_KEYS = ("description", "event", "kind", "enabled", "delay", "delays", "group", "cancelled_by", "once",
              "quiet_hours", "require_consent", "audience", "event_if", "customer_if", "became", "repeat",
-             "merge", "waves", "reward", "data", "add_data")
+             "merge", "waves", "reward", "data", "add_data", "holdout_percent")
+#: Largest holdout share of a rule, percent of its eligible sends.
+MAX_HOLDOUT_PERCENT = 50
 
 
 def _csat_links(settings: Settings, values: dict) -> dict:
@@ -128,6 +130,9 @@ class Rule:
     reward: Reward | None = None
     data: dict = field(default_factory=dict)
     add_data: tuple[str, ...] = ()
+    #: Share of eligible customers deliberately not mailed (recorded as ``holdout`` sends),
+    #: percent; the incremental revenue of the rule is measured against them.
+    holdout_percent: float = 0.0
     #: Filled in by :func:`load` from the kind's ``kind.toml``.
     purpose: str = TRANSACTIONAL
     fields: tuple[str, ...] = ()
@@ -339,6 +344,10 @@ def parse_rule(path: Path, settings: Settings, renderer=None) -> Rule:
         if missing:
             raise ConfigurationError(f"{where}: add_data {extra!r} needs {', '.join(missing)}, "
                                      f"which {event} events do not always have")
+    holdout = raw.get("holdout_percent", 0)
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout <= MAX_HOLDOUT_PERCENT:
+        raise ConfigurationError(f"{where}: holdout_percent must be a number from 0 to {MAX_HOLDOUT_PERCENT} "
+                                 f"(percent of the rule's customers not mailed on purpose)")
     for flag in ("enabled", "once", "quiet_hours", "require_consent"):
         if flag in raw and not isinstance(raw[flag], bool):
             raise ConfigurationError(f"{where}: {flag} must be true or false")
@@ -347,7 +356,7 @@ def parse_rule(path: Path, settings: Settings, renderer=None) -> Rule:
                 once=raw.get("once", False), quiet_hours=raw.get("quiet_hours", True),
                 require_consent=raw.get("require_consent", True), audience=audience, event_if=event_if,
                 customer_if=customer_if, became=became, repeat=repeat, merge=merge, waves=waves, reward=reward,
-                data=data, add_data=tuple(add_data))
+                data=data, add_data=tuple(add_data), holdout_percent=float(holdout))
     if renderer is not None:
         try:
             spec = renderer.spec(kind)
@@ -355,6 +364,9 @@ def parse_rule(path: Path, settings: Settings, renderer=None) -> Rule:
             raise ConfigurationError(f"{where}: kind {kind!r}: {exc}") from None
         fields = tuple(spec.required) + tuple(spec.optional)
         rule = _replace(rule, purpose=spec.purpose, fields=fields)
+        if rule.transactional and rule.holdout_percent:
+            raise ConfigurationError(f"{where}: holdout_percent, but {kind} is transactional: a notice the "
+                                     "customer needs is never held back")
         if rule.transactional and raw.get("quiet_hours") is True:
             raise ConfigurationError(f"{where}: quiet_hours = true, but {kind} is transactional and "
                                      "transactional mail is never deferred")
@@ -443,6 +455,8 @@ def describe(r: Rule) -> list[str]:
                       f"every {format_duration(r.waves.interval)}")
     if r.reward:
         extras.append(f"code from pool {r.reward.pool}")
+    if r.holdout_percent:
+        extras.append(f"holdout {r.holdout_percent:g} % (not mailed, for incremental revenue)")
     if r.event_if or r.customer_if or r.became:
         extras.append("conditions: " + ", ".join(n for n, c in (("event_if", r.event_if),
                                                                 ("customer_if", r.customer_if),

@@ -6,7 +6,10 @@ event's customer (:mod:`mailer.automations.engine`) or fanned out to restock req
 suppressed or unconsenting customers, defers marketing mail out of quiet hours, claims
 a reward code (or records a ``failed`` row when the pool ran out), validates and
 test-renders the notice, and stores the row ``queued`` (due now) or ``scheduled``
-(``send_after``).
+(``send_after``).  A rule with ``holdout_percent`` keeps that share of its eligible
+customers back (:func:`held_out`: the same customers every time): their send is recorded
+``skipped`` with variant ``holdout`` and never mailed, so the rule's incremental revenue
+can be measured against them (:func:`mailer.automations.views.holdout_figures`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,16 @@ from mailer.settings import Settings
 LOCK_CLASS = 0x6175746F  # "auto"
 #: Longest delivery idempotency key (the column is 255 characters).
 KEY_MAX_CHARS = 255
+#: ``deliveries.variant`` and ``reason`` of a send kept back on purpose.
+HOLDOUT = "holdout"
+HOLDOUT_REASON = "holdout: not mailed on purpose (holdout_percent)"
+
+
+def held_out(rule_name: str, customer_id: int, percent: float) -> bool:
+    """Is this customer in the rule's holdout?  A seeded hash of rule and customer: the same
+    customers every time (a customer held out once stays held out for the rule)."""
+    digest = hashlib.sha256(f"holdout:{rule_name}:{customer_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64 < percent / 100
 
 
 @dataclass
@@ -146,6 +159,17 @@ def _schedule(ctx: _Context, rule: Rule, customer: Customer, data: dict, *, grou
     if not spec.transactional and rule.quiet_hours:
         send_after = out_of_quiet_hours(send_after, customer.timezone, settings,
                                         (customer.attributes or {}).get("quiet_hours"))
+    if rule.holdout_percent and held_out(rule.name, customer.id, rule.holdout_percent):
+        # Recorded, never mailed (no reward code is taken): the control group of the rule.
+        delivery = Delivery(idempotency_key=key, kind=rule.kind, customer_id=customer.id, to_address=customer.email,
+                            to_hash=email_hash(customer.email, address_hash_salt(settings)),
+                            locale=customer.locale or settings.default_locale, data=data, purpose=purpose,
+                            queue=QUEUE_BULK, status=DeliveryStatus.skipped, reason=HOLDOUT_REASON,
+                            variant=HOLDOUT, send_after=send_after, cancel_group=group, automation=rule.name,
+                            created_at=ctx.now)
+        s.add(delivery)
+        s.flush()
+        return Action(rule.name, rule.kind, "holdout", customer.id, delivery.id, detail=HOLDOUT_REASON)
     claimed = None
     if rule.reward is not None:
         try:

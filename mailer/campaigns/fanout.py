@@ -20,6 +20,10 @@ Local-time campaigns create ``scheduled`` deliveries whose ``send_after`` is the
 recipient's next HH:MM; their messages are enqueued with a matching delay, and the
 sweeper enqueues them again when due if a message is lost.
 
+A campaign with an A/B test (:mod:`mailer.campaigns.abtest`) is fanned out twice: first
+only the test share, each recipient with their variant; after the decision, from the
+start again with the winner (the test share is skipped by the idempotency key).
+
 One message fans out at most :data:`BATCHES_PER_MESSAGE` batches and then enqueues its
 own continuation, so a pause takes effect between batches and no actor runs long.
 """
@@ -33,6 +37,7 @@ from datetime import datetime
 from sqlalchemy import update
 
 from mailer import segments
+from mailer.campaigns import abtest
 from mailer.campaigns import service as campaigns
 from mailer.clock import utcnow
 from mailer.db import insert_or_ignore
@@ -59,6 +64,7 @@ def fan_out_batch(app, campaign_id: int, *, batch_size: int | None = None, now: 
     settings = app.settings
     batch_size = batch_size or FANOUT_BATCH
     now = now or utcnow()
+    test_ends = None
     try:
         with app.session() as s:
             c = s.get(Campaign, campaign_id)
@@ -83,6 +89,7 @@ def fan_out_batch(app, campaign_id: int, *, batch_size: int | None = None, now: 
             finally:
                 pages.close()
             start_cursor = c.cursor
+            test = abtest.plan(s, c)
             if not batch:
                 res = s.execute(update(Campaign)
                                 .where(Campaign.id == campaign_id, Campaign.cursor == start_cursor,
@@ -91,41 +98,56 @@ def fan_out_batch(app, campaign_id: int, *, batch_size: int | None = None, now: 
                                 .execution_options(synchronize_session=False))
                 if res.rowcount != 1:
                     raise _Lost()
+                if test is not None:
+                    test_ends = abtest.test_share_out(s, campaign_id, now=now)
                 log.info("campaign %s: fan-out done", campaign_id)
-                return False
-            rows = [_row(settings, c, r, now) for r in batch]
-            # One multi-row INSERT per batch; a recipient who already has this campaign's
-            # delivery (unique idempotency key) is skipped, never given a second one.
-            created = s.execute(insert_or_ignore(s, Delivery, rows, index_elements=["idempotency_key"])
-                                .returning(Delivery.id, Delivery.status, Delivery.send_after)).all()
-            new_cursor = batch[-1].customer_id
-            last = len(batch) < batch_size  # a short page is the segment's end
-            # The checkpoint commits with the batch's deliveries, or neither does.
-            res = s.execute(update(Campaign)
-                            .where(Campaign.id == campaign_id, Campaign.cursor == start_cursor,
-                                   Campaign.status == CampaignStatus.running)
-                            .values(cursor=new_cursor, fanout_heartbeat_at=now, fanout_done=last)
-                            .execution_options(synchronize_session=False))
-            if res.rowcount != 1:
-                raise _Lost()
+                created, last = [], True
+            else:
+                rows = [row for row in (_row(settings, c, r, now, test) for r in batch) if row is not None]
+                # One multi-row INSERT per batch; a recipient who already has this campaign's
+                # delivery (unique idempotency key) is skipped, never given a second one.
+                created = s.execute(insert_or_ignore(s, Delivery, rows, index_elements=["idempotency_key"])
+                                    .returning(Delivery.id, Delivery.status, Delivery.send_after)
+                                    ).all() if rows else []
+                new_cursor = batch[-1].customer_id
+                last = len(batch) < batch_size  # a short page is the segment's end
+                # The checkpoint commits with the batch's deliveries, or neither does.
+                res = s.execute(update(Campaign)
+                                .where(Campaign.id == campaign_id, Campaign.cursor == start_cursor,
+                                       Campaign.status == CampaignStatus.running)
+                                .values(cursor=new_cursor, fanout_heartbeat_at=now, fanout_done=last)
+                                .execution_options(synchronize_session=False))
+                if res.rowcount != 1:
+                    raise _Lost()
+                if last and test is not None:
+                    test_ends = abtest.test_share_out(s, campaign_id, now=now)
     except _Lost:
         log.info("campaign %s: fan-out step lost the cursor race or the campaign stopped; this chain ends",
                  campaign_id)
         return False
     enqueue_created(app, created, now=now)
-    if last:
+    if test_ends is not None:
+        abtest.schedule_decision(campaign_id, test_ends, now=now)
+    if last and batch:
         log.info("campaign %s: fan-out done", campaign_id)
     return not last
 
 
-def _row(settings, campaign: Campaign, r, now: datetime) -> dict:
+def _row(settings, campaign: Campaign, r, now: datetime, test: abtest.Plan | None = None) -> dict | None:
+    """The delivery row for one recipient; None when an A/B test leaves them out of this pass."""
+    kind, variant, start = campaign.template, None, campaign.started_at or now
+    if test is not None:
+        picked = test.variant_for(campaign.id, r.customer_id)
+        if picked is None:
+            return None
+        variant, kind = picked
+        start = test.decided_at or start  # the rest goes out at the same local time, after the decision
     if campaign.local_time:
-        send_after = campaigns.next_local_time(campaign.started_at or now, campaign.local_time, r.timezone,
-                                               settings)
+        send_after = campaigns.next_local_time(start, campaign.local_time, r.timezone, settings)
         status = DeliveryStatus.scheduled
     else:
         send_after, status = None, DeliveryStatus.queued
-    return dict(idempotency_key=f"campaign:{campaign.id}:{r.customer_id}", kind=campaign.template,
+    return dict(idempotency_key=f"campaign:{campaign.id}:{r.customer_id}", kind=kind, variant=variant,
                 campaign_id=campaign.id, customer_id=r.customer_id, to_address=r.email, to_hash=r.email_hash,
                 locale=r.locale or settings.default_locale, data={}, purpose=campaign.purpose, queue=QUEUE_BULK,
                 status=status, attempts=0, send_after=send_after, created_at=now, updated_at=now)

@@ -20,6 +20,12 @@ Definitions (the same in ``mailer campaign status``, the HTML report and the doc
   **conversion rate** is converted customers / recipients (sent + bounced), **revenue per
   recipient** is revenue / recipients, per currency.
 
+An A/B-tested campaign also has :func:`ab_summary`: each variant's figures (sent, unique
+human opens, unique clicks, attributed revenue, and their rates per sent mail), the test's
+state and, once decided, the decision (winner or "no winner", the p-value and the interval
+of the difference between the best variant and the runner-up); :func:`ab_line` says it in
+one line.
+
 The report's chart counts events per minute, 5 minutes, hour or day, chosen from the
 span of the data (see :func:`timeline`), with human opens, machine opens and clicks as
 separate series and whole-number y ticks.
@@ -35,11 +41,12 @@ from html import escape
 from sqlalchemy import distinct, func, literal_column, or_, select, union
 from sqlalchemy.orm import Session
 
+from mailer.campaigns import abtest
 from mailer.clock import utcnow
 from mailer.customers import attribution
 from mailer.delivery import brakes
 from mailer.errors import NotFound
-from mailer.models import Bounce, Campaign, CsatRating, Delivery, DeliveryStatus, TrackingEvent, TrackingKind
+from mailer.models import AbTest, Bounce, Campaign, CsatRating, Delivery, DeliveryStatus, TrackingEvent, TrackingKind
 
 PENDING = (DeliveryStatus.queued, DeliveryStatus.scheduled, DeliveryStatus.sending, DeliveryStatus.held)
 #: Links shown in the report's "most clicked" table.
@@ -351,7 +358,7 @@ def _pct(v: float) -> str:
 
 
 def html_report(session: Session, campaign_id: int, *, generated_at: datetime | None = None) -> str:
-    """A self-contained HTML page: figures, rates, a chart of opens and clicks, top links."""
+    """A self-contained HTML page: figures, rates, the A/B test, a chart of opens and clicks, top links."""
     f = figures(session, campaign_id)
     c = session.get(Campaign, campaign_id)
     tl = timeline(session, campaign_id)
@@ -387,11 +394,109 @@ def html_report(session: Session, campaign_id: int, *, generated_at: datetime | 
             f'<p class="muted">{meta}</p><div class="grid"><table><caption>Figures</caption>{fig_html}</table>'
             f"<table><caption>Rates</caption>{rate_html}</table>"
             f'<table id="revenue"><caption>Revenue (attributed)</caption>{money_html}</table></div>'
-            f"{_brake_html(session, f)}"
+            f"{_brake_html(session, f)}{_ab_html(ab_summary(session, campaign_id))}"
             f"<h2>Opens and clicks over time</h2>{svg_chart(tl)}"
             f"<h2>Most clicked links</h2><table><tr><th>Link</th><th>Clicks</th><th>Unique</th></tr>{link_html}"
             f'</table><p class="muted">Generated {when} by mailer. Machine opens (privacy proxies, scanners) '
             f"are left out of unique opens.</p></body></html>")
+
+
+# -- A/B tests --------------------------------------------------------------------------------
+#: How each winning metric is named in lines and reports.
+METRIC_NAMES = {"opens": "human open rate", "clicks": "click rate", "revenue": "revenue per recipient"}
+
+
+def ab_summary(session: Session, campaign_id: int) -> dict | None:
+    """The A/B test of a campaign as plain data (None without a test): settings, state, decision, variants."""
+    c = session.get(Campaign, campaign_id)
+    test = session.get(AbTest, campaign_id) if c is not None and c.variants else None
+    if test is None:
+        return None
+    labels = [v["label"] for v in c.variants]
+    opens = {a.label: a for a in abtest.arms(session, campaign_id, "opens", labels)}
+    clicks = {a.label: a for a in abtest.arms(session, campaign_id, "clicks", labels)}
+    revenue = abtest.revenue_by_variant(session, campaign_id)
+    variants = []
+    for v in c.variants:
+        label, sent = v["label"], opens[v["label"]].n
+        total = revenue.get(label, (0.0, 0.0, 0))[0]
+        variants.append({"label": label, "template": v.get("template") or c.template,
+                         "subjects": v.get("subjects") or {}, "preheaders": v.get("preheaders") or {},
+                         "sent": sent, "unique_opens": opens[label].successes,
+                         "open_rate": _rate(opens[label].successes, sent),
+                         "unique_clicks": clicks[label].successes, "click_rate": _rate(clicks[label].successes, sent),
+                         "revenue": round(total, 2), "revenue_per_recipient": round(total / sent, 4) if sent else 0.0})
+    decision = test.decision or {}
+    return {"state": test.state, "winner_metric": test.winner_metric, "test_share_percent": test.test_share_percent,
+            "wait_s": test.wait_s, "confidence": test.confidence,
+            "test_ends_at": test.test_ends_at.isoformat() if test.test_ends_at else None,
+            "decided_at": test.decided_at.isoformat() if test.decided_at else None,
+            "winner": test.winner, "no_winner": decision.get("no_winner"), "best": decision.get("best"),
+            "runner_up": decision.get("runner_up"), "difference": decision.get("difference"),
+            "interval": decision.get("interval"), "p_value": decision.get("p_value"), "level": decision.get("level"),
+            "decision_figures": decision.get("arms"), "variants": variants}
+
+
+def _amount(metric: str, value: float | None, *, signed: bool = True) -> str:
+    if value is None:
+        return "?"
+    if metric == "revenue":
+        return f"{value:+.2f}" if signed else f"{value:.2f}"
+    return f"{value * 100:+.1f} pts" if signed else f"{value * 100:.1f} %"
+
+
+def ab_line(summary: dict) -> str:
+    """One line: ``testing until T``, ``decided: B won (...)`` or ``decided: no winner (...)``."""
+    metric = summary["winner_metric"]
+    name = METRIC_NAMES.get(metric, metric)
+    share = f"{summary['test_share_percent']:g} % test share, {len(summary['variants'])} variants, by {name}"
+    if summary["state"] == abtest.TESTING:
+        return f"testing ({share}): the test share is being sent"
+    if summary["state"] == abtest.WAITING:
+        ends = (summary["test_ends_at"] or "?")[:16].replace("T", " ")
+        return f"testing until {ends} UTC ({share})"
+    low, high = summary["interval"] or (None, None)
+    level = summary.get("level") or summary["confidence"]
+    interval = (f"{summary['best']} - {summary['runner_up']}: {_amount(metric, summary['difference'])}, "
+                f"{level * 100:g} % interval {_amount(metric, low)} to {_amount(metric, high)}, "
+                f"p = {summary['p_value']:.3g}")
+    if summary["no_winner"]:
+        return (f"decided: no winner ({interval}); {summary['winner']}, the default, goes to the rest "
+                f"({share})")
+    return f"decided: {summary['winner']} won ({interval}); it goes to the rest ({share})"
+
+
+def _variant_text(v: dict) -> str:
+    parts = []
+    for what, table in (("subject", v["subjects"]), ("preheader", v["preheaders"])):
+        text = table.get("*") or table.get("en") or next(iter(table.values()), None)
+        if text:
+            parts.append(f"{what}: {text}")
+    parts.append(f"template: {v['template']}")
+    return "; ".join(parts)
+
+
+def _ab_html(summary: dict | None) -> str:
+    if summary is None:
+        return ""
+    metric = summary["winner_metric"]
+    rows = "".join(
+        f"<tr><th>{escape(v['label'])}{' (default)' if i == 0 else ''}"
+        f"{' &#9733; winner' if summary['state'] == abtest.DECIDED and summary['winner'] == v['label'] else ''}</th>"
+        f'<td class="url">{escape(_variant_text(v))}</td><td>{v["sent"]:,}</td>'
+        f"<td>{v['unique_opens']:,} ({_pct(v['open_rate'])})</td><td>{v['unique_clicks']:,} ({_pct(v['click_rate'])})"
+        f"</td><td>{v['revenue']:,.2f} ({v['revenue_per_recipient']:.2f})</td></tr>"
+        for i, v in enumerate(summary["variants"]))
+    decided = ""
+    if summary.get("decision_figures"):
+        cells = "".join(f"<tr><th>{escape(a['label'])}</th><td>{a['sent']:,}</td>"
+                        f"<td>{_amount(metric, a['value'], signed=False)}</td></tr>"
+                        for a in summary["decision_figures"])
+        decided = (f"<table><caption>At the decision ({escape(METRIC_NAMES.get(metric, metric))})</caption>"
+                   f"<tr><th>Variant</th><th>Sent</th><th>Value</th></tr>{cells}</table>")
+    return (f'<h2>A/B test</h2><p class="decision">{escape(ab_line(summary))}</p>'
+            f"<table><tr><th>Variant</th><th>What differs</th><th>Sent</th><th>Unique opens</th>"
+            f"<th>Unique clicks</th><th>Revenue (per recipient)</th></tr>{rows}</table>{decided}")
 
 
 def _brake_html(session: Session, f: Figures) -> str:

@@ -21,6 +21,9 @@ Life cycle::
   holds any that a worker had already picked up; **resume** releases them.  **Cancel**
   cancels every delivery not yet sent.  Either way at most the mails already in a
   worker's hands at that instant (one per worker thread) still go out.
+* **A/B tests**: :func:`create` with ``variants`` and ``ab`` stores the variants on the
+  campaign and an ``ab_tests`` row; each variant is validated like the campaign itself
+  (errors name ``variant[2].subject[en]``); see :mod:`mailer.campaigns.abtest`.
 * Consent, suppressions and the frequency cap are checked again for each recipient at
   send time by :func:`mailer.delivery.gate`; the campaign never bypasses them.
 """
@@ -39,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from mailer import segments
 from mailer.addresses import email_hash, normalize
+from mailer.campaigns import abtest
 from mailer.clock import utcnow
 from mailer.delivery import brakes
 from mailer.delivery.compose import personalized
@@ -46,6 +50,7 @@ from mailer.delivery.mail import CampaignOptions, MailContext
 from mailer.errors import InvalidState, NotFound, TemplateError, ValidationError
 from mailer.instance_secrets import address_hash_salt
 from mailer.models import (
+    AbTest,
     Campaign,
     CampaignStatus,
     ConsentState,
@@ -198,10 +203,10 @@ def validate(session: Session, settings: Settings, renderer, *, template: str, s
         used.setdefault(resolved, []).append(loc)
     for resolved, asked in sorted(used.items()):
         subject = _subject_for(subjects, resolved)  # None: the template's own subject for the locale
+        preheader = _subject_for(preheaders, resolved) if preheaders else None
         try:
             rendered = renderer.render(template, resolved, data, context=_probe_context(settings),
-                                       subject=subject, preheader=_subject_for(preheaders or {}, resolved),
-                                       cache_key=f"validate:{template}")
+                                       subject=subject, preheader=preheader, cache_key=f"validate:{template}")
         except TemplateError as exc:
             raise TemplateError(f"{exc} (needed for customers with locale {', '.join(asked)})",
                                 template=None) from exc
@@ -255,11 +260,56 @@ def foreign_subject_locales(renderer, settings: Settings, template: str, subject
                   if loc not in subjects and loc.replace("_", "-").split("-")[0].lower() != language)
 
 
+def validate_variants(session: Session, settings: Settings, renderer, *, template: str, segment_name: str,
+                      subjects: dict[str, str], data: dict, variants: list[dict]) -> list[dict]:
+    """Check each A/B variant as a campaign of its own; return them labelled, subjects expanded per locale.
+
+    A variant's subject or preheader overrides the campaign's (``--subject``) or the
+    template's; its template replaces the campaign's.  Errors name the variant:
+    ``variant[2].subject[en]``, ``variant[3].template``.
+    """
+    out: list[dict] = []
+    seen: dict[str, int] = {}
+    for i, variant in enumerate(abtest.labelled(variants), start=1):
+        kind = variant.get("template") or template
+        where = f"variant[{i}]"
+        locales = renderer.spec(kind).locales if _is_kind(renderer, kind) else []
+        # As the send path merges them: the variant's subjects, expanded per locale, over the campaign's.
+        merged = {**subjects_for_render(subjects, renderer.spec(template).locales),
+                  **subjects_for_render(variant["subjects"], locales)}
+        try:
+            for loc, text in variant["subjects"].items():
+                renderer.check_text(kind, text, field=f"{where}.subject[{loc}]")
+            for loc, text in variant["preheaders"].items():
+                renderer.check_text(kind, text, field=f"{where}.preheader[{loc}]")
+            validate(session, settings, renderer, template=kind, segment_name=segment_name,
+                     subjects=merged, data=data,
+                     preheaders=subjects_for_render(variant["preheaders"], locales))
+        except ValidationError as exc:
+            field = getattr(exc, "field", None) or ""
+            field = "template" if field == "kind" else field  # an unknown kind is the variant's template
+            named = field if field.startswith(where) else f"{where}.{field}" if field else where
+            raise ValidationError(f"{where}: {exc}" if not str(exc).startswith(where) else str(exc),
+                                  field=named) from exc
+        except TemplateError as exc:
+            raise TemplateError(f"{where} ({kind}): {exc}", template=None) from exc
+        stored = {"label": variant["label"], "template": kind,
+                  "subjects": subjects_for_render(variant["subjects"], locales),
+                  "preheaders": subjects_for_render(variant["preheaders"], locales)}
+        key = repr((kind, sorted(variant["subjects"].items()), sorted(variant["preheaders"].items())))
+        if key in seen:
+            raise ValidationError(f"{where} is the same as variant[{seen[key]}]; variants must differ", field=where)
+        seen[key] = i
+        out.append(stored)
+    return out
+
+
 def create(session: Session, settings: Settings, renderer, *, name: str, template: str, segment: str,
            subjects: dict[str, str] | None = None, data: dict | None = None, send_at: datetime | None = None,
            local_time: str | None = None, tracking: bool = True,
-           preheaders: dict[str, str] | None = None) -> Campaign:
-    """Validate and store a draft campaign."""
+           preheaders: dict[str, str] | None = None, variants: list[dict] | None = None,
+           ab: abtest.Settings | None = None) -> Campaign:
+    """Validate and store a draft campaign (with ``variants`` and ``ab``: an A/B test)."""
     name = (name or "").strip()
     if not name or len(name) > MAX_NAME_CHARS or any(c in name for c in "\r\n\x00"):
         raise ValidationError(f"--name must be 1-{MAX_NAME_CHARS} characters on one line", field="name")
@@ -271,13 +321,34 @@ def create(session: Session, settings: Settings, renderer, *, name: str, templat
                                 subjects=subjects, data=data, preheaders=preheaders)
     if send_at is not None and send_at.tzinfo is None:
         raise ValidationError("send_at must carry a time zone", field="send_at")
+    stored_variants = None
+    if variants or ab is not None:
+        if not variants or ab is None:
+            raise ValidationError("an A/B test needs --variant (2-4) and --test-share, --winner-metric",
+                                  field="variant" if not variants else "test_share")
+        if not abtest.MIN_VARIANTS <= len(variants) <= abtest.MAX_VARIANTS:
+            raise ValidationError(f"an A/B test has {abtest.MIN_VARIANTS}-{abtest.MAX_VARIANTS} variants, "
+                                  f"got {len(variants)}", field="variant")
+        ab.check()
+        if not tracking:
+            raise ValidationError(f"--winner-metric {ab.winner_metric} needs tracking (opens and clicks are "
+                                  f"what it counts or attributes revenue by); drop --no-tracking",
+                                  field="winner_metric")
+        stored_variants = validate_variants(session, settings, renderer, template=template, segment_name=segment,
+                                            subjects=subjects, data=data, variants=variants)
     campaign = Campaign(name=name, template=template, segment=segment, purpose=purpose,
                         subjects=subjects_for_render(subjects, renderer.spec(template).locales),
                         preheaders=subjects_for_render(preheaders, renderer.spec(template).locales),
                         data=data, status=CampaignStatus.draft,
-                        send_at=send_at, local_time=local_time, tracking=tracking, cursor=0, fanout_done=False)
+                        send_at=send_at, local_time=local_time, tracking=tracking, cursor=0, fanout_done=False,
+                        variants=stored_variants)
     session.add(campaign)
     session.flush()
+    if stored_variants is not None:
+        session.add(AbTest(campaign_id=campaign.id, test_share_percent=float(ab.test_share_percent),
+                           winner_metric=ab.winner_metric, wait_s=int(ab.wait_s), confidence=float(ab.confidence),
+                           state=abtest.TESTING))
+        session.flush()
     log.info("campaign %s created: %s -> segment %s (%s)", campaign.id, template, segment, ", ".join(locales))
     return campaign
 
@@ -532,9 +603,10 @@ class Preview:
     preheader: str = ""
 
 
-def preview(session: Session, settings: Settings, renderer, campaign_id: int, email: str, *,
-            locale: str | None = None) -> Preview:
-    """Render the campaign as ``email`` would receive it (their name and locale if known).
+def preview(session: Session, settings: Settings, renderer, campaign_id: int, email: str,
+            variant: str | None = None, *, locale: str | None = None) -> Preview:
+    """Render the campaign as ``email`` would receive it (their name and locale if known);
+    an A/B test's ``variant`` (label), by default the first.
 
     ``locale`` renders it in that locale instead of the recipient's (the console's per-locale preview).
     """
@@ -542,7 +614,18 @@ def preview(session: Session, settings: Settings, renderer, campaign_id: int, em
     c = get(session, campaign_id)
     address = normalize(email)
     customer = session.execute(select(Customer).where(Customer.email == address)).scalar_one_or_none()
-    probe = Delivery(id=0, kind=c.template, campaign_id=c.id, customer_id=customer.id if customer else None,
+    kind = c.template
+    if c.variants:
+        labels = [v["label"] for v in c.variants]
+        variant = (variant or labels[0]).upper()
+        if variant not in labels:
+            raise ValidationError(f"--variant {variant!r}: campaign {c.id} has variants {', '.join(labels)}",
+                                  field="variant")
+        kind = next(v.get("template") or c.template for v in c.variants if v["label"] == variant)
+    elif variant is not None:
+        raise ValidationError(f"campaign {c.id} has no A/B variants", field="variant")
+    probe = Delivery(id=0, kind=kind, variant=variant, campaign_id=c.id,
+                     customer_id=customer.id if customer else None,
                      to_address=address, to_hash=email_hash(address, address_hash_salt(settings)),
                      locale=locale or (customer.locale if customer else None) or settings.default_locale,
                      data={}, purpose=c.purpose, created_at=utcnow())
@@ -595,7 +678,8 @@ def finish_completed(session: Session, *, now: datetime | None = None) -> list[i
         # EXISTS on the (campaign_id, status) index: stops at the first pending delivery.
         pending = session.execute(select(Delivery.id).where(Delivery.campaign_id == c.id,
                                                             Delivery.status.in_(PENDING)).limit(1)).first()
-        if pending is None:
+        # An A/B test that has only sent its test share is not complete: the rest waits for the winner.
+        if pending is None and not (c.variants and abtest.undecided(session, c.id)):
             c.status = CampaignStatus.completed
             c.finished_at = now
             done.append(c.id)

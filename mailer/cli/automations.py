@@ -1,10 +1,14 @@
-"""``mailer automations list`` and ``mailer automations pending [--customer EMAIL]``."""
+"""``mailer automations list``, ``mailer automations pending [--customer EMAIL]`` and
+``mailer automations holdout [--days N] [--json]``."""
 
 from __future__ import annotations
+
+import json
 
 import click
 
 from mailer.automations import describe, load_each, pending
+from mailer.automations.views import holdout_figures
 from mailer.cli.base import EXIT_REJECTED, console, err_console, main, pass_settings
 from mailer.db import session_scope
 from mailer.errors import ConfigurationError
@@ -77,3 +81,28 @@ def _short(value) -> str:
         value = next(iter(value.values()), "")
     text = str(value)
     return text if len(text) <= SHOWN_VALUE_CHARS else text[:SHOWN_VALUE_CHARS - 1] + "…"
+
+
+@automations_group.command("holdout")
+@click.option("--days", type=click.IntRange(1, 365), default=None,
+              help="Orders counted this many days after each send (default MAILER_ATTRIBUTION_CLICK_DAYS).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@pass_settings
+def holdout_cmd(settings, days: int | None, as_json: bool) -> None:
+    """Incremental revenue of rules with holdout_percent: mailed sends against held-out ones."""
+
+    window = days or settings.attribution_click_days
+    with session_scope(settings) as s:
+        figures = holdout_figures(s, window_days=window)
+    if as_json:
+        click.echo(json.dumps([f.as_dict() for f in figures], indent=2))
+        return
+    if not figures:
+        console.print("no automation has held anyone out (set holdout_percent in a rule)", markup=False)
+        return
+    for f in figures:
+        console.print(f"{f.rule}: mailed {f.mailed.sends} sends, {f.mailed.conversion_rate * 100:.1f} % ordered "
+                      f"within {window} days, {f.mailed.per_send} per send; holdout {f.holdout.sends} sends, "
+                      f"{f.holdout.conversion_rate * 100:.1f} % ordered, {f.holdout.per_send} per send; "
+                      f"incremental revenue {f.incremental_revenue} ({settings.default_currency})",
+                      markup=False, highlight=False, soft_wrap=True)

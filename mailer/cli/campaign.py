@@ -1,4 +1,4 @@
-"""``mailer campaign ...``: create, preview, send, pause, resume, cancel, list, status, report."""
+"""``mailer campaign ...``: create (with A/B variants), preview, send, pause, resume, cancel, list, status, report."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from rich.table import Table
 
 from mailer import db, segments
 from mailer.app import App, get_app
+from mailer.campaigns import abtest, reports
 from mailer.campaigns import fanout as campaign_actors
-from mailer.campaigns import reports
 from mailer.campaigns import service as campaigns
 from mailer.cli.base import (
     console,
@@ -51,9 +51,19 @@ def campaign_group() -> None:
 @click.option("--local-time", default=None, help="HH:MM: deliver at this time in each recipient's zone.")
 @click.option("--no-tracking", is_flag=True, help="No open pixel, no click tracking.")
 @click.option("--data", default=None, help="Template data as JSON, or @file.json (default: the sample data).")
+@click.option("--variant", multiple=True,
+              help="A/B test: FIELD=TEXT starts a variant (FIELD: subject, preheader, template); "
+                   "LOCALE:FIELD=TEXT (or *:FIELD=TEXT) adds to the one before. 2-4 variants; the first is the default.")
+@click.option("--test-share", type=float, default=None, help="A/B test: percent of the segment in the test (1-50).")
+@click.option("--winner-metric", type=click.Choice(abtest.METRICS), default=None,
+              help="A/B test: what picks the winner: human open rate, click rate or attributed revenue.")
+@click.option("--test-wait", default=None, help="A/B test: how long to wait before picking the winner (90m, 4h, 2d; "
+                                                "default 4h).")
+@click.option("--confidence", type=float, default=None,
+              help="A/B test: confidence a difference must reach to pick a winner (default 0.95).")
 @pass_settings
 def create_cmd(settings, name, template, segment, subject, preheader, subject_all_locales, send_at, local_time,
-               no_tracking, data) -> None:
+               no_tracking, data, variant, test_share, winner_metric, test_wait, confidence) -> None:
     """Validate and store a draft campaign; prints its id.
 
     One ``--subject TEXT`` without a locale replaces the subject of every locale: a warning on
@@ -66,15 +76,27 @@ def create_cmd(settings, name, template, segment, subject, preheader, subject_al
     subjects = campaigns.parse_subjects(subject)
     if subject_all_locales and "*" not in subjects:
         raise click.BadParameter("needs a --subject TEXT without a locale", param_hint="--subject-all-locales")
+    variants = abtest.parse_variants(variant)
+    ab = None
+    if variants:
+        if test_share is None or winner_metric is None:
+            raise click.UsageError("an A/B test (--variant) needs --test-share and --winner-metric")
+        ab = abtest.Settings(test_share_percent=test_share, winner_metric=winner_metric,
+                             wait_s=abtest.parse_wait(test_wait or "4h"),
+                             confidence=0.95 if confidence is None else confidence)
+    elif any(o is not None for o in (test_share, winner_metric, test_wait, confidence)):
+        raise click.UsageError("--test-share, --winner-metric, --test-wait and --confidence need --variant")
     with db.session_scope(settings) as s:
         c = campaigns.create(s, settings, app.renderer, name=name, template=template, segment=segment,
                              subjects=subjects, data=payload, preheaders=campaigns.parse_preheaders(preheader),
                              send_at=campaigns.parse_send_at(send_at, settings), local_time=local_time,
-                             tracking=not no_tracking)
+                             tracking=not no_tracking, variants=variants or None, ab=ab)
         cid = c.id
     err_console.print(f"created draft campaign {cid}: {template} -> segment {segment}"
                       f"{' at ' + send_at if send_at else ''}{' (local ' + local_time + ')' if local_time else ''}"
-                      f"{' without tracking' if no_tracking else ''}; send it with: mailer campaign send {cid}",
+                      f"{' without tracking' if no_tracking else ''}"
+                      f"{f', A/B test of {len(variants)} variants on {test_share:g} % by {winner_metric}' if ab else ''}"
+                      f"; send it with: mailer campaign send {cid}",
                       highlight=False)
     foreign = campaigns.foreign_subject_locales(app.renderer, settings, template, subjects)
     if foreign and not subject_all_locales:
@@ -90,13 +112,14 @@ def create_cmd(settings, name, template, segment, subject, preheader, subject_al
 @click.option("--email", required=True, help="Render as this recipient would receive it.")
 @click.option("-o", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Write the HTML here (the text part goes next to it as .txt).")
+@click.option("--variant", default=None, help="An A/B test's variant to render (A, B, ...; default A).")
 @pass_settings
-def preview_cmd(settings, campaign_id: int, email: str, output: Path) -> None:
+def preview_cmd(settings, campaign_id: int, email: str, output: Path, variant: str | None) -> None:
     """Write the campaign's HTML (and text) as EMAIL would receive it."""
 
     app = App(settings)
     with db.session_scope(settings) as s:
-        p = campaigns.preview(s, settings, app.renderer, campaign_id, email)
+        p = campaigns.preview(s, settings, app.renderer, campaign_id, email, variant=variant)
     output.write_text(p.html, encoding="utf-8")
     text_path = output.with_suffix(".txt")
     text_path.write_text(f"Subject: {p.subject}\n\n{p.text}", encoding="utf-8")
@@ -171,7 +194,8 @@ def list_cmd(settings) -> None:
         for c in campaigns.list_campaigns(s):
             options = ", ".join(o for o in (f"at {c.send_at:%Y-%m-%d %H:%M}" if c.send_at else "",
                                             f"{c.local_time} local" if c.local_time else "",
-                                            "" if c.tracking else "no tracking") if o)
+                                            "" if c.tracking else "no tracking",
+                                            f"A/B {len(c.variants)} variants" if c.variants else "") if o)
             table.add_row(str(c.id), c.name, c.status.value, c.template, c.segment, options,
                           f"{c.created_at:%Y-%m-%d %H:%M}")
     console.print(table)
@@ -184,6 +208,7 @@ def _snapshot(settings, campaign_id: int, estimate: dict):
         # by the worker's sweeper, so status is right even where no sweeper runs (demo).
         campaigns.finish_completed(s)
         f = reports.figures(s, campaign_id)
+        f.ab_test = reports.ab_summary(s, campaign_id)
         c = s.get(Campaign, campaign_id)
         if c.fanout_done or c.status.value in ("completed", "cancelled"):
             total = f.total
@@ -226,12 +251,20 @@ def _figures_table(f) -> Table:
                                          f"{d.get('hard_bounce_rate', 0) * 100:.2f} % / limit "
                                          f"{d.get('max_hard_bounce_rate', 0) * 100:.1f} %); "
                                          f"resume explicitly: mailer campaign resume {f.campaign_id}")
+    ab = getattr(f, "ab_test", None)
+    if ab:
+        table.add_row("A/B test", reports.ab_line(ab))
+        for v in ab["variants"]:
+            table.add_row(f"  variant {v['label']}", f"sent {v['sent']}, opens {v['unique_opens']} "
+                                                     f"({v['open_rate'] * 100:.1f} %), clicks {v['unique_clicks']} "
+                                                     f"({v['click_rate'] * 100:.1f} %), revenue {v['revenue']:.2f}")
     return table
 
 
 def _line(f) -> str:
+    ab = getattr(f, "ab_test", None)
     return (f"queued {f.pending}  sent {f.sent}  failed {f.failed}  suppressed {f.suppressed}  "
-            f"bounced {f.bounced}  skipped {f.skipped}")
+            f"bounced {f.bounced}  skipped {f.skipped}" + (f"  A/B {reports.ab_line(ab).split(' (')[0]}" if ab else ""))
 
 
 @campaign_group.command("status")
@@ -246,7 +279,7 @@ def status_cmd(settings, campaign_id: int, watch: bool, as_json: bool) -> None:
     if watch:
         f = _watch(settings, campaign_id, estimate)
     if as_json:
-        click.echo(json.dumps(f.as_dict(), indent=2, sort_keys=True))
+        click.echo(json.dumps({**f.as_dict(), "ab_test": getattr(f, "ab_test", None)}, indent=2, sort_keys=True))
     else:
         console.print(_figures_table(f))
 

@@ -29,12 +29,15 @@ class CampaignOptions:
     preheaders: dict = field(default_factory=dict)
     #: ``utm_campaign`` of its shop links and its List-Id label (from the name; :func:`mailer.delivery.utm.slug`).
     slug: str = ""
+    #: A/B variants by label: {"A": {"template", "subjects", "preheaders"}, ...}; empty without a test.
+    variants: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, campaign: Campaign) -> CampaignOptions:
         return cls(id=campaign.id, tracking=bool(campaign.tracking), subjects=dict(campaign.subjects or {}),
                    data=dict(campaign.data or {}), preheaders=dict(campaign.preheaders or {}),
-                   slug=utm.slug(campaign.name, campaign.id))
+                   slug=utm.slug(campaign.name, campaign.id),
+                   variants={v["label"]: dict(v) for v in (campaign.variants or ())})
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,8 @@ class MailContext:
     customer: Recipient | None = None
     campaign: CampaignOptions | None = None
     tracking_allowed: bool = False
+    #: The campaign's A/B variant label this mail was assigned ("A".."D"), or None.
+    variant: str | None = None
 
     @classmethod
     def of(cls, delivery: Delivery, customer: Customer | Recipient | None = None, *,
@@ -92,4 +97,4 @@ class MailContext:
                    purpose=delivery.purpose, data=delivery.data if data is None else data,
                    campaign_id=delivery.campaign_id, customer_id=delivery.customer_id,
                    created_at=delivery.created_at, customer=recipient, campaign=campaign,
-                   tracking_allowed=tracking_allowed)
+                   tracking_allowed=tracking_allowed, variant=getattr(delivery, "variant", None))

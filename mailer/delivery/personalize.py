@@ -105,17 +105,22 @@ def render_args(settings: Settings, mail: MailContext, context: dict) -> tuple[d
     every recipient, read once per process by the send path) is merged in here, so a
     million deliveries do not each carry a copy of the newsletter's content.  Campaign
     mail also renders with the campaign's per-locale subjects and a compile cache of
-    its own (and its per-locale preheaders, when it has any).
+    its own (and its per-locale preheaders, when it has any); an A/B test's mail the subjects
+    and preheaders of its variant.
     """
     options = mail.campaign if mail.campaign_id else None
     if options is None:
         return mail.data, {}
     data = {**options.data, **(mail.data or {})}
     extra: dict = {"cache_key": f"campaign:{mail.campaign_id}"}
-    if options.subjects:
-        extra["subject"] = options.subjects
-    if options.preheaders:
-        extra["preheader"] = options.preheaders
+    # An A/B variant's subjects and preheaders override the campaign's, locale by locale.
+    variant = options.variants.get(mail.variant) if mail.variant and options.variants else None
+    subjects = {**options.subjects, **variant.get("subjects", {})} if variant else options.subjects
+    if subjects:
+        extra["subject"] = subjects
+    preheaders = {**options.preheaders, **variant.get("preheaders", {})} if variant else options.preheaders
+    if preheaders:
+        extra["preheader"] = preheaders
     return data, extra
 
 

@@ -1,7 +1,7 @@
 """The enqueue port: the one way services hand work to the workers.
 
 Services never import the Dramatiq actors.  They name an actor (:data:`SEND_NOTICE`,
-:data:`SEND_BATCH`, ...) and this module builds a :class:`dramatiq.Message` for it and
+:data:`SEND_BATCH`, :data:`DECIDE_AB_TEST`, ...) and this module builds a :class:`dramatiq.Message` for it and
 gives it to the broker that the process configured (``dramatiq.set_broker``, done by
 :func:`mailer.queue.broker.setup` or the worker's boot).  The actors themselves are
 declared by :mod:`mailer.worker.actors`, which only the worker side imports; a web or
@@ -39,6 +39,7 @@ FAN_OUT = "fan_out"
 SWEEP = "sweep"
 PROCESS_SHOP_WEBHOOK = "process_shop_webhook"
 WRITE_BACK_CONSENT = "write_back_consent"
+DECIDE_AB_TEST = "decide_ab_test"
 
 #: The queue each actor consumes from (the worker's declarations must agree: a test checks).
 ACTOR_QUEUES = {
@@ -49,6 +50,7 @@ ACTOR_QUEUES = {
     SWEEP: QUEUE_DEFAULT,
     PROCESS_SHOP_WEBHOOK: QUEUE_DEFAULT,
     WRITE_BACK_CONSENT: QUEUE_DEFAULT,
+    DECIDE_AB_TEST: QUEUE_BULK,
 }
 
 

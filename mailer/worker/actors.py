@@ -8,6 +8,8 @@
 * ``fan_out(campaign_id)``           bulk queue, a campaign's segment into deliveries.
 * ``process_shop_webhook(id)``       default queue: one stored Shopify / WooCommerce delivery.
 * ``write_back_consent(id)``         default queue: one consent change sent back to its shop.
+* ``decide_ab_test(campaign_id)``    bulk queue, delayed until an A/B test's wait is over:
+                                     pick the winner and fan the rest out with it.
 
 Services never import this module: they send by actor name through
 :mod:`mailer.queue.port` (whose ``ACTOR_QUEUES`` must name the same queues; a test
@@ -25,7 +27,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from mailer.app import get_app
 from mailer.automations.hooks import release_codes_hook
-from mailer.campaigns import fanout
+from mailer.campaigns import abtest, fanout
 from mailer.campaigns.fanout import sweep_hook as campaigns_sweep_hook
 from mailer.connectors import inbox as connector_inbox
 from mailer.connectors import writeback as connector_writeback
@@ -118,9 +120,17 @@ def write_back_consent(outbox_row_id: int) -> None:
     connector_writeback.send(get_app(), outbox_row_id)
 
 
+@dramatiq.actor(queue_name=QUEUE_BULK, priority=PRIORITY_BULK, max_retries=20, min_backoff=1000,
+                max_backoff=60_000)
+def decide_ab_test(campaign_id: int) -> None:
+    """Decide an A/B test whose wait is over (a no-op when early, decided or not running)."""
+    abtest.decide(get_app(), campaign_id)
+
+
 #: The extra sweeps every worker runs after the deliveries' (see mailer.delivery.sweeper.SweepHook).
-SWEEP_HOOKS: tuple[sweeper.SweepHook, ...] = (campaigns_sweep_hook, release_codes_hook, daily_refit_hook,
-                                              connector_inbox.sweep_hook, connector_writeback.sweep_hook)
+SWEEP_HOOKS: tuple[sweeper.SweepHook, ...] = (campaigns_sweep_hook, abtest.sweep_hook, release_codes_hook,
+                                              daily_refit_hook, connector_inbox.sweep_hook,
+                                              connector_writeback.sweep_hook)
 
 
 @dramatiq.actor(queue_name=QUEUE_DEFAULT, max_retries=0)
@@ -128,7 +138,8 @@ def sweep() -> None:
     sweeper.sweep(get_app(), SWEEP_HOOKS)
 
 
-ACTORS = (send_notice, send_one_bulk, send_batch, fan_out, sweep, process_shop_webhook, write_back_consent)
+ACTORS = (send_notice, send_one_bulk, send_batch, fan_out, sweep, process_shop_webhook, write_back_consent,
+          decide_ab_test)
 
 
 def bind(broker: dramatiq.Broker) -> None:
