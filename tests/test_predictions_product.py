@@ -241,6 +241,8 @@ def test_daily_refit_runs_once_a_day_and_records_a_refusal(app):
 
 
 def test_daily_refit_is_one_of_the_workers_sweep_hooks():
+    from mailer.automations.hooks import prediction_refit_hook
     from mailer.worker.actors import SWEEP_HOOKS
 
-    assert predictions.daily_refit_hook in SWEEP_HOOKS
+    # The refit, then the prediction triggers (mailer.automations.predicted)
+    assert prediction_refit_hook in SWEEP_HOOKS

@@ -50,7 +50,7 @@ AUDIENCES = ("customer", "restock_requests")
 #: Every key a rule file may have, for the error message on a typo.
 RULE_KEYS = ("description", "event", "kind", "enabled", "delay", "delays", "group", "cancelled_by", "once",
              "quiet_hours", "require_consent", "audience", "event_if", "customer_if", "became", "repeat",
-             "merge", "waves", "reward", "data", "add_data")
+             "merge", "waves", "reward", "data", "add_data", "before")
 
 
 def _csat_links(settings: Settings, values: dict) -> dict:
@@ -128,6 +128,8 @@ class Rule:
     reward: Reward | None = None
     data: dict = field(default_factory=dict)
     add_data: tuple[str, ...] = ()
+    #: (``expected_order_due`` only) send this long before the event's ``expected_next_order_at``.
+    before: timedelta | None = None
     #: Filled in by :func:`load` from the kind's ``kind.toml``.
     purpose: str = TRANSACTIONAL
     fields: tuple[str, ...] = ()
@@ -339,6 +341,12 @@ def parse_rule(path: Path, settings: Settings, renderer=None) -> Rule:
         if missing:
             raise ConfigurationError(f"{where}: add_data {extra!r} needs {', '.join(missing)}, "
                                      f"which {event} events do not always have")
+    before = None
+    if "before" in raw:
+        if event != "expected_order_due":
+            raise ConfigurationError(f"{where}: before (send N days before the expected next order) needs "
+                                     "event = \"expected_order_due\"")
+        before = parse_duration(raw["before"], f"{where}: before")
     for flag in ("enabled", "once", "quiet_hours", "require_consent"):
         if flag in raw and not isinstance(raw[flag], bool):
             raise ConfigurationError(f"{where}: {flag} must be true or false")
@@ -347,7 +355,7 @@ def parse_rule(path: Path, settings: Settings, renderer=None) -> Rule:
                 once=raw.get("once", False), quiet_hours=raw.get("quiet_hours", True),
                 require_consent=raw.get("require_consent", True), audience=audience, event_if=event_if,
                 customer_if=customer_if, became=became, repeat=repeat, merge=merge, waves=waves, reward=reward,
-                data=data, add_data=tuple(add_data))
+                data=data, add_data=tuple(add_data), before=before)
     if renderer is not None:
         try:
             spec = renderer.spec(kind)

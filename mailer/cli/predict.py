@@ -1,4 +1,9 @@
-"""``mailer predict fit [--as-of DATE] [--json]``, ``mailer predict score [--as-of DATE]``, ``mailer predict show EMAIL``."""
+"""``mailer predict fit [--as-of DATE] [--json]``, ``mailer predict score [--as-of DATE]``, ``mailer predict show EMAIL``,
+``mailer predict evaluate --calibration-end DATE``.
+
+``score`` writes the figures, then raises the prediction triggers (``churn_risk_became``,
+``expected_order_due``: :mod:`mailer.automations.predicted`) for the automations.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ import json
 
 import click
 
-from mailer.cli.base import console, main, pass_settings
+from mailer.app import get_app
+from mailer.automations.predicted import raise_prediction_events
+from mailer.cli.base import console, main, pass_settings, setup_broker
 from mailer.customers import predictions as service
 from mailer.db import session_scope
 
@@ -63,6 +70,9 @@ def score_cmd(settings, as_of: dt.date | None) -> None:
     outcome = service.run(settings, as_of=as_of, trigger="cli", score=True)
     console.print(f"scored {outcome.scored} customers as of {outcome.fit.models.as_of} "
                   f"({outcome.not_scored} with orders not scored: first order too recent)", markup=False)
+    setup_broker(settings)
+    triggers = raise_prediction_events(get_app(), as_of=outcome.fit.models.as_of)
+    console.print(triggers.summary(), markup=False)
 
 
 @predict_group.command("show")

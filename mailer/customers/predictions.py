@@ -280,30 +280,31 @@ def explain(session: Session, settings: Settings, address: str) -> list[str]:
 
 
 # -- the daily refit -------------------------------------------------------------------------------
-def daily_refit_hook(app) -> None:
+def daily_refit_hook(app) -> ScoreOutcome | None:
     """Sweeper hook: refit and rescore once a day (the first worker to claim the day does it).
 
     The claim is a ``prediction_fits`` row with the day's unique ``daily_key``, so two
     workers never refit the same day; too little history is recorded and retried the
-    next day, not every sweep.
+    next day, not every sweep.  Returns the score when this call made it, else None.
     """
     settings = app.settings
     if not settings.predictions_daily_refit:
-        return
+        return None
     today = utcnow().date()
     with app.session() as s:
         t = PredictionFit.__table__
         if s.execute(select(t.c.id).where(t.c.daily_key == today)).first() is not None:
-            return
+            return None
         ins = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
         claimed = s.execute(ins(t).values(fitted_at=utcnow(), as_of=today, trigger="daily", daily_key=today,
                                           status="running")
                             .on_conflict_do_nothing(index_elements=["daily_key"]).returning(t.c.id)).scalar()
     if claimed is None:
-        return
+        return None
     try:
         outcome = run(settings, as_of=today, trigger="daily", score=True, fit_id=claimed)
     except NotEnoughOrderHistory as exc:
         log.info("daily prediction refit skipped: %s", exc)
-        return
+        return None
     log.info("daily prediction refit: %d customers scored, %d not scored", outcome.scored, outcome.not_scored)
+    return outcome

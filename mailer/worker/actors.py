@@ -22,10 +22,9 @@ import dramatiq
 from dramatiq.brokers.stub import StubBroker
 
 from mailer.app import get_app
-from mailer.automations.hooks import release_codes_hook
+from mailer.automations.hooks import prediction_refit_hook, release_codes_hook
 from mailer.campaigns import fanout
 from mailer.campaigns.fanout import sweep_hook as campaigns_sweep_hook
-from mailer.customers.predictions import daily_refit_hook
 from mailer.delivery import process as delivery_service
 from mailer.delivery import sweeper
 from mailer.errors import LeaseHeld
@@ -103,7 +102,8 @@ def fan_out(campaign_id: int) -> None:
 
 
 #: The extra sweeps every worker runs after the deliveries' (see mailer.delivery.sweeper.SweepHook).
-SWEEP_HOOKS: tuple[sweeper.SweepHook, ...] = (campaigns_sweep_hook, release_codes_hook, daily_refit_hook)
+SWEEP_HOOKS: tuple[sweeper.SweepHook, ...] = (campaigns_sweep_hook, release_codes_hook,
+                                                   prediction_refit_hook)
 
 
 @dramatiq.actor(queue_name=QUEUE_DEFAULT, max_retries=0)
