@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -30,8 +30,9 @@ from mailer.clock import utcnow
 from mailer.customers.orders import customer_orders, order_arrays
 from mailer.db import session_scope
 from mailer.errors import ConfigurationError, NotFound, ValidationError
-from mailer.models import Customer, PredictionFit
+from mailer.models import Customer, Order, OrderStatus, PredictionFit
 from mailer.predictions import bgnbd, scores
+from mailer.predictions import evaluate as holdout
 from mailer.predictions.summary import DAYS_PER_WEEK, RFMSummary, build_summary
 from mailer.settings import Settings
 
@@ -208,6 +209,34 @@ def run(settings: Settings, *, as_of: dt.date | None = None, trigger: str = "cli
             _record(s, as_of=as_of, trigger=trigger, status="failed", fit_id=fit_id,
                     detail=f"{type(exc).__name__}: {exc}"[:2000])
         raise
+
+
+# -- hold-out evaluation ---------------------------------------------------------------------------
+def evaluate(session: Session, settings: Settings, *, calibration_end: dt.date,
+             holdout_end: dt.date | None = None) -> holdout.Evaluation:
+    """``mailer predict evaluate``: fit on the placed orders up to ``calibration_end``, compare
+    with the orders after it up to ``holdout_end`` (default: the day of the last placed order).
+
+    Writes nothing: the customers' figures and ``prediction_fits`` are left as they are.
+    """
+    calibration_end = _check_as_of(calibration_end)
+    if holdout_end is None:
+        o = Order.__table__
+        # The newest placed order (ix_orders_placed_at, read from its end).
+        last = session.execute(select(func.max(o.c.placed_at))
+                               .where(o.c.status == OrderStatus.placed.value)).scalar_one()
+        holdout_end = last.date() if last is not None else calibration_end
+    holdout_end = _check_as_of(holdout_end)
+    if holdout_end <= calibration_end:
+        raise ValidationError(f"the hold-out period is empty: no placed order after the calibration end "
+                              f"{calibration_end} (hold-out end {holdout_end}); choose an earlier "
+                              "--calibration-end or a later --holdout-end", field="calibration_end")
+    orders = order_arrays(session, holdout_end)
+    try:
+        return holdout.evaluate(orders.customer_ids, orders.days, orders.amounts, calibration_end=calibration_end,
+                                holdout_end=holdout_end)
+    except scores.NotEnoughHistory as exc:
+        raise NotEnoughOrderHistory(exc.reasons) from None
 
 
 # -- in words ------------------------------------------------------------------------------------
