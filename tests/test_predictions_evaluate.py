@@ -14,9 +14,17 @@ from click.testing import CliRunner
 from mailer.cli import main
 from mailer.predictions import bgnbd
 from mailer.predictions.evaluate import chart_svg, evaluate
-from tests.test_predictions_product import CDNOW, _env, cdnow_imported  # noqa: F401 (fixture)
+from tests.test_predictions_product import CDNOW, _cdnow_csv, _env
 
 SVG = "{http://www.w3.org/2000/svg}"
+
+
+@pytest.fixture
+def cdnow_imported(settings, tmp_path):
+    """The CDNOW sample imported with `mailer orders import`."""
+    res = CliRunner().invoke(main, ["orders", "import", str(_cdnow_csv(tmp_path))], env=_env(settings))
+    assert res.exit_code == 0, res.output
+    return settings
 
 
 def _plain_holdout(calibration_end: str) -> tuple[dict[int, int], dict[int, int]]:
