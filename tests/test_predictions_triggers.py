@@ -290,3 +290,26 @@ def test_cdnow_scored_twice_wins_back_the_customer_whose_risk_became_high(db_url
         with app.session() as s:
             assert s.execute(sa.select(sa.func.count()).select_from(RewardCode)
                              .where(RewardCode.assigned_at.is_not(None))).scalar_one() == 1
+
+
+def test_the_shipped_replenishment_rule_switched_on_sends_its_reminder(db_url, tmp_path):
+    rules = tmp_path / "automations"
+    rules.mkdir()
+    shipped = (PROJECT_ROOT / "automations" / "replenishment.toml").read_text()
+    assert "enabled = false" in shipped  # off by default
+    (rules / "replenishment.toml").write_text(shipped.replace("enabled = false", "enabled = true"))
+    for app in installed_app(make_settings(database_url=db_url, automations_dir=rules, quiet_hours="")):
+        # Given a customer with newsletter consent, her last order, and a due date within 7 days
+        hal = customer(app, "hal@example.com", consent_to="newsletter")
+        _order(app, "hal@example.com", "H-1", dt.date(2026, 4, 1))
+        set_figures(app, hal, expected_next_order_at=dt.datetime(2026, 4, 30, tzinfo=dt.UTC))
+        # When the score of 2026-04-25 is processed
+        run = raise_prediction_events(app, as_of=dt.date(2026, 4, 25))
+        # Then one replenishment reminder is queued with the cycle's dates, rendered from the shipped kind
+        assert run.due_raised == 1
+        with app.session() as s:
+            mail = s.execute(sa.select(Delivery).where(Delivery.automation == "replenishment")).scalar_one()
+        assert (mail.kind, mail.status, mail.purpose) == ("replenishment", DeliveryStatus.queued, "newsletter")
+        assert mail.data["last_order_at"] == "2026-04-01" and mail.data["expected_next_order_at"] == "2026-04-30"
+        rendered = app.renderer.render("replenishment", "en", mail.data, context={"first_name": "Hal"})
+        assert "April 1, 2026" in rendered.text and "Hi Hal" in rendered.text
