@@ -313,3 +313,25 @@ def test_the_shipped_replenishment_rule_switched_on_sends_its_reminder(db_url, t
         assert mail.data["last_order_at"] == "2026-04-01" and mail.data["expected_next_order_at"] == "2026-04-30"
         rendered = app.renderer.render("replenishment", "en", mail.data, context={"first_name": "Hal"})
         assert "April 1, 2026" in rendered.text and "Hi Hal" in rendered.text
+
+
+def test_a_winback_that_would_land_in_quiet_hours_waits_for_the_morning(db_url, tmp_path):
+    rules = tmp_path / "automations"
+    rules.mkdir()
+    shutil.copy(WINBACK, rules / "winback.toml")
+    settings = make_settings(database_url=db_url, automations_dir=rules, quiet_hours="21:00-08:00")
+    for app in installed_app(settings):
+        codes(app, "winback", 2)
+        ivy = customer(app, "ivy@example.com")
+        with app.session() as s:
+            s.execute(sa.update(Customer).where(Customer.id == ivy).values(timezone="UTC", churn_risk="low"))
+        raise_prediction_events(app, as_of=AS_OF)
+        set_figures(app, ivy, churn_risk="high")
+        # When the crossing is raised at 23:00 in her time zone
+        late = dt.datetime(2026, 6, 2, 23, 0, tzinfo=dt.UTC)
+        raise_prediction_events(app, as_of=AS_OF, now=late)
+        # Then the win-back mail is scheduled for the end of her quiet hours, not sent at night
+        with app.session() as s:
+            mail = s.execute(sa.select(Delivery).where(Delivery.automation == "winback")).scalar_one()
+        assert mail.status == DeliveryStatus.scheduled
+        assert mail.send_after == dt.datetime(2026, 6, 3, 8, 0, tzinfo=dt.UTC)

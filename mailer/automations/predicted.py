@@ -71,9 +71,9 @@ def _end_of(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
 
 
-def _publish(app, type_: str, data: dict, key: str, run: TriggerRun) -> None:
+def _publish(app, type_: str, data: dict, key: str, run: TriggerRun, now: dt.datetime | None) -> None:
     try:
-        result = publish(type_, data, idempotency_key=key, app=app, internal=True)
+        result = publish(type_, data, idempotency_key=key, app=app, internal=True, now=now)
     except ValidationError as exc:
         if exc.field != "idempotency_key":
             raise
@@ -84,21 +84,25 @@ def _publish(app, type_: str, data: dict, key: str, run: TriggerRun) -> None:
     run.actions.extend(result.actions)
 
 
-def raise_prediction_events(app, *, as_of: dt.date) -> TriggerRun:
-    """Compare the scored figures with the triggers' state; publish every new crossing once."""
+def raise_prediction_events(app, *, as_of: dt.date, now: dt.datetime | None = None) -> TriggerRun:
+    """Compare the scored figures with the triggers' state; publish every new crossing once.
+
+    ``now`` (aware UTC) stands in for the clock of the published events (delays, quiet
+    hours), as in :func:`~mailer.automations.publish.publish`.
+    """
     rules = [r for r in load(app.settings) if r.enabled]
     churn_rules = any(r.event == CHURN for r in rules)
     lead = max((r.before or dt.timedelta(0) for r in rules if r.event == DUE), default=None)
     run = TriggerRun(as_of)
-    _churn(app, run, as_of, publish_events=churn_rules)
-    _due(app, run, as_of, lead=lead)
+    _churn(app, run, as_of, publish_events=churn_rules, now=now)
+    _due(app, run, as_of, lead=lead, now=now)
     log.info("prediction triggers as of %s: %s", as_of, run.summary())
     return run
 
 
-def _churn(app, run: TriggerRun, as_of: dt.date, *, publish_events: bool) -> None:
+def _churn(app, run: TriggerRun, as_of: dt.date, *, publish_events: bool, now: dt.datetime | None) -> None:
     c, t = Customer.__table__, PredictionTrigger.__table__
-    now = utcnow()
+    clock, now = now, utcnow()
     with app.session() as s:
         # Only customers whose risk differs from the trigger's (or who have no row yet): the
         # outer join on the (customer_id, trigger) primary key, filtered on the difference.
@@ -122,7 +126,7 @@ def _churn(app, run: TriggerRun, as_of: dt.date, *, publish_events: bool) -> Non
                 data["p_alive"] = float(r.p_alive)
             if r.predicted_clv is not None:
                 data["predicted_clv"] = float(r.predicted_clv)
-            _publish(app, CHURN, data, f"prediction:{CHURN}:{r.id}:{r.changes + 1}", run)
+            _publish(app, CHURN, data, f"prediction:{CHURN}:{r.id}:{r.changes + 1}", run, clock)
         with app.session() as s:
             # Guarded by the crossing number read above: a concurrent worker that recorded it
             # first makes this a no-op.
@@ -136,9 +140,9 @@ def _risk(value) -> str:
     return getattr(value, "value", value)
 
 
-def _due(app, run: TriggerRun, as_of: dt.date, *, lead: dt.timedelta | None) -> None:
+def _due(app, run: TriggerRun, as_of: dt.date, *, lead: dt.timedelta | None, now: dt.datetime | None) -> None:
     c, t, o = Customer.__table__, PredictionTrigger.__table__, Order.__table__
-    now = utcnow()
+    clock, now = now, utcnow()
     end = _end_of(as_of)
     with app.session() as s:
         # The day of each customer's last placed order up to as-of (uq_orders_customer_shop_order
@@ -179,7 +183,7 @@ def _due(app, run: TriggerRun, as_of: dt.date, *, lead: dt.timedelta | None) -> 
             continue
         data = {"email": email, "expected_next_order_at": due_at.date().isoformat(), "last_order_at": cycle,
                 "as_of": as_of.isoformat()}
-        _publish(app, DUE, data, f"prediction:{DUE}:{cid}:{cycle}", run)
+        _publish(app, DUE, data, f"prediction:{DUE}:{cid}:{cycle}", run, clock)
         with app.session() as s:
             s.execute(update(t).where(t.c.customer_id == cid, t.c.trigger == DUE, t.c.value == cycle)
                       .values(fired_at=now, updated_at=now))
