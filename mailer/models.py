@@ -1130,3 +1130,25 @@ class CampaignAction(Base):
 
     def __repr__(self) -> str:
         return f"<CampaignAction id={self.id} campaign_id={self.campaign_id} action={self.action!r}>"
+class PredictionTrigger(Base):
+    """What a customer's prediction trigger last saw (mailer.automations.predicted).
+
+    ``churn_risk_became``: ``value`` is the churn risk of the last processed score and
+    ``changes`` counts the crossings raised.  ``expected_order_due``: ``value`` is the
+    purchase cycle (the ISO day of the last order), ``due_at`` the expected next order
+    frozen at the cycle's first score, ``fired_at`` when its event was raised.
+    """
+
+    __tablename__ = "prediction_triggers"
+
+    customer_id: Mapped[int] = mapped_column(BigId, ForeignKey("customers.id", ondelete="CASCADE"),
+                                             primary_key=True)
+    trigger: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[str] = mapped_column(String(40))
+    changes: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    fired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<PredictionTrigger customer={self.customer_id} {self.trigger}={self.value!r}>"

@@ -241,6 +241,30 @@ def test_daily_refit_runs_once_a_day_and_records_a_refusal(app):
 
 
 def test_daily_refit_is_one_of_the_workers_sweep_hooks():
+    from mailer.automations.hooks import prediction_refit_hook
     from mailer.worker.actors import SWEEP_HOOKS
 
-    assert predictions.daily_refit_hook in SWEEP_HOOKS
+    # The refit, then the prediction triggers (mailer.automations.predicted)
+    assert prediction_refit_hook in SWEEP_HOOKS
+
+
+def test_refunded_and_cancelled_orders_leave_the_models_inputs(app):
+    # Given three orders of one customer on three days
+    from mailer.automations.publish import publish
+
+    for n, day in ((1, "2026-03-01"), (2, "2026-03-08"), (3, "2026-03-15")):
+        publish("order_placed", {"email": "r@example.com", "order_number": f"R-{n}", "total": 10 * n,
+                                 "occurred_at": f"{day}T12:00:00Z"}, settings=app.settings)
+    # When the shop reports the second refunded and the third cancelled (and a replay of the second's placement)
+    publish("order_refunded", {"email": "r@example.com", "order_number": "R-2", "reason": "damaged"},
+            settings=app.settings)
+    publish("order_cancelled", {"email": "r@example.com", "order_number": "R-3"}, settings=app.settings)
+    publish("order_placed", {"email": "r@example.com", "order_number": "R-2", "total": 20,
+                             "occurred_at": "2026-03-08T12:00:00Z"}, settings=app.settings)
+    # Then the orders keep their statuses, and only the first is in the models' frequency and spend
+    with app.session() as s:
+        statuses = dict(s.execute(sa.select(Order.shop_order_id, Order.status)).all())
+        arrays = orders_service.order_arrays(s, dt.date(2026, 3, 31))
+    assert {k: v.value for k, v in statuses.items()} == {"R-1": "placed", "R-2": "refunded", "R-3": "cancelled"}
+    assert arrays.amounts.tolist() == [10.0]
+    assert str(arrays.days[0]) == "2026-03-01"

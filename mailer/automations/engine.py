@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -109,12 +109,21 @@ def _trigger(ctx: _Context, rule: Rule, customer: Customer, base: dict) -> list:
                 return [Action(rule.name, rule.kind, "deduplicated", customer.id, last.id,
                                detail=f"same {', '.join(rule.repeat.unless_changed) or 'event'} as delivery "
                                       f"{last.id} within {format_duration(rule.repeat.window)}")]
+    start = ctx.now
+    if rule.before is not None and "expected_next_order_at" in ctx.data:
+        # ``before``: N days before the expected next order, or at once when that is past.
+        start = max(ctx.now, _parse_time(ctx.data["expected_next_order_at"]) - rule.before)
     actions = []
     for step, delay in enumerate(rule.delays):
         tail = f"once:{step}" if rule.once else f"e{ctx.event.id}:{step}"
         actions.append(_schedule(ctx, rule, customer, dict(data), group=group, key=_ikey(rule, group, tail),
-                                 send_after=ctx.now + delay))
+                                 send_after=start + delay))
     return actions
+
+
+def _parse_time(text: str) -> datetime:
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 # -- after the commit --------------------------------------------------------------------------------

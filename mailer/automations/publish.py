@@ -43,7 +43,9 @@ from mailer.settings import Settings
 
 log = logging.getLogger("mailer.events")
 
-log = logging.getLogger("mailer.events")
+
+#: Events that end an order, and the status the order keeps.
+_ORDER_ENDINGS = {"order_cancelled": OrderStatus.cancelled, "order_refunded": OrderStatus.refunded}
 
 
 def _parse_time(text: str) -> datetime:
@@ -104,18 +106,19 @@ def _app_for(settings: Settings | None) -> App:
 
 
 def publish(type: str, data: dict, *, idempotency_key: str | None = None, settings: Settings | None = None,
-            now: datetime | None = None, app: App | None = None) -> Published:
+            now: datetime | None = None, app: App | None = None, internal: bool = False) -> Published:
     """Accept one shop event: validate, store, apply and run the automations, atomically.
 
     ``now`` (aware UTC) stands in for the clock when computing delays, windows and quiet
-    hours (tests, replays).  Raises :class:`~mailer.errors.InvalidEvent` before anything
+    hours (tests, replays).  ``internal`` is for mailer's own prediction events
+    (:mod:`mailer.automations.predicted`); shops cannot send those.  Raises :class:`~mailer.errors.InvalidEvent` before anything
     is stored when the event does not match its schema.
     """
     app = app or _app_for(settings)
     now = now or utcnow()
     if now.tzinfo is None:
         raise ValidationError("now must be an aware datetime", field="now")
-    cleaned = validate(type, data)
+    cleaned = validate(type, data, internal=internal)
     if idempotency_key is not None:
         idempotency_key = idempotency_key.strip()
         if not idempotency_key or len(idempotency_key) > IDEMPOTENCY_KEY_MAX_CHARS or _CONTROL.search(idempotency_key):
@@ -155,9 +158,12 @@ def publish(type: str, data: dict, *, idempotency_key: str | None = None, settin
                     order_id = record_order(s, app.settings, customer.id, cleaned["order_number"],
                                             placed_at=placed, total=total, currency=cleaned.get("currency"))
                     attribute_order(s, app.settings, order_id, now=now)
-                elif type in ("order_cancelled", "order_refunded"):
+                elif type in _ORDER_ENDINGS:
+                    # Kept as the order's status: a cancelled or refunded order leaves the
+                    # prediction models' frequency and spend (mailer.customers.orders.order_arrays),
+                    # and its revenue attribution is reversed.
                     refunded = type == "order_refunded" or bool(cleaned.get("refunded"))
-                    status = OrderStatus.refunded if refunded else OrderStatus.cancelled
+                    status = OrderStatus.refunded if refunded else _ORDER_ENDINGS[type]
                     when = _parse_time(cleaned["occurred_at"]) if "occurred_at" in cleaned else now
                     order_id = record_order(s, app.settings, customer.id, cleaned["order_number"], placed_at=when,
                                             status=status)

@@ -50,7 +50,7 @@ AUDIENCES = ("customer", "restock_requests")
 #: Every key a rule file may have, for the error message on a typo.
 RULE_KEYS = ("description", "event", "kind", "enabled", "delay", "delays", "group", "cancelled_by", "once",
              "quiet_hours", "require_consent", "audience", "event_if", "customer_if", "became", "repeat",
-             "merge", "waves", "reward", "data", "add_data", "holdout_percent")
+             "merge", "waves", "reward", "data", "add_data", "holdout_percent", "before")
 #: Largest holdout share of a rule, percent of its eligible sends.
 MAX_HOLDOUT_PERCENT = 50
 
@@ -133,6 +133,8 @@ class Rule:
     #: Share of eligible customers deliberately not mailed (recorded as ``holdout`` sends),
     #: percent; the incremental revenue of the rule is measured against them.
     holdout_percent: float = 0.0
+    #: (``expected_order_due`` only) send this long before the event's ``expected_next_order_at``.
+    before: timedelta | None = None
     #: Filled in by :func:`load` from the kind's ``kind.toml``.
     purpose: str = TRANSACTIONAL
     fields: tuple[str, ...] = ()
@@ -348,6 +350,12 @@ def parse_rule(path: Path, settings: Settings, renderer=None) -> Rule:
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout <= MAX_HOLDOUT_PERCENT:
         raise ConfigurationError(f"{where}: holdout_percent must be a number from 0 to {MAX_HOLDOUT_PERCENT} "
                                  f"(percent of the rule's customers not mailed on purpose)")
+    before = None
+    if "before" in raw:
+        if event != "expected_order_due":
+            raise ConfigurationError(f"{where}: before (send N days before the expected next order) needs "
+                                     "event = \"expected_order_due\"")
+        before = parse_duration(raw["before"], f"{where}: before")
     for flag in ("enabled", "once", "quiet_hours", "require_consent"):
         if flag in raw and not isinstance(raw[flag], bool):
             raise ConfigurationError(f"{where}: {flag} must be true or false")
@@ -356,7 +364,7 @@ def parse_rule(path: Path, settings: Settings, renderer=None) -> Rule:
                 once=raw.get("once", False), quiet_hours=raw.get("quiet_hours", True),
                 require_consent=raw.get("require_consent", True), audience=audience, event_if=event_if,
                 customer_if=customer_if, became=became, repeat=repeat, merge=merge, waves=waves, reward=reward,
-                data=data, add_data=tuple(add_data), holdout_percent=float(holdout))
+                data=data, add_data=tuple(add_data), holdout_percent=float(holdout), before=before)
     if renderer is not None:
         try:
             spec = renderer.spec(kind)

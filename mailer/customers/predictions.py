@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -30,8 +30,9 @@ from mailer.clock import utcnow
 from mailer.customers.orders import customer_orders, order_arrays
 from mailer.db import session_scope
 from mailer.errors import ConfigurationError, NotFound, ValidationError
-from mailer.models import Customer, PredictionFit
+from mailer.models import Customer, Order, OrderStatus, PredictionFit
 from mailer.predictions import bgnbd, scores
+from mailer.predictions import evaluate as holdout
 from mailer.predictions.summary import DAYS_PER_WEEK, RFMSummary, build_summary
 from mailer.settings import Settings
 
@@ -210,6 +211,34 @@ def run(settings: Settings, *, as_of: dt.date | None = None, trigger: str = "cli
         raise
 
 
+# -- hold-out evaluation ---------------------------------------------------------------------------
+def evaluate(session: Session, settings: Settings, *, calibration_end: dt.date,
+             holdout_end: dt.date | None = None) -> holdout.Evaluation:
+    """``mailer predict evaluate``: fit on the placed orders up to ``calibration_end``, compare
+    with the orders after it up to ``holdout_end`` (default: the day of the last placed order).
+
+    Writes nothing: the customers' figures and ``prediction_fits`` are left as they are.
+    """
+    calibration_end = _check_as_of(calibration_end)
+    if holdout_end is None:
+        o = Order.__table__
+        # The newest placed order (ix_orders_placed_at, read from its end).
+        last = session.execute(select(func.max(o.c.placed_at))
+                               .where(o.c.status == OrderStatus.placed.value)).scalar_one()
+        holdout_end = last.date() if last is not None else calibration_end
+    holdout_end = _check_as_of(holdout_end)
+    if holdout_end <= calibration_end:
+        raise ValidationError(f"the hold-out period is empty: no placed order after the calibration end "
+                              f"{calibration_end} (hold-out end {holdout_end}); choose an earlier "
+                              "--calibration-end or a later --holdout-end", field="calibration_end")
+    orders = order_arrays(session, holdout_end)
+    try:
+        return holdout.evaluate(orders.customer_ids, orders.days, orders.amounts, calibration_end=calibration_end,
+                                holdout_end=holdout_end)
+    except scores.NotEnoughHistory as exc:
+        raise NotEnoughOrderHistory(exc.reasons) from None
+
+
 # -- in words ------------------------------------------------------------------------------------
 def _params(fit_row: PredictionFit) -> tuple[bgnbd.BGNBDParams | tuple, dict]:
     p = fit_row.params["bgnbd"]
@@ -280,30 +309,31 @@ def explain(session: Session, settings: Settings, address: str) -> list[str]:
 
 
 # -- the daily refit -------------------------------------------------------------------------------
-def daily_refit_hook(app) -> None:
+def daily_refit_hook(app) -> ScoreOutcome | None:
     """Sweeper hook: refit and rescore once a day (the first worker to claim the day does it).
 
     The claim is a ``prediction_fits`` row with the day's unique ``daily_key``, so two
     workers never refit the same day; too little history is recorded and retried the
-    next day, not every sweep.
+    next day, not every sweep.  Returns the score when this call made it, else None.
     """
     settings = app.settings
     if not settings.predictions_daily_refit:
-        return
+        return None
     today = utcnow().date()
     with app.session() as s:
         t = PredictionFit.__table__
         if s.execute(select(t.c.id).where(t.c.daily_key == today)).first() is not None:
-            return
+            return None
         ins = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
         claimed = s.execute(ins(t).values(fitted_at=utcnow(), as_of=today, trigger="daily", daily_key=today,
                                           status="running")
                             .on_conflict_do_nothing(index_elements=["daily_key"]).returning(t.c.id)).scalar()
     if claimed is None:
-        return
+        return None
     try:
         outcome = run(settings, as_of=today, trigger="daily", score=True, fit_id=claimed)
     except NotEnoughOrderHistory as exc:
         log.info("daily prediction refit skipped: %s", exc)
-        return
+        return None
     log.info("daily prediction refit: %d customers scored, %d not scored", outcome.scored, outcome.not_scored)
+    return outcome

@@ -317,14 +317,63 @@ SCHEMAS: dict[str, dict[str, Field]] = {
                          "currency": Field(_currency), **_COMMON},
 }
 
+def _choice(*allowed: str):
+    def check(value: Any, where: str) -> str:
+        text = _text(value, where, 40)
+        if text not in allowed:
+            raise InvalidEvent(f"{where} {text!r} is not one of {', '.join(allowed)}", field=where)
+        return text
+    return check
+
+
+def _probability(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise InvalidEvent(f"{where} must be a probability from 0 to 1", field=where)
+    return float(value)
+
+
+def _figure(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise InvalidEvent(f"{where} must be a finite non-negative number", field=where)
+    return round(float(value), 2)
+
+
+_RISK = _choice("low", "medium", "high")
+
+#: Events mailer raises itself from the prediction figures (mailer.automations.predicted);
+#: rules trigger on them like on shop events, but shops cannot send them.
+PREDICTION_SCHEMAS: dict[str, dict[str, Field]] = {
+    "churn_risk_became": {**_CUSTOMER,
+                          "churn_risk": Field(_RISK, True, "the customer's new churn risk"),
+                          "previous_churn_risk": Field(_RISK, True, "their churn risk at the score before"),
+                          "p_alive": Field(_probability, doc="probability they are still a customer"),
+                          "predicted_clv": Field(_figure, doc="predicted 12-month value, shop currency"),
+                          "as_of": Field(_when, True, "the day the figures are as of")},
+    "expected_order_due": {**_CUSTOMER,
+                           "expected_next_order_at": Field(_when, True,
+                                                           "when the next order is expected (this purchase cycle)"),
+                           "last_order_at": Field(_when, True, "the day of the last order (starts the cycle)"),
+                           "as_of": Field(_when, True, "the day the figures are as of")},
+}
+SCHEMAS.update(PREDICTION_SCHEMAS)
+
 EVENT_TYPES = tuple(SCHEMAS)
+#: What shops may send (``POST /v1/events``, ``mailer events publish``, ``mailer.publish``).
+SHOP_EVENT_TYPES = tuple(t for t in SCHEMAS if t not in PREDICTION_SCHEMAS)
 
 
-def validate(type_: str, data: Any) -> dict:
-    """The event's data, checked and normalized; :class:`InvalidEvent` names the bad field."""
+def validate(type_: str, data: Any, *, internal: bool = False) -> dict:
+    """The event's data, checked and normalized; :class:`InvalidEvent` names the bad field.
+
+    ``internal`` (mailer's own prediction events) admits :data:`PREDICTION_SCHEMAS`.
+    """
     if not isinstance(type_, str) or type_ not in SCHEMAS:
         shown = repr(type_)[:60]
-        raise InvalidEvent(f"unknown event type {shown}; known types: {', '.join(EVENT_TYPES)}", field="type")
+        raise InvalidEvent(f"unknown event type {shown}; known types: {', '.join(SHOP_EVENT_TYPES)}", field="type")
+    if type_ in PREDICTION_SCHEMAS and not internal:
+        raise InvalidEvent(f"{type_} events are raised by mailer's predictions (after `mailer predict score` or "
+                           f"the daily refit), not sent by shops; shop types: {', '.join(SHOP_EVENT_TYPES)}",
+                           field="type")
     bounded = limits.check(data, "data")
     if bounded:
         raise InvalidEvent.listing(bounded)

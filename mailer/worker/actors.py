@@ -26,12 +26,11 @@ import dramatiq
 from dramatiq.brokers.stub import StubBroker
 
 from mailer.app import get_app
-from mailer.automations.hooks import release_codes_hook
+from mailer.automations.hooks import prediction_refit_hook, release_codes_hook
 from mailer.campaigns import abtest, fanout
 from mailer.campaigns.fanout import sweep_hook as campaigns_sweep_hook
 from mailer.connectors import inbox as connector_inbox
 from mailer.connectors import writeback as connector_writeback
-from mailer.customers.predictions import daily_refit_hook
 from mailer.delivery import process as delivery_service
 from mailer.delivery import sweeper
 from mailer.errors import LeaseHeld
@@ -129,7 +128,7 @@ def decide_ab_test(campaign_id: int) -> None:
 
 #: The extra sweeps every worker runs after the deliveries' (see mailer.delivery.sweeper.SweepHook).
 SWEEP_HOOKS: tuple[sweeper.SweepHook, ...] = (campaigns_sweep_hook, abtest.sweep_hook, release_codes_hook,
-                                              daily_refit_hook, connector_inbox.sweep_hook,
+                                              prediction_refit_hook, connector_inbox.sweep_hook,
                                               connector_writeback.sweep_hook)
 
 

@@ -36,8 +36,8 @@ class EventIn(BaseModel):
         {"type": "order_delayed", "data": {"email": "alice@example.com", "order_number": "1001",
                                            "new_eta": "2026-12-01"}}]})
     # The enum is what publish() enforces (an unknown type is a 422 naming the known ones).
-    type: str = Field(description=f"One of: {', '.join(events.EVENT_TYPES)}.", max_length=50,
-                      json_schema_extra={"enum": list(events.EVENT_TYPES)})
+    type: str = Field(description=f"One of: {', '.join(events.SHOP_EVENT_TYPES)}.", max_length=50,
+                      json_schema_extra={"enum": list(events.SHOP_EVENT_TYPES)})
     data: dict[str, Any] = Field(default_factory=dict, description="The event's fields.")
 
 

@@ -1,0 +1,171 @@
+"""Predictions on the database: 1,000,000 customers and ~5,000,000 orders in SQLite / PostgreSQL.
+
+Usage: ``python bench/predict_db.py [--customers N] [--db both|sqlite|postgresql] [--seed S] [--quick]``.
+
+The orders come from the known BG/NBD + Gamma-Gamma process of ``bench/predict.py``
+(:func:`predict.simulate`), bulk loaded into a migrated database of the benchmark's own
+(executemany on SQLite, COPY on PostgreSQL; not timed). Then, in a fresh child process
+(so its peak memory is the product's alone, not the generator's), the product's path:
+
+* ``order_arrays``: the orders table read into numpy (timed alone as well);
+* ``predictions.run(score=True)``: what ``mailer predict score`` and the daily refit run:
+  read, fit both models, write every customer's figures (executemany per 5,000), record
+  the fit;
+* ``raise_prediction_events`` twice: the first pass records every customer's starting
+  point (1,000,000 ``prediction_triggers`` rows per trigger), the second is a rerun that
+  finds nothing to raise (what a daily pass costs when little changed).
+
+Prints the machine, each step's time, the child's peak RSS (``ru_maxrss``) and the
+recovered parameters next to the true ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from common import Database, databases, print_machine  # noqa: E402
+from predict import AS_OF, TRUE_BGNBD, TRUE_GAMMA_GAMMA, simulate  # noqa: E402
+
+#: Rows per executemany / COPY chunk while loading.
+LOAD_CHUNK = 50_000
+
+
+def _sqlite_ts(seconds: np.ndarray) -> list[str]:
+    return np.datetime_as_string(seconds.astype("datetime64[us]"), unit="us").tolist()
+
+
+def load(db: Database, n: int, seed: int) -> int:
+    """Customers c{i}@bench.example and their simulated orders, in bulk; returns the orders written."""
+    (ids, at, amounts), _ = simulate(n, seed)
+    order = np.lexsort((at, ids))
+    ids, at, amounts = ids[order], at[order], amounts[order]
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+    placed = [s.replace("T", " ") for s in _sqlite_ts(at)]
+    customers = ((i + 1, f"c{i}@bench.example", f"{i:064x}", "0", 0, "{}", now, now) for i in range(n))
+    orders = ((k + 1, int(ids[k]) + 1, f"o{k}", placed[k], f"{amounts[k]:.2f}", "EUR", f"{amounts[k]:.2f}",
+               "placed", now, now) for k in range(len(ids)))
+    ccols = "id, email, email_hash, total_spent, orders_count, attributes, created_at, updated_at"
+    ocols = "id, customer_id, shop_order_id, placed_at, total, currency, total_shop, status, created_at, updated_at"
+    if db.kind == "sqlite":
+        import sqlite3
+
+        conn = sqlite3.connect(db.url.removeprefix("sqlite:///"))
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.executemany(f"INSERT INTO customers ({ccols}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", customers)
+        conn.executemany(f"INSERT INTO orders ({ocols}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", orders)
+        conn.commit()
+        conn.execute("ANALYZE")
+        conn.close()
+    else:
+        import psycopg
+
+        raw = db.url.split("?")[0].replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(raw, options=f"-csearch_path={db.schema}") as conn:
+            with conn.cursor() as cur:
+                cur.execute("SET session_replication_role = replica")  # bulk load: skip FK triggers
+                for table, cols, rows in (("customers", ccols, customers), ("orders", ocols, orders)):
+                    with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
+                        for row in rows:
+                            copy.write_row(row)
+                cur.execute("SET session_replication_role = origin")
+            conn.commit()
+            conn.autocommit = True
+            conn.execute("VACUUM ANALYZE")
+    return len(ids)
+
+
+def measure(url: str, automations: str) -> dict:
+    """In the child: the product's path on the loaded database (see the module docstring)."""
+    from mailer.app import App
+    from mailer.automations.predicted import raise_prediction_events
+    from mailer.customers import orders as orders_service
+    from mailer.customers import predictions
+    from mailer.db import session_scope
+    from mailer.settings import Settings
+
+    settings = Settings(database_url=url, broker_url="stub://", smtp_url="memory://default",
+                        automations_dir=automations, predictions_daily_refit=False)
+    out = {}
+    t0 = time.perf_counter()
+    with session_scope(settings) as s:
+        arrays = orders_service.order_arrays(s, AS_OF)
+    out["read_s"] = time.perf_counter() - t0
+    out["orders_read"] = int(arrays.customer_ids.size)
+    del arrays
+    t0 = time.perf_counter()
+    outcome = predictions.run(settings, as_of=AS_OF, trigger="cli", score=True)
+    out["score_s"] = time.perf_counter() - t0
+    out["scored"] = outcome.scored
+    out["params"] = outcome.fit.models.to_dict()
+    app = App(settings)
+    for name in ("triggers_first_s", "triggers_rerun_s"):
+        t0 = time.perf_counter()
+        run = raise_prediction_events(app, as_of=AS_OF)
+        out[name] = time.perf_counter() - t0
+        out[name.replace("_s", "")] = run.summary()
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--customers", type=int, default=1_000_000)
+    ap.add_argument("--seed", type=int, default=20261201)
+    ap.add_argument("--db", default="both", choices=["both", "sqlite", "postgresql"])
+    ap.add_argument("--quick", action="store_true", help="100,000 customers")
+    ap.add_argument("--measure", help=argparse.SUPPRESS)  # child: URL to measure
+    ap.add_argument("--automations", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.automations)))
+        return
+    n = 100_000 if args.quick else args.customers
+    print_machine(f"predictions on the database: {n:,} customers")
+    for kind in databases(args.db):
+        with tempfile.TemporaryDirectory() as tmp:
+            db = Database(kind, Path(tmp) / "db")
+            try:
+                t0 = time.perf_counter()
+                written = load(db, n, args.seed)
+                print(f"-- {kind}: loaded {n:,} customers and {written:,} orders in {time.perf_counter() - t0:.1f} s "
+                      "(not timed below)")
+                rules = Path(tmp) / "automations"
+                rules.mkdir()
+                child = subprocess.run([sys.executable, __file__, "--measure", db.url, "--automations", str(rules)],
+                                       capture_output=True, text=True, check=False)
+                if child.returncode != 0:
+                    print(child.stderr[-3000:])
+                    raise SystemExit(f"{kind}: the measuring process failed")
+                r = json.loads(child.stdout.strip().splitlines()[-1])
+            finally:
+                db.drop()
+        b, g = r["params"]["bgnbd"], r["params"]["gamma_gamma"]
+        print(f"   read orders (order_arrays)                     {r['read_s']:7.1f} s  ({r['orders_read']:,} orders)")
+        print(f"   predict score: read + fit + write figures      {r['score_s']:7.1f} s  ({r['scored']:,} scored)"
+              f"  [target 60 s]")
+        print(f"   prediction triggers, first pass                {r['triggers_first_s']:7.1f} s  "
+              f"({r['triggers_first']})")
+        print(f"   prediction triggers, rerun                     {r['triggers_rerun_s']:7.1f} s")
+        print(f"   peak RSS of the measuring process              {r['peak_rss_mb']:7.0f} MB  [target 1024 MB]")
+        print("   parameter   true     recovered")
+        for name, true in (*TRUE_BGNBD.items(), *TRUE_GAMMA_GAMMA.items()):
+            got = b.get(name, g.get(name))
+            print(f"   {name:9s} {true:7.3f}  {got:9.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Prediction triggers: ``churn_risk_became`` and ``expected_order_due`` raised from the scored figures.
+
+After every score (``mailer predict score``, the worker's daily refit) :func:`raise_prediction_events`
+compares each customer's figures in ``customers`` with what the triggers last saw
+(``prediction_triggers``) and publishes mailer's own events through
+:func:`mailer.automations.publish.publish`, so the rules in ``automations/*.toml`` that
+trigger on them get consent, suppressions, quiet hours, frequency caps and reward codes
+exactly like every other marketing rule.
+
+* ``churn_risk_became``: the customer's ``churn_risk`` differs from the one the last
+  processed score gave (low → high, medium → high, high → medium, ...). A customer's first
+  scored risk is their starting point, not a crossing: switching predictions on does not
+  mail every customer already at high risk (a campaign on the segment does that).
+* ``expected_order_due``: a purchase cycle starts at the customer's last placed order; its
+  expected next order is frozen at the cycle's first score (later scores push
+  ``expected_next_order_at`` further out while the customer stays quiet, so a moving date
+  would never come due). The event is raised once per cycle, on the first score whose
+  as-of day is at most the rules' longest ``before`` ahead of that date; the rule
+  schedules its mail ``before`` ahead of it (at once when that is past). A new order
+  starts a new cycle (``cancelled_by = ["order_placed"]`` drops a pending reminder).
+
+Once per crossing, safe to rerun: a rerun sees the figures equal to what the triggers
+saw and raises nothing; each event's ``Idempotency-Key`` names the customer and the
+crossing (``prediction:churn_risk_became:<customer>:<crossing number>``,
+``prediction:expected_order_due:<customer>:<cycle day>``), so a run that died between
+publishing and recording publishes nothing twice. Events are raised only while an
+enabled rule listens to them; without one the triggers still track the figures, so a
+rule switched on later does not fire for old crossings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import and_, func, insert, or_, select, update
+
+from mailer.automations.publish import publish
+from mailer.automations.rules import load
+from mailer.clock import utcnow
+from mailer.errors import ValidationError
+from mailer.models import Customer, Order, OrderStatus, PredictionTrigger
+
+log = logging.getLogger("mailer.predictions")
+
+CHURN = "churn_risk_became"
+DUE = "expected_order_due"
+#: State rows written per executemany round.
+BATCH_ROWS = 5000
+
+
+@dataclass
+class TriggerRun:
+    """What one pass raised: crossings published, starting points recorded, events' actions."""
+
+    as_of: dt.date
+    churn_crossings: int = 0
+    churn_started: int = 0
+    due_raised: int = 0
+    cycles_started: int = 0
+    actions: list = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"churn_risk_became: {self.churn_crossings} crossing(s) ({self.churn_started} customer(s) "
+                f"scored for the first time); expected_order_due: {self.due_raised} raised "
+                f"({self.cycles_started} new purchase cycle(s))")
+
+
+def _end_of(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+
+
+def _publish(app, type_: str, data: dict, key: str, run: TriggerRun, now: dt.datetime | None) -> None:
+    try:
+        result = publish(type_, data, idempotency_key=key, app=app, internal=True, now=now)
+    except ValidationError as exc:
+        if exc.field != "idempotency_key":
+            raise
+        # The key exists for other figures (a rerun on another day after a crash) or is being
+        # applied by another worker right now: that crossing is raised already.
+        log.info("prediction event %s already raised: %s", key, exc)
+        return
+    run.actions.extend(result.actions)
+
+
+def raise_prediction_events(app, *, as_of: dt.date, now: dt.datetime | None = None) -> TriggerRun:
+    """Compare the scored figures with the triggers' state; publish every new crossing once.
+
+    ``now`` (aware UTC) stands in for the clock of the published events (delays, quiet
+    hours), as in :func:`~mailer.automations.publish.publish`.
+    """
+    rules = [r for r in load(app.settings) if r.enabled]
+    churn_rules = any(r.event == CHURN for r in rules)
+    lead = max((r.before or dt.timedelta(0) for r in rules if r.event == DUE), default=None)
+    run = TriggerRun(as_of)
+    _churn(app, run, as_of, publish_events=churn_rules, now=now)
+    _due(app, run, as_of, lead=lead, now=now)
+    log.info("prediction triggers as of %s: %s", as_of, run.summary())
+    return run
+
+
+def _churn(app, run: TriggerRun, as_of: dt.date, *, publish_events: bool, now: dt.datetime | None) -> None:
+    c, t = Customer.__table__, PredictionTrigger.__table__
+    clock, now = now, utcnow()
+    with app.session() as s:
+        # Only customers whose risk differs from the trigger's (or who have no row yet): the
+        # outer join on the (customer_id, trigger) primary key, filtered on the difference.
+        rows = s.execute(
+            select(c.c.id, c.c.email, c.c.churn_risk, c.c.p_alive, c.c.predicted_clv, t.c.value, t.c.changes)
+            .select_from(c.outerjoin(t, and_(t.c.customer_id == c.c.id, t.c.trigger == CHURN)))
+            .where(c.c.churn_risk.is_not(None), c.c.erased_at.is_(None),
+                   or_(t.c.value.is_(None), t.c.value != c.c.churn_risk))).all()
+        fresh = [{"customer_id": r.id, "trigger": CHURN, "value": _risk(r.churn_risk), "changes": 0,
+                  "updated_at": now} for r in rows if r.value is None]
+        for i in range(0, len(fresh), BATCH_ROWS):
+            s.execute(insert(t), fresh[i:i + BATCH_ROWS])
+        run.churn_started = len(fresh)
+    for r in rows:
+        if r.value is None:
+            continue
+        new = _risk(r.churn_risk)
+        if publish_events:
+            data = {"email": r.email, "churn_risk": new, "previous_churn_risk": r.value, "as_of": as_of.isoformat()}
+            if r.p_alive is not None:
+                data["p_alive"] = float(r.p_alive)
+            if r.predicted_clv is not None:
+                data["predicted_clv"] = float(r.predicted_clv)
+            _publish(app, CHURN, data, f"prediction:{CHURN}:{r.id}:{r.changes + 1}", run, clock)
+        with app.session() as s:
+            # Guarded by the crossing number read above: a concurrent worker that recorded it
+            # first makes this a no-op.
+            s.execute(update(t).where(t.c.customer_id == r.id, t.c.trigger == CHURN, t.c.changes == r.changes)
+                      .values(value=new, changes=r.changes + 1, fired_at=now if publish_events else None,
+                              updated_at=now))
+        run.churn_crossings += 1
+
+
+def _risk(value) -> str:
+    return getattr(value, "value", value)
+
+
+def _due(app, run: TriggerRun, as_of: dt.date, *, lead: dt.timedelta | None, now: dt.datetime | None) -> None:
+    c, t, o = Customer.__table__, PredictionTrigger.__table__, Order.__table__
+    clock, now = now, utcnow()
+    end = _end_of(as_of)
+    with app.session() as s:
+        # The day of each customer's last placed order up to as-of (uq_orders_customer_shop_order
+        # leads with customer_id, so the grouping walks that index), joined to the scored customers
+        # and their trigger row.
+        last = (select(o.c.customer_id, func.max(o.c.placed_at).label("last_at"))
+                .where(o.c.status == OrderStatus.placed.value, o.c.placed_at < end)
+                .group_by(o.c.customer_id).subquery())
+        rows = s.execute(
+            select(c.c.id, c.c.email, c.c.expected_next_order_at, last.c.last_at, t.c.value, t.c.due_at,
+                   t.c.fired_at)
+            .select_from(c.join(last, last.c.customer_id == c.c.id)
+                         .outerjoin(t, and_(t.c.customer_id == c.c.id, t.c.trigger == DUE)))
+            .where(c.c.expected_next_order_at.is_not(None), c.c.erased_at.is_(None))).all()
+        started, restarted, pending = [], [], []
+        for r in rows:
+            cycle = _as_day(r.last_at).isoformat()
+            if r.value == cycle:
+                if r.fired_at is None:
+                    pending.append((r.id, r.email, cycle, _aware(r.due_at)))
+                continue
+            due_at = _aware(r.expected_next_order_at)
+            state = {"customer_id": r.id, "trigger": DUE, "value": cycle, "changes": 0, "due_at": due_at,
+                     "fired_at": None, "updated_at": now}
+            (started if r.value is None else restarted).append(state)
+            pending.append((r.id, r.email, cycle, due_at))
+        for i in range(0, len(started), BATCH_ROWS):
+            s.execute(insert(t), started[i:i + BATCH_ROWS])
+        for state in restarted:
+            # A new purchase cycle: its own expected date, not raised yet (primary key lookup).
+            s.execute(update(t).where(t.c.customer_id == state["customer_id"], t.c.trigger == DUE)
+                      .values(value=state["value"], due_at=state["due_at"], fired_at=None, updated_at=now))
+        run.cycles_started = len(started) + len(restarted)
+    if lead is None:
+        return
+    for cid, email, cycle, due_at in pending:
+        if due_at is None or due_at - lead >= end:
+            continue
+        data = {"email": email, "expected_next_order_at": due_at.date().isoformat(), "last_order_at": cycle,
+                "as_of": as_of.isoformat()}
+        _publish(app, DUE, data, f"prediction:{DUE}:{cid}:{cycle}", run, clock)
+        with app.session() as s:
+            s.execute(update(t).where(t.c.customer_id == cid, t.c.trigger == DUE, t.c.value == cycle)
+                      .values(fired_at=now, updated_at=now))
+        run.due_raised += 1
+
+
+def _as_day(value) -> dt.date:
+    return _aware(value).date()
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
