@@ -2,9 +2,15 @@
 
 aiosmtpd spends about 2 ms of its own CPU on a 40 KB message, so a benchmark that sends
 to it measures aiosmtpd.  This sink speaks just enough SMTP for smtplib and mailer's
-transport (EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT; it announces 8BITMIME and
-SMTPUTF8, no PIPELINING) and per accepted message does three cheap things in C: find
-the end of DATA, find the header block, pull out ``Message-ID`` and one chosen header.
+transport (EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT; it announces 8BITMIME,
+SMTPUTF8 and PIPELINING, RFC 2920: commands that arrive together are answered in order)
+and per accepted message does three cheap things in C: find the end of DATA, find the
+header block, pull out ``Message-ID`` and one chosen header.
+
+``--delay-ms N`` answers each message's final ``250`` N milliseconds after its data
+ended, as a relay on the other side of the world does (the round trip plus its own
+queueing); the connection reads nothing more meanwhile, so one connection carries at
+most one message per N ms and only more connections make a faster sender.
 
 It counts messages, bytes and unique Message-IDs (a duplicate shows as
 ``messages - unique_ids``) and records, per value of the chosen header (default
@@ -94,9 +100,12 @@ _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*([^\r\n]*)", re.I | re.M)
 class SMTPSession(asyncio.Protocol):
     """One SMTP connection: command lines, then raw DATA until the dot line."""
 
-    def __init__(self, counters: Counters, hostname: str):
+    def __init__(self, counters: Counters, hostname: str, delay_s: float = 0.0):
         self.c = counters
         self.hostname = hostname
+        #: Seconds between the end of a message's data and its 250 (``--delay-ms``).
+        self.delay_s = delay_s
+        self.waiting = False
         self.buf = bytearray()
         self.in_data = False
         self.mail_from = False
@@ -111,7 +120,18 @@ class SMTPSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        while self.buf:
+        if not self.waiting:
+            self._consume()
+
+    def _accept_later(self, message: bytearray) -> None:
+        self.c.accepted(message)
+        self.waiting = False
+        if not self.transport.is_closing():
+            self._reply(b"250 2.0.0 OK queued")
+            self._consume()
+
+    def _consume(self) -> None:
+        while self.buf and not self.waiting:
             if self.in_data:
                 if self.buf.startswith(b".\r\n") and self.scan_from == 0:
                     end = -2  # an empty message: the dot line comes first
@@ -129,6 +149,11 @@ class SMTPSession(asyncio.Protocol):
                 self.in_data = False
                 self.mail_from = False
                 self.rcpts = 0
+                if self.delay_s > 0:
+                    # The relay's latency: answer later, and read nothing more until then.
+                    self.waiting = True
+                    asyncio.get_running_loop().call_later(self.delay_s, self._accept_later, message)
+                    return
                 self.c.accepted(message)
                 self._reply(b"250 2.0.0 OK queued")
                 continue
@@ -148,7 +173,7 @@ class SMTPSession(asyncio.Protocol):
     def _command(self, line: bytes) -> None:
         verb = line[:4].upper()
         if verb == b"EHLO":
-            self.transport.write(f"250-{self.hostname}\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
+            self.transport.write(f"250-{self.hostname}\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-PIPELINING\r\n"
                                  f"250 SIZE {MAX_MESSAGE_BYTES}\r\n".encode())
         elif verb == b"HELO":
             self._reply(f"250 {self.hostname}".encode())
@@ -210,11 +235,11 @@ class Control(asyncio.Protocol):
             self.transport.write(json.dumps(out).encode() + b"\n")
 
 
-async def serve(host: str, port: int, control_port: int, record_header: str) -> None:
+async def serve(host: str, port: int, control_port: int, record_header: str, delay_ms: float = 0.0) -> None:
     loop = asyncio.get_running_loop()
     counters = Counters(record_header)
     stop = asyncio.Event()
-    smtp = await loop.create_server(lambda: SMTPSession(counters, "bench-sink"), host, port, backlog=256)
+    smtp = await loop.create_server(lambda: SMTPSession(counters, "bench-sink", delay_ms / 1000), host, port, backlog=256)
     control = await loop.create_server(lambda: Control(counters, stop), host, control_port)
     ports = (smtp.sockets[0].getsockname()[1], control.sockets[0].getsockname()[1])
     print(f"READY {ports[0]} {ports[1]}", flush=True)
@@ -232,18 +257,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--record-header", default="X-Mailer-Delivery",
                     help="header whose value is recorded with the acceptance time")
     ap.add_argument("--cpu", type=int, default=None, help="pin the sink to this CPU")
+    ap.add_argument("--delay-ms", type=float, default=0.0,
+                    help="answer each message's final 250 this many milliseconds after its data (relay latency)")
     args = ap.parse_args(argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    asyncio.run(serve(args.host, args.port, args.control_port, args.record_header))
+    asyncio.run(serve(args.host, args.port, args.control_port, args.record_header, args.delay_ms))
 
 
 # -- driving a sink process from a benchmark ----------------------------------------------------
 class SinkProcess:
     """``bench/sink.py`` as a child process, with its control port at hand."""
 
-    def __init__(self, *, cpu: int | None = None, record_header: str = "X-Mailer-Delivery"):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--record-header", record_header]
+    def __init__(self, *, cpu: int | None = None, record_header: str = "X-Mailer-Delivery", delay_ms: float = 0.0):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--record-header", record_header,
+               "--delay-ms", str(delay_ms)]
+        self.delay_ms = delay_ms
         if cpu is not None:
             cmd += ["--cpu", str(cpu)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

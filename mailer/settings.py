@@ -111,6 +111,8 @@ class Settings:
     batch_size: int = 200
     #: Messages per second per relay, across all workers. 0 = unlimited.
     relay_rate: int = 0
+    #: SMTP connections per relay per worker process for campaign mail, each with its own sending thread; 0 = each worker thread sends over its own connection (docs/delivery.md, sizing).
+    smtp_connections: int = 0
     #: Messages per second per recipient domain, across all workers. 0 = unlimited.
     domain_rate: int = 0
     #: DKIM signing domain (d=); empty = no signing. Keys and selectors below.

@@ -57,7 +57,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import lazyload
 
@@ -82,13 +82,18 @@ from mailer.logs import log_context, worker_name
 from mailer.models import (
     Campaign,
     CampaignStatus,
+    ConsentEvent,
     ConsentState,
     Customer,
     Delivery,
     DeliveryStatus,
+    LawfulBasis,
+    Suppression,
 )
+from mailer.queue import port
 from mailer.rendering import TRANSACTIONAL
 from mailer.transport import ratelimit
+from mailer.transport.senders import Senders
 from mailer.transport.smtp_codes import SENDER
 
 log = logging.getLogger("mailer.delivery")
@@ -151,11 +156,20 @@ _CAMPAIGN_STATUS = select(Campaign.status).where(Campaign.id == bindparam("c_id"
 
 @functools.lru_cache(maxsize=64)
 def _finish_stmt(names: tuple[str, ...]):
-    """The lease-guarded UPDATE that records a result, setting the columns ``names``."""
-    return (update(Delivery)
-            .where(Delivery.id == bindparam("d_id"), Delivery.lease_owner == bindparam("d_owner"))
-            .values({name: bindparam("v_" + name) for name in names})
-            .execution_options(synchronize_session=False))
+    """The lease-guarded UPDATE that records a result, setting the columns ``names``.
+
+    A Core statement on the table (not the ORM entity), compiled once per set of
+    columns and run on a plain connection: through ``Session.execute`` the ORM's
+    per-statement work cost more CPU than the UPDATE itself (bench/delivery_path.py)."""
+    table = Delivery.__table__
+    return (table.update()
+            .where(table.c.id == bindparam("d_id"), table.c.lease_owner == bindparam("d_owner"))
+            .values({name: bindparam("v_" + name) for name in names}))
+
+
+def _engine(app):
+    """The engine behind the app's sessions (Core statements run on its connections)."""
+    return app.sessions.kw["bind"]
 
 
 def claim(app, delivery_id: int, owner: str) -> Delivery | Outcome:
@@ -190,12 +204,12 @@ def _finish(app, delivery_id: int, owner: str, *, status: DeliveryStatus, reason
     deadline = time.monotonic() + app.settings.lease_s / 2
     while True:
         try:
-            with app.session() as s:
+            with _engine(app).begin() as conn:
                 columns = dict(status=status, reason=reason, lease_owner=None, lease_until=None,
                                updated_at=utcnow(), **values)
-                res = s.execute(_finish_stmt(tuple(sorted(columns))),
-                                {"d_id": delivery_id, "d_owner": owner,
-                                 **{"v_" + k: v for k, v in columns.items()}})
+                res = conn.execute(_finish_stmt(tuple(sorted(columns))),
+                                   {"d_id": delivery_id, "d_owner": owner,
+                                    **{"v_" + k: v for k, v in columns.items()}})
                 if res.rowcount != 1:
                     log.error("delivery %s: lease lost before recording %s (another worker reclaimed it)",
                               delivery_id, status.value, extra={"delivery_id": delivery_id})
@@ -554,3 +568,391 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, DeliveryError):
         return False
     return not isinstance(exc, MailerError)
+
+
+# -- campaign slices: many deliveries per statement (send_batch) ----------------------------
+#
+# ``send_batch`` hands its ids here.  A slice of up to CLAIM_SLICE ids is claimed in one
+# statement, gated with one query per check for the whole slice, then each mail is
+# composed and sent, and its result recorded right after its own SMTP reply (on the
+# worker thread itself, or on a sending thread of mailer.transport.senders when
+# MAILER_SMTP_CONNECTIONS is set).  With a rate limit set every delivery goes through
+# process() one by one instead: its tokens are taken before its claim (module docstring,
+# step 0), so waiting for a token never eats into a lease.
+
+#: Deliveries claimed by one statement; about one BATCH_SLICE_S of composing on one core.
+CLAIM_SLICE = 16
+#: When every sending thread is busy for a whole slice (a slow or dead relay), the ids not
+#: yet claimed go on as a new message this much later (milliseconds), freeing the worker thread.
+HAND_ON_DELAY_MS = 200
+
+_D = Delivery.__table__.c
+#: What the send path reads of a claimed delivery (attribute names as on Delivery).
+_CLAIM_COLUMNS = (_D.id, _D.kind, _D.campaign_id, _D.customer_id, _D.to_address, _D.to_hash, _D.locale, _D.data,
+                  _D.purpose, _D.queue, _D.status, _D.attempts, _D.send_after, _D.created_at, _D.smtp_reply,
+                  _D.reason)
+# The slice's claim: the same conditional UPDATE as claim(), over a list of ids, so each
+# row is leased (or not) on its own by the one statement: a row another worker holds,
+# or one that is final, held or not yet due, does not match and is simply not returned.
+# RETURNING (SQLite >= 3.35, PostgreSQL) hands back what the send path needs of the rows
+# it leased, so nothing is read twice.
+_CLAIM_MANY = (Delivery.__table__.update()
+               .where(_D.id.in_(bindparam("d_ids", expanding=True)),
+                      or_(_D.status == DeliveryStatus.queued,
+                          and_(_D.status == DeliveryStatus.scheduled,
+                               or_(_D.send_after.is_(None), _D.send_after <= bindparam("d_now"))),
+                          and_(_D.status == DeliveryStatus.sending, _D.lease_until < bindparam("d_now"))))
+               .values(status=DeliveryStatus.sending, lease_owner=bindparam("d_owner"),
+                       lease_until=bindparam("d_lease_until"), attempts=_D.attempts + 1,
+                       updated_at=bindparam("d_now"))
+               .returning(*_CLAIM_COLUMNS))
+
+_C = Campaign.__table__.c
+# Pause and cancel take effect for mail not yet sent: the slice's campaigns' status, by primary key.
+_CAMPAIGN_STATUSES = select(_C.id, _C.status).where(_C.id.in_(bindparam("c_ids", expanding=True)))
+_S = Suppression.__table__.c
+# Every suppression of the slice's addresses (ix_suppressions_email_hash; a handful per
+# address at most); which scope stops which purpose is decided per mail, in Python.
+_SUPPRESSIONS = (select(_S.email_hash, _S.scope, _S.reason)
+                 .where(_S.email_hash.in_(bindparam("hashes", expanding=True))).order_by(_S.id))
+_K = Customer.__table__.c
+# The slice's customers by primary key, only the columns a mail shows (no tags).
+_CUSTOMERS = (select(_K.id, _K.email, _K.first_name, _K.last_name, _K.currency)
+              .where(_K.id.in_(bindparam("k_ids", expanding=True))))
+_F = Delivery.__table__.c
+# Marketing mails sent to the slice's customers within the window, per customer
+# (ix_deliveries_customer_sent: a range per customer), the slice's own rows excluded.
+_SENT_IN_WINDOW = (select(_F.customer_id, func.count())
+                   .where(_F.customer_id.in_(bindparam("k_ids", expanding=True)), _F.sent_at >= bindparam("since"),
+                          _F.purpose != TRANSACTIONAL, _F.id.not_in(bindparam("d_ids", expanding=True)))
+                   .group_by(_F.customer_id))
+
+
+def _current_consent_stmt(lock: bool):
+    """The slice's current grants: consent_state rows (primary key ranges of the slice's
+    customers) joined by primary key to the grant event each names, which no later event
+    of the same customer and purpose overrides (as :func:`mailer.consent.ledger.has_consent`
+    asks it for one).  ``lock``: ``FOR SHARE OF consent_state`` (PostgreSQL), so a
+    withdrawal of any of these rows waits until the slice's mails are through."""
+    cs, ev = ConsentState.__table__.c, ConsentEvent.__table__.c
+    later = ConsentEvent.__table__.alias("later")
+    stmt = (select(cs.customer_id, cs.purpose, ev.basis).select_from(consent.granted_state_join())
+            .where(cs.customer_id.in_(bindparam("k_ids", expanding=True)),
+                   cs.purpose.in_(bindparam("purposes", expanding=True)),
+                   ~exists().where(later.c.customer_id == cs.customer_id, later.c.purpose == cs.purpose,
+                                   or_(later.c.occurred_at > ev.occurred_at,
+                                       and_(later.c.occurred_at == ev.occurred_at, later.c.id > ev.id)))))
+    return stmt.with_for_update(read=True, of=ConsentState.__table__) if lock else stmt
+
+
+_CONSENT = _current_consent_stmt(False)
+_CONSENT_FOR_SHARE = _current_consent_stmt(True)
+
+
+def claim_many(app, delivery_ids: list[int], owner: str) -> list:
+    """Lease every delivery of ``delivery_ids`` that may be sent now, in one statement;
+    returns the leased rows (attribute access like a Delivery), in the order given."""
+    if not delivery_ids:
+        return []
+    now = utcnow()
+    with _engine(app).begin() as conn:
+        rows = conn.execute(_CLAIM_MANY, {"d_ids": list(delivery_ids), "d_now": now, "d_owner": owner,
+                                          "d_lease_until": now + timedelta(seconds=app.settings.lease_s)}).all()
+    order = {d: i for i, d in enumerate(delivery_ids)}
+    return sorted(rows, key=lambda r: order.get(r.id, 0))
+
+
+@dataclass(frozen=True)
+class _Cleared:
+    """A delivery of a slice that passed the gate: the mail to compose."""
+
+    delivery: object
+    mail: MailContext
+
+
+def gate_slice(app, s, rows: list, *, lock: bool = False) -> dict[int, tuple[DeliveryStatus, str] | _Cleared]:
+    """:func:`gate` and :func:`load_mail` for a whole slice: one query per check.
+
+    Same checks, same order, same answers as :func:`gate` per delivery: campaign state,
+    suppressions (always win), the customer, current consent for every purpose the mail
+    rests on, the frequency cap (counting the mails this slice clears, too); then what
+    composing needs (campaign options, tracking permission).
+    """
+    settings = app.settings
+    out: dict[int, tuple[DeliveryStatus, str] | _Cleared] = {}
+    if not rows:
+        return out
+    campaign_ids = sorted({r.campaign_id for r in rows if r.campaign_id is not None})
+    statuses = dict(s.execute(_CAMPAIGN_STATUSES, {"c_ids": campaign_ids}).all()) if campaign_ids else {}
+    hits: dict[str, list[tuple[str, object]]] = collections.defaultdict(list)
+    for h, scope, reason in s.execute(_SUPPRESSIONS, {"hashes": sorted({r.to_hash for r in rows})}):
+        hits[h].append((scope, reason))
+    customer_ids = sorted({r.customer_id for r in rows if r.customer_id is not None})
+    customers = {c.id: c for c in s.execute(_CUSTOMERS, {"k_ids": customer_ids})} if customer_ids else {}
+    marketing = [r for r in rows if r.purpose != TRANSACTIONAL]
+    purposes = sorted({p for r in marketing for p in _consent_purposes(r)}
+                      | ({"tracking"} if settings.tracking_requires_consent and marketing else set()))
+    granted: set[tuple[int, str]] = set()
+    if marketing and customer_ids:
+        stmt = _CONSENT_FOR_SHARE if lock and s.get_bind().dialect.name == "postgresql" else _CONSENT
+        for cid, purpose, basis in s.execute(stmt, {"k_ids": customer_ids, "purposes": purposes}):
+            if basis is LawfulBasis.consent or settings.soft_opt_in:
+                granted.add((cid, purpose))
+    sent: dict[int, int] = {}
+    if settings.frequency_cap > 0 and marketing and customer_ids:
+        since = utcnow() - timedelta(hours=settings.frequency_window_hours)
+        sent = dict(s.execute(_SENT_IN_WINDOW, {"k_ids": customer_ids, "since": since,
+                                                "d_ids": [r.id for r in rows]}).all())
+    for r in rows:
+        status = statuses.get(r.campaign_id) if r.campaign_id is not None else None
+        if status is CampaignStatus.cancelled:
+            out[r.id] = (DeliveryStatus.cancelled, "campaign cancelled")
+            continue
+        if status is CampaignStatus.paused:
+            out[r.id] = (DeliveryStatus.held, "campaign paused")
+            continue
+        scopes = ("all",) if r.purpose == TRANSACTIONAL else ("all", "marketing", r.purpose)
+        hit = next(((scope, reason) for scope, reason in hits.get(r.to_hash, ()) if scope in scopes), None)
+        if hit is not None:
+            reason = hit[1].value if hasattr(hit[1], "value") else hit[1]
+            out[r.id] = (DeliveryStatus.suppressed, f"suppressed: {reason} ({hit[0]})")
+            continue
+        customer = customers.get(r.customer_id) if r.customer_id is not None else None
+        verdict_granted: tuple[str, ...] | None = None
+        if r.purpose != TRANSACTIONAL:
+            if customer is None or customer.email is None:
+                out[r.id] = (DeliveryStatus.skipped, "no customer record (erased?) for a marketing mail")
+                continue
+            ok = tuple(p for p in _consent_purposes(r) if (customer.id, p) in granted)
+            if not ok:
+                out[r.id] = (DeliveryStatus.skipped, f"no current consent for {r.purpose}")
+                continue
+            if settings.frequency_cap > 0:
+                count = sent.get(customer.id, 0)
+                if count >= settings.frequency_cap:
+                    out[r.id] = (DeliveryStatus.skipped, (f"frequency cap: {count} marketing mails in the last "
+                                                          f"{settings.frequency_window_hours} h"))
+                    continue
+                sent[customer.id] = count + 1  # this mail counts against the next one in the slice
+            verdict_granted = ok
+        recipient = (Recipient(id=customer.id, first_name=customer.first_name, last_name=customer.last_name,
+                               currency=customer.currency) if customer is not None else None)
+        options = campaign_options(s, settings, r.campaign_id) if r.campaign_id else None
+        tracked = (r.purpose != TRANSACTIONAL and options is not None and options.tracking and bool(r.id)
+                   and (not settings.tracking_requires_consent
+                        or (customer is not None and (customer.id, "tracking") in granted)))
+        mail = MailContext.of(r, recipient, campaign=options, tracking_allowed=tracked,
+                              data=products_still_wanted(r, verdict_granted))
+        out[r.id] = _Cleared(r, mail)
+    return out
+
+
+class _SliceLock:
+    """The slice's read transaction (its ``FOR SHARE`` consent locks on PostgreSQL), ended
+    when the last of its mails has its relay's answer, on whichever thread that is."""
+
+    def __init__(self, session, pending: int):
+        self.session = session
+        self.pending = pending
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            self.pending += 1
+
+    def done(self) -> None:
+        with self._lock:
+            self.pending -= 1
+            last = self.pending == 0
+        if last:
+            _end_read(self.session)
+
+
+def _end_read(s) -> None:
+    # The read transaction wrote nothing; a connection that died meanwhile must not hide
+    # the relay's answer.
+    with contextlib.suppress(Exception):
+        s.rollback()
+    with contextlib.suppress(Exception):
+        s.close()
+
+
+_senders_lock = threading.Lock()
+_senders: dict[tuple[int, int], object] = {}
+
+
+def senders_for(app):
+    """This process's sending threads for ``app`` (None when ``MAILER_SMTP_CONNECTIONS`` is 0)."""
+    n = app.settings.smtp_connections
+    if n <= 0:
+        return None
+    key = (id(app), os.getpid())
+    with _senders_lock:
+        pool = _senders.get(key)
+        if pool is None:
+            pool = _senders[key] = Senders(n)
+        return pool
+
+
+def send_slices(app, delivery_ids: list[int], *, owner: str, slice_s: float) -> tuple[list[int], int]:
+    """Send ``delivery_ids`` slice by slice for about ``slice_s`` seconds.
+
+    Returns the ids not handled yet, to go on as a new message, and the delay (ms) for
+    it; ``([], 0)`` when all were handled.  A delivery that must be retried goes on as
+    its own ``send_one_bulk`` message.
+    """
+    started = time.monotonic()
+    senders = senders_for(app)
+    per_row = _rate_limited(app)
+    i = 0
+    while i < len(delivery_ids):
+        if i and time.monotonic() - started > slice_s:
+            return list(delivery_ids[i:]), 0
+        want = 1 if per_row else min(CLAIM_SLICE, len(delivery_ids) - i)
+        got = want
+        if senders is not None:
+            got = senders.reserve(want, timeout_s=slice_s)
+            if not got:
+                # Every sending thread is busy (a slow or dead relay): give the worker thread back.
+                return list(delivery_ids[i:]), HAND_ON_DELAY_MS
+        chunk = list(delivery_ids[i:i + got])
+        i += got
+        try:
+            if per_row:
+                _one_or_queue(app, chunk[0], owner, senders)
+            else:
+                _send_slice(app, chunk, owner, senders, got)
+        except Exception as exc:
+            if not is_retryable(exc):
+                raise
+            # Database or broker trouble: this slice and the rest go on later (rows already
+            # final are not claimed again; a lease we could not hand back expires).
+            log.warning("send_batch: %s; %d deliveries handed on", exc, len(delivery_ids) - i + got)
+            return list(delivery_ids[i - got:]), app.settings.retry_min_backoff_ms
+    return [], 0
+
+
+def _one_or_queue(app, delivery_id: int, owner: str, senders) -> None:
+    job = functools.partial(_one, app, delivery_id, owner, senders is not None)
+    if senders is None:
+        job()
+    else:
+        senders.submit(job)
+
+
+def _one(app, delivery_id: int, owner: str, on_sender: bool) -> None:
+    """One delivery through :func:`process` (rate limits set), as ``send_batch`` handles it."""
+    try:
+        process(app, delivery_id, owner=owner)
+    except LeaseHeld:
+        return  # another worker has it
+    except Exception as exc:
+        if not is_retryable(exc):
+            if on_sender:
+                log.exception("delivery %s: not retried: %s", delivery_id, exc)
+                return
+            raise
+        _retry_later(app, delivery_id)
+
+
+def _retry_later(app, delivery_id: int) -> None:
+    port.send(port.SEND_ONE_BULK, delivery_id, delay_ms=app.settings.retry_min_backoff_ms)
+
+
+def _send_slice(app, ids: list[int], owner: str, senders, reserved: int) -> None:
+    """Claim ``ids`` in one statement, gate them together, compose and send each."""
+    settings = app.settings
+    submitted = 0
+    try:
+        rows = claim_many(app, ids, owner)
+        if not rows:
+            return
+        s = app.sessions()
+        lock = _SliceLock(s, 1)  # the one held here, until every mail is handed to a sender
+        try:
+            cleared = []
+            try:
+                verdicts = gate_slice(app, s, rows, lock=True)
+            except BaseException as exc:
+                for r in rows:
+                    _release(app, r.id, owner, exc)
+                raise
+            for r in rows:
+                verdict = verdicts[r.id]
+                if r.attempts > 1 and _age_s(r) > settings.retry_max_age_s:
+                    reason = (f"gave up after {r.attempts - 1} attempts over {settings.retry_max_age_s} s; "
+                              f"last: {r.smtp_reply or r.reason or 'no reply'}")
+                    _finish(app, r.id, owner, status=DeliveryStatus.failed, reason=reason)
+                    metrics.count("failed", queue=r.queue, kind=r.kind)
+                    log.warning("delivery %s failed: %s", r.id, reason, extra={"delivery_id": r.id})
+                    continue
+                if not isinstance(verdict, _Cleared):
+                    status, reason = verdict
+                    _finish(app, r.id, owner, status=status, reason=reason)
+                    metrics.count(status.value, queue=r.queue, kind=r.kind)
+                    log.info("delivery %s %s: %s", r.id, status.value, reason, extra={"delivery_id": r.id})
+                    continue
+                cleared.append(verdict)
+            for item in cleared:
+                r = item.delivery
+                try:
+                    composed = compose(settings, app.renderer, app.signer, item.mail)
+                except (TemplateError, ValidationError) as exc:
+                    _finish(app, r.id, owner, status=DeliveryStatus.failed, reason=str(exc))
+                    metrics.count("failed", queue=r.queue, kind=r.kind)
+                    log.error("delivery %s failed to compose: %s", r.id, exc, extra={"delivery_id": r.id})
+                    continue
+                except BaseException as exc:
+                    _release(app, r.id, owner, exc)
+                    raise
+                lock.add()
+                job = functools.partial(_deliver, app, r, owner, composed, lock, senders is not None)
+                if senders is None:
+                    job()
+                else:
+                    submitted += 1
+                    senders.submit(job)
+        finally:
+            lock.done()
+    finally:
+        if senders is not None:
+            senders.release(reserved - submitted)
+
+
+def _release(app, delivery_id: int, owner: str, exc: BaseException) -> None:
+    """Hand a lease back after trouble before anything was sent (best effort)."""
+    try:
+        _finish(app, delivery_id, owner, status=DeliveryStatus.queued, reason=f"error: {exc}"[:500])
+    except Exception:
+        log.warning("delivery %s: could not release the lease after %r", delivery_id, exc)
+
+
+def _deliver(app, delivery, owner: str, composed, lock: _SliceLock, on_sender: bool) -> None:
+    """Send one composed mail and record the relay's answer right after it (steps 4 and 5)."""
+    with log_context(delivery_id=delivery.id):
+        try:
+            try:
+                result = app.transport.send(envelope_from=composed.envelope_from, recipient=composed.recipient,
+                                            message=composed.message)
+            finally:
+                lock.done()
+        except TransientDeliveryError as exc:
+            try:
+                _record_transient(app, delivery, owner, exc)
+            except TransientDeliveryError:
+                _retry_later(app, delivery.id)
+            return
+        except PermanentDeliveryError as exc:
+            _record_permanent(app, delivery, owner, exc)
+            return
+        except BaseException as exc:
+            _release(app, delivery.id, owner, exc)
+            if on_sender and isinstance(exc, Exception):
+                log.exception("delivery %s: not sent: %s", delivery.id, exc)
+                return
+            raise
+        _finish(app, delivery.id, owner, status=DeliveryStatus.sent, sent_at=utcnow(),
+                message_id=composed.message_id, smtp_code=result.code, smtp_reply=result.reply,
+                relay=result.relay)
+        metrics.count("sent", queue=delivery.queue, kind=delivery.kind)
+        log.info("delivery %s sent via %s: %s", delivery.id, result.relay, result.reply)

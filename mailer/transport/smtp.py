@@ -14,6 +14,7 @@ reported with ``maybe_sent`` set: the relay may have accepted it.
 from __future__ import annotations
 
 import contextlib
+import re
 import smtplib
 import ssl
 import threading
@@ -105,6 +106,13 @@ class SMTPTransport:
                 mail_options = ["SMTPUTF8", "BODY=8BITMIME"]
             stage = "mail"
             try:
+                if conn.has_extn("pipelining"):
+                    progress = ["mail"]
+                    try:
+                        return self._send_pipelined(conn, envelope_from, recipient, message, mail_options,
+                                                    progress)
+                    finally:
+                        stage = progress[0]
                 # mail/rcpt/data by hand (not sendmail) so the DATA reply text is kept.
                 code, reply = conn.mail(envelope_from, mail_options)
                 if code != 250:
@@ -134,6 +142,37 @@ class SMTPTransport:
                 raise _transient(f"{self.name}: {exc}", stage) from exc
         raise TransientDeliveryError(f"{self.name}: could not send")  # pragma: no cover
 
+    def _send_pipelined(self, conn: smtplib.SMTP, envelope_from: str, recipient: str, message: bytes,
+                        mail_options: list[str], progress: list[str]) -> SendResult:
+        """MAIL, RCPT and DATA in one write, their three replies read in order (RFC 2920),
+        then the message: two round trips per message instead of four.  ``progress[0]``
+        says how far it got ("mail" until the MAIL reply came, "data" once the message
+        data is being written), for the caller's error handling."""
+        encoding = "utf-8" if mail_options else "ascii"
+        options = (" " + " ".join(mail_options)) if mail_options else ""
+        conn.send(f"MAIL FROM:{smtplib.quoteaddr(envelope_from)}{options}\r\n"
+                  f"RCPT TO:{smtplib.quoteaddr(recipient)}\r\nDATA\r\n".encode(encoding))
+        mail = conn.getreply()  # a disconnect up to here: nothing was handed over (stage "mail")
+        progress[0] = "rcpt"
+        rcpt = conn.getreply()
+        data = conn.getreply()
+        refused = (mail if mail[0] != 250 else rcpt if rcpt[0] not in (250, 251) else
+                   data if data[0] != 354 else None)
+        if refused is not None:
+            if data[0] == 354:  # a relay that took DATA after all: end the (empty) message
+                conn.send(b".\r\n")
+                conn.getreply()
+            self._reset(conn)
+            raise error_for_reply(refused[0], _text(refused[1]), relay=self.name)
+        body = _DOT_LINE.sub(b"..", message)
+        progress[0] = "data"
+        conn.send(body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"))
+        code, reply = conn.getreply()
+        if code != 250:
+            self._reset(conn)
+            raise error_for_reply(code, _text(reply), relay=self.name)
+        return SendResult(code, f"{code} {_text(reply)}", self.name)
+
     def _reset(self, conn: smtplib.SMTP) -> None:
         try:
             conn.rset()
@@ -146,6 +185,10 @@ class SMTPTransport:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.quit()
+
+
+#: A line starting with a dot, which the data section doubles (RFC 5321 4.5.2).
+_DOT_LINE = re.compile(rb"(?m)^\.")
 
 
 def _text(reply: bytes | str) -> str:

@@ -20,7 +20,6 @@ broker a consuming process set up (the worker's boot, the demo, tests).
 from __future__ import annotations
 
 import logging
-import time
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
@@ -33,7 +32,6 @@ from mailer.connectors import inbox as connector_inbox
 from mailer.connectors import writeback as connector_writeback
 from mailer.delivery import process as delivery_service
 from mailer.delivery import sweeper
-from mailer.errors import LeaseHeld
 from mailer.queue import broker as queue_broker
 from mailer.queue import port
 from mailer.queue.port import QUEUE_BULK, QUEUE_DEFAULT, QUEUE_TRANSACTIONAL
@@ -76,27 +74,20 @@ def send_one_bulk(delivery_id: int) -> None:
 
 @dramatiq.actor(queue_name=QUEUE_BULK, priority=PRIORITY_BULK, **_RETRY)
 def send_batch(delivery_ids: list[int]) -> None:
-    """Send each delivery in turn; one that must be retried goes on as its own message.
+    """Send the deliveries slice by slice (:func:`mailer.delivery.process.send_slices`);
+    one that must be retried goes on as its own message.
 
     After :data:`BATCH_SLICE_S` the ids not yet handled go on as a new message (enqueued
     before this one is acknowledged: a crash in between runs some ids twice, and the
-    delivery lease makes that send once).
+    delivery lease makes that send once); so do they, a little later, when every
+    sending thread is busy for a whole slice (a slow relay), so the worker thread is
+    free for notices.
     """
     app = get_app()
-    owner = delivery_service.worker_id()
-    started = time.monotonic()
-    for i, delivery_id in enumerate(delivery_ids):
-        if i and time.monotonic() - started > BATCH_SLICE_S:
-            port.send(port.SEND_BATCH, list(delivery_ids[i:]))
-            return
-        try:
-            delivery_service.process(app, delivery_id, owner=owner)
-        except LeaseHeld:
-            continue  # another worker has it
-        except Exception as exc:
-            if not delivery_service.is_retryable(exc):
-                raise
-            port.send(port.SEND_ONE_BULK, delivery_id, delay_ms=app.settings.retry_min_backoff_ms)
+    rest, delay_ms = delivery_service.send_slices(app, list(delivery_ids), owner=delivery_service.worker_id(),
+                                                  slice_s=BATCH_SLICE_S)
+    if rest:
+        port.send(port.SEND_BATCH, rest, delay_ms=delay_ms or None)
 
 
 @dramatiq.actor(queue_name=QUEUE_BULK, priority=PRIORITY_BULK, max_retries=20, min_backoff=1000,

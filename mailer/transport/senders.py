@@ -1,0 +1,129 @@
+"""Sending threads: ``MAILER_SMTP_CONNECTIONS`` concurrent SMTP connections per worker process.
+
+A relay far away answers each message after tens of milliseconds; a worker thread that
+waits for that answer does nothing else meanwhile, so with four threads and a 50 ms
+relay a process sends at most 80 mails/s whatever its CPU.  :class:`Senders` keeps
+``n`` threads, each of which holds its own connection to every relay it sends to (the
+SMTP transport keeps one connection per thread and reopens it after an error), so up
+to ``n`` messages per relay are on their way at once while the worker threads go on
+claiming and composing.
+
+Each job (send one message, record its result) runs start to finish on one sending
+thread: a result is committed right after its own SMTP reply, and a sending thread has
+at most one message between the relay's acceptance and that commit.
+
+Work is admitted by *slots*: :meth:`Senders.reserve` hands out at most ``2 * n`` (one
+message on the wire and one waiting per thread), so a worker thread claims only as many
+deliveries as can start soon, and waits at most a given time when every slot is taken
+(a slow or dead relay): the caller then hands its work on instead of holding a worker
+thread, which must stay free for notices.  Notices never go through here: they are
+sent by the worker thread that handles them, over that thread's own connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("mailer.transport.senders")
+
+#: Jobs admitted per sending thread: one on the wire, one waiting.
+SLOTS_PER_THREAD = 2
+
+
+class Senders:
+    """``n`` sending threads fed from one queue, admission by slots (see the module docstring)."""
+
+    def __init__(self, n: int, *, name: str = "mailer-send"):
+        if n < 1:
+            raise ValueError("Senders needs at least one thread")
+        self.n = n
+        self.name = name
+        self.capacity = n * SLOTS_PER_THREAD
+        self._free = self.capacity
+        self._cond = threading.Condition()
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._pid = os.getpid()
+        self._closed = False
+
+    # -- admission --------------------------------------------------------------------------
+    def reserve(self, most: int, timeout_s: float) -> int:
+        """Take up to ``most`` slots, waiting up to ``timeout_s`` for at least one; 0 if none came free."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._free <= 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return 0
+                self._cond.wait(left)
+            got = min(most, self._free)
+            self._free -= got
+            return got
+
+    def release(self, count: int) -> None:
+        """Give back slots that were reserved and not used."""
+        if count <= 0:
+            return
+        with self._cond:
+            self._free += count
+            self._cond.notify_all()
+
+    @property
+    def busy(self) -> int:
+        """Slots taken (jobs waiting or running, or reserved for jobs about to be submitted)."""
+        with self._cond:
+            return self.capacity - self._free
+
+    # -- running ----------------------------------------------------------------------------
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run ``job`` on a sending thread; the caller reserved its slot, which frees when it ends."""
+        self._start()
+        self._jobs.put(job)
+
+    def _start(self) -> None:
+        if self._threads and self._pid == os.getpid():
+            return
+        with self._cond:
+            if self._pid != os.getpid():  # forked: the parent's threads do not exist here
+                self._threads, self._pid = [], os.getpid()
+            if not self._threads:
+                for i in range(self.n):
+                    t = threading.Thread(target=self._run, name=f"{self.name}-{i}", daemon=True)
+                    t.start()
+                    self._threads.append(t)
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                job()
+            except BaseException:  # a job records its own outcome; this only keeps the thread alive
+                log.exception("sending thread: job failed")
+            finally:
+                self.release(1)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no slot is taken (tests, shutdown); True if that happened in time."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._free < self.capacity:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def close(self) -> None:
+        """Stop the threads after the jobs already submitted."""
+        threads, self._threads = self._threads, []
+        for _ in threads:
+            self._jobs.put(None)
+        for t in threads:
+            t.join(timeout=5)
