@@ -51,6 +51,7 @@ import collections
 import contextlib
 import functools
 import logging
+import os
 import threading
 import time
 import uuid
