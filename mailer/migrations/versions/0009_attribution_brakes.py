@@ -8,14 +8,14 @@
 * ``campaigns.brake`` / ``campaigns.brake_detail``: the brake that paused a campaign now.
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0008
 Create Date: 2026-12-01 00:00:00
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0009'
-down_revision = '0006'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 

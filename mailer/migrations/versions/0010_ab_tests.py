@@ -7,14 +7,14 @@
   for an automation send deliberately not mailed.
 
 Revision ID: 0010
-Revises: 0009 (written against 0006; chained after attribution's 0009 when merged)
+Revises: 0009
 Create Date: 2026-12-01 00:00:00
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0010'
-down_revision = '0009'  # chained after the attribution branch's 0009 on merge (was '0006')
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 

@@ -5,14 +5,14 @@
   campaigns get ``{}`` (server default), so they render exactly as before.
 
 Revision ID: 0012
-Revises: 0007
+Revises: 0011
 Create Date: 2026-12-01 00:00:00
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0012'
-down_revision = '0007'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 

@@ -9,7 +9,7 @@ pg_trgm is not used: prefix search is what the console offers, and these indexes
 no extension.  See mailer/compliance/search.py for the queries they serve.
 
 Revision ID: 0013
-Revises: 0007 (brief: 0006; re-chained after console-core's 0007 so the branch has one head)
+Revises: 0012
 Create Date: 2026-12-01 00:00:00
 """
 from alembic import op
