@@ -20,7 +20,7 @@ from tests.console_support import axe_check, screenshots
 pytestmark = pytest.mark.browser
 
 #: Seconds the journey waits for mail to arrive or a campaign to complete (a ceiling, not a measurement).
-WAIT_S = 90
+WAIT_S = 180
 CUSTOMERS = (("ann@example.com", "en", "Ann"), ("bob@example.com", "en", "Bob"), ("ola@example.com", "pl", "Ola"),
              ("jan@example.com", "pl", "Jan"), ("minji@example.com", "ko", "Minji"))
 
