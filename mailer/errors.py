@@ -158,6 +158,18 @@ class InvalidState(MailerError):
     """The operation is not allowed in the object's current state."""
 
 
+class LoginFailed(MailerError):
+    """A console login refused: unknown address, wrong password or code, disabled account (one message for all)."""
+
+
+class LoginThrottled(MailerError):
+    """Too many console login attempts for this account or from this IP; try again later."""
+
+
+class SecondFactorRequired(LoginFailed):
+    """The password was right and the account has TOTP: the code is needed (or was wrong)."""
+
+
 class PoolExhausted(MailerError):
     """A reward-code pool has no free code left."""
 

@@ -30,6 +30,11 @@ Tables and what they are for:
 * ``orders``           the shop's orders (events and imports), in the order's and the shop's currency;
                        the prediction models are fitted on them (mailer/customers/orders.py).
 * ``prediction_fits``  every fit of the prediction models: when, as of which day, parameters.
+* ``console_users``    people who log in to /console: role, Argon2 password hash, optional TOTP secret.
+* ``console_sessions`` server-side console sessions (only the SHA-256 of the cookie is stored), CSRF token.
+* ``console_tokens``   one-time set-password links (SHA-256 of the token, expiry, used once).
+* ``audit_log``        append-only, hash-chained record of every console action that changes or
+                       exports something (guard triggers refuse UPDATE and DELETE).
 * ``instance_secrets`` secrets born with the database (the address-hash salt); see
                        mailer/instance_secrets.py.  Back them up with the data.
 """
@@ -444,6 +449,12 @@ class Delivery(Base):
         Index("ix_deliveries_cancel_group", "cancel_group"),
         # GDPR access/erasure: every mail to an address, also when no customer row links it.
         Index("ix_deliveries_to_hash", "to_hash"),
+        # Dashboard: mail sent since T by kind is a range scan of this index alone.
+        Index("ix_deliveries_sent_at_kind", "sent_at", "kind"),
+        # Dashboard: outcomes of the last days (per status, rows touched since T).
+        Index("ix_deliveries_status_updated", "status", "updated_at"),
+        # Dashboard: queue depth and the oldest waiting mail per status.
+        Index("ix_deliveries_status_created", "status", "created_at"),
     )
 
     def __repr__(self) -> str:
@@ -481,6 +492,9 @@ class Bounce(Base):
     reason: Mapped[str | None] = mapped_column(String(100))
     raw: Mapped[str | None] = mapped_column(Text)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
+
+    # Dashboard: bounces and complaints since T, by kind.
+    __table_args__ = (Index("ix_bounces_occurred_kind", "occurred_at", "kind"),)
 
     def __repr__(self) -> str:
         return f"<Bounce id={self.id} kind={self.kind!r} status={self.status_code!r}>"
@@ -891,3 +905,108 @@ class ConnectorOutbox(Base):
 
     def __repr__(self) -> str:
         return f"<ConnectorOutbox {self.id} {self.platform}:{self.shop} event={self.consent_event_id} {self.status}>"
+
+
+class ConsoleRole(str, enum.Enum):
+    admin = "admin"
+    marketer = "marketer"
+    compliance = "compliance"
+    viewer = "viewer"
+
+
+class ConsoleUser(Base):
+    """A person who logs in to the console (``mailer users create EMAIL --role ROLE``)."""
+
+    __tablename__ = "console_users"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: Normalized (lower-case) address; the login name.
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    role: Mapped[ConsoleRole] = mapped_column(_enum(ConsoleRole))
+    #: Argon2id hash (argon2-cffi); NULL until the set-password link is used.
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    #: Locale of the console's UI for this person (en, zh-TW, zh-CN, pl, ko).
+    locale: Mapped[str] = mapped_column(String(20), default="en", server_default="en")
+    #: Base32 TOTP secret once confirmed (pyotp); NULL = no second factor.
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    #: A secret being set up, not yet confirmed with a code.
+    totp_pending: Mapped[str | None] = mapped_column(String(64))
+    #: The last TOTP time step accepted (a code works once).
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
+    password_set_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:  # never the hashes or the secret
+        return f"<ConsoleUser id={self.id} email={self.email!r} role={self.role.value if self.role else None}>"
+
+
+class ConsoleSession(Base):
+    """One logged-in browser. The cookie carries a random id; only its SHA-256 is stored."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(BigId, ForeignKey("console_users.id", ondelete="CASCADE"))
+    #: The session's CSRF token (form field csrf_token / header X-CSRF-Token).
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+
+    # "Log out everywhere" revokes a user's live sessions.
+    __table_args__ = (Index("ix_console_sessions_user", "user_id", "revoked_at"),)
+
+    def __repr__(self) -> str:  # never the token
+        return f"<ConsoleSession id={self.id} user_id={self.user_id} revoked={self.revoked_at is not None}>"
+
+
+class ConsoleToken(Base):
+    """A one-time link (set a password): only the SHA-256 of the token is stored."""
+
+    __tablename__ = "console_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(BigId, ForeignKey("console_users.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"<ConsoleToken id={self.id} user_id={self.user_id} purpose={self.purpose!r}>"
+
+
+class AuditEntry(Base):
+    """One audited action: who, when, what, on what, from which IP; hash-chained like consent_events."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: Position in the chain, 1-based, gapless.
+    seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: Who: a console user's e-mail, or ``cli:<user>`` / ``system``.
+    actor: Mapped[str] = mapped_column(String(320))
+    #: What: one of mailer.audit.ACTIONS (campaign.send, gdpr.erase, ...).
+    action: Mapped[str] = mapped_column(String(50))
+    #: On what: ``campaign:12``, ``user:alice@example.com``, ``apikey:shop``.
+    target: Mapped[str] = mapped_column(String(400))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+    __table_args__ = (
+        # The audit page filters by time (newest first) and by action.
+        Index("ix_audit_log_occurred_at", "occurred_at"),
+        Index("ix_audit_log_action_occurred", "action", "occurred_at"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<AuditEntry seq={self.seq} action={self.action!r} actor={self.actor!r}>"

@@ -192,6 +192,18 @@ class Settings:
     spend_tier_quantiles: str = "0.5,0.8"
     #: The worker refits the prediction models and rescores every customer once a day (0 = off).
     predictions_daily_refit: bool = True
+    #: Console sessions unused for this many minutes end (the person logs in again).
+    console_idle_minutes: int = 30
+    #: Console sessions end this many hours after login, used or not.
+    console_session_max_hours: int = 12
+    #: Require a TOTP second factor for admin and compliance console users (1); others may opt in.
+    console_require_2fa: bool = False
+    #: Console login attempts allowed per client IP per minute, across processes (0 = no limit).
+    console_login_ip_per_minute: int = 10
+    #: Console login attempts allowed per account per 15 minutes, across processes (0 = no limit).
+    console_login_account_per_15min: int = 10
+    #: One-time set-password links of `mailer users create` expire after this many hours.
+    console_invite_ttl_hours: int = 72
 
     @property
     def signing_keys(self) -> tuple[str, ...]:

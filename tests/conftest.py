@@ -214,3 +214,58 @@ def artifacts_dir() -> Path:
     path = PROJECT_ROOT / "artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+# -- browser -------------------------------------------------------------------------------
+#: Debian's Chromium (apt-get install chromium); MAILER_TEST_CHROMIUM points elsewhere.
+CHROMIUM = Path(os.environ.get("MAILER_TEST_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through Playwright (module-scoped: one launch per test module)."""
+    if not CHROMIUM.exists():
+        msg = (f"needs-service: chromium ({CHROMIUM} missing; apt-get install chromium chromium-driver "
+               "fonts-noto-core fonts-noto-cjk fonts-dejavu-core)")
+        if REQUIRE:
+            pytest.fail(msg + " (MAILER_REQUIRE_SERVICES=1)")
+        pytest.skip(msg)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+# -- console -------------------------------------------------------------------------------
+@pytest.fixture
+def console_as(app):
+    """``console_as(role)``: a TestClient logged in to the console as a new user of ``role``
+    (on the parametrized ``db_url``); the client carries ``csrf_token`` and ``email``."""
+    from tests.console_support import console_client
+
+    clients = []
+
+    def make(role: str, **kwargs):
+        client = console_client(app, role, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def live_console(tmp_path, redis_url, smtp_sink):
+    """``mailer serve`` and a real worker (subprocesses) on Redis, aiosmtpd and a SQLite file."""
+    from tests.console_support import LiveConsole
+
+    live = LiveConsole(tmp_path, redis_url, smtp_sink)
+    try:
+        live.start()
+        yield live
+    finally:
+        live.stop()

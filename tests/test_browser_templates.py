@@ -10,7 +10,6 @@ look at.  Needs the Debian packages chromium, fonts-noto-core (Arabic), fonts-no
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,6 @@ import pytest
 from mailer.rendering import PREVIEW_PREFERENCES, PREVIEW_UNSUBSCRIBE, Renderer, preview_context
 from tests.conftest import make_settings
 
-CHROMIUM = Path(os.environ.get("MAILER_TEST_CHROMIUM", "/usr/bin/chromium"))
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 LOCALES = ("en", "ar", "zh-TW")
 CURRENCY = {"en": "USD", "ar": "AED", "zh-TW": "TWD"}
 WIDTHS = (375, 600)
@@ -32,22 +29,6 @@ pytestmark = pytest.mark.browser
 
 _RENDERER = Renderer(make_settings())
 KINDS = _RENDERER.kinds()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        msg = (f"needs-service: chromium ({CHROMIUM} missing; apt-get install chromium chromium-driver "
-               "fonts-noto-core fonts-noto-cjk fonts-dejavu-core)")
-        if os.environ.get("MAILER_REQUIRE_SERVICES") == "1":
-            pytest.fail(msg + " (MAILER_REQUIRE_SERVICES=1)")
-        pytest.skip(msg)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from mailer.settings import PROJECT_ROOT
-from tests.test_browser_templates import OVERFLOW_JS, WIDTHS, browser, shots  # noqa: F401 (fixtures)
+from tests.test_browser_templates import OVERFLOW_JS, WIDTHS, shots  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -19,7 +19,7 @@ from mailer.tracking import service as tracking
 from mailer.transport import memory
 from tests.campaign_support import campaign_marked_sent, newsletter_templates
 from tests.conftest import make_settings
-from tests.test_browser_templates import OVERFLOW_JS, browser, shots  # noqa: F401 (fixtures)
+from tests.test_browser_templates import OVERFLOW_JS, shots  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.browser
 

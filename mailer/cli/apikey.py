@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 from mailer import db
-from mailer.cli.base import console, err_console, main, pass_settings
+from mailer.cli.base import cli_actor, console, err_console, main, pass_settings
 from mailer.web import apikeys
 
 
@@ -24,7 +24,7 @@ def create_cmd(settings, name: str, scope: str) -> None:
     """Create a key named NAME and print it; it is stored hashed and cannot be shown again."""
 
     with db.session_scope(settings) as s:
-        created = apikeys.create(s, name, scope)
+        created = apikeys.create_audited(s, name, scope, actor=cli_actor())
     click.echo(created.key)
     err_console.print(f"API key {name!r} created with scopes {','.join(created.scopes)}. "
                       "Store it now: only its hash is kept. "

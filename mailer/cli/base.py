@@ -6,6 +6,7 @@ code 2 (1 is kept for "ran, but some input was rejected"), never a traceback.
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 from pathlib import Path
@@ -128,6 +129,14 @@ def setup_broker(settings: Settings):
 
     set_app(App(settings))
     return setup(settings)
+
+
+def cli_actor() -> str:
+    """Who the audit log names for a command run from the shell: ``cli:<login name>``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry for the uid (containers)
+        return "cli"
 
 
 def on_terminal() -> bool:

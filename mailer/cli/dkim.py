@@ -36,7 +36,5 @@ def dns_cmd(settings) -> None:
     if not signer.enabled:
         raise click.UsageError("no DKIM key configured (MAILER_DKIM_DOMAIN, MAILER_DKIM_RSA_KEY, "
                                "MAILER_DKIM_ED25519_KEY)")
-    for name, value in signer.dns_records():
-        # TXT strings are limited to 255 characters: split long values into quoted chunks.
-        chunks = " ".join(f'"{value[i:i + 250]}"' for i in range(0, len(value), 250))
-        click.echo(f"{name}. IN TXT ( {chunks} )")
+    for line in signer.zone_lines():
+        click.echo(line)

@@ -243,3 +243,17 @@ class Signer:
     def dns_records(self) -> list[tuple[str, str]]:
         """(name, TXT value) to publish for every configured key."""
         return [(f"{k.dns_name}.{self.domain}", k.public_txt()) for k in self.keys]
+
+    def zone_lines(self) -> list[str]:
+        """The records as zone-file lines (``mailer dkim dns`` prints them; the console shows them)."""
+        return [zone_line(name, value) for name, value in self.dns_records()]
+
+
+#: TXT strings are limited to 255 characters: longer values are split into quoted chunks of this size.
+TXT_CHUNK_CHARS = 250
+
+
+def zone_line(name: str, value: str) -> str:
+    """``name. IN TXT ( "chunk" "chunk" )``."""
+    chunks = " ".join(f'"{value[i:i + TXT_CHUNK_CHARS]}"' for i in range(0, len(value), TXT_CHUNK_CHARS))
+    return f"{name}. IN TXT ( {chunks} )"

@@ -18,6 +18,7 @@ relay's URL may say ``?rate=N`` (messages per second) to override ``MAILER_RELAY
 from __future__ import annotations
 
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -69,6 +70,37 @@ def relay_rate(url: str, default: int) -> int:
         raise ConfigurationError(f"relay {url!r}: rate {query.get('rate')!r} is not a number") from exc
 
 
+@dataclass(frozen=True)
+class RelayHealth:
+    """One relay as the console's settings page shows it."""
+
+    name: str
+    weight: int
+    rate: int
+    #: Seconds this process still skips it after a failed connection (0 = in use).
+    cooling_down_s: float
+    #: None when not probed; else whether it answered and what.
+    reachable: bool | None = None
+    detail: str = ""
+
+
+def probe(transport: Transport, timeout_s: float = 3.0) -> tuple[bool | None, str]:
+    """Open a connection to an SMTP relay and read its greeting (no mail, no login)."""
+    host, port = getattr(transport, "host", None), getattr(transport, "port", None)
+    if not host or not port:
+        return None, "not a network relay"
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            if getattr(transport, "ssl", False):
+                return True, "TCP connection accepted (TLS greeting not read)"
+            sock.settimeout(timeout_s)
+            greeting = sock.recv(512).decode("utf-8", "replace").strip().splitlines()
+    except OSError as exc:
+        return False, f"cannot connect: {exc}"
+    first = greeting[0] if greeting else ""
+    return first.startswith("220"), first[:200] or "no greeting"
+
+
 class RelayPool:
     """Weighted choice among relays, failing over on connection trouble, rate-limited."""
 
@@ -80,6 +112,15 @@ class RelayPool:
         self.name = relays[0].name if len(relays) == 1 else "pool"
         self._lock = threading.Lock()
         self._rng = random.Random()  # picks a relay by weight, no security use  # nosec B311
+
+    def health(self, *, check: bool = False) -> list[RelayHealth]:
+        """Every relay with its weight, rate and cool-down; ``check`` also probes each one."""
+        now = time.monotonic()
+        out = []
+        for r in self.relays:
+            reachable, detail = probe(r.transport) if check else (None, "")
+            out.append(RelayHealth(r.name, r.weight, r.rate, max(0.0, r.down_until - now), reachable, detail))
+        return out
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RelayPool:

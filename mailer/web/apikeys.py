@@ -23,6 +23,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailer import audit
 from mailer.clock import utcnow
 from mailer.errors import InvalidState, NotFound, ValidationError
 from mailer.models import ApiKey
@@ -80,6 +81,15 @@ def create(session: Session, name: str, scopes: str | tuple[str, ...] | list[str
     session.add(row)
     session.flush()
     return Created(row.id, name, key, granted)
+
+
+def create_audited(session: Session, name: str, scopes: str | tuple[str, ...] | list[str] | None = None, *,
+                   actor: str, ip: str | None = None) -> Created:
+    """:func:`create`, recorded in the audit log (``apikey.create``) in the same transaction."""
+    created = create(session, name, scopes)
+    audit.record(session, actor=actor, action="apikey.create", target=f"apikey:{created.name}",
+                 detail={"scopes": list(created.scopes), "prefix": created.key.split("_")[1]}, ip=ip)
+    return created
 
 
 def verify(session: Session, key: str | None) -> ApiKey | None:

@@ -20,6 +20,8 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
 * ``POST /webhooks/shopify``, ``POST /webhooks/woocommerce``: a shop's signed webhooks
                                 (stored once, applied by a worker; docs/connectors.md).
 * ``GET  /healthz``             liveness with a database round trip.
+* ``/console/...``               the console for marketers, compliance staff and admins
+                                (log in at ``/console/login``; docs/console.md).
 
 API keys carry scopes (notices, events, consents, customers, gdpr); a key without the
 endpoint's scope gets 403 naming it.
@@ -52,6 +54,7 @@ from mailer.errors import (
 )
 from mailer.queue.broker import setup
 from mailer.settings import Settings
+from mailer.web import console
 from mailer.web import security as web_security
 from mailer.web.api import consents as consents_api
 from mailer.web.api import customers as customers_api
@@ -85,6 +88,7 @@ def create_app(settings: Settings | None = None, *, app: App | None = None) -> F
     api.add_middleware(web_security.BodyLimitMiddleware, max_body_bytes=mailer_app.settings.max_body_bytes)
     for router in ROUTERS:
         api.include_router(router)
+    console.install(api)
     return api
 
 
