@@ -8,8 +8,9 @@ delivery i is due at i / rate seconds, whatever the earlier ones took), half ``o
 and half ``checkouts/update`` in the documented shapes, each with its own webhook id.  Each
 includes the HMAC check, the durable INSERT under the unique webhook id and the enqueue of
 ``process_shop_webhook`` (``--broker stub://`` keeps the queue in the server; nothing consumes
-it, so this measures acknowledging, not applying).  Prints deliveries/s and p50/p99 of the time
-from the request's due moment to its 200 (so a server falling behind shows in the figure).
+it, so this measures acknowledging, not applying).  Prints deliveries/s, p50/p99 of the time
+from the request's due moment to its 200 (so a server falling behind shows in the figure), the
+server process's CPU time per delivery and the load average.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _bodies() -> list[tuple[str, bytes]]:
@@ -98,6 +105,7 @@ def main() -> None:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise SystemExit("server did not start") from None
                 time.sleep(0.2)
+        cpu0 = _cpu_s(server.pid)
         started = time.perf_counter() + 0.5
 
         def client() -> None:
@@ -130,6 +138,7 @@ def main() -> None:
         for t in threads:
             t.join()
         elapsed_s = time.perf_counter() - started
+        cpu_ms = (_cpu_s(server.pid) - cpu0) * 1000 / n
         with sa.create_engine(url).connect() as conn:
             stored = conn.execute(sa.text("SELECT count(*) FROM connector_webhooks")).scalar_one()
     finally:
@@ -143,7 +152,8 @@ def main() -> None:
     q = statistics.quantiles(latencies, n=100)
     print(f"{args.db}, broker {args.broker}: {n} signed deliveries offered at {args.rate:.0f}/s, {stored} stored, "
           f"{n / elapsed_s:.0f} deliveries/s; ack p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms, "
-          f"max {max(latencies) * 1000:.1f} ms")
+          f"max {max(latencies) * 1000:.1f} ms; server CPU {cpu_ms:.2f} ms per delivery; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

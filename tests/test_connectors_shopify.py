@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from mailer.consent import ledger as consent
 from mailer.customers.records import get_or_create
 from mailer.models import (
+    AuditEntry,
     ConnectorWebhook,
     ConsentEvent,
     Customer,
@@ -40,6 +41,12 @@ def _customer(app, email: str) -> Customer | None:
         if c is not None:
             s.expunge(c)
         return c
+
+
+def _audit(app) -> list[tuple[str, str, str]]:
+    with app.session() as s:
+        return [tuple(r) for r in s.execute(select(AuditEntry.actor, AuditEntry.action, AuditEntry.target)
+                                            .order_by(AuditEntry.seq)).all()]
 
 
 def _consent(app, email: str) -> list[ConsentEvent]:
@@ -306,6 +313,7 @@ def test_data_request_writes_the_access_export_for_the_shop(shop, tmp_path):
     assert doc["shop"] == P.SHOP and doc["orders_requested"] == [299938, 280263]
     assert ALICE in json.dumps(doc["mailer_export"])
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert _audit(shop.app) == [(f"shopify:{P.SHOP}", "gdpr.export", f"customer:{P.CUSTOMER['id']}")]
 
 
 def test_customers_redact_erases_the_customer(shop):
@@ -318,6 +326,7 @@ def test_customers_redact_erases_the_customer(shop):
         erased = s.execute(select(Customer).where(Customer.erased_at.is_not(None))).scalars().all()
     assert len(erased) == 1
     assert all(ALICE not in (w.body or "") for w in shop.webhooks())
+    assert _audit(shop.app) == [(f"shopify:{P.SHOP}", "gdpr.erase", f"customer:{P.CUSTOMER['id']}")]
 
 
 def test_shop_redact_erases_what_came_only_from_that_shop(shop):
@@ -333,3 +342,4 @@ def test_shop_redact_erases_what_came_only_from_that_shop(shop):
     with shop.app.session() as s:
         assert s.execute(select(ShopCustomer.platform)).scalars().all() == ["woocommerce"]
     assert [w.topic for w in shop.webhooks() if w.platform == "shopify"] == ["shop/redact"]
+    assert _audit(shop.app) == [(f"shopify:{P.SHOP}", "shop.redact", f"shop:{P.SHOP}")]

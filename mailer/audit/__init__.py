@@ -32,7 +32,7 @@ CHAIN_LOCK_KEY = 0x61756469  # "audi"
 ACTIONS = ("campaign.create", "campaign.test_send", "campaign.send", "campaign.pause", "campaign.resume",
            "campaign.cancel", "consent.export", "gdpr.export", "gdpr.erase", "suppression.add",
            "suppression.remove", "apikey.create", "user.create", "user.disable", "user.login",
-           "user.logout_everywhere", "user.totp_enable", "user.password_set", "automation.cancel")
+           "user.logout_everywhere", "user.totp_enable", "user.password_set", "automation.cancel", "shop.redact")
 #: Fields the hash covers, in this order.
 HASHED_FIELDS = ("seq", "occurred_at", "actor", "action", "target", "detail", "ip")
 #: Longest actor / target kept, characters (the columns' sizes).

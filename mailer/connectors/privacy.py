@@ -11,7 +11,8 @@
   deliveries, orders, stock, outbox and its connection are deleted.
 
 Each is recorded in the audit trail (:func:`_audit`: actor ``shopify:<shop>``, actions
-``gdpr.export`` / ``gdpr.erase`` / ``shop.redact``).
+``gdpr.export`` / ``gdpr.erase`` / ``shop.redact``) with :func:`mailer.audit.record`, in the
+same transaction as the export or erasure.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from mailer import audit
 from mailer.addresses import email_hash
 from mailer.connectors import common as c
 from mailer.connectors.common import Ctx
@@ -47,13 +49,9 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def _audit(session: Session, ctx: Ctx, action: str, target: str, detail: dict | None = None) -> None:
-    """The one call site of the audit trail for the privacy topics.
-
-    ``mailer.audit.record`` (branch console-core) is not merged yet: until it is, the entry
-    goes to the ``mailer.audit`` log, and the delivery's detail keeps what was done.
-    """
-    log.info("audit actor=%s action=%s target=%s detail=%s", f"{ctx.platform}:{ctx.shop}", action, target,
-             json.dumps(detail or {}, sort_keys=True))
+    """The one call site of the audit trail for the privacy topics (in the request's transaction)."""
+    audit.record(session, actor=f"{ctx.platform}:{ctx.shop}", action=action, target=target, detail=detail)
+    log.info("audit actor=%s action=%s target=%s", f"{ctx.platform}:{ctx.shop}", action, target)
 
 
 def data_request(ctx: Ctx, p: dict) -> None:
