@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.redis, pytest.m
 def _fits(page, width: int) -> None:
     page.set_viewport_size({"width": width, "height": 900})
     layout = page.evaluate(OVERFLOW_JS)
-    assert layout["scrollWidth"] <= width, layout
+    assert layout["scrollWidth"] <= width, (page.url, layout)
 
 
 def test_admin_logs_in_creates_a_user_and_a_scoped_api_key(browser, live_console):

@@ -213,7 +213,7 @@ def test_logins_are_throttled_per_account_across_processes_through_redis(db_url,
         make_console_user(application, "bob@example.com", "marketer")
         statuses = []
         before = _bucket(sessions.ACCOUNT_WINDOW_MS)
-        for attempt in range(3):
+        for _attempt in range(3):
             # When each attempt comes through a fresh limiter (as from another process) on the same Redis
             ratelimit.reset()
             with TestClient(create_app(app=application)) as client:
@@ -280,3 +280,10 @@ def test_next_after_login_stays_on_the_console(app, web):
         token = csrf_from(web.get("/console/account").text)
         web.post("/console/logout", data={"csrf_token": token})
         token = csrf_from(web.get("/console/login").text)
+
+
+def test_set_password_tokens_are_kept_out_of_logs():
+    from mailer.web.security import redact
+
+    assert redact('"GET /console/set-password/s3cr3tTOKEN HTTP/1.1" 200') == \
+        '"GET /console/set-password/[redacted] HTTP/1.1" 200'

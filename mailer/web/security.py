@@ -34,11 +34,11 @@ from mailer.errors import ConfigurationError
 from mailer.settings import Settings
 
 #: Path prefixes whose next segment is a secret link token.
-TOKEN_PATHS = ("/t/o/", "/t/c/", "/u/", "/preferences/", "/csat/", "/confirm/")
+TOKEN_PATHS = ("/t/o/", "/t/c/", "/u/", "/preferences/", "/csat/", "/confirm/", "/console/set-password/")
 #: What a token is replaced with in logs.
 REDACTED = "[redacted]"
 
-_TOKEN_IN_PATH = re.compile(r"(/(?:t/o|t/c|u|preferences|csat|confirm)/)[^/?#\s\"']+")
+_TOKEN_IN_PATH = re.compile(r"(/(?:t/o|t/c|u|preferences|csat|confirm|console/set-password)/)[^/?#\s\"']+")
 
 
 # -- body size --------------------------------------------------------------------------------
