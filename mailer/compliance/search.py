@@ -89,7 +89,9 @@ def search(session: Session, query: str, *, limit: int = RESULTS_DEFAULT_ROWS) -
     for where, key in wheres:
         # One LIMITed range scan per index, in index order (an OR of ranges, or ORDER BY id,
         # would make the planners read and sort every match of a short prefix).
-        for row in session.execute(select(*cols).where(where).order_by(key, Customer.id).limit(limit)):
+        # email is unique, so it orders alone (adding id would make PostgreSQL sort every match).
+        order = (key,) if key is Customer.email else (key, Customer.id)
+        for row in session.execute(select(*cols).where(where).order_by(*order).limit(limit)):
             hits.setdefault(row.id, Hit(*row))
     return sorted(hits.values(), key=lambda h: (h.email or "", h.id))[:limit]
 
