@@ -895,7 +895,7 @@ def _send_slice(app, ids: list[int], owner: str, senders, reserved: int) -> None
                     log.info("delivery %s %s: %s", r.id, status.value, reason, extra={"delivery_id": r.id})
                     continue
                 cleared.append(verdict)
-            for item in cleared:
+            for n, item in enumerate(cleared):
                 r = item.delivery
                 try:
                     composed = compose(settings, app.renderer, app.signer, item.mail)
@@ -905,12 +905,18 @@ def _send_slice(app, ids: list[int], owner: str, senders, reserved: int) -> None
                     log.error("delivery %s failed to compose: %s", r.id, exc, extra={"delivery_id": r.id})
                     continue
                 except BaseException as exc:
-                    _release(app, r.id, owner, exc)
+                    for later in cleared[n:]:
+                        _release(app, later.delivery.id, owner, exc)
                     raise
                 lock.add()
                 job = functools.partial(_deliver, app, r, owner, composed, lock, senders is not None)
                 if senders is None:
-                    job()
+                    try:
+                        job()
+                    except BaseException as exc:
+                        for later in cleared[n + 1:]:  # not sent: their leases go back at once
+                            _release(app, later.delivery.id, owner, exc)
+                        raise
                 else:
                     submitted += 1
                     senders.submit(job)
