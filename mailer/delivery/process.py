@@ -795,6 +795,10 @@ def senders_for(app):
         return pool
 
 
+#: Recent wall time per mail of a slice in this process, seconds (a moving average; 0 = none yet).
+_mail_wall_s = [0.0]
+
+
 def send_slices(app, delivery_ids: list[int], *, owner: str, slice_s: float) -> tuple[list[int], int]:
     """Send ``delivery_ids`` slice by slice for about ``slice_s`` seconds.
 
@@ -809,7 +813,11 @@ def send_slices(app, delivery_ids: list[int], *, owner: str, slice_s: float) -> 
     while i < len(delivery_ids):
         if i and time.monotonic() - started > slice_s:
             return list(delivery_ids[i:]), 0
-        want = 1 if per_row else min(CLAIM_SLICE, len(delivery_ids) - i)
+        # A slice is claimed whole, so it is sized to end within slice_s (at the wall time a
+        # mail took in this process lately): the worker thread is then free for a notice
+        # after about slice_s even when the process gets only part of a core.
+        fit = int((slice_s - (time.monotonic() - started)) / _mail_wall_s[0]) if _mail_wall_s[0] > 0 else CLAIM_SLICE
+        want = 1 if per_row else max(1, min(CLAIM_SLICE, len(delivery_ids) - i, fit))
         got = want
         if senders is not None:
             got = senders.reserve(want, timeout_s=slice_s)
@@ -822,7 +830,10 @@ def send_slices(app, delivery_ids: list[int], *, owner: str, slice_s: float) -> 
             if per_row:
                 _one_or_queue(app, chunk[0], owner, senders)
             else:
+                t0 = time.monotonic()
                 _send_slice(app, chunk, owner, senders, got)
+                per_mail = (time.monotonic() - t0) / len(chunk)
+                _mail_wall_s[0] = per_mail if _mail_wall_s[0] <= 0 else 0.8 * _mail_wall_s[0] + 0.2 * per_mail
         except Exception as exc:
             if not is_retryable(exc):
                 raise
@@ -894,7 +905,7 @@ def _send_slice(app, ids: list[int], owner: str, senders, reserved: int) -> None
                     log.info("delivery %s %s: %s", r.id, status.value, reason, extra={"delivery_id": r.id})
                     continue
                 cleared.append(verdict)
-            for item in cleared:
+            for n, item in enumerate(cleared):
                 r = item.delivery
                 try:
                     composed = compose(settings, app.renderer, app.signer, item.mail)
@@ -904,12 +915,18 @@ def _send_slice(app, ids: list[int], owner: str, senders, reserved: int) -> None
                     log.error("delivery %s failed to compose: %s", r.id, exc, extra={"delivery_id": r.id})
                     continue
                 except BaseException as exc:
-                    _release(app, r.id, owner, exc)
+                    for later in cleared[n:]:
+                        _release(app, later.delivery.id, owner, exc)
                     raise
                 lock.add()
                 job = functools.partial(_deliver, app, r, owner, composed, lock, senders is not None)
                 if senders is None:
-                    job()
+                    try:
+                        job()
+                    except BaseException as exc:
+                        for later in cleared[n + 1:]:  # not sent: their leases go back at once
+                            _release(app, later.delivery.id, owner, exc)
+                        raise
                 else:
                     submitted += 1
                     senders.submit(job)
