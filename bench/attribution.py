@@ -40,7 +40,7 @@ import sys
 import time
 import tracemalloc
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +48,11 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mailer import db  # noqa: E402
-from mailer.campaigns import reports  # noqa: E402
-from mailer.customers import attribution  # noqa: E402
-from mailer.models import Attribution  # noqa: E402
-from mailer.settings import Settings  # noqa: E402
+from mailer import db
+from mailer.campaigns import reports
+from mailer.customers import attribution
+from mailer.models import Attribution
+from mailer.settings import Settings
 
 PG_URL = os.environ.get("MAILER_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 CAMPAIGNS = 10

@@ -574,6 +574,9 @@ class TrackingEvent(Base):
 
     __table_args__ = (
         Index("ix_tracking_campaign_kind", "campaign_id", "kind", "occurred_at"),
+        # Campaign reports: unique opens/clicks (distinct deliveries) and the chart's buckets read
+        # this index alone, so a 200,000-recipient report needs no table lookups.
+        Index("ix_tracking_campaign_kind_delivery", "campaign_id", "kind", "delivery_id", "occurred_at"),
         # Engagement segment conditions: did customer C open/click since T.
         Index("ix_tracking_customer_kind", "customer_id", "kind", "occurred_at"),
         Index("ix_tracking_occurred_at", "occurred_at"),

