@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from mailer.automations import predicted
 from mailer.automations.predicted import raise_prediction_events
 from mailer.automations.publish import publish
 from mailer.automations.rules import parse_rule
@@ -82,8 +83,9 @@ def deliveries(app, automation: str) -> list[tuple[str, str]]:
             sa.select(Delivery).where(Delivery.automation == automation).order_by(Delivery.id)).scalars()]
 
 
-def test_winback_fires_once_when_risk_becomes_high_and_not_again(rules_app):
+def test_winback_fires_once_when_risk_becomes_high_and_not_again(rules_app, monkeypatch):
     app = rules_app
+    monkeypatch.setattr(predicted, "CHUNK_IDS", 2)  # the pass walks the customers in id ranges of 2
     codes(app, "winback", 5)
     ann, ben, cat = (customer(app, "ann@example.com"), customer(app, "ben@example.com", consent_to=None),
                      customer(app, "cat@example.com"))

@@ -48,6 +48,8 @@ CHURN = "churn_risk_became"
 DUE = "expected_order_due"
 #: State rows written per executemany round.
 BATCH_ROWS = 5000
+#: Customers (a range of ids) compared per round, so a pass holds at most this many rows.
+CHUNK_IDS = 50_000
 
 
 @dataclass
@@ -94,28 +96,36 @@ def raise_prediction_events(app, *, as_of: dt.date, now: dt.datetime | None = No
     churn_rules = any(r.event == CHURN for r in rules)
     lead = max((r.before or dt.timedelta(0) for r in rules if r.event == DUE), default=None)
     run = TriggerRun(as_of)
-    _churn(app, run, as_of, publish_events=churn_rules, now=now)
-    _due(app, run, as_of, lead=lead, now=now)
+    with app.session() as s:
+        low, high = s.execute(select(func.min(Customer.id), func.max(Customer.id))).one()
+    if low is None:
+        return run
+    for start in range(low, high + 1, CHUNK_IDS):
+        ids = (start, start + CHUNK_IDS)
+        _churn(app, run, as_of, ids, publish_events=churn_rules, now=now)
+        _due(app, run, as_of, ids, lead=lead, now=now)
     log.info("prediction triggers as of %s: %s", as_of, run.summary())
     return run
 
 
-def _churn(app, run: TriggerRun, as_of: dt.date, *, publish_events: bool, now: dt.datetime | None) -> None:
+def _churn(app, run: TriggerRun, as_of: dt.date, ids: tuple[int, int], *, publish_events: bool,
+           now: dt.datetime | None) -> None:
     c, t = Customer.__table__, PredictionTrigger.__table__
     clock, now = now, utcnow()
     with app.session() as s:
-        # Only customers whose risk differs from the trigger's (or who have no row yet): the
-        # outer join on the (customer_id, trigger) primary key, filtered on the difference.
+        # Only customers of this id range (primary key range) whose risk differs from the
+        # trigger's (or who have no row yet): the outer join on the (customer_id, trigger)
+        # primary key, filtered on the difference.
         rows = s.execute(
             select(c.c.id, c.c.email, c.c.churn_risk, c.c.p_alive, c.c.predicted_clv, t.c.value, t.c.changes)
             .select_from(c.outerjoin(t, and_(t.c.customer_id == c.c.id, t.c.trigger == CHURN)))
-            .where(c.c.churn_risk.is_not(None), c.c.erased_at.is_(None),
+            .where(c.c.id >= ids[0], c.c.id < ids[1], c.c.churn_risk.is_not(None), c.c.erased_at.is_(None),
                    or_(t.c.value.is_(None), t.c.value != c.c.churn_risk))).all()
         fresh = [{"customer_id": r.id, "trigger": CHURN, "value": _risk(r.churn_risk), "changes": 0,
                   "updated_at": now} for r in rows if r.value is None]
         for i in range(0, len(fresh), BATCH_ROWS):
             s.execute(insert(t), fresh[i:i + BATCH_ROWS])
-        run.churn_started = len(fresh)
+        run.churn_started += len(fresh)
     for r in rows:
         if r.value is None:
             continue
@@ -140,23 +150,26 @@ def _risk(value) -> str:
     return getattr(value, "value", value)
 
 
-def _due(app, run: TriggerRun, as_of: dt.date, *, lead: dt.timedelta | None, now: dt.datetime | None) -> None:
+def _due(app, run: TriggerRun, as_of: dt.date, ids: tuple[int, int], *, lead: dt.timedelta | None,
+         now: dt.datetime | None) -> None:
     c, t, o = Customer.__table__, PredictionTrigger.__table__, Order.__table__
     clock, now = now, utcnow()
     end = _end_of(as_of)
     with app.session() as s:
-        # The day of each customer's last placed order up to as-of (uq_orders_customer_shop_order
-        # leads with customer_id, so the grouping walks that index), joined to the scored customers
-        # and their trigger row.
+        # The day of each customer's last placed order up to as-of, for one id range of
+        # customers (uq_orders_customer_shop_order leads with customer_id, so the range and the
+        # grouping walk that index), joined to the scored customers and their trigger row.
         last = (select(o.c.customer_id, func.max(o.c.placed_at).label("last_at"))
-                .where(o.c.status == OrderStatus.placed.value, o.c.placed_at < end)
+                .where(o.c.customer_id >= ids[0], o.c.customer_id < ids[1],
+                       o.c.status == OrderStatus.placed.value, o.c.placed_at < end)
                 .group_by(o.c.customer_id).subquery())
         rows = s.execute(
             select(c.c.id, c.c.email, c.c.expected_next_order_at, last.c.last_at, t.c.value, t.c.due_at,
                    t.c.fired_at)
             .select_from(c.join(last, last.c.customer_id == c.c.id)
                          .outerjoin(t, and_(t.c.customer_id == c.c.id, t.c.trigger == DUE)))
-            .where(c.c.expected_next_order_at.is_not(None), c.c.erased_at.is_(None))).all()
+            .where(c.c.id >= ids[0], c.c.id < ids[1], c.c.expected_next_order_at.is_not(None),
+                   c.c.erased_at.is_(None))).all()
         started, restarted, pending = [], [], []
         for r in rows:
             cycle = _as_day(r.last_at).isoformat()
@@ -175,7 +188,7 @@ def _due(app, run: TriggerRun, as_of: dt.date, *, lead: dt.timedelta | None, now
             # A new purchase cycle: its own expected date, not raised yet (primary key lookup).
             s.execute(update(t).where(t.c.customer_id == state["customer_id"], t.c.trigger == DUE)
                       .values(value=state["value"], due_at=state["due_at"], fired_at=None, updated_at=now))
-        run.cycles_started = len(started) + len(restarted)
+        run.cycles_started += len(started) + len(restarted)
     if lead is None:
         return
     for cid, email, cycle, due_at in pending:
