@@ -42,8 +42,9 @@ def test_demo_writes_an_outbox_of_parseable_mails_with_both_parts(tmp_path):
     again = subprocess.run([sys.executable, "-m", "mailer.cli", "demo"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    # Then it reuses the first run's notices and campaign: nothing is resent, and it says so
+    # Then it reuses the first run's notices and campaign (one of every notice kind, replenishment
+    # included, and the newsletter to its 5 consenting customers): nothing is resent, and it says so
     assert sorted(outbox.glob("*.eml")) == emls
     assert "this run: sent 0 mails (other outcomes: none)" in again.stdout
-    assert "reused 18 deliveries from an earlier demo run" in again.stdout
+    assert "reused 19 deliveries from an earlier demo run" in again.stdout
     assert "campaign 1: reused from an earlier run" in again.stdout

@@ -591,7 +591,7 @@ _D = Delivery.__table__.c
 #: What the send path reads of a claimed delivery (attribute names as on Delivery).
 _CLAIM_COLUMNS = (_D.id, _D.kind, _D.campaign_id, _D.customer_id, _D.to_address, _D.to_hash, _D.locale, _D.data,
                   _D.purpose, _D.queue, _D.status, _D.attempts, _D.send_after, _D.created_at, _D.smtp_reply,
-                  _D.reason)
+                  _D.reason, _D.variant)
 # The slice's claim: the same conditional UPDATE as claim(), over a list of ids, so each
 # row is leased (or not) on its own by the one statement: a row another worker holds,
 # or one that is final, held or not yet due, does not match and is simply not returned.
