@@ -47,6 +47,26 @@ def _pg_schema_url(schema: str) -> str:
     return f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
 
 
+def _pg_schema():
+    """Yield the URL of a fresh, migrated PostgreSQL schema; drop it afterwards."""
+    need_service("PostgreSQL", "127.0.0.1", 5432)
+    import sqlalchemy as sa
+
+    schema = "t_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    url = _pg_schema_url(schema)
+    try:
+        db.upgrade(url)
+        yield url
+    finally:
+        db.dispose_engines()
+        with admin.connect() as c:
+            c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path):
     """A migrated, empty database: SQLite file, then a fresh PostgreSQL schema."""
@@ -56,43 +76,13 @@ def db_url(request, tmp_path):
         yield url
         db.dispose_engines()
         return
-    need_service("PostgreSQL", "127.0.0.1", 5432)
-    import sqlalchemy as sa
-
-    schema = "t_" + uuid.uuid4().hex[:12]
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = _pg_schema_url(schema)
-    try:
-        db.upgrade(url)
-        yield url
-    finally:
-        db.dispose_engines()
-        with admin.connect() as c:
-            c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    yield from _pg_schema()
 
 
 @pytest.fixture
 def pg_url():
     """A migrated, empty PostgreSQL schema (for tests of what only PostgreSQL does; mark them postgres)."""
-    need_service("PostgreSQL", "127.0.0.1", 5432)
-    import sqlalchemy as sa
-
-    schema = "t_" + uuid.uuid4().hex[:12]
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = _pg_schema_url(schema)
-    try:
-        db.upgrade(url)
-        yield url
-    finally:
-        db.dispose_engines()
-        with admin.connect() as c:
-            c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    yield from _pg_schema()
 
 
 @pytest.fixture
