@@ -72,10 +72,10 @@ class ValidationError(MailerError):
 
     def __init__(self, message: str, *, field: str | None = None, problems: list[Problem] | None = None,
                  where: str | None = None):
-        # ``where`` is accepted and dropped: it was never read. Only mailer/delivery/bounces.py
-        # still passes it (owned by another change); drop the parameter once it stops.
+        # ``where`` names the file (or file and line) when there is no field: the CLI and
+        # the console print ``field`` beside the message, so the file is never lost.
         super().__init__(message)
-        self.field = field
+        self.field = field if field is not None else where
         self.problems = list(problems) if problems else []
 
     @classmethod
