@@ -87,7 +87,7 @@ def ab_campaign_decided(app) -> int:
         rows = s.execute(select(Delivery.id, Delivery.variant, Delivery.to_address)
                          .where(Delivery.campaign_id == cid).order_by(Delivery.id)).all()
         first = {label: next(r for r in rows if r.variant == label) for label in ("A", "B")}
-        for label, r in first.items():
+        for r in first.values():
             link = tracking.Link(r.id)
             tracking.record_open(s, app.settings, link, ip="198.51.100.7", user_agent=HUMAN_UA,
                                  now=sent_at + timedelta(hours=1))
