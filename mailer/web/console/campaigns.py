@@ -269,7 +269,7 @@ def _campaign_context(request: Request, cid: int) -> dict:
         c = campaigns.get(s, cid)
         ab = reports.ab_summary(s, cid)
         s.expunge(c)
-    return {"c": c, "p": p, "poll_s": POLL_INTERVAL_S, "ab": ab, "ab_line": reports.ab_line(ab) if ab else "",
+    return {"c": c, "p": p, "poll_s": POLL_INTERVAL_S, "ab": ab,
             "metric_names": reports.METRIC_NAMES, "ab_amount": reports.amount_text, "brake": _brake(c),
             "actions": [a for a, states in ACTIONS.items() if c.status in states]}
 
@@ -449,8 +449,11 @@ async def campaign_action(request: Request, cid: int, action: str,
         return _not_found(request, user, cid)
     except ValidationError as exc:
         ctx = _campaign_context(request, cid)
-        with m.session() as s:
-            count = campaigns.confirmation_count(s, m.settings, cid, action)
+        try:
+            with m.session() as s:
+                count = campaigns.confirmation_count(s, m.settings, cid, action)
+        except ValidationError:
+            count = 0
         ctx.update({"action": action, "count": count, "allowed": ctx["c"].status in ACTIONS[action],
                     "error": str(exc), "error_field": exc.field})
         return render(request, user, "console/campaigns/confirm.html", ctx, status_code=422)
