@@ -9,6 +9,12 @@ Rates are over the last 7 days' sent mail, against the bulk-sender rules Gmail a
 enforce since February 2024: a spam-complaint rate kept below 0.1% and never reaching
 0.3%.  For hard bounces the common practice is to stay under 2% (5% is trouble); for
 unsubscribes there is no rule, the figure is shown for trend only.
+
+With the settings, the dashboard also shows the brakes' sender health
+(:mod:`mailer.delivery.brakes`): the **rolling 24-hour complaint rate per sending domain**
+against 0.1% and 0.3%, beside the same rate for the 24 hours before, so a rising rate
+warns (:class:`DomainTrend`); and the **unsubscribe latency** of the last 30 days (link
+clicked to the last marketing mail after it) against the 2-day limit.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
+from mailer.delivery import brakes
 from mailer.models import Bounce, Campaign, CampaignStatus, Delivery, DeliveryStatus, TrackingEvent, TrackingKind
+from mailer.settings import Settings
 
 #: Complaint rate Gmail and Yahoo want senders below (fraction of mail sent).
 COMPLAINT_WARN = 0.001
@@ -38,6 +46,8 @@ WAITING = (DeliveryStatus.queued, DeliveryStatus.sending)
 LIVE_CAMPAIGNS = (CampaignStatus.running, CampaignStatus.paused, CampaignStatus.scheduled)
 #: Most campaigns listed on the dashboard.
 MAX_CAMPAIGNS = 20
+#: The unsubscribe latency is measured over the unsubscribes of this many last days.
+LATENCY_WINDOW_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,25 @@ class CampaignProgress:
 
 
 @dataclass(frozen=True)
+class DomainTrend:
+    """One sending domain's complaint rate over the last 24 hours and the 24 hours before."""
+
+    now: brakes.DomainRate
+    before: brakes.DomainRate
+
+    @property
+    def rising(self) -> bool:
+        """The rate is higher than the day before (and there is a complaint to speak of)."""
+        return self.now.complaints > 0 and self.now.rate > self.before.rate
+
+    @property
+    def warn(self) -> bool:
+        """Worth a warning: at or above 0.1% (``warning``) or 0.3% (``critical``) with enough mail
+        to judge (the alert then says whether it is rising)."""
+        return self.now.level != "ok" and self.now.sent >= MIN_SENT_FOR_ALERT
+
+
+@dataclass(frozen=True)
 class Dashboard:
     now: datetime
     #: kind -> mails sent in the last 24 hours / 7 days.
@@ -79,10 +108,18 @@ class Dashboard:
     outcomes_7d: dict[str, int]
     rates: list[Rate] = field(default_factory=list)
     campaigns: list[CampaignProgress] = field(default_factory=list)
+    #: Per sending domain, the rolling 24-hour complaint rate and the day before (needs the settings).
+    domains: list[DomainTrend] = field(default_factory=list)
+    #: Unsubscribe latency over the last LATENCY_WINDOW_DAYS (needs the settings).
+    latency: brakes.Latency | None = None
 
     @property
     def alerts(self) -> list[Rate]:
         return [r for r in self.rates if r.level != "ok"]
+
+    @property
+    def domain_alerts(self) -> list[DomainTrend]:
+        return [d for d in self.domains if d.warn]
 
 
 def _level(value: float, sent: int, warn: float | None, limit: float | None) -> str:
@@ -170,12 +207,27 @@ def live_campaigns(session: Session) -> list[CampaignProgress]:
     return out
 
 
-def build(session: Session, *, now: datetime | None = None) -> Dashboard:
-    """Every figure of the dashboard, as of ``now``."""
+def domain_trends(session: Session, settings: Settings, now: datetime) -> list[DomainTrend]:
+    """The rolling 24-hour complaint rate per sending domain, and the 24 hours before it."""
+    before = {d.domain: d for d in brakes.domain_complaint_rates(
+        session, settings, now=now - timedelta(seconds=brakes.DOMAIN_WINDOW_S))}
+    out = []
+    for d in brakes.domain_complaint_rates(session, settings, now=now):
+        out.append(DomainTrend(d, before.get(d.domain) or brakes.DomainRate(d.domain, 0, 0, 0.0, "ok")))
+    return out
+
+
+def build(session: Session, *, now: datetime | None = None, settings: Settings | None = None) -> Dashboard:
+    """Every figure of the dashboard, as of ``now`` (the per-domain complaint rates and the
+    unsubscribe latency too when ``settings`` are given)."""
     now = now or utcnow()
+    domains = domain_trends(session, settings, now) if settings is not None else []
+    latency = (brakes.unsubscribe_latency(session, since=now - timedelta(days=LATENCY_WINDOW_DAYS), now=now)
+               if settings is not None else None)
     day, week = now - timedelta(hours=24), now - timedelta(days=7)
     queued, sending, due, oldest, oldest_notice = queue(session, now)
     return Dashboard(now=now, sent_24h=sent_by_kind(session, day), sent_7d=sent_by_kind(session, week),
                      queued=queued, sending=sending, scheduled_due=due, oldest_waiting=oldest,
                      oldest_waiting_notice=oldest_notice, outcomes_7d=outcomes(session, week),
-                     rates=rates(session, week), campaigns=live_campaigns(session))
+                     rates=rates(session, week), campaigns=live_campaigns(session), domains=domains,
+                     latency=latency)

@@ -46,7 +46,17 @@ from mailer.clock import utcnow
 from mailer.customers import attribution
 from mailer.delivery import brakes
 from mailer.errors import NotFound
-from mailer.models import AbTest, Bounce, Campaign, CsatRating, Delivery, DeliveryStatus, TrackingEvent, TrackingKind
+from mailer.models import (
+    AbTest,
+    Attribution,
+    Bounce,
+    Campaign,
+    CsatRating,
+    Delivery,
+    DeliveryStatus,
+    TrackingEvent,
+    TrackingKind,
+)
 
 PENDING = (DeliveryStatus.queued, DeliveryStatus.scheduled, DeliveryStatus.sending, DeliveryStatus.held)
 #: Links shown in the report's "most clicked" table.
@@ -441,12 +451,38 @@ def ab_summary(session: Session, campaign_id: int) -> dict | None:
             "decision_figures": decision.get("arms"), "variants": variants}
 
 
+def variant_revenue(session: Session, campaign_id: int) -> dict[str, dict]:
+    """Per A/B variant: attributed orders, revenue per currency, conversion rate and revenue per
+    recipient per currency (:meth:`mailer.customers.attribution.Revenue.as_dict`), and its recipients."""
+    c = session.get(Campaign, campaign_id)
+    if c is None or not c.variants:
+        return {}
+    # Recipients per variant: the campaign's deliveries that reached a mailbox provider, one
+    # GROUP BY over ix_deliveries_campaign_status.
+    recipients = dict(session.execute(select(Delivery.variant, func.count())
+                                      .where(Delivery.campaign_id == campaign_id, Delivery.variant.is_not(None),
+                                             Delivery.status.in_(attribution.RECIPIENT_STATUSES))
+                                      .group_by(Delivery.variant)).all())
+    out = {}
+    for v in c.variants:
+        label = v["label"]
+        money = attribution.revenue(session, Attribution.campaign_id == campaign_id, Delivery.variant == label,
+                                    through_deliveries=True)
+        out[label] = {**money.as_dict(recipients.get(label, 0)), "recipients": recipients.get(label, 0)}
+    return out
+
+
 def _amount(metric: str, value: float | None, *, signed: bool = True) -> str:
     if value is None:
         return "?"
     if metric == "revenue":
         return f"{value:+.2f}" if signed else f"{value:.2f}"
     return f"{value * 100:+.1f} pts" if signed else f"{value * 100:.1f} %"
+
+
+def amount_text(metric: str, value: float | None) -> str:
+    """A difference of the winning metric as text: ``+1.2 pts`` (a rate) or ``+3.40`` (revenue per recipient)."""
+    return _amount(metric, value)
 
 
 def ab_line(summary: dict) -> str:

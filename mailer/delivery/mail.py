@@ -69,7 +69,8 @@ class MailContext:
     products still wanted); ``campaign`` is ``None`` for a notice, or for a campaign
     that no longer exists; ``tracking_allowed`` says the customer permits open and
     click tracking (always true unless ``MAILER_TRACKING_REQUIRES_CONSENT``); links are
-    tracked only when the campaign has tracking on as well.
+    tracked only when the campaign has tracking on as well, or when the mail is a marketing
+    mail of an automation rule (``automation``), so its orders can be attributed.
     """
 
     id: int
@@ -86,6 +87,8 @@ class MailContext:
     tracking_allowed: bool = False
     #: The campaign's A/B variant label this mail was assigned ("A".."D"), or None.
     variant: str | None = None
+    #: The automation rule that sent this mail (``deliveries.automation``), or None.
+    automation: str | None = None
 
     @classmethod
     def of(cls, delivery: Delivery, customer: Customer | Recipient | None = None, *,
@@ -97,4 +100,5 @@ class MailContext:
                    purpose=delivery.purpose, data=delivery.data if data is None else data,
                    campaign_id=delivery.campaign_id, customer_id=delivery.customer_id,
                    created_at=delivery.created_at, customer=recipient, campaign=campaign,
-                   tracking_allowed=tracking_allowed, variant=getattr(delivery, "variant", None))
+                   tracking_allowed=tracking_allowed, variant=getattr(delivery, "variant", None),
+                   automation=getattr(delivery, "automation", None))

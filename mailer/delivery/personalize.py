@@ -15,7 +15,9 @@ the customer's consent for the ``tracking`` purpose) also gets ``wrap_link(url)`
 click tracking (the renderer rewrites every http(s) link through it) and an open pixel
 (``open_pixel_url``; :func:`after_render` inserts it before ``</body>`` when the
 template does not place it itself).  Campaign links to ``MAILER_SHOP_DOMAINS`` get UTM
-parameters first (:mod:`mailer.delivery.utm`), tracked or not.
+parameters first (:mod:`mailer.delivery.utm`), tracked or not.  A marketing mail of an
+automation rule is decorated the same way, with the rule's name as ``utm_campaign``
+(slugged), so a click on it, and the order after it, are attributed to the rule.
 
 Everything here is a pure function of the :class:`~mailer.delivery.mail.MailContext`
 and the settings: it reads no database (the send path loaded the campaign options and
@@ -81,20 +83,26 @@ def decorate(settings: Settings, mail: MailContext, context: dict,
     headers.append(("List-Unsubscribe-Post", ONE_CLICK))
     headers.append(("List-Id", list_id(settings, mail.purpose)))
     options = mail.campaign if mail.campaign_id else None
-    tag = _utm_tagger(settings, mail, options)
-    if options is not None and options.tracking and mail.id and mail.tracking_allowed:
+    # The campaign's options, or the automation rule (no campaign): both decorate their links.
+    rule = mail.automation if not mail.campaign_id else None
+    tag = _utm_tagger(settings, mail, options, rule)
+    tracks = (options.tracking if options is not None else bool(rule))
+    if tracks and mail.id and mail.tracking_allowed:
         context["wrap_link"] = lambda url, _m=mail: tracking.click_url(settings, _m, tag(url))
         context["open_pixel_url"] = tracking.open_url(settings, mail)
-    elif options is not None and settings.shop_domains:
+    elif (options is not None or rule) and settings.shop_domains:
         context["wrap_link"] = tag
     return context, headers
 
 
-def _utm_tagger(settings: Settings, mail: MailContext, options):
-    """Campaign links to MAILER_SHOP_DOMAINS get their UTM parameters (mailer/delivery/utm.py)."""
-    if options is None or not settings.shop_domains:
+def _utm_tagger(settings: Settings, mail: MailContext, options, rule: str | None = None):
+    """Campaign (or automation rule) links to MAILER_SHOP_DOMAINS get their UTM parameters (mailer/delivery/utm.py)."""
+    if (options is None and not rule) or not settings.shop_domains:
         return lambda url: url
-    name = options.slug or f"campaign-{options.id}"
+    if options is not None:
+        name = options.slug or f"campaign-{options.id}"
+    else:
+        name = utm.slug(rule, 0).replace("campaign-0", "automation")
     return lambda url: utm.tag(url, domains=settings.shop_domains, source=mail.purpose, campaign=name)
 
 

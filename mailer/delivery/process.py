@@ -348,16 +348,23 @@ CAMPAIGN_OPTIONS_ENTRIES = 512
 campaign_options = _CampaignOptionsCache(CAMPAIGN_OPTIONS_ENTRIES)
 
 
+def tracked_source(delivery, options: CampaignOptions | None) -> bool:
+    """Does this mail's sender track it: a campaign with tracking on, or an automation rule?"""
+    if delivery.campaign_id:
+        return options is not None and options.tracking
+    return bool(getattr(delivery, "automation", None))
+
+
 def tracking_allowed(s, settings, delivery: Delivery, customer: Customer | None,
                      options: CampaignOptions | None) -> bool:
     """Does the customer permit open and click tracking of this mail?
 
     Asked only when the answer matters (a marketing mail of a campaign with tracking
-    on); otherwise False, and no query is made.  Without
+    on, or of an automation rule); otherwise False, and no query is made.  Without
     ``MAILER_TRACKING_REQUIRES_CONSENT`` the answer is yes; with it, the customer's
     current consent for the ``tracking`` purpose, read in the caller's transaction.
     """
-    if delivery.purpose == TRANSACTIONAL or options is None or not options.tracking or not delivery.id:
+    if delivery.purpose == TRANSACTIONAL or not delivery.id or not tracked_source(delivery, options):
         return False
     if not settings.tracking_requires_consent:
         return True
@@ -591,7 +598,7 @@ _D = Delivery.__table__.c
 #: What the send path reads of a claimed delivery (attribute names as on Delivery).
 _CLAIM_COLUMNS = (_D.id, _D.kind, _D.campaign_id, _D.customer_id, _D.to_address, _D.to_hash, _D.locale, _D.data,
                   _D.purpose, _D.queue, _D.status, _D.attempts, _D.send_after, _D.created_at, _D.smtp_reply,
-                  _D.reason, _D.variant)
+                  _D.reason, _D.variant, _D.automation)
 # The slice's claim: the same conditional UPDATE as claim(), over a list of ids, so each
 # row is leased (or not) on its own by the one statement: a row another worker holds,
 # or one that is final, held or not yet due, does not match and is simply not returned.
@@ -739,7 +746,7 @@ def gate_slice(app, s, rows: list, *, lock: bool = False) -> dict[int, tuple[Del
         recipient = (Recipient(id=customer.id, first_name=customer.first_name, last_name=customer.last_name,
                                currency=customer.currency) if customer is not None else None)
         options = campaign_options(s, settings, r.campaign_id) if r.campaign_id else None
-        tracked = (r.purpose != TRANSACTIONAL and options is not None and options.tracking and bool(r.id)
+        tracked = (r.purpose != TRANSACTIONAL and tracked_source(r, options) and bool(r.id)
                    and (not settings.tracking_requires_consent
                         or (customer is not None and (customer.id, "tracking") in granted)))
         mail = MailContext.of(r, recipient, campaign=options, tracking_allowed=tracked,
