@@ -132,6 +132,8 @@ class ScoreOutcome:
 
 #: Customers copied into the scores' temporary table per round (bounds the Python objects held).
 SCORE_BATCH_ROWS = 50_000
+#: SQLite page cache while the figures are written, KiB (the default is 2,000 KiB).
+SQLITE_WRITE_CACHE_KIB = 65_536
 #: The temporary table the figures go through: one row per scored customer, codes not labels.
 SCORES_TABLE = "prediction_scores_tmp"
 #: ``next_day`` of a customer without an expected next order (NULL in customers).
@@ -180,7 +182,7 @@ def _fill_sqlite(dbapi, cols: dict[str, np.ndarray]) -> None:
 def _fill_postgresql(dbapi, cols: dict[str, np.ndarray]) -> None:
     with dbapi.cursor() as cur:
         cur.execute(f"DROP TABLE IF EXISTS {SCORES_TABLE}")
-        cur.execute(f"CREATE TEMP TABLE {SCORES_TABLE} (id int8, p_alive float8, o90 float8, o365 float8, "
+        cur.execute(f"CREATE TEMP TABLE {SCORES_TABLE} (id int8 PRIMARY KEY, p_alive float8, o90 float8, o365 float8, "
                     "clv float8, next_day int4, risk int2, tier int2) ON COMMIT DROP")
         with cur.copy(f"COPY {SCORES_TABLE} FROM STDIN (FORMAT BINARY)") as copy:
             copy.write(_PG_SIGNATURE)
@@ -205,9 +207,21 @@ def _write_scores(session: Session, result: scores.Scores, now: dt.datetime) -> 
     conn = session.connection()
     dbapi = conn.connection.dbapi_connection
     pg = conn.dialect.name == "postgresql"
+    if not pg:
+        # A larger page cache for the write: the UPDATE touches every prediction index of
+        # customers in id order, so each index's pages are visited at random (restored below).
+        cache_pages = dbapi.execute("PRAGMA cache_size").fetchone()[0]
+        dbapi.execute(f"PRAGMA cache_size = -{SQLITE_WRITE_CACHE_KIB}")
+    try:
+        return _update_from_scores(conn, dbapi, cols, now, pg=pg)
+    finally:
+        if not pg:
+            dbapi.execute(f"PRAGMA cache_size = {int(cache_pages)}")
+
+
+def _update_from_scores(conn, dbapi, cols: dict[str, np.ndarray], now: dt.datetime, *, pg: bool) -> int:
     (_fill_postgresql if pg else _fill_sqlite)(dbapi, cols)
     scored = int(cols["id"].shape[0])
-    del cols
     stamp = bindparam("now", now, type_=UTCDateTime())
     if pg:
         def num(col):
@@ -218,13 +232,6 @@ def _write_scores(session: Session, result: scores.Scores, now: dt.datetime) -> 
             return f"s.{col}"
         # The text UTCDateTime stores on SQLite: 'YYYY-MM-DD HH:MM:SS.ffffff', naive UTC.
         next_at = f"date(NULLIF(s.next_day, {_NO_DAY}) * 86400, 'unixepoch') || ' 00:00:00.000000'"
-    # Figures of customers scored before but not now (no longer scorable): NULLs, not stale
-    # numbers. An anti-join of the customers scored before with the temporary table.
-    conn.execute(text(
-        f"UPDATE customers SET p_alive = NULL, expected_orders_90d = NULL, expected_orders_365d = NULL, "
-        "predicted_clv = NULL, expected_next_order_at = NULL, churn_risk = NULL, predictions_at = NULL, "
-        f"updated_at = :now WHERE predictions_at IS NOT NULL AND NOT EXISTS "
-        f"(SELECT 1 FROM {SCORES_TABLE} AS s WHERE s.id = customers.id)").bindparams(stamp))
     # The figures: one statement joining the temporary table to customers on the primary key
     # (a hash join on PostgreSQL, rowid lookups on SQLite). The computed tier replaces the
     # imported one only here, for the scored customers.
@@ -235,6 +242,14 @@ def _write_scores(session: Session, result: scores.Scores, now: dt.datetime) -> 
         f"predicted_spend_tier = {_label_case('s.tier', scores.SPEND_TIER_LABELS)}, "
         f"predictions_at = :now, updated_at = :now FROM {SCORES_TABLE} AS s WHERE customers.id = s.id")
         .bindparams(stamp))
+    # Customers scored before but not now (no longer scorable) get NULLs, not stale numbers:
+    # the only rows with figures from another run. A filter, not an anti-join with the
+    # temporary table (on PostgreSQL the statistics of predictions_at can be stale right after
+    # a bulk load, and a misestimated anti-join goes quadratic).
+    conn.execute(text(
+        "UPDATE customers SET p_alive = NULL, expected_orders_90d = NULL, expected_orders_365d = NULL, "
+        "predicted_clv = NULL, expected_next_order_at = NULL, churn_risk = NULL, predictions_at = NULL, "
+        "updated_at = :now WHERE predictions_at IS NOT NULL AND predictions_at <> :now").bindparams(stamp))
     if not pg:
         conn.exec_driver_sql(f"DROP TABLE temp.{SCORES_TABLE}")
     return scored
