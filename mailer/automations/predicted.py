@@ -34,13 +34,13 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import Integer, String, and_, exists, func, insert, literal, null, select, update
 
 from mailer.automations.publish import publish
 from mailer.automations.rules import load
 from mailer.clock import utcnow
 from mailer.errors import ValidationError
-from mailer.models import Customer, Order, OrderStatus, PredictionTrigger
+from mailer.models import Customer, Order, OrderStatus, PredictionTrigger, UTCDateTime
 
 log = logging.getLogger("mailer.predictions")
 
@@ -112,23 +112,23 @@ def _churn(app, run: TriggerRun, as_of: dt.date, ids: tuple[int, int], *, publis
            now: dt.datetime | None) -> None:
     c, t = Customer.__table__, PredictionTrigger.__table__
     clock, now = now, utcnow()
+    scored = and_(c.c.id >= ids[0], c.c.id < ids[1], c.c.churn_risk.is_not(None), c.c.erased_at.is_(None))
+    on_row = and_(t.c.customer_id == c.c.id, t.c.trigger == CHURN)
     with app.session() as s:
-        # Only customers of this id range (primary key range) whose risk differs from the
-        # trigger's (or who have no row yet): the outer join on the (customer_id, trigger)
-        # primary key, filtered on the difference.
+        # Starting points, written by the database itself: the scored customers of this id range
+        # (primary key range) without a trigger row (an anti-join on its (customer_id, trigger)
+        # primary key) get their current risk, no crossing. No row travels through Python.
+        started = s.execute(insert(t).from_select(
+            ["customer_id", "trigger", "value", "changes", "updated_at"],
+            select(c.c.id, literal(CHURN, String), c.c.churn_risk, literal(0, Integer), literal(now, UTCDateTime()))
+            .where(scored, ~exists().where(on_row))).execution_options(preserve_rowcount=True))
+        run.churn_started += max(started.rowcount or 0, 0)
+        # Crossings: only the customers whose risk differs from their trigger row's (the inner
+        # join on that primary key, filtered on the difference); normally a few per day.
         rows = s.execute(
             select(c.c.id, c.c.email, c.c.churn_risk, c.c.p_alive, c.c.predicted_clv, t.c.value, t.c.changes)
-            .select_from(c.outerjoin(t, and_(t.c.customer_id == c.c.id, t.c.trigger == CHURN)))
-            .where(c.c.id >= ids[0], c.c.id < ids[1], c.c.churn_risk.is_not(None), c.c.erased_at.is_(None),
-                   or_(t.c.value.is_(None), t.c.value != c.c.churn_risk))).all()
-        fresh = [{"customer_id": r.id, "trigger": CHURN, "value": _risk(r.churn_risk), "changes": 0,
-                  "updated_at": now} for r in rows if r.value is None]
-        for i in range(0, len(fresh), BATCH_ROWS):
-            s.execute(insert(t), fresh[i:i + BATCH_ROWS])
-        run.churn_started += len(fresh)
+            .select_from(c.join(t, on_row)).where(scored, t.c.value != c.c.churn_risk)).all()
     for r in rows:
-        if r.value is None:
-            continue
         new = _risk(r.churn_risk)
         if publish_events:
             data = {"email": r.email, "churn_risk": new, "previous_churn_risk": r.value, "as_of": as_of.isoformat()}
@@ -150,50 +150,60 @@ def _risk(value) -> str:
     return getattr(value, "value", value)
 
 
+def _cycle_day(session, last_at):
+    """SQL for the ISO day (UTC) of ``last_at``, the purchase cycle's name in ``prediction_triggers.value``."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.to_char(func.timezone("UTC", last_at), "YYYY-MM-DD")
+    # SQLite keeps UTCDateTime as naive UTC text 'YYYY-MM-DD HH:MM:SS...': the day is its start.
+    return func.substr(last_at, 1, 10)
+
+
 def _due(app, run: TriggerRun, as_of: dt.date, ids: tuple[int, int], *, lead: dt.timedelta | None,
          now: dt.datetime | None) -> None:
     c, t, o = Customer.__table__, PredictionTrigger.__table__, Order.__table__
     clock, now = now, utcnow()
     end = _end_of(as_of)
+    on_row = and_(t.c.customer_id == c.c.id, t.c.trigger == DUE)
     with app.session() as s:
         # The day of each customer's last placed order up to as-of, for one id range of
         # customers (uq_orders_customer_shop_order leads with customer_id, so the range and the
-        # grouping walk that index), joined to the scored customers and their trigger row.
-        last = (select(o.c.customer_id, func.max(o.c.placed_at).label("last_at"))
+        # grouping walk that index), joined to the scored customers below.
+        last_at = func.max(o.c.placed_at)
+        last = (select(o.c.customer_id, _cycle_day(s, last_at).label("cycle"))
                 .where(o.c.customer_id >= ids[0], o.c.customer_id < ids[1],
                        o.c.status == OrderStatus.placed.value, o.c.placed_at < end)
                 .group_by(o.c.customer_id).subquery())
-        rows = s.execute(
-            select(c.c.id, c.c.email, c.c.expected_next_order_at, last.c.last_at, t.c.value, t.c.due_at,
-                   t.c.fired_at)
-            .select_from(c.join(last, last.c.customer_id == c.c.id)
-                         .outerjoin(t, and_(t.c.customer_id == c.c.id, t.c.trigger == DUE)))
-            .where(c.c.id >= ids[0], c.c.id < ids[1], c.c.expected_next_order_at.is_not(None),
-                   c.c.erased_at.is_(None))).all()
-        started, restarted, pending = [], [], []
-        for r in rows:
-            cycle = _as_day(r.last_at).isoformat()
-            if r.value == cycle:
-                if r.fired_at is None:
-                    pending.append((r.id, r.email, cycle, _aware(r.due_at)))
-                continue
-            due_at = _aware(r.expected_next_order_at)
-            state = {"customer_id": r.id, "trigger": DUE, "value": cycle, "changes": 0, "due_at": due_at,
-                     "fired_at": None, "updated_at": now}
-            (started if r.value is None else restarted).append(state)
-            pending.append((r.id, r.email, cycle, due_at))
-        for i in range(0, len(started), BATCH_ROWS):
-            s.execute(insert(t), started[i:i + BATCH_ROWS])
-        for state in restarted:
+        in_scope = and_(c.c.id >= ids[0], c.c.id < ids[1], c.c.expected_next_order_at.is_not(None),
+                        c.c.erased_at.is_(None))
+        with_last = c.join(last, last.c.customer_id == c.c.id)
+        # New purchase cycles of customers with no trigger row yet (an anti-join on its primary
+        # key): written by the database itself, the expected date frozen at this score.
+        started = s.execute(insert(t).from_select(
+            ["customer_id", "trigger", "value", "changes", "due_at", "fired_at", "updated_at"],
+            select(c.c.id, literal(DUE, String), last.c.cycle, literal(0, Integer), c.c.expected_next_order_at,
+                   null(), literal(now, UTCDateTime()))
+            .select_from(with_last).where(in_scope, ~exists().where(on_row))).execution_options(preserve_rowcount=True))
+        run.cycles_started += max(started.rowcount or 0, 0)
+        # Customers whose last order moved on since their row's cycle (an order since the last
+        # score): normally a few a day, each a new cycle with its own expected date.
+        restarted = s.execute(select(c.c.id, last.c.cycle, c.c.expected_next_order_at)
+                              .select_from(with_last.join(t, on_row))
+                              .where(in_scope, t.c.value != last.c.cycle)).all()
+        for r in restarted:
             # A new purchase cycle: its own expected date, not raised yet (primary key lookup).
-            s.execute(update(t).where(t.c.customer_id == state["customer_id"], t.c.trigger == DUE)
-                      .values(value=state["value"], due_at=state["due_at"], fired_at=None, updated_at=now))
-        run.cycles_started += len(started) + len(restarted)
-    if lead is None:
-        return
+            s.execute(update(t).where(t.c.customer_id == r.id, t.c.trigger == DUE)
+                      .values(value=r.cycle, due_at=r.expected_next_order_at, fired_at=None, updated_at=now))
+        run.cycles_started += len(restarted)
+        if lead is None:
+            return
+        # The cycles not raised yet whose expected date is at most `lead` after the end of the
+        # as-of day: the same join, on the trigger row's frozen due_at.
+        pending = s.execute(select(c.c.id, c.c.email, t.c.value, t.c.due_at)
+                            .select_from(with_last.join(t, on_row))
+                            .where(in_scope, t.c.value == last.c.cycle, t.c.fired_at.is_(None),
+                                   t.c.due_at.is_not(None), t.c.due_at < end + lead)).all()
     for cid, email, cycle, due_at in pending:
-        if due_at is None or due_at - lead >= end:
-            continue
+        due_at = _aware(due_at)
         data = {"email": email, "expected_next_order_at": due_at.date().isoformat(), "last_order_at": cycle,
                 "as_of": as_of.isoformat()}
         _publish(app, DUE, data, f"prediction:{DUE}:{cid}:{cycle}", run, clock)
@@ -201,10 +211,6 @@ def _due(app, run: TriggerRun, as_of: dt.date, ids: tuple[int, int], *, lead: dt
             s.execute(update(t).where(t.c.customer_id == cid, t.c.trigger == DUE, t.c.value == cycle)
                       .values(fired_at=now, updated_at=now))
         run.due_raised += 1
-
-
-def _as_day(value) -> dt.date:
-    return _aware(value).date()
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:

@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -30,7 +30,7 @@ from mailer.clock import utcnow
 from mailer.customers.orders import customer_orders, order_arrays
 from mailer.db import session_scope
 from mailer.errors import ConfigurationError, NotFound, ValidationError
-from mailer.models import Customer, Order, OrderStatus, PredictionFit
+from mailer.models import Customer, Order, OrderStatus, PredictionFit, UTCDateTime
 from mailer.predictions import bgnbd, scores
 from mailer.predictions import evaluate as holdout
 from mailer.predictions.summary import DAYS_PER_WEEK, RFMSummary, build_summary
@@ -38,8 +38,6 @@ from mailer.settings import Settings
 
 log = logging.getLogger("mailer.predictions")
 
-#: Customers updated per executemany round.
-SCORE_BATCH_ROWS = 5000
 #: Earliest as-of day accepted (before any plausible order).
 MIN_AS_OF = dt.date(1970, 1, 2)
 
@@ -132,53 +130,144 @@ class ScoreOutcome:
     not_scored: int  # customers with orders the model cannot score (figures NULL)
 
 
-def _day_start(day) -> dt.datetime | None:
-    if np.isnat(day):
-        return None
-    return dt.datetime.combine(day.astype(dt.date), dt.time(), tzinfo=dt.UTC)
+#: Customers copied into the scores' temporary table per round (bounds the Python objects held).
+SCORE_BATCH_ROWS = 50_000
+#: SQLite page cache while the figures are written, KiB (the default is 2,000 KiB).
+SQLITE_WRITE_CACHE_KIB = 65_536
+#: The temporary table the figures go through: one row per scored customer, codes not labels.
+SCORES_TABLE = "prediction_scores_tmp"
+#: ``next_day`` of a customer without an expected next order (NULL in customers).
+_NO_DAY = -(2**31)
+_PG_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
+_PG_TRAILER = b"\xff\xff"
+#: A scores row as PostgreSQL's binary COPY reads it: 8 fields, (length, value) each, big-endian.
+_PG_SCORE_ROW = np.dtype([("fields", ">i2"), ("l_id", ">i4"), ("id", ">i8"), ("l_p", ">i4"), ("p_alive", ">f8"),
+                          ("l_90", ">i4"), ("o90", ">f8"), ("l_365", ">i4"), ("o365", ">f8"), ("l_clv", ">i4"),
+                          ("clv", ">f8"), ("l_day", ">i4"), ("next_day", ">i4"), ("l_risk", ">i4"),
+                          ("risk", ">i2"), ("l_tier", ">i4"), ("tier", ">i2")])
 
 
-def _num(value) -> float | None:
-    value = float(value)
-    return value if np.isfinite(value) else None
+def _label_case(column: str, labels: tuple[str, ...]) -> str:
+    return "CASE " + column + "".join(f" WHEN {i} THEN '{label}'" for i, label in enumerate(labels)) + " END"
+
+
+def _scored_columns(result: scores.Scores) -> dict[str, np.ndarray]:
+    """The scored customers' figures as plain columns (NaN / _NO_DAY / -1 where a figure is missing)."""
+    keep = result.scored
+    next_day = result.expected_next_order_at[keep]
+    return {
+        "id": result.customer_ids[keep].astype(np.int64),
+        "p_alive": result.p_alive[keep], "o90": result.expected_orders_90d[keep],
+        "o365": result.expected_orders_365d[keep], "clv": result.predicted_clv[keep],
+        "next_day": np.where(np.isnat(next_day), _NO_DAY, next_day.astype(np.int64)).astype(np.int64),
+        "risk": result.churn_risk_code[keep].astype(np.int64), "tier": result.spend_tier_code[keep].astype(np.int64),
+    }
+
+
+def _fill_sqlite(dbapi, cols: dict[str, np.ndarray]) -> None:
+    cur = dbapi.cursor()
+    try:
+        cur.execute(f"DROP TABLE IF EXISTS temp.{SCORES_TABLE}")
+        cur.execute(f"CREATE TEMP TABLE {SCORES_TABLE} (id INTEGER PRIMARY KEY, p_alive REAL, o90 REAL, o365 REAL, "
+                    "clv REAL, next_day INTEGER, risk INTEGER, tier INTEGER)")
+        names = list(cols)
+        for i in range(0, cols["id"].shape[0], SCORE_BATCH_ROWS):
+            # SQLite stores a NaN double as NULL: missing figures need no conversion.
+            chunk = [cols[n][i:i + SCORE_BATCH_ROWS].tolist() for n in names]
+            cur.executemany(f"INSERT INTO {SCORES_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", zip(*chunk, strict=True))
+    finally:
+        cur.close()
+
+
+def _fill_postgresql(dbapi, cols: dict[str, np.ndarray]) -> None:
+    with dbapi.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {SCORES_TABLE}")
+        cur.execute(f"CREATE TEMP TABLE {SCORES_TABLE} (id int8 PRIMARY KEY, p_alive float8, o90 float8, o365 float8, "
+                    "clv float8, next_day int4, risk int2, tier int2) ON COMMIT DROP")
+        with cur.copy(f"COPY {SCORES_TABLE} FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(_PG_SIGNATURE)
+            for i in range(0, cols["id"].shape[0], SCORE_BATCH_ROWS):
+                part = slice(i, i + SCORE_BATCH_ROWS)
+                rows = np.empty(cols["id"][part].shape[0], dtype=_PG_SCORE_ROW)
+                rows["fields"] = 8
+                for length, name, width in (("l_id", "id", 8), ("l_p", "p_alive", 8), ("l_90", "o90", 8),
+                                            ("l_365", "o365", 8), ("l_clv", "clv", 8), ("l_day", "next_day", 4),
+                                            ("l_risk", "risk", 2), ("l_tier", "tier", 2)):
+                    rows[length] = width
+                    rows[name] = cols[name][part]
+                copy.write(rows.tobytes())
+            copy.write(_PG_TRAILER)
+        # Row count and value spread for the planner: the UPDATE below joins on it.
+        cur.execute(f"ANALYZE {SCORES_TABLE}")
+
+
+def _write_scores(session: Session, result: scores.Scores, now: dt.datetime) -> int:
+    """Every scored customer's figures in one ``UPDATE ... FROM`` a temporary table; the rest cleared."""
+    cols = _scored_columns(result)
+    conn = session.connection()
+    dbapi = conn.connection.dbapi_connection
+    pg = conn.dialect.name == "postgresql"
+    if not pg:
+        # A larger page cache for the write: the UPDATE touches every prediction index of
+        # customers in id order, so each index's pages are visited at random (restored below).
+        cache_pages = dbapi.execute("PRAGMA cache_size").fetchone()[0]
+        dbapi.execute(f"PRAGMA cache_size = -{SQLITE_WRITE_CACHE_KIB}")
+    try:
+        return _update_from_scores(conn, dbapi, cols, now, pg=pg)
+    finally:
+        if not pg:
+            dbapi.execute(f"PRAGMA cache_size = {int(cache_pages)}")
+
+
+def _update_from_scores(conn, dbapi, cols: dict[str, np.ndarray], now: dt.datetime, *, pg: bool) -> int:
+    (_fill_postgresql if pg else _fill_sqlite)(dbapi, cols)
+    scored = int(cols["id"].shape[0])
+    stamp = bindparam("now", now, type_=UTCDateTime())
+    if pg:
+        def num(col):
+            return f"NULLIF(s.{col}, 'NaN'::float8)"
+        next_at = f"(DATE '1970-01-01' + NULLIF(s.next_day, {_NO_DAY}))::timestamp AT TIME ZONE 'UTC'"
+    else:
+        def num(col):
+            return f"s.{col}"
+        # The text UTCDateTime stores on SQLite: 'YYYY-MM-DD HH:MM:SS.ffffff', naive UTC.
+        next_at = f"date(NULLIF(s.next_day, {_NO_DAY}) * 86400, 'unixepoch') || ' 00:00:00.000000'"
+    # The figures: one statement joining the temporary table to customers on the primary key
+    # (a hash join on PostgreSQL, rowid lookups on SQLite). The computed tier replaces the
+    # imported one only here, for the scored customers.
+    conn.execute(text(
+        f"UPDATE customers SET p_alive = {num('p_alive')}, expected_orders_90d = {num('o90')}, "
+        f"expected_orders_365d = {num('o365')}, predicted_clv = {num('clv')}, expected_next_order_at = {next_at}, "
+        f"churn_risk = {_label_case('s.risk', scores.CHURN_RISK_LABELS)}, "
+        f"predicted_spend_tier = {_label_case('s.tier', scores.SPEND_TIER_LABELS)}, "
+        f"predictions_at = :now, updated_at = :now FROM {SCORES_TABLE} AS s WHERE customers.id = s.id")
+        .bindparams(stamp))
+    # Customers scored before but not now (no longer scorable) get NULLs, not stale numbers:
+    # the only rows with figures from another run. A filter, not an anti-join with the
+    # temporary table (on PostgreSQL the statistics of predictions_at can be stale right after
+    # a bulk load, and a misestimated anti-join goes quadratic).
+    conn.execute(text(
+        "UPDATE customers SET p_alive = NULL, expected_orders_90d = NULL, expected_orders_365d = NULL, "
+        "predicted_clv = NULL, expected_next_order_at = NULL, churn_risk = NULL, predictions_at = NULL, "
+        "updated_at = :now WHERE predictions_at IS NOT NULL AND predictions_at <> :now").bindparams(stamp))
+    if not pg:
+        conn.exec_driver_sql(f"DROP TABLE temp.{SCORES_TABLE}")
+    return scored
 
 
 def score_customers(session: Session, settings: Settings, *, as_of: dt.date | None = None, trigger: str = "cli",
                     fit_id: int | None = None) -> ScoreOutcome:
-    """Fit, then write every customer's figures in bulk (one executemany per batch).
+    """Fit, then write every customer's figures in bulk (see :func:`_write_scores`).
 
-    Every earlier figure is cleared first, so a customer who can no longer be scored
-    has NULLs, not stale numbers; the computed ``predicted_spend_tier`` replaces the
-    imported one only where the model scored the customer.
+    Every earlier figure of a customer not scored now is cleared, so a customer who can
+    no longer be scored has NULLs, not stale numbers; the computed ``predicted_spend_tier``
+    replaces the imported one only where the model scored the customer.
     """
     config = score_config(settings)
     outcome = fit(session, settings, as_of=as_of, trigger=trigger, fit_id=fit_id)
     result = scores.score(outcome.summary, outcome.models, config)
-    now = utcnow()
-    c = Customer.__table__
-    conn = session.connection()
-    # Figures of customers scored before (ix_customers_p_alive would not find NULL rows; this is one pass).
-    conn.execute(update(c).where(c.c.predictions_at.is_not(None)).values(
-        p_alive=None, expected_orders_90d=None, expected_orders_365d=None, predicted_clv=None,
-        expected_next_order_at=None, churn_risk=None, predictions_at=None))
-    figures = (update(c).where(c.c.id == bindparam("cid")).values(
-        p_alive=bindparam("p_alive"), expected_orders_90d=bindparam("o90"), expected_orders_365d=bindparam("o365"),
-        predicted_clv=bindparam("clv"), expected_next_order_at=bindparam("next_at"),
-        churn_risk=bindparam("risk"), predicted_spend_tier=bindparam("tier"), predictions_at=bindparam("at")))
-    rows = []
-    scored_idx = np.flatnonzero(result.scored)
-    for i in scored_idx:
-        rows.append({"cid": int(result.customer_ids[i]), "p_alive": _num(result.p_alive[i]),
-                     "o90": _num(result.expected_orders_90d[i]), "o365": _num(result.expected_orders_365d[i]),
-                     "clv": _num(result.predicted_clv[i]), "next_at": _day_start(result.expected_next_order_at[i]),
-                     "risk": result.churn_risk(i), "tier": result.predicted_spend_tier(i), "at": now})
-        if len(rows) >= SCORE_BATCH_ROWS:
-            # UPDATE ... WHERE id = ? as one executemany: the primary key finds each row.
-            conn.execute(figures, rows)
-            rows = []
-    if rows:
-        conn.execute(figures, rows)
-    scored = int(scored_idx.size)
+    scored = _write_scores(session, result, utcnow())
+    del result
     _record(session, as_of=outcome.models.as_of, trigger=trigger, status="fitted", models=outcome.models,
             scored=scored, fit_id=outcome.fit_id, detail=None)
     return ScoreOutcome(outcome, scored, len(outcome.summary) - scored)
