@@ -210,7 +210,8 @@ def collect(msg: Message) -> Evidence:
                 if isinstance(sub, Message):
                     walk(sub, depth + 1)
             return
-        if part.get_content_maintype() == "text" or ctype == "application/octet-stream" and depth == 0:
+        if (part.get_content_maintype() in ("text", "multipart")  # multipart here: its boundary never came
+                or ctype == "application/octet-stream" and depth == 0):
             text = _decode(part)
             if ctype == "text/html":
                 htmls.append(_html_to_text(text))
