@@ -36,7 +36,7 @@ _DAEMON = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|maildelivery|mail-
                      r"mdaemon|mailadmin|bounce|bounces|noreply-dmarc|double-bounce|"
                      r"nobody|mail\.delivery|microsoftexchange\w*)$", re.IGNORECASE)
 _BOUNCE_FROM = re.compile(r"mailer[- ]daemon|postmaster|mail delivery|delivery (sub)?system|"
-                          r"mail administrator|mail system|internet mail delivery|post_master@|"
+                          r"mail administrator|mail system|internet mail delivery|post_master@|\bmdaemon@|"
                           r"microsoftexchange|mailer_daemon|undeliverable", re.IGNORECASE)
 _BOUNCE_SUBJECT = re.compile(
     r"undeliver|undelivered|delivery (status notification|failure|failed|notification|problem|"
@@ -358,8 +358,10 @@ def _block_for(text: str, address: str, others: list[str]) -> str:
 
 
 def _dsn_address(f: dict[str, str]) -> str | None:
-    return (_clean_addr(f.get("final-recipient", "")) or _clean_addr(f.get("final-recipient", ""), dotless=True)
-            or _clean_addr(f.get("original-recipient", "")) or _clean_addr(f.get("x-actual-recipient", "")))
+    # a Final-Recipient without a dot in its domain ("user@sims-ms-daemon") is the receiving
+    # host's internal name; the Original-Recipient is then the address we sent to
+    return (_clean_addr(f.get("final-recipient", "")) or _clean_addr(f.get("original-recipient", ""))
+            or _clean_addr(f.get("final-recipient", ""), dotless=True) or _clean_addr(f.get("x-actual-recipient", "")))
 
 
 def classify(raw: bytes, *, verp_prefix: str = "bounces") -> Report:
@@ -412,6 +414,8 @@ def classify(raw: bytes, *, verp_prefix: str = "bounces") -> Report:
 
     is_bounce = bool(_BOUNCE_FROM.search(_hdr(h, "From")) or _BOUNCE_SUBJECT.search(subject)
                      or h.get("X-Failed-Recipients")
+                     or h.get_content_type() == "multipart/report"
+                     and (h.get_param("report-type") or "").lower() == "delivery-status"
                      or _NOREPLY_FROM.match(sender.split("@")[0]) and _BOUNCE_BODY.search(ev.text[:4000]))
     if not is_bounce and _is_auto_reply(h, subject, sender):
         return Report(type="auto_reply", message_id=mid, delivery_id=delivery,

@@ -245,6 +245,8 @@ def addresses(text: str) -> list[str]:
         a = m.group(0).strip(".-'").lower()
         if a.startswith(("mailto:", "rfc822;")):
             a = a.split(":", 1)[-1].split(";", 1)[-1]
+        if a.startswith(("smtp=", "smtp:")):  # Exchange's "smtp=user@example.com"
+            a = a[5:]
         seen.setdefault(a, None)
     return list(seen)
 
