@@ -83,9 +83,13 @@ class Report:
     message_id: str | None = None
     delivery_id: int | None = None
     evidence: str = ""
+    #: The original's ``X-Mailer-Delivery`` value as found (``<id>.<HMAC>``; older mail: ``<id>``),
+    #: for the caller to verify (bouncekit holds no keys); None when the id came from VERP or nowhere.
+    delivery_header: str | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d.pop("delivery_header")
         d["recipients"] = [{k: r[k] for k in ("address", "status", "smtp_code", "reason", "action")}
                            for r in d["recipients"]]
         return d
@@ -203,7 +207,7 @@ def decide(diagnostic: str, context: str, status_field: str, *, smtp_code: str =
         else:
             reason = "undefined"
     stage = _stage(diag + "\n" + context[:3000])
-    if (reason == "userunknown" and not re.match(r"[45]\.1\.(?!2$|6$|7$|8$)\d+$", status or "")
+    if (reason == "userunknown" and not orange and not re.match(r"[45]\.1\.(?!2$|6$|7$|8$)\d+$", status or "")
             and (stage == "data" or stage == "" and not reasons.RCPT_TIME_WORDING.search(
                 diag + "\n" + context[:3000]))):
         # "User unknown" wording without an x.1.x code, not at RCPT: the mailbox was accepted
@@ -285,7 +289,10 @@ def _context_line(context: str, wording: str) -> str:
     return _one_line(context[max(0, idx - 80): idx + 160]) if idx >= 0 else ""
 
 
-def _ids(ev: parse.Evidence, verp_prefix: str) -> tuple[str | None, int | None]:
+_DELIVERY_HEADER = re.compile(r"(\d{1,18})(?:\.[0-9A-Fa-f]{8,64})?")
+
+
+def _ids(ev: parse.Evidence, verp_prefix: str) -> tuple[str | None, int | None, str | None]:
     orig = ev.original
     mid = _hdr(orig, "Message-ID") or None
     if mid is None and ev.original_text:
@@ -293,13 +300,14 @@ def _ids(ev: parse.Evidence, verp_prefix: str) -> tuple[str | None, int | None]:
         mid = m.group(1) if m else None
     if mid is None and ev.arf:
         mid = None
-    delivery = None
-    x = _hdr(orig, "X-Mailer-Delivery")
+    delivery = header = None
+    x = _hdr(orig, "X-Mailer-Delivery").strip()
     if not x and ev.original_text:
-        m = re.search(r"^\s*x-mailer-delivery:\s*(\d{1,18})\s*$", ev.original_text, re.IGNORECASE | re.MULTILINE)
+        m = re.search(r"^\s*x-mailer-delivery:\s*(\S{1,90})\s*$", ev.original_text, re.IGNORECASE | re.MULTILINE)
         x = m.group(1) if m else ""
-    if x.strip().isdigit():
-        delivery = int(x.strip())
+    m = _DELIVERY_HEADER.fullmatch(x)
+    if m:
+        delivery, header = int(m.group(1)), x
     else:
         verp = re.compile(re.escape(verp_prefix) + r"\+(\d{1,18})@", re.IGNORECASE)
         places = [_hdr(orig, "Return-Path"), _hdr(orig, "Sender")]
@@ -311,7 +319,7 @@ def _ids(ev: parse.Evidence, verp_prefix: str) -> tuple[str | None, int | None]:
             if m:
                 delivery = int(m.group(1))
                 break
-    return mid, delivery
+    return mid, delivery, header
 
 
 def _is_auto_reply(h: Message, subject: str, sender: str) -> bool:
@@ -371,7 +379,14 @@ def classify(raw: bytes, *, verp_prefix: str = "bounces") -> Report:
     h = ev.headers
     subject = _hdr(h, "Subject")
     sender = (parseaddr(_hdr(h, "From"))[1] or "").lower()
-    mid, delivery = _ids(ev, verp_prefix)
+    mid, delivery, header = _ids(ev, verp_prefix)
+    rep = _classify(ev, h, subject, sender, mid, delivery)
+    rep.delivery_header = header
+    return rep
+
+
+def _classify(ev: parse.Evidence, h: Message, subject: str, sender: str, mid: str | None,
+              delivery: int | None) -> Report:
 
     if ev.arf is not None:
         return _complaint(ev, mid, delivery)
