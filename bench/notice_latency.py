@@ -102,6 +102,8 @@ def main() -> None:
     lat_call, lat_enq, missing = [], [], 0
     last_campaign_ts = 0.0
     notice_ids = set(sent)
+    # the sink records X-Mailer-Delivery values (<delivery id>.<HMAC>): keyed by the id
+    times = {str(k).partition(".")[0]: v for k, v in times.items()}
     for key, ts in times.items():
         if key not in notice_ids:
             last_campaign_ts = max(last_campaign_ts, ts)

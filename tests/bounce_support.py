@@ -4,11 +4,14 @@ from __future__ import annotations
 
 
 def dsn(*, to: str, message_id: str | None, recipient: str, status: str = "5.1.1", action: str = "failed",
-        diagnostic: str | None = "smtp; 550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown") -> bytes:
-    """A Postfix-style RFC 3464 delivery status notification sent to ``to``."""
+        diagnostic: str | None = "smtp; 550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown",
+        delivery_header: str | None = None) -> bytes:
+    """A Postfix-style RFC 3464 delivery status notification sent to ``to`` (``delivery_header``:
+    the original's X-Mailer-Delivery value, when it should carry one)."""
     diag = f"Diagnostic-Code: {diagnostic.format(rcpt=recipient)}\r\n" if diagnostic else ""
     original = (f"Return-Path: <{to}>\r\nFrom: Northwind Shop <shop@example.com>\r\nTo: <{recipient}>\r\n"
-                + (f"Message-ID: {message_id}\r\n" if message_id else "") + "Subject: Your order\r\n")
+                + (f"Message-ID: {message_id}\r\n" if message_id else "")
+                + (f"X-Mailer-Delivery: {delivery_header}\r\n" if delivery_header else "") + "Subject: Your order\r\n")
     return (
         "Return-Path: <>\r\n"
         f"Delivered-To: {to}\r\n"
@@ -41,11 +44,12 @@ def dsn(*, to: str, message_id: str | None, recipient: str, status: str = "5.1.1
 
 
 def arf(*, to: str, message_id: str | None, recipient: str, feedback_type: str = "abuse",
-        mail_from: str | None = None) -> bytes:
+        mail_from: str | None = None, delivery_header: str | None = None) -> bytes:
     """An RFC 5965 abuse report as a mailbox provider's feedback loop sends it."""
     mail_from = mail_from or to
     original = (f"Return-Path: <{mail_from}>\r\nFrom: Northwind Shop <shop@example.com>\r\nTo: <{recipient}>\r\n"
                 + (f"Message-ID: {message_id}\r\n" if message_id else "")
+                + (f"X-Mailer-Delivery: {delivery_header}\r\n" if delivery_header else "")
                 + "Subject: Spring sale\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nHello\r\n")
     return (
         "From: <feedback@fbl.example.net>\r\n"

@@ -30,13 +30,35 @@ EXCLUDED: dict[str, str] = {
     # An RFC 3834 auto-reply from foo@bar.net: the reference names karl@hanz.de, an address
     # quoted in the reply's body; the replier is the From address, which is what we report.
     "rfc3834-05.eml": "reference takes an address from the auto-reply's body, not its sender",
+    # The DSN's only recipient has "Status: 5.1.1" and "550 5.1.1 ... User Unknown"; the
+    # reference reads it (and a second, address-less entry) as mailboxfull, from the text
+    # part's "Not enough disk space", which is about another address (<nekochan>).
+    "rfc3464-01.eml": "reference takes another recipient's text; this one's DSN says 5.1.1 User Unknown",
+    # "550 5.1.0 MXIN506 MailFrom domain is listed in Spamhaus": our MAIL FROM domain is on a
+    # block list.  The reference says userunknown (a hard bounce of the customer); that is the
+    # very mistake issue 18 is about.  We say blocked (sender side).
+    "lhost-postfix-80.eml": "a Spamhaus listing of our MAIL FROM domain is sender-side, not userunknown",
+    # Yahoo's "421 4.7.0 [TSS04] Messages from <ip> temporarily deferred due to unexpected
+    # volume or user complaints": the reference reads this same reply as badreputation in
+    # lhost-opensmtpd-13 and as rejected (our envelope sender) in these two.  Yahoo documents
+    # TSS04 as a deferral for the sending IP's volume and complaints; we say badreputation
+    # in all three.
+    "lhost-postfix-74.eml": "same TSS04 reply the reference reads as badreputation elsewhere",
+    "rhost-yahooinc-02.eml": "same TSS04 reply the reference reads as badreputation elsewhere",
+    # Zoho's "554 5.7.7 Email policy violation detected" and "554 5.7.1 ... Email flagged as
+    # Spam": the reference says securityerror (a failed security check of ours) for both; the
+    # replies say policyviolation and spamdetected, which is what we report (both sender side).
+    "rhost-zoho-02.eml": "the reply says policy violation; reference says securityerror",
+    "rhost-zoho-03.eml": "the reply says flagged as spam; reference says securityerror",
+    # "Final-Recipient: rfc822; kijitora@mailhub0" (the receiving host's internal name, no dot
+    # in its domain) with "Original-Recipient: rfc822;nekko@c.example.co.jp": we report the
+    # original, the address the sender used and the one a delivery is matched by.
+    "lhost-postfix-79.eml": "we name the Original-Recipient when the Final-Recipient is a dotless internal name",
 }
 
 #: Targets of issue 18 on the development corpus.
 RECOGNIZED_MIN = 0.95
-#: The issue's target for reason agreement is 0.90; the classifier reaches 0.754 today (was
-#: 0.68). This floor guards against regressions until the target is met (see CHANGELOG).
-AGREEMENT_FLOOR = 0.75
+#: Issue 18's target for reason agreement with the reference.
 AGREEMENT_TARGET = 0.90
 
 
@@ -82,8 +104,8 @@ def score():
 def test_corpus_recognition_and_agreement(score):
     """Given the real bounces of the development corpus
     When each is classified
-    Then >= 95% are recognized with the reference's recipient, and the reason agreement does
-    not fall below the current floor (the confusion matrix is printed)."""
+    Then >= 95% are recognized with the reference's recipient (the confusion matrix between
+    mailer's reasons and the reference's is printed)."""
     total, recognized, agree, confusion, _, _, misses = score
     print(f"\nrecognized {recognized}/{total} = {recognized / total:.1%}; "
           f"reason agrees {agree}/{total} = {agree / total:.1%} (target {AGREEMENT_TARGET:.0%})")
@@ -94,10 +116,8 @@ def test_corpus_recognition_and_agreement(score):
     for m in misses:
         print("  not recognized:", *m)
     assert recognized / total >= RECOGNIZED_MIN
-    assert agree / total >= AGREEMENT_FLOOR
 
 
-@pytest.mark.xfail(reason="issue 18 target (90% reason agreement) not reached yet", strict=False)
 def test_corpus_agreement_target(score):
     """Given the corpus, When classified, Then the reason agrees on >= 90% of recipients."""
     total, _, agree, *_ = score

@@ -7,9 +7,9 @@ from mailer.bouncekit.reasons import SUPPRESS
 from mailer.transport import smtp_codes
 
 
-#: Known disagreement, left for a decision: live 5.2.1 "mailbox disabled" is a hard bounce,
-#: bouncekit's ``suspend`` is soft (a disabled mailbox may come back).
-KNOWN_DISAGREEMENTS = frozenset({"mailbox disabled"})
+#: None left: live 5.2.1 "mailbox disabled" is soft, like bouncekit's ``suspend`` (decided from
+#: the bounce corpus; see docs/delivery.md "Bounce reasons").
+KNOWN_DISAGREEMENTS: frozenset[str] = frozenset()
 
 
 def test_every_reply_reason_has_a_taxonomy_name_that_agrees_on_whose_problem_it_is():

@@ -18,7 +18,7 @@ from mailer.consent import ledger as consent
 from mailer.customers.records import get_or_create
 from mailer.delivery import bounces
 from mailer.delivery import process as delivery
-from mailer.delivery.compose import message_id, return_path
+from mailer.delivery.compose import delivery_header, message_id, return_path
 from mailer.gdpr import requests as gdpr
 from mailer.instance_secrets import address_hash_salt
 from mailer.models import (
@@ -272,10 +272,11 @@ def test_every_complaint_type_suppresses_and_withdraws_consent(app, tmp_path, fe
 
 
 def test_a_redacted_complaint_is_matched_through_the_original_headers(app, tmp_path):
-    # Given a feedback loop that redacts the recipient and strips the Message-ID, keeping the return path
+    # Given a feedback loop that redacts the recipient and strips the Message-ID, keeping the
+    # return path and the original's signed X-Mailer-Delivery header
     d = sent_delivery(app, "gus@example.org")
     raw = arf(to="fbl@example.com", message_id=None, recipient="redacted@example.org",
-              mail_from=return_path(app.settings, d.id))
+              mail_from=return_path(app.settings, d.id), delivery_header=delivery_header(app.settings, d.id))
     assert b"gus@example.org" not in raw
     # When it is ingested
     (r,) = bounces.ingest(app, [write(tmp_path, "red.eml", raw)])
@@ -318,3 +319,78 @@ def test_raw_copies_are_purged_after_the_retention(app, tmp_path):
     assert n == 1
     with app.session() as s:
         assert s.execute(select(BounceReport.raw)).scalars().all() == ["new"]
+
+
+@pytest.mark.parametrize("forged", ["bad signature", "verp only", "unsigned header"])
+def test_a_forged_redacted_complaint_withdraws_nobody_s_consent(app, tmp_path, forged):
+    # Given a sent newsletter, and a "complaint" with a redacted recipient that names its delivery
+    # only by something anybody can write: a signature that does not verify, the guessable VERP
+    # return path, or an unsigned X-Mailer-Delivery
+    d = sent_delivery(app, "ivy@example.org")
+    header = {"bad signature": f"{d.id}.0123456789abcdef", "verp only": None, "unsigned header": str(d.id)}[forged]
+    raw = arf(to="fbl@example.com", message_id=None, recipient="redacted@example.org",
+              mail_from=return_path(app.settings, d.id), delivery_header=header)
+    # When it is ingested
+    (r,) = bounces.ingest(app, [write(tmp_path, "forged.eml", raw)])
+    # Then it is unmatched: nobody is suppressed and the consent is still held
+    assert r.outcome == "unmatched", r
+    with app.session() as s:
+        assert s.execute(select(Suppression)).first() is None
+        assert consent.has_consent(s, app.settings, d.customer_id, "newsletter")
+
+
+def test_a_signed_delivery_header_alone_matches_a_bounce(app, tmp_path):
+    # Given a DSN sent to a shared mailbox (no VERP), without the Message-ID, whose original
+    # carries the signed X-Mailer-Delivery header
+    d = sent_delivery(app, "jo@example.org")
+    raw = dsn(to="postmaster@example.com", message_id=None, recipient="jo@example.org",
+              delivery_header=delivery_header(app.settings, d.id))
+    # When it is ingested
+    (r,) = bounces.ingest(app, [write(tmp_path, "signed.eml", raw)])
+    # Then it is matched to the delivery by the header
+    assert (r.outcome, r.delivery_id) == ("hard", d.id)
+
+
+def test_a_forged_delivery_header_on_a_bounce_suppresses_nobody(app, tmp_path):
+    # Given a DSN naming the victim's delivery with a made-up signature
+    d = sent_delivery(app, "kim@example.org")
+    raw = dsn(to="postmaster@example.com", message_id=None, recipient="kim@example.org",
+              delivery_header=f"{d.id}.ffffffffffffffff")
+    # When it is ingested
+    (r,) = bounces.ingest(app, [write(tmp_path, "forged.eml", raw)])
+    # Then it is unmatched and says why
+    assert r.outcome == "unmatched" and "signature" in r.detail
+    with app.session() as s:
+        assert s.execute(select(Suppression)).first() is None
+
+
+def test_not_spam_feedback_keeps_the_consent(app, tmp_path):
+    # Given a customer who holds newsletter consent, and a provider's not-spam report about our mail
+    d = sent_delivery(app, "lea@example.org")
+    raw = arf(to="fbl@example.com", message_id=d.message_id, recipient="lea@example.org", feedback_type="not-spam")
+    # When it is ingested
+    (r,) = bounces.ingest(app, [write(tmp_path, "ns.eml", raw)])
+    # Then nothing changes: no suppression, no bounce record, the consent is still held
+    assert r.outcome == "ignored"
+    with app.session() as s:
+        assert s.execute(select(Suppression)).first() is None
+        assert s.execute(select(Bounce)).first() is None
+        assert consent.has_consent(s, app.settings, d.customer_id, "newsletter")
+
+
+@pytest.mark.parametrize(("feedback_type", "reason"), [("auth-failure", "authfailure"), ("virus", "virusdetected")])
+def test_auth_failure_and_virus_reports_alert_and_penalise_nobody(app, tmp_path, caplog, feedback_type, reason):
+    # Given a feedback report about our mail itself (it failed authentication, or carried a virus)
+    d = sent_delivery(app, "max@example.org")
+    raw = arf(to="fbl@example.com", message_id=d.message_id, recipient="max@example.org",
+              feedback_type=feedback_type)
+    # When it is ingested
+    with caplog.at_level(logging.WARNING, logger="mailer.bounces"):
+        (r,) = bounces.ingest(app, [write(tmp_path, "fb.eml", raw)])
+    # Then it is a sender-side alert with its reason: nobody suppressed, consent kept
+    assert (r.outcome, r.reason) == ("sender", reason)
+    assert any("sender-side refusal" in m for m in caplog.messages)
+    with app.session() as s:
+        assert s.execute(select(Suppression)).first() is None
+        assert consent.has_consent(s, app.settings, d.customer_id, "newsletter")
+        assert s.execute(select(Bounce.kind, Bounce.reason)).one() == ("sender", reason)

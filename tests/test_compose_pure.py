@@ -18,7 +18,7 @@ import sqlalchemy.orm
 
 from mailer import db
 from mailer.clock import utcnow
-from mailer.delivery.compose import compose, message_id, return_path
+from mailer.delivery.compose import compose, delivery_header, message_id, return_path
 from mailer.delivery.mail import CampaignOptions, MailContext, Recipient
 from mailer.delivery.process import products_still_wanted
 from mailer.message.dkim import Signer
@@ -98,7 +98,8 @@ def test_a_tracked_campaign_mail_composes_from_plain_values(no_database, parts):
     assert msg["To"].addresses[0].display_name == "Ann Lee"
     assert msg["Message-ID"] == composed.message_id == message_id(settings, 42)
     assert composed.envelope_from == return_path(settings, 42) == "bounces+42@bounces.shop.example"
-    assert msg["X-Mailer-Delivery"] == "42" and msg["X-Mailer-Kind"] == NEWS_KIND
+    assert msg["X-Mailer-Delivery"] == delivery_header(settings, 42) and msg["X-Mailer-Kind"] == NEWS_KIND
+    assert msg["X-Mailer-Delivery"].startswith("42.")
     assert msg["Feedback-ID"] == "c7:newsletter/test_news:marketing:shop.example"
     assert msg["List-Id"] == '"Northwind Shop newsletter" <newsletter.shop.example>'
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"

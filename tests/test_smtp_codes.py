@@ -19,7 +19,9 @@ from mailer.transport.smtp_codes import OUTCOMES, RECIPIENT, SENDER, classify, c
     (550, "5.1.1 <x@example.com>: user unknown", "hard"),
     (550, "5.1.10 RESOLVER.ADR.RecipientNotFound; null MX", "hard"),
     (553, "5.1.3 bad address syntax", "hard"),
-    (550, "5.2.1 mailbox disabled", "hard"),
+    (550, "5.2.1 mailbox disabled", "soft"),                            # disabled for now: counted
+    (550, "5.2.1 The email account that you tried to reach is disabled.", "soft"),
+    (550, "5.2.1 <ann@example.org>... User Unknown", "hard"),           # 5.2.1 with unknown-user words
     (550, "No such user here", "hard"),                                 # wording without enhanced code
     (550, "5.0.0 Requested action not taken: mailbox unavailable", "hard"),
     (552, "5.2.2 Mailbox full", "soft"),

@@ -36,7 +36,7 @@ _DAEMON = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|maildelivery|mail-
                      r"mdaemon|mailadmin|bounce|bounces|noreply-dmarc|double-bounce|"
                      r"nobody|mail\.delivery|microsoftexchange\w*)$", re.IGNORECASE)
 _BOUNCE_FROM = re.compile(r"mailer[- ]daemon|postmaster|mail delivery|delivery (sub)?system|"
-                          r"mail administrator|mail system|internet mail delivery|"
+                          r"mail administrator|mail system|internet mail delivery|post_master@|\bmdaemon@|"
                           r"microsoftexchange|mailer_daemon|undeliverable", re.IGNORECASE)
 _BOUNCE_SUBJECT = re.compile(
     r"undeliver|undelivered|delivery (status notification|failure|failed|notification|problem|"
@@ -55,6 +55,12 @@ _AUTOREPLY_SUBJECT = re.compile(
     r"vacation|abwesenheit|away from (the |my )?(office|desk)|on leave|holiday|"
     r"automatische antwort|r[ée]ponse automatique|respuesta autom[aá]tica|risposta automatica|"
     r"absence|ausser haus|I am (currently )?(out|away)|not in the office|\bOOO\b|自動", re.IGNORECASE)
+#: Senders that are not a mail system by name but send bounces (KDDI's no-reply, Verizon's
+#: post_master): a bounce only when the body says so too (:data:`_BOUNCE_BODY`).
+_NOREPLY_FROM = re.compile(r"^(no-?reply|post_master|mail-?daemon)$", re.IGNORECASE)
+_BOUNCE_BODY = re.compile(r"could not be delivered to|(wasn't|was not|were not) able to deliver|"
+                          r"^\s*error: invalid (user|recipient) address|^\s*5\d\d[ -]+requested action not taken",
+                          re.IGNORECASE | re.MULTILINE)
 _AUTO_HEADERS = ("x-autoreply", "x-autorespond", "x-auto-response-suppress-ignored", "x-autoresponse",
                  "x-vacation", "x-mail-autoreply", "x-cr-autoreply")
 
@@ -77,9 +83,13 @@ class Report:
     message_id: str | None = None
     delivery_id: int | None = None
     evidence: str = ""
+    #: The original's ``X-Mailer-Delivery`` value as found (``<id>.<HMAC>``; older mail: ``<id>``),
+    #: for the caller to verify (bouncekit holds no keys); None when the id came from VERP or nowhere.
+    delivery_header: str | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d.pop("delivery_header")
         d["recipients"] = [{k: r[k] for k in ("address", "status", "smtp_code", "reason", "action")}
                            for r in d["recipients"]]
         return d
@@ -114,8 +124,9 @@ def _one_line(text: str) -> str:
 
 def _status_in(text: str) -> str:
     found = [".".join(m.groups()) for m in _STATUS.finditer(text)]
-    specific = [s for s in found if not s.endswith(".0.0")]
-    return (specific or found or [""])[0]
+    failures = [s for s in found if not s.startswith("2.")]  # a transcript's "250 2.1.5 Ok" is no cause
+    specific = [s for s in failures if not s.endswith(".0.0")]
+    return (specific or failures or found or [""])[0]
 
 
 def _smtp_in(text: str) -> str:
@@ -123,10 +134,33 @@ def _smtp_in(text: str) -> str:
     return m.group(1) if m else ""
 
 
+#: The code prefix a multi-line SMTP reply repeats on each of its continuation lines ("550-5.7.1 ").
+_CONTINUATION = re.compile(r"(?<=\S)\s+[245]\d\d-(?:[245]\.\d{1,3}\.\d{1,3}\s+)?(?=\S)")
+
+
+#: A transcript's continuation line of the remote reply ("<<< 550-5.7.1 authentication checks").
+_TRANSCRIPT_CONTINUATION = re.compile(r"\n[ \t]*<<<[ \t]*[245]\d\d[- ](?:[245]\.\d{1,3}\.\d{1,3}[ \t]*)?")
+
+
+def unfold_reply(text: str) -> str:
+    """A multi-line SMTP reply as one sentence: "550-5.7.1 does not pass 550-5.7.1 authentication"
+    becomes "550-5.7.1 does not pass authentication" (the first code is kept), and so do a
+    transcript's "<<< 550-5.7.1" continuation lines."""
+    text = _TRANSCRIPT_CONTINUATION.sub(" ", text)
+    head = re.match(r"\s*([245]\d\d)[- ]([245]\.\d{1,3}\.\d{1,3}\s+)?", text)
+    if not head:
+        return _CONTINUATION.sub(" ", text)
+    # the head's own code, repeated on its last line as "550 5.7.1 " (space, not dash), goes too
+    again = re.compile(r"(?<=\S)\s+" + head.group(1) + r"[- ]" + (re.escape(head.group(2).strip()) + r"\s+"
+                                                                     if head.group(2) else "") + r"(?=\S)")
+    rest = again.sub(" ", _CONTINUATION.sub(" ", text[head.end():]))
+    return text[:head.end()] + rest
+
+
 def decide(diagnostic: str, context: str, status_field: str, *, smtp_code: str = "",
-           action_field: str = "") -> Recipient:
+           action_field: str = "", diagnostic_type: str = "") -> Recipient:
     """Reason and action from one recipient's evidence (see the module docstring for the order)."""
-    diag = diagnostic or ""
+    diag = unfold_reply(diagnostic or "")
     diag_status = _status_in(diag)
     status = status_field if status_field and not status_field.endswith(".0.0") else (diag_status or status_field)
     if diag_status and status_field and diag_status != status_field and not diag_status.endswith(".0.0"):
@@ -138,7 +172,7 @@ def decide(diagnostic: str, context: str, status_field: str, *, smtp_code: str =
     if action_field.lower().startswith("delayed"):
         temporary = True
     text_hit = reasons.match_text(diag) if diag else None
-    ctx_hit = reasons.match_text(context) if context else None
+    ctx_hit = reasons.match_text(unfold_reply(context)) if context else None
     status_reason = reasons.match_status(status) if status else None
     vague = not status or ".".join(status.split(".")[1:]) in reasons.VAGUE_STATUS
     reason, evidence = None, ""
@@ -155,32 +189,55 @@ def decide(diagnostic: str, context: str, status_field: str, *, smtp_code: str =
                 break
     if reason is None and status_reason:
         reason, evidence = status_reason, f"Status: {status}"
+    orange = reasons.orange_reason(diag + "\n" + context[:3000])
+    if orange:  # the provider's own numbered code (see reasons.ORANGE_REASONS) is its most specific word
+        reason, evidence = orange
+    if diagnostic_type.lower() == "x-unix" and reason not in _LOCAL_PROGRAM_KEEPS and (
+            reason is None or reason not in reasons.SENDER_SIDE or reason == "syntaxerror"):
+        # The local delivery program (procmail, a pipe) failed: its exit is the cause, unless its
+        # words name a mailbox problem ("Disk quota exceeded", "unknown user").
+        reason, evidence = "mailererror", f"Diagnostic-Code: {diagnostic_type}"
+    if reason == "mesgtoobig" and status[2:] == "2.3":
+        reason = "exceedlimit"  # x.2.3 is the mailbox's own size limit (RFC 3463), not the host's
     if reason is None:
         if action_field.lower().startswith(("delivered", "relayed", "expanded")):
             reason = "delivered"
-        elif status or smtp:
-            reason = "onhold"
+        elif status or smtp or diag.strip():
+            reason = "onhold"  # a failure was reported, with text, but nothing in it says why
         else:
             reason = "undefined"
     stage = _stage(diag + "\n" + context[:3000])
-    if (reason == "userunknown" and not re.match(r"[45]\.1\.(?!2$|6$|7$|8$)\d+$", status or "")
+    if (reason == "userunknown" and not orange and not re.match(r"[45]\.1\.(?!2$|6$|7$|8$)\d+$", status or "")
             and (stage == "data" or stage == "" and not reasons.RCPT_TIME_WORDING.search(
                 diag + "\n" + context[:3000]))):
         # "User unknown" wording without an x.1.x code, not at RCPT: the mailbox was accepted
         # at RCPT (or nothing says it was refused there), so a filter refused the content.
         reason = "filtered"
-    elif stage == "mail" and reason in ("userunknown", "onhold", "undefined", "hostunknown", "notaccept",
-                                        "systemerror", "suspend", "filtered"):
-        reason = "rejected"  # refused at MAIL FROM: it is our envelope sender, not the recipient
+    elif stage == "mail" and (reason in ("userunknown", "onhold", "undefined", "hostunknown", "notaccept",
+                                         "suspend", "filtered")
+                              or reason == "blocked" and evidence.lower() == "access denied"):
+        # refused at MAIL FROM: it is our envelope sender, not the recipient ("Access denied" there
+        # names no IP or list: the sender address was refused)
+        reason = "rejected"
     elif stage == "connect" and reason not in reasons.SENDER_SIDE and reason not in ("networkerror", "expired"):
         # refused before any recipient was named: it is our host, not the mailbox
         reason = "blocked"
-    if (action_field.lower().startswith("failed") and status.startswith("4")
-            and (reason in ("onhold", "undefined", "systemerror")
-                 or reason == "networkerror" and re.search(r"timed? ?out|connect", diag + context[:2000], re.IGNORECASE))):
-        reason = "expired"  # a temporary failure given up on: the queue lifetime ran out
+    if (action_field.lower().startswith("failed") and temporary
+            and (reason in ("onhold", "undefined")
+                 or reason == "networkerror" and re.search(r"timed? ?out|not reachable", diag + context[:2000],
+                                                           re.IGNORECASE))
+            or action_field.lower().startswith("failed") and reason == "networkerror"
+            and re.search(r"connection timed? ?out", diag, re.IGNORECASE)):
+        # a temporary failure given up on: the queue lifetime ran out.  A connection that timed
+        # out says no more than that; a stated network fault (no route, lost connection, DNS)
+        # stays networkerror.
+        reason = "expired"
+    if action_field.lower().startswith("expired") and reason in ("onhold", "undefined", "networkerror", "systemerror"):
+        reason = "expired"  # "Action: expired" (SendGrid): the queue lifetime ran out
+    if reason == "expired" and reasons.NETWORK_CAUSE.search(diag):
+        reason = "networkerror"  # "Message expired, DNS query failed": the stated cause is more specific
     if action_field.lower().startswith("delayed") and reason not in reasons.SENDER_SIDE:
-        reason = "expired" if reason in ("expired", "onhold", "undefined", "networkerror") else reason
+        reason = "expired" if reason in ("expired", "onhold", "undefined") else reason
     for host, wording, rhost_stage, rhost_reason in reasons.RHOST_RULES:
         if (stage == rhost_stage and host.search(diag + "\n" + context[:3000])
                 and wording.search(diag + "\n" + context[:3000])):
@@ -192,6 +249,10 @@ def decide(diagnostic: str, context: str, status_field: str, *, smtp_code: str =
     return Recipient(address=None, status=status, smtp_code=smtp, reason=reason,
                      action=reasons.action_for(reason, temporary=temporary), evidence=line or evidence)
 
+
+#: Mailbox reasons a local delivery program's own words may still name (see ``decide``).
+_LOCAL_PROGRAM_KEEPS = frozenset({"mailboxfull", "userunknown", "hostunknown", "suspend", "exceedlimit",
+                                  "systemfull"})
 
 _STAGE = re.compile(
     r"(?:after|in reply to|in response to|during|while (?:talking|sending))\s+(?:the\s+)?"
@@ -228,7 +289,10 @@ def _context_line(context: str, wording: str) -> str:
     return _one_line(context[max(0, idx - 80): idx + 160]) if idx >= 0 else ""
 
 
-def _ids(ev: parse.Evidence, verp_prefix: str) -> tuple[str | None, int | None]:
+_DELIVERY_HEADER = re.compile(r"(\d{1,18})(?:\.[0-9A-Fa-f]{8,64})?")
+
+
+def _ids(ev: parse.Evidence, verp_prefix: str) -> tuple[str | None, int | None, str | None]:
     orig = ev.original
     mid = _hdr(orig, "Message-ID") or None
     if mid is None and ev.original_text:
@@ -236,13 +300,14 @@ def _ids(ev: parse.Evidence, verp_prefix: str) -> tuple[str | None, int | None]:
         mid = m.group(1) if m else None
     if mid is None and ev.arf:
         mid = None
-    delivery = None
-    x = _hdr(orig, "X-Mailer-Delivery")
+    delivery = header = None
+    x = _hdr(orig, "X-Mailer-Delivery").strip()
     if not x and ev.original_text:
-        m = re.search(r"^\s*x-mailer-delivery:\s*(\d{1,18})\s*$", ev.original_text, re.IGNORECASE | re.MULTILINE)
+        m = re.search(r"^\s*x-mailer-delivery:\s*(\S{1,90})\s*$", ev.original_text, re.IGNORECASE | re.MULTILINE)
         x = m.group(1) if m else ""
-    if x.strip().isdigit():
-        delivery = int(x.strip())
+    m = _DELIVERY_HEADER.fullmatch(x)
+    if m:
+        delivery, header = int(m.group(1)), x
     else:
         verp = re.compile(re.escape(verp_prefix) + r"\+(\d{1,18})@", re.IGNORECASE)
         places = [_hdr(orig, "Return-Path"), _hdr(orig, "Sender")]
@@ -254,7 +319,7 @@ def _ids(ev: parse.Evidence, verp_prefix: str) -> tuple[str | None, int | None]:
             if m:
                 delivery = int(m.group(1))
                 break
-    return mid, delivery
+    return mid, delivery, header
 
 
 def _is_auto_reply(h: Message, subject: str, sender: str) -> bool:
@@ -300,6 +365,13 @@ def _block_for(text: str, address: str, others: list[str]) -> str:
     return "\n".join(lines[start:end])
 
 
+def _dsn_address(f: dict[str, str]) -> str | None:
+    # a Final-Recipient without a dot in its domain ("user@sims-ms-daemon") is the receiving
+    # host's internal name; the Original-Recipient is then the address we sent to
+    return (_clean_addr(f.get("final-recipient", "")) or _clean_addr(f.get("original-recipient", ""))
+            or _clean_addr(f.get("final-recipient", ""), dotless=True) or _clean_addr(f.get("x-actual-recipient", "")))
+
+
 def classify(raw: bytes, *, verp_prefix: str = "bounces") -> Report:
     """Read one raw message and say what it is (see the module docstring)."""
     msg = parse.load(raw)
@@ -307,7 +379,14 @@ def classify(raw: bytes, *, verp_prefix: str = "bounces") -> Report:
     h = ev.headers
     subject = _hdr(h, "Subject")
     sender = (parseaddr(_hdr(h, "From"))[1] or "").lower()
-    mid, delivery = _ids(ev, verp_prefix)
+    mid, delivery, header = _ids(ev, verp_prefix)
+    rep = _classify(ev, h, subject, sender, mid, delivery)
+    rep.delivery_header = header
+    return rep
+
+
+def _classify(ev: parse.Evidence, h: Message, subject: str, sender: str, mid: str | None,
+              delivery: int | None) -> Report:
 
     if ev.arf is not None:
         return _complaint(ev, mid, delivery)
@@ -317,20 +396,24 @@ def classify(raw: bytes, *, verp_prefix: str = "bounces") -> Report:
 
     if ev.dsn:
         rep = Report(type="bounce", message_id=mid, delivery_id=delivery)
-        for f in ev.dsn:
-            address = _clean_addr(f.get("final-recipient", "")) \
-                or _clean_addr(f.get("final-recipient", ""), dotless=True) \
-                or _clean_addr(f.get("original-recipient", "")) or _clean_addr(f.get("x-actual-recipient", ""))
+        addresses = [_dsn_address(f) for f in ev.dsn]
+        for f, address in zip(ev.dsn, addresses, strict=True):
             diag = f.get("diagnostic-code", "")
+            dtype = ""
             if ";" in diag[:12]:
-                diag = diag.split(";", 1)[1].strip()
-            context = _block_for(ev.text, address, []) if address else ""
+                dtype, diag = (x.strip() for x in diag.split(";", 1))
+            if not dtype and re.match(r"\s*x-unix\s*;", f.get("x-actual-recipient", ""), re.IGNORECASE):
+                dtype = "x-unix"
+            context = _block_for(ev.text, address, [a for a in addresses if a]) if address else ""
             if not context and len(ev.dsn) == 1:
                 context = ev.text
             context += "\n" + "\n".join(_REPLY_LINE.findall(ev.text))
             context = reasons.MTA_SUMMARY_LINE.sub("", context)
             status = _status_in(f.get("status", ""))
-            r = decide(diag, context, status, action_field=f.get("action", ""))
+            comment = re.search(r"\((.{1,200})\)", f.get("status", ""))
+            if comment:  # "Status: 4.0.0 (cat.example.net: host name lookup failure)": the MTA's own words
+                context = comment.group(1) + "\n" + context
+            r = decide(diag, context, status, action_field=f.get("action", ""), diagnostic_type=dtype)
             r.address = address
             rep.recipients.append(r)
         actions = [f.get("action", "").lower() for f in ev.dsn]
@@ -345,7 +428,10 @@ def classify(raw: bytes, *, verp_prefix: str = "bounces") -> Report:
         return rep
 
     is_bounce = bool(_BOUNCE_FROM.search(_hdr(h, "From")) or _BOUNCE_SUBJECT.search(subject)
-                     or h.get("X-Failed-Recipients"))
+                     or h.get("X-Failed-Recipients")
+                     or h.get_content_type() == "multipart/report"
+                     and (h.get_param("report-type") or "").lower() == "delivery-status"
+                     or _NOREPLY_FROM.match(sender.split("@")[0]) and _BOUNCE_BODY.search(ev.text[:4000]))
     if not is_bounce and _is_auto_reply(h, subject, sender):
         return Report(type="auto_reply", message_id=mid, delivery_id=delivery,
                       recipients=[Recipient(address=sender or None, reason="vacation", action=reasons.IGNORE,
@@ -364,6 +450,10 @@ def classify(raw: bytes, *, verp_prefix: str = "bounces") -> Report:
             exclude.update(a.lower() for _, a in getaddresses([_hdr(ev.original, name)]) if a)
     failed = [a for _, a in getaddresses(h.get_all("X-Failed-Recipients", []) or []) if a]
     addrs = [a.lower() for a in failed] or _text_recipients(ev, exclude)
+    for m in reasons.QMAIL_RECIPIENT.finditer(ev.text):  # qmail's "<address>:" line names the failed one
+        a = m.group(1).lower()
+        if a not in addrs:
+            addrs.append(a)
     for m in reasons.FAILED_LIST.finditer(ev.text):  # the bounce's own list of failed addresses wins
         for a in parse.addresses(m.group(1)):
             if a not in addrs:
@@ -426,7 +516,7 @@ def _complaint(ev: parse.Evidence, mid: str | None, delivery: int | None) -> Rep
 def _ses_json(ev: parse.Evidence, mid: str | None, delivery: int | None) -> Report | None:
     """An Amazon SES bounce or complaint notification that arrived as mail (JSON body)."""
     text = ev.text.strip()
-    if '"notificationType"' not in text and '"eventType"' not in text:
+    if "notificationType" not in text and '"eventType"' not in text:  # escaped inside an SNS "Message"
         return None
     start = text.find("{")
     try:
@@ -435,6 +525,12 @@ def _ses_json(ev: parse.Evidence, mid: str | None, delivery: int | None) -> Repo
         try:
             # SNS wraps long lines inside JSON strings: allow control characters there
             data = json.JSONDecoder(strict=False).raw_decode(text[start:])[0]
+        except ValueError:
+            return None
+    if isinstance(data, dict) and data.get("Type") == "Notification" and isinstance(data.get("Message"), str):
+        # an SNS e-mail subscription: the SES notification is the JSON string in "Message"
+        try:
+            data = json.JSONDecoder(strict=False).decode(data["Message"])
         except ValueError:
             return None
     if not isinstance(data, dict):
@@ -472,5 +568,9 @@ def _ses_json(ev: parse.Evidence, mid: str | None, delivery: int | None) -> Repo
         rep.evidence = rep.recipients[0].evidence if rep.recipients else ""
         return rep
     if kind == "Delivery":
-        return Report(type="not_a_report", message_id=mid, delivery_id=delivery, evidence="SES Delivery notification")
+        d = data.get("delivery") if isinstance(data.get("delivery"), dict) else {}
+        return Report(type="not_a_report", message_id=mid, delivery_id=delivery, evidence="SES Delivery notification",
+                      recipients=[Recipient(address=str(a).lower(), status="2.0.0", reason="delivered",
+                                            action=reasons.IGNORE, evidence="SES Delivery notification")
+                                  for a in d.get("recipients", []) or [] if isinstance(a, str)])
     return None

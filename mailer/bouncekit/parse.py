@@ -210,7 +210,8 @@ def collect(msg: Message) -> Evidence:
                 if isinstance(sub, Message):
                     walk(sub, depth + 1)
             return
-        if part.get_content_maintype() == "text" or ctype == "application/octet-stream" and depth == 0:
+        if (part.get_content_maintype() in ("text", "multipart")  # multipart here: its boundary never came
+                or ctype == "application/octet-stream" and depth == 0):
             text = _decode(part)
             if ctype == "text/html":
                 htmls.append(_html_to_text(text))
@@ -244,6 +245,8 @@ def addresses(text: str) -> list[str]:
         a = m.group(0).strip(".-'").lower()
         if a.startswith(("mailto:", "rfc822;")):
             a = a.split(":", 1)[-1].split(";", 1)[-1]
+        if a.startswith(("smtp=", "smtp:")):  # Exchange's "smtp=user@example.com"
+            a = a[5:]
         seen.setdefault(a, None)
     return list(seen)
 

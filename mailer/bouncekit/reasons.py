@@ -94,7 +94,7 @@ STATUS_REASONS: dict[str, str] = {
     "3.1": "systemfull", "3.2": "notaccept", "3.3": "systemerror", "3.4": "mesgtoobig",
     "3.5": "systemerror",
     "4.1": "networkerror", "4.2": "networkerror", "4.3": "systemerror", "4.4": "hostunknown",
-    "4.5": "toomanyconn", "4.6": "networkerror", "4.7": "expired",
+    "4.5": "systemfull", "4.6": "networkerror", "4.7": "expired",
     "5.1": "syntaxerror", "5.2": "syntaxerror", "5.3": "toomanyconn", "5.4": "syntaxerror",
     "5.5": "syntaxerror", "5.6": "contenterror",
     "6.0": "contenterror", "6.1": "contenterror", "6.2": "contenterror", "6.3": "contenterror",
@@ -112,7 +112,7 @@ STATUS_REASONS: dict[str, str] = {
 #: Codes that name the recipient specifically but are often used as catch-alls by servers
 #: (5.1.1 for every refusal, 5.7.1 for every policy).  Text evidence may override them.
 VAGUE_STATUS = frozenset({"7.1", "1.0", "0.0", "3.0", "4.0", "5.0", "7.0", "2.0", "2.1", "1.10",
-                          "4.4", "7.9", "4.1", "1.2", "2.4", "7.13", "1.1"})
+                          "4.4", "7.9", "4.1", "2.4", "1.1"})
 
 #: (reason, pattern) of real MTA wording, most specific first: the first match wins.
 #: Sender-side wording comes before mailbox wording, so "550 5.1.1 ... blocked using
@@ -120,9 +120,16 @@ VAGUE_STATUS = frozenset({"7.1", "1.0", "0.0", "3.0", "4.0", "5.0", "7.0", "2.0"
 _TEXT_TABLE: tuple[tuple[str, str], ...] = (
     ("virusdetected", (r"\bvirus\b.{0,40}(detected|found|infected)|infected with|contains? (a )?virus|"
                       r"message contain(s|ed)? (a |an )?(virus|malware)|\bmalware\b")),
+    ("notcompliantrfc", (r"\b(not |non[- ]?)(rfc|compliant)\b|\brfc ?(5322|2822|5321)\b|"
+                        r"duplicate (header|message-id|from|subject|date)|multiple (addresses in )?(from|subject|date|to)\b:? "
+                        r"headers?|bare (lf|cr|line ?feed)|header (is )?(malformed|invalid|missing)|"
+                        r"missing (required )?(header|from|date|message-id)|line (too long|length exceeded)|"
+                        r"message (is )?not (rfc|standard)|invalid (message-id|header)")),
     ("authfailure", (r"\bspf\b.{0,40}(fail|check|validation|hardfail|softfail|policy)|"
                     r"(fail|not pass)\w*.{0,30}\bspf\b|\bdmarc\b.{0,40}(fail|reject|policy)|"
-                    r"\bdkim\b.{0,30}(fail|invalid|signature)|sender policy framework|"
+                    r"\bdkim\b.{0,30}(fail|invalid|signature (is )?(invalid|not valid|did not verify))|sender policy framework|"
+                    r"bad spf records?|(not|n't|fails? to) pass (the )?authentication checks|"
+                    r"does not have authentication information|"
                     r"not authorized to send (mail )?on behalf|spf: \S+ is not allowed|"
                     r"authentication (check )?fail\w* .{0,20}(sender|domain)|"
                     r"5\.7\.(2[0-46-9]|30)\b|unauthenticated email")),
@@ -132,11 +139,15 @@ _TEXT_TABLE: tuple[tuple[str, str], ...] = (
                    r"not have (a )?(valid )?(reverse|ptr)|(dns|rdns) (does not|doesn't) match|"
                    r"client host (rejected: )?cannot find your hostname|5\.7\.25\b|"
                    r"(reverse|rdns|ptr) (name|record)s? (is |are )?(not|missing)|unresolvable (ip|address)|"
-                   r"name service error for|no rdns|hostname (is )?(required|needed)|"
+                   r"ip name lookup failed|no rdns|hostname (is )?(required|needed)|"
                    r"your (ip|host) has no (hostname|name|ptr)|sender ip must resolve|"
                    r"(ptr|reverse) (check|verification) fail")),
-    ("badreputation", r"reputation|senderscore|sender score|\bbad (sender|ip)\b|poor sending"),
+    ("badreputation", r"\[TSS0[49]\]|deferred due to (unexpected volume|user complaints)|reputation|senderscore|sender score|\bbad (sender|ip)\b|poor sending"),
     ("policyviolation", r"blocked because (its|the) content|content presents a potential"),
+    ("norelaying", (r"insecure mail relay|email address is not verified\. the following identities failed|relay(ing)? (access |)(denied|not (allowed|permitted)|prohibited)|"
+                   r"(unable|not allowed|not permitted|we do not) (to )?relay|not configured to relay|no relaying|"
+                   r"not (a )?(local|gateway) (host|domain)|is not a valid (recipient|local) domain|"
+                   r"relay (not allowed|denied)|\bnot relay|relaying (is )?denied|open relay")),
     ("blocked", (r"black ?list|block ?list|\bblocked (using|by|at|because (your|the) ip)|"
                 r"\b(rbl|dnsbl|dnsrbl|spamhaus|spamcop|sorbs|barracuda ?(central|reputation)|uceprotect|"
                 r"cbl\.abuseat|mailspike|psbl)\b|"
@@ -144,8 +155,8 @@ _TEXT_TABLE: tuple[tuple[str, str], ...] = (
                 r"client|remote host) (\[?\S{0,45}\]? )?(is |was |has been |)(blocked|banned|listed|blacklisted)|"
                 r"smtp server of your isp|use (your|the) (isp|provider)'?s? (smtp|mail) ?server|"
                 r"(your|the) (ip|host|network) (address )?(\S{0,45} )?(is |has been )?"
-                r"(black|block|listed|banned|not (allowed|permitted))|\blisted (at|on|in|by)\b|"
-                r"connections? (not accepted|refused|rejected|blocked) from|service refused|service not available, closing|"
+                r"(black|block|listed|banned|not (allowed|permitted))|(?<!not )\blisted (at|on|in|by)\b|"
+                r"connections? (not accepted|refused|rejected|blocked) from|not accepting connections|service refused|service not available, closing|"
                 r"client host \S* ?(rejected|blocked)|\b(dynamic|dial-?up|residential) (ip|address|pool|range|host|user)|"
                 r"not allowed to send (mail|email)? ?from (your|this) (ip|host|network)|"
                 r"rejected by .{0,40}(dnsbl|rbl)|has been temporarily blocked|temporarily deferred due to|"
@@ -153,7 +164,7 @@ _TEXT_TABLE: tuple[tuple[str, str], ...] = (
                 r"temporarily deferred)|refused to talk to me|"
                 r"sending (mta|host|ip|server)'?s? .{0,30}(poor|blocked|listed|rejected)|\bblacklisted\b|"
                 r"\b5\.7\.606\b|\b5\.7\.511\b|\bbanned sender|refused by antispam|\bdenied by policy\b|"
-                r"\(BL\)|access denied|too many (bad|invalid) recipients|please use the smtp|not allowed to send from")),
+                r"\(BL\)|(?<!recipient address rejected: )(?<!relay )access denied|too many (bad|invalid) recipients|please use the smtp|not allowed to send from")),
     ("spamdetected", (r"\bspam\b|\bjunk (mail|e-?mail)|bulk (mail|e-?mail)|unsolicited|"
                      r"\bspamassassin|content (filter|rejected|blocked)|"
                      r"message (looks|considered|classified|identified|detected|determined|rejected) "
@@ -161,16 +172,13 @@ _TEXT_TABLE: tuple[tuple[str, str], ...] = (
                      r"(scored|score) (too high|of \d)|suspicious (mail|message|content)|"
                      r"filtered as spam|phish|"
                      r"(message|mail) (was |is )?(rejected|refused|blocked) (by|as) (our|the) (spam|content) ")),
-    ("failedstarttls", (r"starttls|(not|n't) (support|advertise) (the )?(starttls|tls)|\btls\b.{0,30}(required|fail|must|negotiat|handshake)|"
+    ("failedstarttls", (r"starttls.{0,30}(fail|error|required|not (available|supported|offered))|"
+                       r"(not|n't) (support|advertise) (the )?(starttls|tls)|\btls\b.{0,30}(required|fail|must|negotiat|handshake)|"
                        r"must issue a starttls|encryption (is )?required|5\.7\.10\b|ssl (error|required)")),
-    ("norelaying", (r"insecure mail relay|relay(ing)? (access |)(denied|not (allowed|permitted)|prohibited)|"
-                   r"(unable|not allowed|not permitted|we do not) (to )?relay|not configured to relay|no relaying|"
-                   r"not (a )?(local|gateway) (host|domain)|is not a valid (recipient|local) domain|"
-                   r"relay (not allowed|denied)|\bnot relay|relaying (is )?denied|open relay")),
     ("toomanyconn", (r"too many (connections|simultaneous|concurrent|sessions|smtp sessions)|"
-                    r"connection (limit|rate limit) exceeded|too many errors")),
-    ("speeding", (r"receiving mail at a rate|(too many|please try again slower|slow down|too fast|sending too much)"
-                 r".{0,40}(messages|mails|recipients|connections|rate)?|try again (later|slower)"
+                    r"connection (limit|rate limit) exceeded")),
+    ("speeding", (r"receiving mail at a rate|please try again slower|slow down|(sending )?too fast|sending too much|"
+                 r"try again (later|slower)"
                  r".{0,20}(rate|too many)|throttl")),
     ("ratelimited", (r"rate (limit|limited|exceeded)|(message|sending|email) limit (exceeded|reached)|"
                     r"exceeded .{0,30}(limit|quota) .{0,30}(sending|messages? per)|daily (limit|quota)|"
@@ -181,12 +189,7 @@ _TEXT_TABLE: tuple[tuple[str, str], ...] = (
     ("mesgtoobig", (r"message (size|length) (exceeds|too (large|big)|is too (large|big)|limit)|"
                    r"(mail|message|email) (is )?too (large|big|long)|size limit|exceeds (the )?"
                    r"(fixed )?(maximum|max|size)|too big|(maximum|max) (message )?size|"
-                   r"5\.3\.4\b|size exceeds")),
-    ("notcompliantrfc", (r"\b(not |non[- ]?)(rfc|compliant)\b|\brfc ?(5322|2822|5321)\b|"
-                        r"duplicate (header|message-id|from|subject|date)|multiple (addresses in )?(from|subject|date|to)\b:? "
-                        r"headers?|bare (lf|cr|line ?feed)|header (is )?(malformed|invalid|missing)|"
-                        r"missing (required )?(header|from|date|message-id)|line (too long|length exceeded)|"
-                        r"message (is )?not (rfc|standard)|invalid (message-id|header)")),
+                   r"5\.3\.4\b|size exceeds|line limit exceeded")),
     ("contenterror", (r"content (type|encoding|transfer) (error|invalid|not (allowed|supported))|"
                      r"(improper|invalid|illegal|unsupported) (content|character|encoding|charset|attachment)|"
                      r"(attachment|file type|extension)s? .{0,30}(not allowed|prohibited|forbidden|blocked|rejected)|"
@@ -197,7 +200,7 @@ _TEXT_TABLE: tuple[tuple[str, str], ...] = (
                       r"(invalid|incorrect|bad) (credentials|password|login)|\bsmtp auth\b|"
                       r"not (authorized|authorised|permitted) to send|"
                       r"user not authorized to send|unauthenticated senders? not allowed|encryption needed")),
-    ("rejected", (r"'send mail as'|customfromdenied|permission to post|may not have permission|投稿する権限|"
+    ("rejected", (r"'send mail as'|purported responsible address|customfromdenied|permission to post|may not have permission|投稿する権限|"
                  r"sender (address |domain |)(rejected|refused|denied|invalid|verify failed|"
                  r"not (allowed|permitted|accepted|found)|does not exist|unknown)|"
                  r"(domain|address) of sender (address )?.{0,20}(does not exist|not (resolve|exist|found))|"
@@ -216,8 +219,18 @@ _TEXT_TABLE: tuple[tuple[str, str], ...] = (
                     r"(insufficient|not enough|no) (disk |mailbox |storage )?(space|room|storage)|"
                     r"mailbox (size|storage) (limit|quota)|(user|recipient|account|mail ?box|inbox) "
                     r"(is |was )?(full|overquota|over quota)|\bfull (mailbox|inbox)|mailfolder is full|"
-                    r"exceeded storage|(disk|mail|storage) quota|over the (storage|allowed) (limit|quota)|"
+                    r"exceeded storage|mailbox exceeds (the )?allowed size|(disk|mail|storage) quota|over the (storage|allowed) (limit|quota)|"
                     r"\bquota\b|5\.2\.2\b|mailbox (has )?exceeded|exceeds? (his|her|its|the) (mailbox|storage)")),
+    ("suspend", (r"(account|mailbox|user|address|recipient)( has been| is| was)? "
+                r"(suspended|disabled|deactivated|inactive|locked|blocked|frozen|expired|on hold|"
+                r"temporarily (disabled|unavailable|suspended)|temporar(y|ily) locked)|\btemporar(y|ily) locked\b|"
+                r"(suspended|disabled|inactive|deactivated|expired|locked) (account|mailbox|user)|"
+                r"account (has been )?(terminated|closed|cancel)|"
+                r"(user|recipient|mailbox) (is )?not (active|activated)|temporarily (disabled|suspended|locked)|"
+                r"extended inactivity|\bdisabled\b.{0,20}(account|mailbox|recipient|user)|"
+                r"\binactive (user|account|mailbox|recipient)|account (is )?unavailable|"
+                r"service (is )?(suspended|disabled)|mailbox (has )?(been )?disabled|"
+                r"\b(account|mailbox)\b.{0,40}\b(is|has been) (disabled|suspended|deactivated|inactive)")),
     ("userunknown", (r"(user|recipient|mailbox|address|account|addressee|alias|local part|local user)"
                     r"( name| address)? (is |was )?(unknown|not found|not exist|does not exist|doesn't exist|"
                     r"invalid|not valid|unavailable|not (known|listed|recognized|recognised)|no such|"
@@ -241,18 +254,9 @@ _TEXT_TABLE: tuple[tuple[str, str], ...] = (
                     r"in (virtual|local) (alias|mailbox|recipient) table|"
                     r"(invalid|unknown|undeliverable) (e-?mail )?address|"
                     r"\b5\.1\.[13]\b|\b5\.5\.0\b.{0,40}(user|mailbox|recipient)|"
-                    r"dd this user doesn't have|not our customer|(user|mailbox) (has )?expired")),
+                    r"dd this user doesn't have|recipient address rejected: access denied|not our customer|(user|mailbox) (has )?expired")),
     ("hasmoved", (r"(has|have) moved|moved (permanently|to)|no longer (available|valid|used)|"
                  r"address (has )?(been )?changed|new (e-?mail )?address|\b5\.1\.6\b")),
-    ("suspend", (r"(account|mailbox|user|address|recipient)( has been| is| was)? "
-                r"(suspended|disabled|deactivated|inactive|locked|blocked|frozen|expired|on hold|"
-                r"temporarily (disabled|unavailable|suspended))|"
-                r"(suspended|disabled|inactive|deactivated|expired|locked) (account|mailbox|user)|"
-                r"account (has been )?(terminated|closed|cancel)|"
-                r"(user|recipient|mailbox) (is )?not (active|activated)|temporarily (disabled|suspended|locked)|"
-                r"extended inactivity|\bdisabled\b.{0,20}(account|mailbox|recipient|user)|"
-                r"\binactive (user|account|mailbox|recipient)|account (is )?unavailable|"
-                r"service (is )?(suspended|disabled)|mailbox (has )?(been )?disabled|5\.2\.1\b")),
     ("filtered", (r"(recipient|user)'?s? (filter|rules)|rejected by (the )?(recipient|user)|"
                  r"refuses? to (accept|receive)|not accepting (any |your )?(mail|email|messages)|"
                  r"(recipient|user) (is )?not accepting|blocked by (the )?(recipient|user)|"
@@ -272,11 +276,11 @@ _TEXT_TABLE: tuple[tuple[str, str], ...] = (
     ("notaccept", (r"no mx (record )?(found|for)|(couldn't|could not|cannot|can't|unable to) find a mail exchanger|"
                   r"(doesn't|does not) receive (e-?mail|mail)|does not accept (any )?(mail|e-?mail)|accepts? no mail|null mx|"
                   r"(host|domain|server) (does not|doesn't|will not|won't) (accept|receive) mail|"
-                  r"not accept(ing)? (mail|e-?mail)|no mail (service|accepted)|5\.1\.10\b|5\.7\.27\b")),
+                  r"not accept(ing)? (mail|e-?mail)|no mail (service|accepted)")),
     ("networkerror", (r"\bdns error\b|(mail|routing) loop|loops? back to (myself|me)|too many hops|hop count exceeded|"
                      r"(unable|could not|couldn't|failed) to (connect|route)|connection (timed? out|refused|reset|"
-                     r"lost|closed|dropped)|(network|host) (is )?(unreachable|down)|no route to host|"
-                     r"malformed (or unexpected )?name server reply|dns (lookup|query) (failed|error|timeout)|"
+                     r"lost|closed|dropped)|(network|host) (is )?(unreachable|not reachable|down)|no route to host|"
+                     r"malformed (or unexpected )?name server reply|(host ?name|dns) lookup failure|dns (lookup|query) (failed|error|timeout)|"
                      r"temporary (dns|lookup) failure|(lookup|dns) (timed out|timeout)|timeout|timed out|"
                      r"no answer from (host|server)|unable to (look|find) up|route (to|for) .{0,30}(failed|not)")),
     ("hostunknown", (r"host (or domain name )?(not found|unknown)|unknown (host|domain)|"
@@ -289,7 +293,8 @@ _TEXT_TABLE: tuple[tuple[str, str], ...] = (
                     r"all relevant mx records point to non-existent hosts|"
                     r"(cannot|can't|could not|couldn't|unable to) (find|resolve|locate) (the )?"
                     r"(domain|host|mail ?server|mx|mx record)|\bbad destination (host|mailbox address)|"
-                    r"domain (is )?(not|no longer) (in use|registered|exist)|5\.1\.2\b")),
+                    r"domain (is )?(not|no longer) (in use|registered|exist)|5\.1\.2\b|"
+                    r"(?<![\w@.-])(?:[a-z0-9-]+\.)+[a-z]{2,24} does not exist|domain is not reachable")),
     ("systemfull", (r"(system|disk|server|queue|filesystem|file system) (is )?(full|out of space)|"
                    r"insufficient system (storage|resources)|out of (storage|memory|disk)|"
                    r"(mail )?system (is )?(full|busy)|try again later, closing connection|"
@@ -298,15 +303,15 @@ _TEXT_TABLE: tuple[tuple[str, str], ...] = (
                     r"(error|failed|exit|returned)|unknown mailer|exit (code|status) \d+|"
                     r"x-unix; |command died|mailer (error|failure)|local delivery failed")),
     ("systemerror", (r"(system|server|configuration|internal|local|temporary) (error|failure|problem)|"
-                    r"(service|server|system) (is )?(not available|unavailable|temporarily unavailable|"
+                    r"(service|server|system) (is )?(currently |temporarily )?(not available|unavailable|temporarily unavailable|"
                     r"shutting down)|try again later|resources temporarily unavailable|"
-                    r"local error in processing|requested action aborted|transaction failed|"
+                    r"local error in processing|requested action aborted|transaction failed|queue file write error|"
                     r"mail server (is )?(temporarily )?(rejecting|unavailable)")),
-    ("syntaxerror", (r"syntax error|command (not recognized|unrecognized)|bad sequence of commands|"
+    ("syntaxerror", (r"syntax error|malformed address:|command (not recognized|unrecognized)|bad sequence of commands|"
                     r"unrecognized command|command not implemented|parameter not implemented")),
     ("policyviolation", (r"blocked because (its|the) content|content presents a potential|"
                         r"\bpolicy\b.{0,50}(reject|violat|refus|denied|not)|"
-                        r"(reject|violat|refus|denied|block)\w*.{0,40}\bpolicy\b|\bpolicy (reason|restriction)|"
+                        r"(reject|violat|refus|denied|block)\w*.{0,40}\bpolicy\b|\bpolicy (reason|restriction)|\bheader error\b|"
                         r"local policy|acceptable use|\baup\b|\bterms of service\b|"
                         r"(message|mail|email) (is )?not (accepted|allowed) (by|for|because|due)|"
                         r"\bprohibited\b|not (accepted|permitted) by (the )?(recipient|administrator)|"
@@ -320,7 +325,8 @@ RCPT_TIME_WORDING = re.compile(
     r"recipient address rejected|recipient name is not recognized|no valid recipients|"
     r"doesn't have an? \S+ account|recipient not found by smtp address lookup|"
     r"requested action not taken: mailbox unavailable|unknown recipient or mailbox unavailable|"
-    r"address rejected\.|in reply to rcpt|rcpt to:?\s*<", re.IGNORECASE)
+    r"address rejected\.|recipient address rejected: access denied|in reply to rcpt|"
+    r"not listed in (the )?public name (&|and) address book|rcpt to:?\s*<", re.IGNORECASE)
 
 #: Generic mailbox wording that a more specific sender-side wording in the same reply
 #: overrides ("Recipient address rejected: Policy violation"); ``exceedlimit`` (the
@@ -341,6 +347,10 @@ COMPLAINT_HEADERS: tuple[tuple[str, str, str, str, str], ...] = (
 FAILED_LIST = re.compile(r"following address\(?e?s?\)?\s+failed:?[ \t]*\n\s*((?:[ \t]*[^\s@]+@\S+[ \t]*\n){1,50})",
                          re.IGNORECASE)
 
+#: qmail's failed recipient, alone on its line after "I wasn't able to deliver your message"
+#: ("<user@example.org>:"), read even when the address is also the bounce's To.
+QMAIL_RECIPIENT = re.compile(r"^<([^\s<>@]{1,64}@[^\s<>@]{1,255})>:[ \t]*$", re.MULTILINE)
+
 #: Lines an MTA adds after quoting the remote reply, which say nothing of their own: Sendmail
 #: ends its transcript with "554 5.0.0 Service unavailable" whatever the remote host said.
 MTA_SUMMARY_LINE = re.compile(r"^[ \t]*5\d\d 5\.0\.0 Service unavailable[ \t]*$", re.IGNORECASE | re.MULTILINE)
@@ -351,6 +361,41 @@ PROVIDER_SIGNATURES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"https://groups\.google\.com/support/?", re.IGNORECASE), "rejected"),
 )
 
+#: Orange and La Poste (smtp-in.orange.fr, laposte.net) end every refusal with a numbered code
+#: ("OFR_506", "LPN007_416", "OFR004_201"), documented by Orange's postmaster pages; its last
+#: three digits name the cause more precisely than the words (which are often only "Mail
+#: rejected" or "please try later").  Codes that only say "try later" are absent.
+ORANGE_CODE = re.compile(r"\b(?:LPN|OFR|OUK)(?:_\d{3}|\d{3}[-_]\d{3})\b", re.IGNORECASE)
+ORANGE_REASONS: dict[str, str] = {
+    "102": "blocked",        # source IP blocked for spamming
+    "103": "blocked",        # service refused (our host)
+    "104": "toomanyconn",    # too many connections, slow down
+    "305": "securityerror",  # invalid authentication code
+    "401": "authfailure",    # SPF: not allowed to send mail
+    "402": "securityerror",  # authentication required
+    "403": "rejected", "405": "rejected", "415": "rejected",  # invalid sender
+    "416": "userunknown", "418": "userunknown",  # invalid recipient
+    "417": "mailboxfull",    # recipient over quota
+    "420": "suspend",        # archived recipient
+    "421": "rejected",       # MAIL FROM not owned by the user
+    "426": "suspend",        # the recipient's account is blocked
+    "505": "systemerror",    # service refused, try later (their side)
+    "506": "spamdetected",   # mail rejected as spam
+    "510": "blocked",        # our host refused
+    "514": "mesgtoobig",     # message size limit reached
+    "999": "blocked",        # service refused (our host)
+}
+
+
+def orange_reason(text: str) -> tuple[str, str] | None:
+    """(reason, code) of an Orange / La Poste refusal code in ``text``, or None."""
+    m = ORANGE_CODE.search(text)
+    if not m:
+        return None
+    reason = ORANGE_REASONS.get(m.group(0)[-3:])
+    return (reason, m.group(0)) if reason else None
+
+
 #: Remote hosts whose wording means something else than it says: (host pattern, wording,
 #: SMTP stage, reason).  NTT docomo answers "550 Unknown user" after DATA when the recipient's
 #: own settings refuse our sender domain: the mailbox exists, our sender was refused.
@@ -359,21 +404,40 @@ RHOST_RULES: tuple[tuple[re.Pattern[str], re.Pattern[str], str, str], ...] = (
      "data", "rejected"),
 )
 
+#: A network fault named next to an expiry ("Message expired, DNS query failed").
+NETWORK_CAUSE = re.compile(r"dns (lookup|query) (failed|error|timeout)|no route to host|network (is )?unreachable",
+                           re.IGNORECASE)
+
 TEXT_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (reason, re.compile(pattern, re.IGNORECASE | re.DOTALL)) for reason, pattern in _TEXT_TABLE)
+
+
+#: A generic refusal prefix whose own words come after the colon: "Recipient address rejected:
+#: Mailer error" says ``mailererror``; the prefix alone says only that the address was refused.
+_GENERIC_PREFIX = re.compile(r"recipient address rejected:\s*", re.IGNORECASE)
 
 
 def match_text(text: str) -> tuple[str, str] | None:
     """(reason, matched wording) of the first pattern that matches ``text``, or None.
 
     Sender-side wording anywhere in ``text`` wins over mailbox wording ("Recipient address
-    rejected: Policy violation" is ``policyviolation``, not ``userunknown``).
+    rejected: Policy violation" is ``policyviolation``, not ``userunknown``), and the words
+    after a generic prefix ("Recipient address rejected: ...") win over the prefix.
     """
+    m = _GENERIC_PREFIX.search(text)
+    if m:
+        hit = _match(text, m.end())  # patterns still see the prefix (look-behinds)
+        if hit:
+            return hit
+    return _match(text, 0)
+
+
+def _match(text: str, pos: int) -> tuple[str, str] | None:
     first = None
     for reason, pattern in TEXT_PATTERNS:
         if first is not None and reason not in SENDER_SIDE:
             continue
-        m = pattern.search(text)
+        m = pattern.search(text, pos)
         if m:
             if reason in SENDER_SIDE or first is None and reason not in YIELDS_TO_SENDER_SIDE:
                 return reason, m.group(0)

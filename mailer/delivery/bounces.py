@@ -57,6 +57,7 @@ from mailer.clock import utcnow
 from mailer.consent import ledger as consent
 from mailer.consent import suppressions
 from mailer.delivery import brakes
+from mailer.delivery.compose import verified_delivery_id
 from mailer.errors import ConsentError, ValidationError
 from mailer.instance_secrets import address_hash_salt
 from mailer.models import (
@@ -178,6 +179,13 @@ def find_delivery(s, settings: Settings, report: bouncekit.Report, *,
     when the event's address (if any) agrees.
     """
     mid = _norm_mid(report.message_id)
+    signed = None
+    if report.delivery_header and "." in report.delivery_header:
+        # A signed X-Mailer-Delivery (<id>.<HMAC>) is as good as the Message-ID; one whose HMAC
+        # does not verify was forged (or comes from another instance) and names nothing.
+        signed = verified_delivery_id(settings, report.delivery_header)
+        if signed is None or signed != report.delivery_id:
+            return None, "the X-Mailer-Delivery header's signature does not verify"
     # Unique index on deliveries.message_id.
     by_mid = s.execute(select(Delivery).where(Delivery.message_id == mid)).scalar_one_or_none() if mid else None
     by_id = s.get(Delivery, report.delivery_id) if report.delivery_id is not None else None
@@ -185,6 +193,8 @@ def find_delivery(s, settings: Settings, report: bouncekit.Report, *,
         return None, f"delivery id {by_id.id} but Message-ID {mid} is delivery {by_mid.id}"
     if by_mid is not None:
         return by_mid, ""
+    if by_id is not None and signed == by_id.id:
+        return by_id, ""
     if by_id is None:
         what = [f"delivery id {report.delivery_id}"] if report.delivery_id is not None else []
         what += [f"Message-ID {mid}"] if mid else []
@@ -194,7 +204,11 @@ def find_delivery(s, settings: Settings, report: bouncekit.Report, *,
     if any(email_hash(a, salt) == by_id.to_hash for a in named):
         return by_id, ""
     if report.type == "complaint" and all(_redacted(a) for a in named or [None]):
-        return by_id, ""  # a feedback loop that redacts the recipient: the original's headers decide
+        # A feedback loop that redacted the recipient: only the original's signed headers (the
+        # Message-ID or X-Mailer-Delivery, above) may decide; a bare VERP id or an unsigned
+        # header is guessable, so it could withdraw somebody else's consent.
+        return None, (f"redacted complaint names delivery {by_id.id} only by a guessable id "
+                      "(no Message-ID or signed X-Mailer-Delivery)")
     if trusted and not named:
         return by_id, ""
     if not named:

@@ -61,6 +61,32 @@ def message_id(settings: Settings, delivery_id: int) -> str:
     return f"<{delivery_id}.{mac}@{domain}>"
 
 
+#: Hex characters of the HMAC in the ``X-Mailer-Delivery`` header (64 bits).
+DELIVERY_HEADER_MAC_CHARS = 16
+
+
+def _delivery_mac(key: str, delivery_id: int) -> str:
+    return hmac.new(key.encode(), f"x-mailer-delivery:{delivery_id}".encode(),
+                    hashlib.sha256).hexdigest()[:DELIVERY_HEADER_MAC_CHARS]
+
+
+def delivery_header(settings: Settings, delivery_id: int) -> str:
+    """The ``X-Mailer-Delivery`` value: ``<delivery id>.<HMAC>``, so a forged header names no delivery."""
+    return f"{delivery_id}.{_delivery_mac(settings.signing_keys[0], delivery_id)}"
+
+
+def verified_delivery_id(settings: Settings, value: str | None) -> int | None:
+    """The delivery id of a signed ``X-Mailer-Delivery`` value, or None when its HMAC does not
+    verify with any of ``MAILER_SIGNING_KEYS`` (so rotated keys still match older mail)."""
+    head, _, mac = (value or "").strip().partition(".")
+    if not (head.isdigit() and len(head) <= 18 and len(mac) == DELIVERY_HEADER_MAC_CHARS):
+        return None
+    delivery_id = int(head)
+    if any(hmac.compare_digest(mac.lower(), _delivery_mac(key, delivery_id)) for key in settings.signing_keys):
+        return delivery_id
+    return None
+
+
 def return_path(settings: Settings, delivery_id: int) -> str:
     """VERP envelope sender: bounces come back to ``bounces+<id>@domain``."""
     return f"bounces+{delivery_id}@{settings.bounce_domain}"
@@ -87,7 +113,7 @@ def needs_smtputf8(settings: Settings, to_address: str, purpose: str | None = No
 def personalized(settings: Settings, renderer, mail: MailContext) -> tuple[Rendered, list[tuple[str, str]]]:
     """Render one mail as its recipient gets it, with the headers personalization adds."""
     context = render_context(settings, mail, mail.customer)
-    extra_headers: list[tuple[str, str]] = [("X-Mailer-Delivery", str(mail.id))]
+    extra_headers: list[tuple[str, str]] = [("X-Mailer-Delivery", delivery_header(settings, mail.id))]
     context, extra_headers = header_hooks.decorate(settings, mail, context, extra_headers)
     # Campaign mail renders with the campaign's data, subjects and compile cache key
     # (headers.render_args), and gets its open pixel after rendering (headers.after_render).

@@ -213,8 +213,17 @@ def verify_sns(settings: Settings, msg: dict) -> None:
 
 # -- payloads to reports -------------------------------------------------------------------------
 def _delivery_id(value: Any) -> int | None:
-    text = str(value or "").strip()
+    """The delivery id of a metadata value or an ``X-Mailer-Delivery`` header (``<id>`` or ``<id>.<HMAC>``)."""
+    text = str(value or "").strip().partition(".")[0]
     return int(text) if text.isdigit() and len(text) <= 18 else None
+
+
+def _signed(report: bouncekit.Report, header: Any) -> bouncekit.Report:
+    """Carry the provider's copy of our X-Mailer-Delivery header, verified by :func:`bounces.find_delivery`."""
+    value = str(header or "").strip()
+    if value and _delivery_id(value) == report.delivery_id:
+        report.delivery_header = value[:90]
+    return report
 
 
 def _bounce(address: str | None, diagnostic: str, context: str, status: str, *, table_reason: str | None = None,
@@ -278,7 +287,8 @@ def ses_events(msg: dict) -> list[Event]:
     if not reports:
         return [Event(event_id, None, raw, note=f"SES {kind or 'unknown'}: nothing to do")]
     # One SNS message, one event id: several recipients share it (suffixed so each takes effect once).
-    return [Event(event_id if i == 0 else f"{event_id}#{i}", rep, raw) for i, rep in enumerate(reports)]
+    return [Event(event_id if i == 0 else f"{event_id}#{i}", _signed(rep, headers.get("x-mailer-delivery")), raw)
+            for i, rep in enumerate(reports)]
 
 
 def sendgrid_events(body: Any) -> list[Event]:
@@ -292,19 +302,20 @@ def sendgrid_events(body: Any) -> list[Event]:
         raw = json.dumps(e, ensure_ascii=False)
         mid = e.get("smtp-id") or None
         did = _delivery_id(e.get("x_mailer_delivery") or e.get("mailer_delivery"))
+        header = e.get("x_mailer_delivery") or e.get("mailer_delivery")
         ev = str(e.get("event", ""))
         if ev in ("bounce", "blocked"):
             text = str(e.get("reason", ""))
             rep = _bounce(e.get("email"), text, str(e.get("bounce_classification", "")), str(e.get("status", "")),
                           message_id=mid, delivery_id=did)
-            out.append(Event(event_id, rep, raw))
+            out.append(Event(event_id, _signed(rep, header), raw))
         elif ev == "deferred":
-            out.append(Event(event_id, _bounce(e.get("email"), str(e.get("response", "")), "", "", temporary=True,
-                                               message_id=mid, delivery_id=did), raw))
+            out.append(Event(event_id, _signed(_bounce(e.get("email"), str(e.get("response", "")), "", "",
+                                                       temporary=True, message_id=mid, delivery_id=did), header), raw))
         elif ev in ("spamreport", "unsubscribe", "group_unsubscribe"):
             ftype = "abuse" if ev == "spamreport" else "opt-out"
-            out.append(Event(event_id, _complaint(e.get("email"), ftype, message_id=mid, delivery_id=did,
-                                                  evidence=f"SendGrid {ev}"), raw))
+            out.append(Event(event_id, _signed(_complaint(e.get("email"), ftype, message_id=mid, delivery_id=did,
+                                                          evidence=f"SendGrid {ev}"), header), raw))
         else:
             out.append(Event(event_id, None, raw, note=f"SendGrid {ev or 'unknown'}: nothing to do"))
     return out
@@ -322,30 +333,34 @@ def mailgun_events(body: dict) -> list[Event]:
     mid = str(headers["message-id"]) if headers.get("message-id") else None
     uv = data.get("user-variables") if isinstance(data.get("user-variables"), dict) else {}
     did = _delivery_id(uv.get("x-mailer-delivery") or uv.get("delivery_id") or headers.get("x-mailer-delivery"))
+    header = uv.get("x-mailer-delivery") or (None if uv.get("delivery_id") else headers.get("x-mailer-delivery"))
     ev = str(data.get("event", ""))
     if ev == "failed":
         ds = data.get("delivery-status") if isinstance(data.get("delivery-status"), dict) else {}
         text = " ".join(str(ds.get(k, "")) for k in ("code", "message", "description") if ds.get(k))
         rep = _bounce(data.get("recipient"), text, str(data.get("reason", "")), str(ds.get("enhanced-code", "")),
                       temporary=str(data.get("severity")) == "temporary", message_id=mid, delivery_id=did)
-        return [Event(event_id, rep, raw)]
+        return [Event(event_id, _signed(rep, header), raw)]
     if ev in ("complained", "unsubscribed"):
         ftype = "abuse" if ev == "complained" else "opt-out"
-        return [Event(event_id, _complaint(data.get("recipient"), ftype, message_id=mid, delivery_id=did,
-                                           evidence=f"Mailgun {ev}"), raw)]
+        return [Event(event_id, _signed(_complaint(data.get("recipient"), ftype, message_id=mid, delivery_id=did,
+                                                   evidence=f"Mailgun {ev}"), header), raw)]
     return [Event(event_id, None, raw, note=f"Mailgun {ev or 'unknown'}: nothing to do")]
 
 
-def _postmark_ids(body: dict) -> tuple[str | None, int | None]:
+def _postmark_ids(body: dict) -> tuple[str | None, int | None, str | None]:
     meta = body.get("Metadata") if isinstance(body.get("Metadata"), dict) else {}
-    did = _delivery_id(meta.get("X-Mailer-Delivery") or meta.get("x-mailer-delivery") or meta.get("delivery_id"))
+    header = meta.get("X-Mailer-Delivery") or meta.get("x-mailer-delivery")
+    did = _delivery_id(header or meta.get("delivery_id"))
     mid = None
     content = body.get("Content")
     if isinstance(content, str) and content:
         head = message_from_string(content[:65536])
         mid = head.get("Message-ID")
-        did = did if did is not None else _delivery_id(head.get("X-Mailer-Delivery"))
-    return (str(mid).strip() if mid else None), did
+        if did is None:
+            header = head.get("X-Mailer-Delivery")
+            did = _delivery_id(header)
+    return (str(mid).strip() if mid else None), did, (str(header) if header else None)
 
 
 def postmark_events(body: dict) -> list[Event]:
@@ -354,10 +369,10 @@ def postmark_events(body: dict) -> list[Event]:
         raise ValidationError("Postmark posts an event with an ID", field="ID")
     event_id = f"{record}:{body['ID']}"[:MAX_EVENT_ID_CHARS]
     raw = json.dumps(body, ensure_ascii=False)
-    mid, did = _postmark_ids(body)
+    mid, did, header = _postmark_ids(body)
     if record == "SpamComplaint":
-        return [Event(event_id, _complaint(body.get("Email"), "abuse", message_id=mid, delivery_id=did,
-                                           evidence="Postmark SpamComplaint"), raw)]
+        return [Event(event_id, _signed(_complaint(body.get("Email"), "abuse", message_id=mid, delivery_id=did,
+                                                   evidence="Postmark SpamComplaint"), header), raw)]
     if record != "Bounce":
         return [Event(event_id, None, raw, note=f"Postmark {record or 'unknown'}: nothing to do")]
     try:
@@ -368,11 +383,12 @@ def postmark_events(body: dict) -> list[Event]:
     if table is None:
         return [Event(event_id, None, raw, note=f"Postmark {body.get('Type', code)}: nothing to do")]
     if table.startswith("feedback:"):
-        return [Event(event_id, _complaint(body.get("Email"), table.split(":", 1)[1], message_id=mid,
-                                           delivery_id=did, evidence=f"Postmark {body.get('Type', code)}"), raw)]
+        return [Event(event_id, _signed(_complaint(body.get("Email"), table.split(":", 1)[1], message_id=mid,
+                                                   delivery_id=did, evidence=f"Postmark {body.get('Type', code)}"),
+                                        header), raw)]
     rep = _bounce(body.get("Email"), str(body.get("Details", "")), str(body.get("Description", "")), "",
                   table_reason=table, message_id=mid, delivery_id=did)
-    return [Event(event_id, rep, raw)]
+    return [Event(event_id, _signed(rep, header), raw)]
 
 
 # -- taking events into account ------------------------------------------------------------------
