@@ -44,7 +44,6 @@ the preference and CSAT pages get 403 (see :mod:`mailer.web.security`).
 from __future__ import annotations
 
 import gc
-
 import logging
 
 from fastapi import FastAPI
