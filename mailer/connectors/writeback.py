@@ -33,9 +33,11 @@ from datetime import UTC, timedelta
 
 from sqlalchemy import and_, func, select, update
 
+from mailer import instance_secrets
 from mailer.app import App
 from mailer.clock import utcnow
 from mailer.db import insert_or_ignore
+from mailer.errors import ConfigurationError
 from mailer.models import ConnectorOutbox, ConnectorShop, ConsentAction, ConsentEvent, ShopCustomer
 from mailer.queue import port
 
@@ -124,8 +126,20 @@ def sweep_hook(app: App) -> None:
     enqueue_due(app)
 
 
-def _request(row: ConnectorOutbox, shop: ConnectorShop | None) -> urllib.request.Request:
-    if shop is None or not shop.api_token:
+def api_token(settings, shop: ConnectorShop) -> str | None:
+    """The shop's API token in clear (it is stored sealed)."""
+    if not shop.api_token:
+        return None
+    return instance_secrets.unseal(settings, shop.api_token, platform=shop.platform, shop=shop.shop,
+                                   column="api_token")
+
+
+def _request(settings, row: ConnectorOutbox, shop: ConnectorShop | None) -> urllib.request.Request:
+    try:
+        token = api_token(settings, shop) if shop is not None else None
+    except ConfigurationError as exc:
+        raise _Refused(str(exc)) from exc
+    if not token:
         raise _Refused(f"no API credentials for {row.platform}:{row.shop} (mailer connect ... --api-token)")
     base = shop.api_url or default_api_url(row.platform, row.shop)
     when = row.occurred_at if row.occurred_at.tzinfo else row.occurred_at.replace(tzinfo=UTC)
@@ -136,11 +150,11 @@ def _request(row: ConnectorOutbox, shop: ConnectorShop | None) -> urllib.request
             "emailMarketingConsent": {"marketingState": "UNSUBSCRIBED", "consentUpdatedAt": stamp}}}}
         req = urllib.request.Request(base, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json",
-                                              "X-Shopify-Access-Token": shop.api_token})
+                                              "X-Shopify-Access-Token": token})
     else:
         body = {"meta_data": [{"key": WOO_META_STATE, "value": "unsubscribed"},
                               {"key": WOO_META_UPDATED, "value": stamp}]}
-        auth = base64.b64encode(shop.api_token.encode()).decode()
+        auth = base64.b64encode(token.encode()).decode()
         req = urllib.request.Request(f"{base.rstrip('/')}/wp-json/wc/v3/customers/{row.remote_id}",
                                      data=json.dumps(body).encode(), method="PUT",
                                      headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"})
@@ -193,7 +207,7 @@ def send(app: App, row_id: int) -> str | None:
         if shop is not None:
             s.expunge(shop)
     try:
-        _post(_request(row, shop), row.platform)
+        _post(_request(app.settings, row, shop), row.platform)
     except _Refused as exc:
         settings = app.settings
         give_up = row.attempts >= settings.connector_writeback_max_attempts
@@ -233,9 +247,13 @@ def connect(app: App, platform: str, shop: str, *, secret: str | None, api_url: 
             row = ConnectorShop(platform=platform, shop=shop, writeback_cursor=top, created_at=utcnow(),
                                 updated_at=utcnow())
             s.add(row)
-        for name, value in (("secret", secret), ("api_url", api_url), ("api_token", api_token)):
+        if api_url:
+            row.api_url = api_url
+        # Credentials are stored sealed (AES-256-GCM under the database's own key), never in clear.
+        for name, value in (("secret", secret), ("api_token", api_token)):
             if value:
-                setattr(row, name, value)
+                setattr(row, name, instance_secrets.seal(app.settings, value, platform=platform, shop=shop,
+                                                         column=name))
         s.flush()
         s.expunge(row)
         return row
