@@ -1,4 +1,5 @@
-"""Shop credentials sealed at rest: a key in instance_secrets, existing rows encrypted.
+"""Shop credentials sealed at rest (a key in instance_secrets, existing rows encrypted), and
+write-backs for customers whose shop id is not known yet (connector_outbox.remote_id nullable).
 
 ``connector_shops.secret`` (webhook signing secret) and ``connector_shops.api_token``
 (Shopify Admin API token, WooCommerce REST key) were stored in clear.  This revision adds
@@ -8,6 +9,11 @@ every value already there as ``aesgcm1:`` + base64(nonce + ciphertext + tag), wi
 out here so the migration does not change when the module does).  Values already sealed are
 left alone, so running it on a partly sealed table is safe.  The downgrade opens them again
 and drops the key.
+
+``connector_outbox.remote_id`` becomes nullable: a withdrawal for a customer mailer knows
+only by address is queued without the shop's id, and the write-back looks the customer up
+by e-mail first (mailer/connectors/writeback.py).  The downgrade drops such rows that are
+still unresolved (the old code cannot send them).
 
 Revision ID: 0015
 Revises: 0013
@@ -63,10 +69,18 @@ def upgrade() -> None:
         for column, value in changes.items():
             conn.execute(sa.text(f"UPDATE connector_shops SET {column} = :v WHERE id = :id"),  # nosec B608 - COLUMNS
                          {"v": value, "id": row.id})
+    _remote_id_nullable(True)
+
+
+def _remote_id_nullable(nullable: bool) -> None:
+    with op.batch_alter_table('connector_outbox', schema=None) as batch_op:
+        batch_op.alter_column('remote_id', existing_type=sa.String(length=100), nullable=nullable)
 
 
 def downgrade() -> None:
     conn = op.get_bind()
+    conn.execute(sa.text("DELETE FROM connector_outbox WHERE remote_id IS NULL"))
+    _remote_id_nullable(False)
     key = conn.execute(sa.text("SELECT value FROM instance_secrets WHERE name = :n"), {"n": KEY_NAME}
                        ).scalar_one_or_none()
     if key is None:
