@@ -9,6 +9,8 @@
 * :class:`Worker` runs ``python -m dramatiq mailer.worker.boot --processes 1`` with mailer's
   settings in its environment and reads its process tree's CPU time and RSS from /proc.
 * :func:`dkim_keys` makes a fresh RSA-2048 and Ed25519 key in a temp dir.
+* :func:`uvicorn_server` starts ``uvicorn mailer.web.app:app_from_env --factory --workers 1``
+  on a free localhost port and waits for ``/healthz`` (bench/signup.py, bench/webhooks.py).
 
 Redis: the benchmarks use database :data:`REDIS_DB` (8) and flush it before and after.
 """
@@ -24,7 +26,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,6 +145,64 @@ def reachable(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+#: Longest wait for a started HTTP server to answer /healthz, seconds.
+SERVER_START_TIMEOUT_S = 60
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A running ``uvicorn`` process of the benchmark's own."""
+
+    proc: subprocess.Popen
+    port: int
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextmanager
+def uvicorn_server(env: dict, *, port: int | None = None, extra_args: tuple[str, ...] = ()) -> Iterator[Server]:
+    """``uvicorn mailer.web.app:app_from_env --factory --workers 1`` on 127.0.0.1, up and answering.
+
+    ``env`` is the server's whole environment (mailer's settings; this checkout is put first
+    on its ``PYTHONPATH``).  Yields once ``/healthz`` answers; terminates the server on the way out.
+    """
+    port = port or free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "mailer.web.app:app_from_env", "--factory",
+                             "--workers", "1", "--host", "127.0.0.1", "--port", str(port),
+                             "--log-level", "warning", "--no-access-log", *extra_args],
+                            env={**env, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)})
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)  # nosec B310 - localhost
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit("server did not start") from None
+                time.sleep(0.2)
+        yield Server(proc, port)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def flush_redis() -> None:

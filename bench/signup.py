@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,20 +25,15 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import free_port, uvicorn_server
+
 from mailer import db
 
-_REPO = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("MAILER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-#: Longest wait for the server to answer /healthz, seconds.
-START_TIMEOUT_S = 60
 #: Most sign-ups one run posts.
 MAX_N = 100_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -60,40 +53,26 @@ def main() -> None:
             conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
         url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
     db.upgrade(url)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MAILER_DATABASE_URL": url, "MAILER_BROKER_URL": args.broker,
            "MAILER_SMTP_URL": "memory://bench", "MAILER_BASE_URL": f"http://127.0.0.1:{port}",
-           "MAILER_SIGNUP_IP_PER_MINUTE": "0", "MAILER_SIGNUP_ADDRESS_PER_HOUR": "0",
-           "PYTHONPATH": str(_REPO)}
-    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "mailer.web.app:app_from_env", "--factory",
-                               "--workers", "1", "--host", "127.0.0.1", "--port", str(port),
-                               "--log-level", "warning", "--no-access-log"], env=env)
+           "MAILER_SIGNUP_IP_PER_MINUTE": "0", "MAILER_SIGNUP_ADDRESS_PER_HOUR": "0"}
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)  # nosec B310 - localhost
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("server did not start") from None
-                time.sleep(0.2)
-        latencies: list[float] = []
-        started = time.perf_counter()
-        for i in range(n):
-            body = urllib.parse.urlencode({"email": f"bench{i}@example.com", "locale": "pl"}).encode()
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/f/newsletter", data=body,
-                                         headers={"Accept": "application/json"})
-            t0 = time.perf_counter()
-            with urllib.request.urlopen(req, timeout=30) as r:  # nosec B310 - localhost
-                r.read()
-                if r.status != 200:
-                    raise SystemExit(f"sign-up {i}: HTTP {r.status}")
-            latencies.append(time.perf_counter() - t0)
-        elapsed_s = time.perf_counter() - started
+        with uvicorn_server(env, port=port):
+            latencies: list[float] = []
+            started = time.perf_counter()
+            for i in range(n):
+                body = urllib.parse.urlencode({"email": f"bench{i}@example.com", "locale": "pl"}).encode()
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/f/newsletter", data=body,
+                                             headers={"Accept": "application/json"})
+                t0 = time.perf_counter()
+                with urllib.request.urlopen(req, timeout=30) as r:  # nosec B310 - localhost
+                    r.read()
+                    if r.status != 200:
+                        raise SystemExit(f"sign-up {i}: HTTP {r.status}")
+                latencies.append(time.perf_counter() - t0)
+            elapsed_s = time.perf_counter() - started
     finally:
-        server.terminate()
-        server.wait(30)
         if schema:
             with sa.create_engine(PG_URL).begin() as conn:
                 conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))

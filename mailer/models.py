@@ -1049,11 +1049,13 @@ class ConnectorOutbox(Base):
     consent_event_id: Mapped[int] = mapped_column(BigId)
     platform: Mapped[str] = mapped_column(String(20))
     shop: Mapped[str] = mapped_column(String(255))
-    remote_id: Mapped[str] = mapped_column(String(100))
+    #: The shop's id for the customer; None until the write-back looked them up by e-mail.
+    remote_id: Mapped[str | None] = mapped_column(String(100))
     #: What the shop is told: ``unsubscribed``.
     state: Mapped[str] = mapped_column(String(20))
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    #: ``pending``, ``sending``, ``sent`` or ``failed`` (gave up after MAILER_CONNECTOR_WRITEBACK_MAX_ATTEMPTS).
+    #: ``pending``, ``sending``, ``sent``, ``unknown`` (the shop has no customer with that address) or
+    #: ``failed`` (gave up after MAILER_CONNECTOR_WRITEBACK_MAX_ATTEMPTS, or nothing to look up).
     status: Mapped[str] = mapped_column(String(20), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

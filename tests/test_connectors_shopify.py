@@ -270,6 +270,37 @@ def test_a_partial_fulfillment_ships_its_items_then_a_later_eta_is_one_delay_not
     assert len(shop.mails_to(ALICE)) == 3
 
 
+@pytest.mark.parametrize("problem", ["failure", "attempted_delivery"])
+def test_a_failed_or_attempted_delivery_mails_a_shipping_update_about_the_problem(shop, problem):
+    # Given an order whose parcel is on its way (one shipping update sent)
+    shop.post("orders/create", P.order())
+    shop.post("fulfillments/create", P.fulfillment())
+    assert len(shop.mails_to(ALICE)) == 1
+    # When the carrier reports the problem, twice (Shopify repeats fulfillment updates)
+    shop.post("fulfillments/update", P.fulfillment(status=problem))
+    shop.post("fulfillments/update", P.fulfillment(status=problem))
+    # Then one more shipping update reached the customer, saying there is a problem, with the tracking link
+    mails = shop.mails_to(ALICE)
+    assert len(mails) == 2
+    assert "problem with your delivery" in mails[1]["Subject"]
+    body = text_of(mails[1])
+    assert "1Z2345" in body and "UPS" in body
+    [problem_mail] = [d for d in shop.deliveries("shipping_update") if d.automation == "shipping_problem"]
+    assert problem_mail.data["status"] == "exception"
+    with shop.app.session() as s:
+        ev = s.execute(select(ShopEvent).where(ShopEvent.type == "order_shipment_problem")).scalar_one()
+    assert ev.data["shipment_status"] == problem
+
+
+def test_a_delivery_problem_without_tracking_is_acknowledged_and_sends_nothing(shop):
+    shop.post("orders/create", P.order())
+    fulfillment = {**P.fulfillment(status="failure"), "tracking_number": None, "tracking_numbers": [],
+                   "tracking_url": None, "tracking_urls": []}
+    assert shop.post("fulfillments/update", fulfillment).status_code == 200
+    assert shop.mails_to(ALICE) == []
+    assert "without a tracking number" in shop.webhooks()[-1].detail
+
+
 def test_a_cancelled_order_cancels_its_pending_survey(shop):
     shop.post("orders/create", P.order())
     shop.post("fulfillments/update", P.fulfillment(status="delivered"))

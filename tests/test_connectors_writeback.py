@@ -7,6 +7,7 @@ import base64
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import select, update
@@ -26,25 +27,27 @@ TOKEN = "shpat_0123456789abcdef"  # a test token  # nosec B105
 class FakeShop:
     """Answers 503 to the first ``fail_first`` requests, then 200; records every request it checked."""
 
-    def __init__(self, fail_first: int = 1):
+    def __init__(self, fail_first: int = 1, customers: dict[str, int] | None = None):
         self.fail_first = fail_first
+        #: The shop's customers by e-mail, for the lookups (address -> the shop's id).
+        self.customers = customers or {}
         self.requests: list[dict] = []
         self.problems: list[str] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def _take(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"null")
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"null")
                 outer.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
                                        "body": body})
                 failing = len(outer.requests) <= outer.fail_first
                 self.send_response(503 if failing else 200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
-                answer = {"errors": "try later"} if failing else outer.answer(body)
+                answer = {"errors": "try later"} if failing else outer.answer(body, self.path)
                 self.wfile.write(json.dumps(answer).encode())
 
-            do_POST = do_PUT = _take
+            do_POST = do_PUT = do_GET = _take
 
             def log_message(self, *args):
                 pass
@@ -53,7 +56,16 @@ class FakeShop:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def answer(self, body) -> dict:
+    def answer(self, body, path: str = ""):
+        if isinstance(body, dict) and "customers(first:" in body.get("query", ""):
+            # Shopify's customer search; "email:<address>" in its syntax
+            address = body["variables"]["query"].removeprefix("email:").strip('"')
+            return {"data": {"customers": {"edges": [
+                {"node": {"id": f"gid://shopify/Customer/{cid}", "email": email}}
+                for email, cid in self.customers.items() if email == address]}}}
+        if path.startswith("/wp-json/wc/v3/customers?"):
+            address = parse_qs(urlsplit(path).query)["email"][0]
+            return [{"id": cid, "email": email} for email, cid in self.customers.items() if email == address]
         if isinstance(body, dict) and "query" in body:
             return {"data": {"customerEmailMarketingConsentUpdate": {
                 "customer": {"id": body["variables"]["input"]["customerId"]}, "userErrors": []}}}
@@ -175,3 +187,94 @@ def test_a_write_back_gives_up_after_its_attempts_and_says_why(shop, fake_shop):
     assert row.status == "failed" and row.attempts == shop.app.settings.connector_writeback_max_attempts
     assert "503" in row.last_error
     assert len(fake_shop.requests) == shop.app.settings.connector_writeback_max_attempts
+
+
+# -- customers mailer knows only by address: looked up by e-mail --------------------------------------
+def _withdraw(shop, email: str, source: str) -> None:
+    with shop.app.session() as s:
+        consent.withdraw(s, shop.app.settings, purpose="newsletter", email=email, source=source)
+
+
+def _grant(shop, email: str) -> None:
+    with shop.app.session() as s:
+        consent.grant(s, shop.app.settings, purpose="newsletter", source="signup_form", email=email)
+
+
+def test_a_guest_who_unsubscribes_in_the_preference_centre_is_looked_up_by_email_then_written_back(shop, fake_shop):
+    # Given a guest checkout (no Shopify customer id) by an address that signed up in mailer,
+    # and the shop, which knows that address as customer 7001, connected
+    fake_shop.customers = {"carol@example.com": 7001}
+    shop.post("checkouts/update", P.checkout("cart-carol", email="carol@example.com", guest=True))
+    _grant(shop, "carol@example.com")
+    writeback.connect(shop.app, "shopify", P.SHOP, secret=None, api_url=f"{fake_shop.url}/admin/api/2025-01/graphql.json",
+                      api_token=TOKEN)
+    # When the customer withdraws in the preference centre, and the write-back runs (the shop fails once)
+    _withdraw(shop, "carol@example.com", "preference_centre")
+    _sweep(shop)
+    _later(shop)
+    _sweep(shop)
+    # Then the customer was looked up by e-mail with the documented query, and unsubscribed once by that id
+    [row] = _outbox(shop.app)
+    assert (row.status, row.remote_id) == ("sent", "7001")
+    lookups = [r for r in fake_shop.requests if "customers(first:" in r["body"]["query"]]
+    updates = [r for r in fake_shop.requests if "customerEmailMarketingConsentUpdate(input:" in r["body"]["query"]]
+    assert len(lookups) == 2 and len(updates) == 1  # the first lookup was refused (503), then retried
+    assert lookups[-1]["body"]["variables"] == {"query": 'email:"carol@example.com"'}
+    assert lookups[-1]["headers"]["X-Shopify-Access-Token"] == TOKEN
+    assert updates[0]["body"]["variables"]["input"]["customerId"] == "gid://shopify/Customer/7001"
+    # When later sweeps run, nothing is sent twice; and a second withdrawal needs no lookup (the id is kept)
+    _later(shop)
+    _sweep(shop)
+    assert len(fake_shop.requests) == 3
+    _grant(shop, "carol@example.com")
+    _withdraw(shop, "carol@example.com", "unsubscribe_link")
+    _sweep(shop)
+    assert [r.status for r in _outbox(shop.app)] == ["sent", "sent"]
+    assert len(fake_shop.requests) == 4 and "customerEmailMarketingConsentUpdate(input:" in \
+        fake_shop.requests[-1]["body"]["query"]
+
+
+def test_a_complaint_by_a_customer_imported_into_mailer_reaches_woocommerce_by_email(shop, fake_shop):
+    # Given a customer mailer never saw in a webhook, known to the store as customer 31
+    fake_shop.customers = {"dana@example.com": 31}
+    fake_shop.fail_first = 0
+    _grant(shop, "dana@example.com")
+    writeback.connect(shop.app, "woocommerce", P.STORE, secret=None, api_url=fake_shop.url, api_token="ck_1:cs_2")
+    # When a complaint withdraws the consent
+    _withdraw(shop, "dana@example.com", "complaint")
+    _sweep(shop)
+    # Then the store was searched by e-mail, then that customer updated, each with the REST key
+    [lookup, put] = fake_shop.requests
+    assert lookup["method"] == "GET" and urlsplit(lookup["path"]).path == "/wp-json/wc/v3/customers"
+    assert parse_qs(urlsplit(lookup["path"]).query)["email"] == ["dana@example.com"]
+    assert (put["method"], put["path"]) == ("PUT", "/wp-json/wc/v3/customers/31")
+    for req in (lookup, put):
+        assert req["headers"]["Authorization"] == "Basic " + base64.b64encode(b"ck_1:cs_2").decode()
+    assert [r.status for r in _outbox(shop.app)] == ["sent"]
+
+
+def test_an_address_the_shop_does_not_know_ends_as_unknown_after_one_lookup(shop, fake_shop):
+    fake_shop.fail_first = 0
+    _grant(shop, "erin@example.com")
+    writeback.connect(shop.app, "shopify", P.SHOP, secret=None, api_url=fake_shop.url, api_token=TOKEN)
+    _withdraw(shop, "erin@example.com", "unsubscribe_link")
+    _sweep(shop)
+    _later(shop)
+    _sweep(shop)
+    [row] = _outbox(shop.app)
+    assert row.status == "unknown" and "no customer with this address" in row.last_error
+    assert len(fake_shop.requests) == 1 and "customers(first:" in fake_shop.requests[0]["body"]["query"]
+
+
+def test_an_erasure_of_a_customer_without_a_shop_id_is_recorded_as_not_sendable_and_nothing_is_asked(shop, fake_shop):
+    # Given a customer mailer knows only by address, erased before any write-back ran
+    fake_shop.customers = {"finn@example.com": 9}
+    _grant(shop, "finn@example.com")
+    writeback.connect(shop.app, "shopify", P.SHOP, secret=None, api_url=fake_shop.url, api_token=TOKEN)
+    with shop.app.session() as s:
+        gdpr.erase(s, shop.app.settings, "finn@example.com")
+    _sweep(shop)
+    # Then the row says why it cannot be sent, and the shop was not asked (the address is gone)
+    [row] = _outbox(shop.app)
+    assert row.status == "failed" and "erased" in row.last_error
+    assert fake_shop.requests == []

@@ -96,6 +96,7 @@ def test_bad_event_is_refused_naming_the_field_and_nothing_is_stored(events_app,
 
 def test_every_event_type_has_a_declared_schema():
     assert set(EVENT_TYPES) == {"order_placed", "order_delayed", "order_shipped", "order_delivered",
+                                "order_shipment_problem",
                                 "order_cancelled", "order_refunded", "cart_updated", "cart_abandoned",
                                 "product_restocked", "customer_updated",
                                 # raised by mailer from the prediction scores, refused from shops

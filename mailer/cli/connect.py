@@ -106,8 +106,9 @@ def status_cmd(settings) -> None:
         console.print("No deliveries yet.", highlight=False)
     outbox = writeback.pending_count(app)
     if outbox:
-        out = Table("platform", "shop", "write-backs sent", "waiting", "failed")
+        out = Table("platform", "shop", "write-backs sent", "waiting", "failed", "not a customer there")
         for (platform, shop), counts in sorted(outbox.items()):
             out.add_row(platform, shop, str(counts.get("sent", 0)),
-                        str(counts.get("pending", 0) + counts.get("sending", 0)), str(counts.get("failed", 0)))
+                        str(counts.get("pending", 0) + counts.get("sending", 0)), str(counts.get("failed", 0)),
+                        str(counts.get("unknown", 0)))
         console.print(out)

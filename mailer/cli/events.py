@@ -22,7 +22,7 @@ def events_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_settings
 def publish_cmd(settings, type_: str, data: str, idempotency_key: str | None, as_json: bool) -> None:
-    """Publish event TYPE (order_placed, order_delayed, order_shipped, order_delivered,
+    """Publish event TYPE (order_placed, order_delayed, order_shipped, order_shipment_problem, order_delivered,
     order_cancelled, order_refunded, cart_updated, cart_abandoned, product_restocked, customer_updated) and show what the
     automations did. Exit code 1 when an automation failed (e.g. a reward pool ran out)."""
     payload = parse_json(data, option="--data")

@@ -1,9 +1,10 @@
 """Deliveries from shops: stored once under their webhook id, processed durably, reported.
 
-:func:`receive` runs in the HTTP request after the signature was checked: one INSERT of
-the raw delivery (``uq_connector_webhooks_delivery`` makes a second one, also a
-concurrent one, a counted duplicate), commit, then ``port.enqueue_stored`` of
-``process_shop_webhook`` by actor name.  The shop gets its 200 at once.
+:func:`receive` runs in the HTTP request after the signature was checked: one
+``INSERT ... ON CONFLICT DO NOTHING`` of the raw delivery (``uq_connector_webhooks_delivery``
+makes a second one, also a concurrent one, a counted duplicate), commit, then
+``port.enqueue_stored`` of ``process_shop_webhook`` by actor name with the row's id.  The
+shop gets its 200 at once; nothing else (no parsing of the topic, no lookups) is on that path.
 
 :func:`process` is that actor's work: it claims the row under a lease (one conditional
 UPDATE: two workers never run one delivery at once), runs the topic's handler, and marks
@@ -22,12 +23,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, case, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
 
 from mailer.app import App
 from mailer.clock import utcnow
 from mailer.connectors import privacy, shopify, woocommerce, writeback
 from mailer.connectors.common import Ctx
+from mailer.db import insert_or_ignore
 from mailer.errors import ValidationError
 from mailer.models import ConnectorWebhook
 from mailer.queue import port
@@ -60,27 +61,33 @@ def is_mapped(platform: str, topic: str) -> bool:
 
 
 def receive(app: App, platform: str, shop: str, webhook_id: str, topic: str, raw: bytes) -> Receipt:
-    """Store one verified delivery (once), then hand it to a worker."""
+    """Store one verified delivery (once), then hand it to a worker by id.
+
+    The acknowledge path is kept minimal: one ``INSERT ... ON CONFLICT DO NOTHING
+    RETURNING id`` and its commit (a second statement only for a duplicate, to count it),
+    then the enqueue after the commit.
+    """
     webhook_id, topic = webhook_id[:MAX_WEBHOOK_ID_CHARS], topic[:MAX_TOPIC_CHARS]
     mapped = is_mapped(platform, topic)
     now = utcnow()
-    try:
-        with app.session() as s:
-            row = ConnectorWebhook(platform=platform, shop=shop, webhook_id=webhook_id, topic=topic,
-                                   status="pending" if mapped else "ignored", attempts=0, duplicates=0,
-                                   body=raw.decode("utf-8") if mapped else None,
-                                   detail=None if mapped else "topic not mapped: acknowledged and counted",
-                                   received_at=now, processed_at=None if mapped else now)
-            s.add(row)
-            s.flush()
-            row_id = row.id
-    except IntegrityError:
-        with app.session() as s:
-            # The same delivery again (a retry, or two at once): count it on the first row.
+    with app.session() as s:
+        # One statement: uq_connector_webhooks_delivery turns a second delivery (also a
+        # concurrent one) into no row, without an exception and a second transaction.
+        row_id = s.execute(insert_or_ignore(s, ConnectorWebhook, dict(
+            platform=platform, shop=shop, webhook_id=webhook_id, topic=topic,
+            status="pending" if mapped else "ignored", attempts=0, duplicates=0,
+            body=raw.decode("utf-8") if mapped else None,
+            detail=None if mapped else "topic not mapped: acknowledged and counted",
+            received_at=now, processed_at=None if mapped else now),
+            index_elements=["platform", "shop", "webhook_id"]).returning(ConnectorWebhook.id)).scalar_one_or_none()
+        if row_id is None:
+            # The same delivery again (a retry, or two at once): count it on the first row
+            # (one row of uq_connector_webhooks_delivery).
             s.execute(update(ConnectorWebhook).where(ConnectorWebhook.platform == platform,
                                                      ConnectorWebhook.shop == shop,
                                                      ConnectorWebhook.webhook_id == webhook_id)
                       .values(duplicates=ConnectorWebhook.duplicates + 1))
+    if row_id is None:
         return Receipt("duplicate", None)
     if not mapped:
         return Receipt("ignored", row_id)

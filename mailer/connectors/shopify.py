@@ -5,7 +5,9 @@
                            then the customer's order count and spend; cancels cart reminders
 ``orders/cancelled``       ``order_cancelled`` (the order's pending sends are cancelled)
 ``fulfillments/create``,   ``shipment_status`` ``delivered`` -> ``order_delivered``; other
-``fulfillments/update``    statuses with a tracking number -> ``order_shipped``;
+``fulfillments/update``    statuses with a tracking number -> ``order_shipped``; ``failure`` and
+                           ``attempted_delivery`` -> ``order_shipment_problem`` (a shipping
+                           update saying the delivery has a problem);
                            ``estimated_delivery_at`` later than the ETA last told ->
                            ``order_delayed`` (with ``new_eta`` / ``previous_eta``)
 ``checkouts/create``,      ``cart_updated`` with ``abandoned_checkout_url`` as the cart link
@@ -28,7 +30,9 @@ from mailer.models import ConnectorItem, ConnectorOrder, ConsentSource
 
 #: shipment_status values that mean "on its way" (order_shipped); ``delivered`` is order_delivered.
 SHIPPING_STATUSES = ("label_printed", "label_purchased", "confirmed", "in_transit", "out_for_delivery",
-                     "attempted_delivery", "ready_for_pickup", "picked_up")
+                     "ready_for_pickup", "picked_up")
+#: shipment_status values that mean the carrier could not deliver (order_shipment_problem).
+PROBLEM_STATUSES = ("failure", "attempted_delivery")
 
 
 def _presentment(o: dict, name: str) -> tuple[Any, Any]:
@@ -143,8 +147,14 @@ def fulfillment(ctx: Ctx, f: dict) -> None:
         if eta:
             data["eta"] = eta
         ctx.publish("order_shipped", data, f"fulfillment:{fid}:{tracking}:{status or 'created'}")
-    elif status == "failure":
-        ctx.note("shipment failure: recorded, nothing sent")
+    elif status in PROBLEM_STATUSES and tracking and tracking_url and carrier:
+        data = {**base, "carrier": carrier, "tracking_number": tracking, "tracking_url": tracking_url,
+                "shipment_status": status}
+        if eta:
+            data["eta"] = eta
+        ctx.publish("order_shipment_problem", data, f"fulfillment:{fid}:{tracking}:{status}")
+    elif status in PROBLEM_STATUSES:
+        ctx.note(f"shipment {status} without a tracking number, link or carrier: nothing sent")
     elif not tracking:
         ctx.note(f"fulfillment {status or 'created'} without tracking: nothing sent")
     if eta:

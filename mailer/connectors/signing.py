@@ -2,7 +2,7 @@
 
 Secrets come from ``MAILER_SHOPIFY_SECRETS`` / ``MAILER_WOOCOMMERCE_SECRETS``
 (comma-separated ``shop=secret`` pairs; they win) or from ``connector_shops`` (``mailer
-connect``).  The comparison is constant time (:func:`hmac.compare_digest`).
+connect``; stored sealed, see :func:`mailer.instance_secrets.seal`).  The comparison is constant time (:func:`hmac.compare_digest`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import re
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailer import instance_secrets
 from mailer.errors import ConfigurationError
 from mailer.models import ConnectorShop
 from mailer.settings import Settings
@@ -80,8 +81,12 @@ def secret_for(session: Session | None, settings: Settings, platform: str, shop:
     if secret or session is None:
         return secret
     # One lookup on uq_connector_shops_platform_shop.
-    return session.execute(select(ConnectorShop.secret).where(ConnectorShop.platform == platform,
-                                                              ConnectorShop.shop == shop)).scalar_one_or_none()
+    stored = session.execute(select(ConnectorShop.secret).where(ConnectorShop.platform == platform,
+                                                                ConnectorShop.shop == shop)).scalar_one_or_none()
+    if not stored:
+        return None
+    # Stored sealed (mailer connect): opened here, kept in clear only in this call.
+    return instance_secrets.unseal(settings, stored, platform=platform, shop=shop, column="secret")
 
 
 def sign(secret: str, raw: bytes) -> str:

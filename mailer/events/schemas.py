@@ -283,6 +283,14 @@ SCHEMAS: dict[str, dict[str, Field]] = {
                       "tracking_number": Field(_ident, True, "carrier tracking number"),
                       "tracking_url": Field(_url, True, "carrier tracking page"),
                       "eta": Field(_when, doc="estimated delivery (ISO 8601)")},
+    # A carrier could not deliver (Shopify shipment_status ``failure`` / ``attempted_delivery``):
+    # the customer gets a shipping update saying so (automations/shipping_problem.toml).
+    "order_shipment_problem": {**_ORDER, "carrier": Field(lambda v, w: _text(v, w, 100), True, "carrier name"),
+                               "tracking_number": Field(_ident, True, "carrier tracking number"),
+                               "tracking_url": Field(_url, True, "carrier tracking page"),
+                               "shipment_status": Field(_ident, True,
+                                                        "what went wrong: failure or attempted_delivery"),
+                               "eta": Field(_when, doc="estimated delivery (ISO 8601)")},
     "order_delivered": {**_ORDER, "delivered_at": Field(_when, doc="when it was delivered (ISO 8601)")},
     # A cancellation or refund keeps the order with that status and reverses its revenue
     # attribution (mailer/customers/attribution.py); a partial refund still reverses it whole.

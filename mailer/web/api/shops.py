@@ -11,13 +11,16 @@ is saved (body ``webhook_id=<n>``, no topic) is answered 200 and stores nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import weakref
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from mailer.connectors import inbox, signing
 from mailer.errors import ConfigurationError
@@ -33,6 +36,13 @@ _RESPONSES = {
     401: {"description": "Signature not valid, missing, or the shop unknown: nothing stored.", **_PROBLEM},
     413: {"description": "Body over MAILER_MAX_BODY_BYTES."},
 }
+#: Deliveries acknowledged at once (threads), per database.  SQLite has one writer: more
+#: threads would wait in its busy handler, which sleeps in steps of up to 100 ms, and the
+#: GIL would be shared by threads that cannot progress; one thread taking them in turn
+#: (anyio's limiter is first come, first served) keeps every wait short.  PostgreSQL:
+#: fewer than the pool's 10 connections, so no overflow connection is ever opened on this path.
+ACK_THREADS = {"sqlite": 1}
+DEFAULT_ACK_THREADS = 4
 _PING = re.compile(rb"^webhook_id=\d{1,20}$")
 #: The headers each platform sends: (shop, topic, delivery id, signature).
 HEADERS = {
@@ -79,7 +89,23 @@ async def _handle(request: Request, platform: str) -> JSONResponse:
     raw = await request.body()
     if platform == "woocommerce" and not request.headers.get("x-wc-webhook-topic") and _PING.match(raw.strip()):
         return JSONResponse({"outcome": "ping"})
-    return await run_in_threadpool(_take, request.app.state.mailer, platform, request.headers, raw)
+    app = request.app.state.mailer
+    return await anyio.to_thread.run_sync(_take, app, platform, request.headers, raw, limiter=_limiter(request, app))
+
+
+def _limiter(request: Request, app) -> anyio.CapacityLimiter:
+    """The acknowledge path's own limiter, not the shared threadpool's: one per event loop
+    (a limiter belongs to the loop it was made in; uvicorn has one, a test client one per request)."""
+    state = request.app.state
+    limiters = getattr(state, "shop_webhook_limiters", None)
+    if limiters is None:
+        limiters = state.shop_webhook_limiters = weakref.WeakKeyDictionary()
+    loop = asyncio.get_running_loop()
+    limiter = limiters.get(loop)
+    if limiter is None:
+        kind = app.settings.database_url.split(":", 1)[0].split("+", 1)[0]
+        limiter = limiters[loop] = anyio.CapacityLimiter(ACK_THREADS.get(kind, DEFAULT_ACK_THREADS))
+    return limiter
 
 
 @router.post("/webhooks/shopify", responses=_RESPONSES,
