@@ -245,3 +245,20 @@ def test_a_broker_outage_is_logged_once_without_a_traceback():
     assert f.filter(_consumer_record("Consumer encountered a connection error: %s", (redis.TimeoutError("t"),)))
     other = _consumer_record("Consumer encountered an unexpected error.", exc=KeyError("bug"))
     assert f.filter(other) and other.levelno == logging.CRITICAL and other.exc_info is not None
+
+
+def test_metrics_name_the_worker_and_count_reaped_workers():
+    from mailer import metrics
+
+    # Given a worker process named eu-west-b on host h1
+    metrics.name_worker("eu-west-b", "h1")
+    before = metrics.WORKERS_REAPED._value.get()
+    # When a sweeper reaps a silent worker holding three messages
+    metrics.count_reaped(3)
+    body, _ = metrics.exposition()
+    text_ = body.decode()
+    # Then the exposition names this worker, and counts the reaped worker and its messages
+    assert 'mailer_worker{host="h1",worker="eu-west-b"} 1.0' in text_
+    assert metrics.WORKERS_REAPED._value.get() == before + 1
+    assert "mailer_messages_requeued_total" in text_
+

@@ -25,6 +25,7 @@ import socket
 
 from sqlalchemy import bindparam, delete, insert, select, update
 
+from mailer import metrics
 from mailer.db import db_now
 from mailer.logs import worker_name
 from mailer.models import WorkerHeartbeat
@@ -89,6 +90,7 @@ def reap(app) -> int:
     for row in rows:
         n = port.requeue_held(row.worker_id)
         moved += n
+        metrics.count_reaped(n)
         with _engine(app).begin() as conn:
             # Only if it is still silent: a worker that beat meanwhile is alive again.
             conn.execute(update(WorkerHeartbeat.__table__)

@@ -29,16 +29,17 @@ if settings.metrics_port:
 
 import logging  # noqa: E402
 
-from mailer import db  # noqa: E402
+from mailer import db, metrics  # noqa: E402
 from mailer.app import App, get_app, set_app  # noqa: E402
+from mailer.logs import HOST, set_worker_name, worker_name  # noqa: E402
 from mailer.logs import configure as configure_logging  # noqa: E402
-from mailer.logs import set_worker_name  # noqa: E402
 from mailer.queue.broker import setup  # noqa: E402
 from mailer.worker import actors  # noqa: E402
 from mailer.worker.middleware import HeartbeatMiddleware, SweeperMiddleware  # noqa: E402
 
 configure_logging()
 set_worker_name(settings.worker_name)
+metrics.name_worker(worker_name(), HOST)
 db.worker_sessions()  # statement_timeout on this process's PostgreSQL sessions
 set_app(App(settings))
 broker = setup(settings, prometheus=bool(settings.metrics_port))
