@@ -75,8 +75,17 @@ def run_profile(profile: str, recipients: int, threads: int) -> dict:
             time.sleep(max(2, settings["heartbeat_s"] + 1))  # both have beaten once
             run.send()
             run.wait_received(recipients // 4, "a quarter of the campaign")
+            # Kill host-a while it holds work (taken messages or leases), as a dead host would.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                peek = held_by(run.settings, run.redis.url, "host-a")
+                if peek.leased_ids or peek.queued_ids:
+                    break
+                time.sleep(0.05)
             run.workers.kill9(a)
             killed = time.monotonic()
+            if settings["heartbeat_s"] <= 0:
+                time.sleep(2)  # no heartbeat rows: host-a is found as the broker id gone silent in Redis
             held = held_by(run.settings, run.redis.url, "host-a")
             try:
                 stall_s = wait_back_in_work(run.settings, run.redis.url, "host-a", held, since=killed,

@@ -42,6 +42,16 @@ def _ack_keys(client, worker_id: str) -> list[str]:
     return sorted(k.decode() for k in client.scan_iter(f"{NAMESPACE}:__acks__.{worker_id}.*"))
 
 
+def _stalest_broker(client, min_silence_ms: int = 1500) -> str | None:
+    """Without heartbeat rows (``MAILER_HEARTBEAT_S=0``): the broker id whose Dramatiq
+    heartbeat in Redis went silent last, among those silent a while (the killed worker: live
+    workers poll Redis many times a second; the process that sent the campaign fell silent
+    long before)."""
+    silent = client.zrangebyscore(f"{NAMESPACE}:__heartbeats__", 0, time.time() * 1000 - min_silence_ms,
+                                  withscores=True)
+    return silent[-1][0].decode() if silent else None
+
+
 def held_by(settings, redis_url: str, name: str) -> Held:
     """What worker ``name`` held in Redis and in the database at this moment."""
     with db.session_scope(settings) as s:
@@ -52,6 +62,8 @@ def held_by(settings, redis_url: str, name: str) -> Held:
                                                             Delivery.lease_owner.like(f"{name}:%"))).scalars())
     client = redis.Redis.from_url(redis_url)
     try:
+        if worker_id is None:
+            worker_id = _stalest_broker(client)
         keys = _ack_keys(client, worker_id) if worker_id else []
         ids: set[int] = set()
         count = 0
