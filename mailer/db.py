@@ -16,10 +16,13 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Float, create_engine, event, literal
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.functions import FunctionElement
 
+from mailer.models import UTCDateTime
 from mailer.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -55,6 +58,38 @@ def insert_or_ignore(bind: Session | Connection, table: Any,
     if values is not None:
         stmt = stmt.values(values)
     return stmt.on_conflict_do_nothing(index_elements=list(index_elements))
+
+
+class db_now(FunctionElement):
+    """The database's clock, in SQL: its current UTC time plus ``plus_s`` seconds (a number or
+    a bind parameter; default 0), for leases, heartbeats and the sweeper (docs/delivery.md,
+    "Running on many machines"): every worker compares against the same clock, whatever
+    its own says.
+
+    PostgreSQL: ``statement_timestamp()`` (the statement's start, the same for every row of
+    it). SQLite: ``strftime('%Y-%m-%d %H:%M:%f', 'now')`` (the same for the whole statement)
+    with six fraction digits, the text SQLAlchemy stores a ``DateTime`` as, so it compares
+    with stored values as text does. The result reads back as an aware UTC datetime.
+    """
+
+    type = UTCDateTime()
+    inherit_cache = True
+    name = "db_now"
+
+    def __init__(self, plus_s=0.0):
+        super().__init__(plus_s if hasattr(plus_s, "compile") else literal(float(plus_s), Float()))
+
+
+@compiles(db_now, "postgresql")
+def _db_now_pg(element, compiler, **kw):
+    return f"(statement_timestamp() + ({compiler.process(element.clauses, **kw)}) * interval '1 second')"
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(element, compiler, **kw):
+    # strftime's %f is SS.SSS; '000' pads it to the six digits of SQLAlchemy's storage format.
+    return (f"(strftime('%Y-%m-%d %H:%M:%f', 'now', ({compiler.process(element.clauses, **kw)}) || ' seconds')"
+            " || '000')")
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

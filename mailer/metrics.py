@@ -5,6 +5,10 @@
 time or from a DSN), ``soft_bounced``, ``complained``, ``suppressed`` (blocked by the
 suppression list) and ``skipped`` (no consent, frequency cap).
 
+``mailer_worker{worker, host}`` is 1 per running worker process, named by
+``MAILER_WORKER_NAME``; ``mailer_workers_reaped_total`` and ``mailer_messages_requeued_total``
+count the silent workers whose taken messages a sweeper put back (issue 22).
+
 ``mailer_sender_refusals_total{relay, reason}`` counts refusals that are about *us*,
 not the recipient (message too large, content refused as spam, our IP blocked, sender
 authentication failed, relaying denied, our sender refused, rate limited; the
@@ -29,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import prometheus_client as prom
 from dramatiq.middleware.prometheus import DB_PATH, Prometheus
-from prometheus_client import Counter, multiprocess
+from prometheus_client import Counter, Gauge, multiprocess
 
 from mailer.settings import Settings
 
@@ -37,6 +41,25 @@ DELIVERIES = Counter("mailer_deliveries_total", "Delivery outcomes", ["outcome",
 SENDER_REFUSALS = Counter("mailer_sender_refusals_total",
                           "Refusals about our side (message, IP, domain, authentication, rate), not the recipient",
                           ["relay", "reason"])
+
+#: 1 per running worker process, labelled with its MAILER_WORKER_NAME and host ("liveall": a
+#: dead process's series goes away), so every series can be told apart by machine.
+WORKER = Gauge("mailer_worker", "This worker process, by MAILER_WORKER_NAME and host", ["worker", "host"],
+               multiprocess_mode="liveall")
+WORKERS_REAPED = Counter("mailer_workers_reaped_total",
+                         "Workers found silent for a lease whose taken messages were put back in their queues")
+MESSAGES_REQUEUED = Counter("mailer_messages_requeued_total",
+                            "Dramatiq messages of silent workers put back in their queues")
+
+
+def name_worker(worker: str, host: str) -> None:
+    """Label this process's metrics with its name (``MAILER_WORKER_NAME``) and host."""
+    WORKER.labels(worker=worker, host=host).set(1)
+
+
+def count_reaped(messages: int) -> None:
+    WORKERS_REAPED.inc()
+    MESSAGES_REQUEUED.inc(messages)
 
 
 def count(outcome: str, *, queue: str, kind: str, amount: float = 1) -> None:

@@ -42,6 +42,9 @@ Tables and what they are for:
 * ``campaign_actions`` every pause and resume of a campaign: who or which brake, and the figures.
 * ``instance_secrets`` secrets born with the database (the address-hash salt); see
                        mailer/instance_secrets.py.  Back them up with the data.
+* ``worker_heartbeats`` one row per running worker process, its heartbeat on the database's
+                       clock; a silent one is dead and its taken messages go back to work
+                       (mailer/delivery/heartbeats.py).
 """
 
 from __future__ import annotations
@@ -1157,3 +1160,29 @@ class PredictionTrigger(Base):
 
     def __repr__(self) -> str:
         return f"<PredictionTrigger customer={self.customer_id} {self.trigger}={self.value!r}>"
+
+
+class WorkerHeartbeat(Base):
+    """A running worker process and when it last said so, on the database's clock
+    (mailer.delivery.heartbeats): the sweeper trusts it to tell a dead host from a slow one.
+
+    ``worker_id`` is the process's Dramatiq broker id (what its unacknowledged messages are
+    filed under in Redis); ``name`` is ``MAILER_WORKER_NAME``; ``reaped_at`` is when a
+    sweeper put the silent worker's messages back in work (cleared by its next beat).
+    """
+
+    __tablename__ = "worker_heartbeats"
+
+    worker_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    beat_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    reaped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    # The sweeper's "who went silent" is a range on beat_at.
+    __table_args__ = (Index("ix_worker_heartbeats_beat_at", "beat_at"),)
+
+    def __repr__(self) -> str:
+        return f"<WorkerHeartbeat {self.name} ({self.worker_id}) beat_at={self.beat_at}>"

@@ -107,6 +107,8 @@ class Settings:
     sweep_interval_s: int = 15
     #: A queued delivery untouched this long (seconds) is presumed lost by the broker.
     sweep_stale_s: int = 300
+    #: Every this many seconds each worker process writes its heartbeat row (on the database's clock); a worker silent for MAILER_LEASE_S is dead, and the Dramatiq messages it had taken go back to their queues at the next sweep. 0 = no heartbeat.
+    heartbeat_s: int = 5
     #: Recipients per Dramatiq message on the bulk queue.
     batch_size: int = 200
     #: Messages per second per relay, across all workers. 0 = unlimited.

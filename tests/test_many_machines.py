@@ -166,6 +166,34 @@ def test_every_connection_has_keepalives_and_worker_sessions_a_statement_timeout
     engine.dispose()
 
 
+def test_on_sqlite_a_consent_write_behind_a_held_write_lock_fails_clearly_after_the_busy_timeout(tmp_path,
+                                                                                                  monkeypatch):
+    # Given a SQLite database whose write lock another session holds (BEGIN IMMEDIATE), and a
+    # busy timeout of one second
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_S", 1)
+    url = f"sqlite:///{tmp_path / 'locked.db'}"
+    db.upgrade(url)
+    app = App(make_settings(database_url=url))
+    try:
+        _granted(app, "el@example.com")
+        holder = db.make_engine(url).raw_connection()
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            # When a withdrawal is attempted / Then it is refused as Busy (retryable, clear), not a
+            # raw "database is locked" traceback
+            with pytest.raises(Busy, match="try again"), app.session() as s:
+                ledger.withdraw(s, app.settings, purpose="newsletter", email="el@example.com", source="api")
+        finally:
+            holder.rollback()
+            holder.close()
+        # And nothing was recorded
+        with app.session() as s:
+            assert s.execute(select(func.count()).select_from(ConsentEvent)).scalar_one() == 1
+    finally:
+        app.close()
+        db.dispose_engines()
+
+
 def test_lease_owners_and_log_lines_carry_the_worker_name():
     # Given MAILER_WORKER_NAME set for this process
     logs.set_worker_name("eu-west-b:worker-3")
@@ -217,3 +245,20 @@ def test_a_broker_outage_is_logged_once_without_a_traceback():
     assert f.filter(_consumer_record("Consumer encountered a connection error: %s", (redis.TimeoutError("t"),)))
     other = _consumer_record("Consumer encountered an unexpected error.", exc=KeyError("bug"))
     assert f.filter(other) and other.levelno == logging.CRITICAL and other.exc_info is not None
+
+
+def test_metrics_name_the_worker_and_count_reaped_workers():
+    from mailer import metrics
+
+    # Given a worker process named eu-west-b on host h1
+    metrics.name_worker("eu-west-b", "h1")
+    before = metrics.WORKERS_REAPED._value.get()
+    # When a sweeper reaps a silent worker holding three messages
+    metrics.count_reaped(3)
+    body, _ = metrics.exposition()
+    text_ = body.decode()
+    # Then the exposition names this worker, and counts the reaped worker and its messages
+    assert 'mailer_worker{host="h1",worker="eu-west-b"} 1.0' in text_
+    assert metrics.WORKERS_REAPED._value.get() == before + 1
+    assert "mailer_messages_requeued_total" in text_
+

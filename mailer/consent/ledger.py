@@ -179,11 +179,13 @@ def lock_chain(session: Session, settings: Settings | None = None) -> None:
 
 @contextlib.contextmanager
 def busy_on_lock_timeout() -> Iterator[None]:
-    """Turn PostgreSQL's lock_timeout error into :class:`~mailer.errors.Busy` (retryable, clear)."""
+    """Turn PostgreSQL's lock_timeout error, and SQLite's "database is locked" after its busy
+    timeout (``mailer.db.SQLITE_BUSY_TIMEOUT_S``), into :class:`~mailer.errors.Busy` (retryable, clear)."""
     try:
         yield
     except OperationalError as exc:
-        if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+        sqlite_locked = "database is locked" in str(exc.orig)
+        if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE and not sqlite_locked:
             raise
         raise Busy("consent is being changed by another session that holds its lock (a worker "
                    "mailing this customer, or an import); nothing was recorded: try again in a "

@@ -66,6 +66,7 @@ from mailer import metrics
 from mailer.clock import utcnow
 from mailer.consent import ledger as consent
 from mailer.consent import suppressions
+from mailer.db import db_now
 from mailer.delivery.bounces import record_bounce, sender_refusal
 from mailer.delivery.compose import compose
 from mailer.delivery.mail import CampaignOptions, MailContext, Recipient
@@ -128,28 +129,34 @@ class _Peek:
     lease_until: object
     queue: str
     kind: str
+    not_due: bool | None      # send_after is still ahead, on the database's clock
+    lease_live: bool | None   # lease_until is not yet past, on the database's clock
 
 
 def _peek(app, delivery_id: int) -> _Peek | None:
     with app.session() as s:
-        # Primary-key read of the few columns that decide whether to wait for tokens at all.
+        # Primary-key read of the few columns that decide whether to wait for tokens at all;
+        # "not due" and "leased" are judged on the database's clock, as the claim judges them.
         row = s.execute(select(Delivery.status, Delivery.to_address, Delivery.send_after, Delivery.lease_owner,
-                               Delivery.lease_until, Delivery.queue, Delivery.kind)
+                               Delivery.lease_until, Delivery.queue, Delivery.kind,
+                               Delivery.send_after > db_now(), Delivery.lease_until >= db_now())
                         .where(Delivery.id == delivery_id)).first()
     return None if row is None else _Peek(*row)
 
 
 # The per-mail statements are built once, with bind parameters: building a select() or
 # update() costs about as much CPU (~0.1 ms) as running it (bench/campaign_throughput.py).
+# Lease expiry, the expired-lease check and "due" are the database's clock (db_now), never
+# the worker's: a host whose clock runs ahead cannot take over a live lease.
 _CLAIM = (update(Delivery)
           .where(Delivery.id == bindparam("d_id"),
                  or_(Delivery.status == DeliveryStatus.queued,
                      and_(Delivery.status == DeliveryStatus.scheduled,
-                          or_(Delivery.send_after.is_(None), Delivery.send_after <= bindparam("d_now"))),
-                     and_(Delivery.status == DeliveryStatus.sending, Delivery.lease_until < bindparam("d_now"))))
+                          or_(Delivery.send_after.is_(None), Delivery.send_after <= db_now())),
+                     and_(Delivery.status == DeliveryStatus.sending, Delivery.lease_until < db_now())))
           .values(status=DeliveryStatus.sending, lease_owner=bindparam("d_owner"),
-                  lease_until=bindparam("d_lease_until"), attempts=Delivery.attempts + 1,
-                  updated_at=bindparam("d_now"))
+                  lease_until=db_now(bindparam("d_lease_s")), attempts=Delivery.attempts + 1,
+                  updated_at=db_now())
           .execution_options(synchronize_session=False))
 _CLAIM_RETURNING = _CLAIM.returning(Delivery)
 _CAMPAIGN_STATUS = select(Campaign.status).where(Campaign.id == bindparam("c_id"))
@@ -175,15 +182,13 @@ def _engine(app):
 
 def claim(app, delivery_id: int, owner: str) -> Delivery | Outcome:
     """Take the lease on a delivery, or say why not (final, not due, or held elsewhere)."""
-    now = utcnow()
-    lease_until = now + timedelta(seconds=app.settings.lease_s)
     with app.session() as s:
         # One conditional UPDATE is the claim: two workers racing for the same row cannot
         # both match it, whatever the isolation level.
         # RETURNING hands back the claimed row in the same statement (one query per mail
         # less); only when nothing matched is the row read to say why.
-        delivery = s.execute(_CLAIM_RETURNING, {"d_id": delivery_id, "d_now": now, "d_owner": owner,
-                                                "d_lease_until": lease_until}).scalar_one_or_none()
+        delivery = s.execute(_CLAIM_RETURNING, {"d_id": delivery_id, "d_owner": owner,
+                                                "d_lease_s": float(app.settings.lease_s)}).scalar_one_or_none()
         if delivery is not None:
             return delivery
         delivery = s.get(Delivery, delivery_id)
@@ -425,10 +430,9 @@ def _process(app, delivery_id: int, owner: str) -> Outcome:
         return Outcome(delivery_id, peek.status.value, "already final")
     if peek.status is DeliveryStatus.held:  # campaigns: its campaign is paused; resume re-enqueues it
         return Outcome(delivery_id, "held", "campaign paused")
-    now = utcnow()
-    if peek.status is DeliveryStatus.scheduled and peek.send_after is not None and peek.send_after > now:
+    if peek.status is DeliveryStatus.scheduled and peek.send_after is not None and peek.not_due:
         return Outcome(delivery_id, "scheduled", f"not due before {peek.send_after}")
-    if peek.status is DeliveryStatus.sending and peek.lease_until is not None and peek.lease_until >= now:
+    if peek.status is DeliveryStatus.sending and peek.lease_until is not None and peek.lease_live:
         raise LeaseHeld(f"delivery {delivery_id} is leased by {peek.lease_owner} until {peek.lease_until}")
     try:
         relay = _reserve(app, peek.to_address)
@@ -608,11 +612,11 @@ _CLAIM_MANY = (Delivery.__table__.update()
                .where(_D.id.in_(bindparam("d_ids", expanding=True)),
                       or_(_D.status == DeliveryStatus.queued,
                           and_(_D.status == DeliveryStatus.scheduled,
-                               or_(_D.send_after.is_(None), _D.send_after <= bindparam("d_now"))),
-                          and_(_D.status == DeliveryStatus.sending, _D.lease_until < bindparam("d_now"))))
+                               or_(_D.send_after.is_(None), _D.send_after <= db_now())),
+                          and_(_D.status == DeliveryStatus.sending, _D.lease_until < db_now())))
                .values(status=DeliveryStatus.sending, lease_owner=bindparam("d_owner"),
-                       lease_until=bindparam("d_lease_until"), attempts=_D.attempts + 1,
-                       updated_at=bindparam("d_now"))
+                       lease_until=db_now(bindparam("d_lease_s")), attempts=_D.attempts + 1,
+                       updated_at=db_now())
                .returning(*_CLAIM_COLUMNS))
 
 _C = Campaign.__table__.c
@@ -662,10 +666,9 @@ def claim_many(app, delivery_ids: list[int], owner: str) -> list:
     returns the leased rows (attribute access like a Delivery), in the order given."""
     if not delivery_ids:
         return []
-    now = utcnow()
     with _engine(app).begin() as conn:
-        rows = conn.execute(_CLAIM_MANY, {"d_ids": list(delivery_ids), "d_now": now, "d_owner": owner,
-                                          "d_lease_until": now + timedelta(seconds=app.settings.lease_s)}).all()
+        rows = conn.execute(_CLAIM_MANY, {"d_ids": list(delivery_ids), "d_owner": owner,
+                                          "d_lease_s": float(app.settings.lease_s)}).all()
     order = {d: i for i, d in enumerate(delivery_ids)}
     return sorted(rows, key=lambda r: order.get(r.id, 0))
 

@@ -13,18 +13,24 @@ its message still waits is merely enqueued twice, and the claim sends it once), 
 A conditional UPDATE of ``updated_at`` decides which sweeper enqueues a row, so many
 worker processes do not enqueue the same row twice; and if they did, the claim in
 :mod:`mailer.delivery` still sends it once.
+
+Every comparison with "now" (due, stale, lease expired) and the ``updated_at`` stamp use
+the database's clock (:class:`mailer.db.db_now`), not this worker's: a sweeper whose clock
+runs ahead does not take a live lease for expired.  Then the sweeper reaps workers whose
+heartbeat stopped (:func:`mailer.delivery.heartbeats.reap`): the Dramatiq messages a dead
+worker had taken go back to their queues within about a lease, not ``MAILER_SWEEP_STALE_S``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 from typing import Protocol
 
 from sqlalchemy import and_, or_, select, update
 
-from mailer.clock import utcnow
+from mailer.db import db_now
+from mailer.delivery import heartbeats
 from mailer.models import Delivery, DeliveryStatus
 from mailer.queue import port
 
@@ -62,11 +68,12 @@ def run_hooks(app, hooks: Sequence[Callable[[object], None]]) -> int:
 
 def sweep(app, hooks: Sequence[SweepHook] = ()) -> int:
     """Enqueue lost and due deliveries, then run ``hooks``; return how many deliveries were enqueued."""
-    now = utcnow()
-    stale = now - timedelta(seconds=app.settings.sweep_stale_s)
+    now = db_now()
+    stale = db_now(-float(app.settings.sweep_stale_s))
     with app.session() as s:
         # Candidates: due scheduled rows, queued rows untouched for sweep_stale_s, and
-        # sending rows whose lease expired (their worker died). Uses ix_deliveries_status_send_after.
+        # sending rows whose lease expired (their worker died), all on the database's clock.
+        # Uses ix_deliveries_status_send_after.
         cond = or_(
             and_(Delivery.status == DeliveryStatus.scheduled, Delivery.send_after <= now),
             and_(Delivery.status == DeliveryStatus.queued,
@@ -83,7 +90,7 @@ def sweep(app, hooks: Sequence[SweepHook] = ()) -> int:
             res = s.execute(update(Delivery).where(
                 Delivery.id == row.id,
                 Delivery.updated_at.is_(None) if row.updated_at is None else Delivery.updated_at == row.updated_at)
-                .values(updated_at=now).execution_options(synchronize_session=False))
+                .values(updated_at=db_now()).execution_options(synchronize_session=False))
             if res.rowcount == 1:
                 picked.append((row.id, row.queue))
     bulk = [d for d, queue in picked if queue != port.QUEUE_TRANSACTIONAL]
@@ -101,6 +108,10 @@ def sweep(app, hooks: Sequence[SweepHook] = ()) -> int:
     if picked:
         log.info("sweeper enqueued %d deliveries (%d bulk in batches of %d)", len(picked), len(bulk),
                  app.settings.batch_size)
+    try:
+        heartbeats.reap(app)
+    except Exception:
+        log.exception("reaping silent workers failed; the next sweep tries again")
     run_hooks(app, hooks)
     return len(picked)
 

@@ -43,13 +43,48 @@ TIME_LIMIT_MS = 10 * 60_000
 NOTICE_POLL_MS = 20
 
 
+#: Moves a dead worker's taken-but-unacknowledged messages back to their queues, as Dramatiq's
+#: own maintenance does, but for one worker named by the caller (who judged it dead on the
+#: database's clock) and at once.  KEYS[1]: namespace; ARGV[1]: the dead worker's broker id;
+#: ARGV[2..]: queue names (delay queues included).  Atomic: a second run moves nothing.
+_REQUEUE_WORKER_LUA = """
+local ns = KEYS[1]
+local dead = ARGV[1]
+local moved = 0
+for i = 2, #ARGV do
+    local queue = ns .. ":" .. ARGV[i]
+    local acks = ns .. ":__acks__." .. dead .. "." .. ARGV[i]
+    local ids = redis.call("smembers", acks)
+    for _, id in ipairs(ids) do
+        if redis.call("hexists", queue .. ".msgs", id) > 0 then
+            redis.call("rpush", queue, id)
+            moved = moved + 1
+        end
+    end
+    redis.call("del", acks)
+end
+redis.call("zrem", ns .. ":__heartbeats__", dead)
+return moved
+"""
+
+
 class MailerRedisBroker(RedisBroker):
-    """Dramatiq's Redis broker, polling the ``transactional`` queue at least every NOTICE_POLL_MS."""
+    """Dramatiq's Redis broker, polling the ``transactional`` queue at least every NOTICE_POLL_MS,
+    and able to put a dead worker's taken messages back (:meth:`requeue_worker`)."""
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000):
         if queue_name == QUEUE_TRANSACTIONAL:
             timeout = min(timeout, NOTICE_POLL_MS)
         return super().consume(queue_name, prefetch, timeout)
+
+    def requeue_worker(self, worker_id: str) -> int:
+        """Put the messages worker ``worker_id`` (a broker id) took and never acknowledged back
+        in their queues, delayed ones in their delay queues; returns how many moved."""
+        queues = sorted(self.get_declared_queues() | self.get_declared_delay_queues())
+        script = getattr(self, "_requeue_worker_script", None)
+        if script is None:
+            script = self._requeue_worker_script = self.client.register_script(_REQUEUE_WORKER_LUA)
+        return int(script(keys=[self.namespace], args=[worker_id, *queues]))
 
 
 #: Seconds between redis-py's checks that an idle broker connection still answers.

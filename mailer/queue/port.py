@@ -98,3 +98,12 @@ def enqueue_batches(delivery_ids: list[int], batch_size: int, *, delay_ms: int |
                   len(delivery_ids), exc)
         return False
     return True
+
+
+def requeue_held(worker_id: str) -> int:
+    """Put back in their queues the messages a dead worker process had taken and not
+    acknowledged (its Dramatiq broker id ``worker_id``); returns how many.  The sweeper
+    calls it for a worker whose heartbeat stopped (:mod:`mailer.delivery.heartbeats`).
+    A broker that keeps no such record (the in-process stub) has nothing to put back."""
+    requeue = getattr(current_broker(), "requeue_worker", None)
+    return requeue(worker_id) if requeue is not None else 0

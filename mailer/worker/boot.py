@@ -3,7 +3,8 @@
 Importing this module is what ``dramatiq worker`` needs (``worker.py`` at the top of
 the repository imports it; ``mailer worker`` runs ``dramatiq mailer.worker.boot``).  Every
 worker process gets the settings from the environment, an :class:`~mailer.app.App`,
-the Redis broker with mailer's middleware, and the sweeper thread.
+the Redis broker with mailer's middleware, the sweeper thread and the heartbeat thread
+(:mod:`mailer.delivery.heartbeats`).
 
 Metrics: with ``MAILER_METRICS_PORT`` set, Dramatiq's Prometheus middleware is added
 and one fork process per ``dramatiq`` command serves Dramatiq's and mailer's metrics
@@ -28,20 +29,23 @@ if settings.metrics_port:
 
 import logging  # noqa: E402
 
-from mailer import db  # noqa: E402
+from mailer import db, metrics  # noqa: E402
 from mailer.app import App, get_app, set_app  # noqa: E402
+from mailer.logs import HOST, set_worker_name, worker_name  # noqa: E402
 from mailer.logs import configure as configure_logging  # noqa: E402
-from mailer.logs import set_worker_name  # noqa: E402
 from mailer.queue.broker import setup  # noqa: E402
 from mailer.worker import actors  # noqa: E402
-from mailer.worker.middleware import SweeperMiddleware  # noqa: E402
+from mailer.worker.middleware import HeartbeatMiddleware, SweeperMiddleware  # noqa: E402
 
 configure_logging()
 set_worker_name(settings.worker_name)
+metrics.name_worker(worker_name(), HOST)
 db.worker_sessions()  # statement_timeout on this process's PostgreSQL sessions
 set_app(App(settings))
 broker = setup(settings, prometheus=bool(settings.metrics_port))
 broker.add_middleware(SweeperMiddleware(get_app, settings.sweep_interval_s))
+if settings.heartbeat_s > 0:
+    broker.add_middleware(HeartbeatMiddleware(get_app, settings.heartbeat_s))
 actors.bind(broker)
 
 # A bad DKIM key (missing file, wrong type) stops the worker here, not at the first send.
