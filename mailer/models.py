@@ -58,6 +58,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Date,
     DateTime,
     Enum,
@@ -326,6 +327,31 @@ class ConsentChainFormat(Base):
 
     def __repr__(self) -> str:
         return f"<ConsentChainFormat v{self.chain_format} from seq {self.first_seq}>"
+
+
+class ConsentDeriveBatch(Base):
+    """An open SQLite import batch: events with seq in ``[first_seq, last_seq]`` get their
+    consent_state derived when this row is deleted, set-based, instead of row by row
+    (migration 0019).  ``pending`` is a deferred foreign key to a row that cannot exist,
+    so a transaction cannot commit while a batch is open; the table is empty at rest.
+    PostgreSQL refuses rows here (it derives per statement)."""
+
+    __tablename__ = "consent_derive_batches"
+
+    first_seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    pending: Mapped[int] = mapped_column(BigInteger, ForeignKey("consent_derive_batches.first_seq",
+                                                                name="fk_consent_derive_batches_open",
+                                                                deferrable=True, initially="DEFERRED"),
+                                         server_default="0")
+
+    __table_args__ = (
+        CheckConstraint("first_seq > 0 AND last_seq >= first_seq", name="ck_consent_derive_batches_range"),
+        CheckConstraint("pending = 0", name="ck_consent_derive_batches_pending"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<ConsentDeriveBatch seq {self.first_seq}-{self.last_seq}>"
 
 
 class ConsentEvidence(Base):

@@ -450,7 +450,10 @@ def _rows(path: Path, fh, encoding: str, delimiter: str, columns: tuple[str, ...
             yield number, None, RowError(number, "-", reason)
             continue
         bad_row = None
-        for name, value in zip(names, fields, strict=False):
+        # The per-field scan only when the record has an undecodable byte or a NUL at all
+        # (it names the column); most records have neither.
+        clean = _UNDECODED.search(body) is None and "\x00" not in body
+        for name, value in ([] if clean else zip(names, fields, strict=False)):
             reason = _undecoded(value, encoding) or ("contains a NUL byte" if "\x00" in value else None)
             if reason:
                 bad_row = RowError(number, name, reason)
