@@ -28,6 +28,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ from sqlalchemy import func, literal_column, select
 from mailer import db
 from mailer.consent import ledger
 from mailer.models import ConsentEvent, ConsentState
+from mailer.settings import PROJECT_ROOT
 from tests.campaign_support import newsletter_templates
 from tests.conftest import REQUIRE, make_settings
 from tests.faults.harness import campaign_stage, campaign_status, deliveries, send_campaign, worker_env, write_segment
@@ -317,3 +320,25 @@ def test_a_cut_link_does_not_freeze_a_withdrawal_and_no_mail_goes_out_after_it(s
     twice = {d: [(x.peer, round(x.at - committed_at.timestamp(), 2)) for x in run.sink.accepted() if x.delivery == d]
              for d, n in copies.items() if n > 1}
     assert sum(n - 1 for n in copies.values()) <= THREADS, twice
+
+
+def _ci_skip_check(tmp_path: Path, report: str) -> subprocess.CompletedProcess:
+    """.ci/run's check of the test report (its inline Python), run on ``report``."""
+    script = (PROJECT_ROOT / ".ci" / "run").read_text()
+    check = script[script.index("<<'PY'\n") + len("<<'PY'\n"):script.index("\nPY\n")]
+    junit = tmp_path / "junit.xml"
+    junit.write_text(f"<testsuites><testsuite>{report}</testsuite></testsuites>")
+    return subprocess.run([sys.executable, "-c", check, str(junit)], capture_output=True, text=True, timeout=60)
+
+
+def test_ci_fails_when_the_multihost_test_skips_or_does_not_run(tmp_path):
+    # Given test reports where the multi-host test ran, skipped for want of namespaces, or is missing
+    ran = '<testcase classname="tests.test_multihost" name="test_a_campaign_is_sent_exactly_once_across_both_hosts"/>'
+    skipped = ('<testcase classname="tests.test_multihost" name="test_a_campaign_is_sent_exactly_once_across_both_hosts">'
+               '<skipped message="needs-service: network namespaces (not root)"/></testcase>')
+    absent = '<testcase classname="tests.test_other" name="test_x"/>'
+    # When .ci/run checks each / Then only the one where it ran passes
+    assert _ci_skip_check(tmp_path, ran).returncode == 0
+    for report in (skipped, absent):
+        result = _ci_skip_check(tmp_path, report)
+        assert result.returncode == 1 and "FAIL" in result.stdout, result.stdout
