@@ -17,6 +17,10 @@
   address tells the namespaces apart) and the time of the ``250``; ``hold(host)`` keeps
   that host's messages waiting for their reply (a mail in flight, its data sent and its
   reply not yet come) until ``release()``.
+* :class:`HostWorker` is ``mailer worker`` inside a host's namespace, in a process group of
+  its own (``kill9()`` is a dead host); :class:`PrimedCommand` is a ``mailer`` command whose
+  interpreter has started and imported mailer, waiting for its arguments (so what is timed
+  is the command, not Python's start-up).
 * :func:`namespaces_permitted` says whether this process may make namespaces at all (root
   and ``ip netns add`` working); only then does the test run.
 
