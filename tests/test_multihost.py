@@ -160,13 +160,13 @@ def start(cluster, tmp_path):
     campaign, and both hosts' workers ready; everything stopped (and links restored) after."""
     runs: list[Run] = []
 
-    def make(*, consenting: int, without: int = 0, smtp_query: dict | None = None, **overrides) -> Run:
+    def make(*, consenting: int, without: int = 0, **overrides) -> Run:
         cluster.redis.flush()
         cluster.sink.reset()
         url = cluster.pg.database()
         templates = newsletter_templates(tmp_path)
         segments = write_segment(tmp_path / "segments")
-        smtp_url = cluster.sink.url(**(smtp_query or {}))
+        smtp_url = cluster.sink.url()
         values = {**SETTINGS, **overrides}
         settings = make_settings(database_url=url, broker_url=cluster.redis.url, smtp_url=smtp_url,
                                  templates_dir=templates, segments_dir=segments, secret_key="fault-test-secret",
