@@ -594,6 +594,9 @@ def is_retryable(exc: BaseException) -> bool:
 
 #: Deliveries claimed by one statement; about one BATCH_SLICE_S of composing on one core.
 CLAIM_SLICE = 16
+#: A slice sends no further mail once this share of the lease has passed since its claim
+#: (the rest go on as a new message): past the lease another worker may have them.
+SLICE_LEASE_SHARE = 0.5
 #: When every sending thread is busy for a whole slice (a slow or dead relay), the ids not
 #: yet claimed go on as a new message this much later (milliseconds), freeing the worker thread.
 HAND_ON_DELAY_MS = 200
@@ -779,6 +782,31 @@ class _SliceLock:
             _end_read(self.session)
 
 
+_PING = select(1)
+
+
+def _slice_holds(s, claimed_at: float, lease_s: float) -> bool:
+    """May the slice send its next mail: are its leases (by the local clock since the claim)
+    and, on PostgreSQL, its read transaction with the ``FOR SHARE`` consent locks still its own?
+
+    A relay that answers slowly (or a cut link) can keep one mail's reply waiting longer
+    than ``MAILER_DB_IDLE_IN_TRANSACTION_S``: the server then ends the read session and its
+    locks are gone, so a withdrawal may have committed since the gate, and past the lease
+    another worker may have claimed the rest.  The ``SELECT 1`` (one round trip per mail
+    after the first of a slice) finds a session the server ended, and restarts its
+    idle-in-transaction clock while the slice is healthy.
+    """
+    if time.monotonic() - claimed_at > lease_s * SLICE_LEASE_SHARE:
+        return False
+    if s.get_bind().dialect.name != "postgresql":
+        return True
+    try:
+        s.execute(_PING)
+    except (OperationalError, DBAPIError):
+        return False
+    return True
+
+
 def _end_read(s) -> None:
     # The read transaction wrote nothing; a connection that died meanwhile must not hide
     # the relay's answer.
@@ -889,6 +917,7 @@ def _send_slice(app, ids: list[int], owner: str, senders, reserved: int) -> None
         rows = claim_many(app, ids, owner)
         if not rows:
             return
+        claimed_at = time.monotonic()
         s = app.sessions()
         lock = _SliceLock(s, 1)  # the one held here, until every mail is handed to a sender
         try:
@@ -917,6 +946,13 @@ def _send_slice(app, ids: list[int], owner: str, senders, reserved: int) -> None
                 cleared.append(verdict)
             for n, item in enumerate(cleared):
                 r = item.delivery
+                if n and not _slice_holds(s, claimed_at, settings.lease_s):
+                    # Its consent locks or leases may be gone: no further mail on this gate;
+                    # the rest are handed back and go on as a new message (gated again).
+                    stop = TransientDeliveryError("slice stopped: its consent read locks or leases may be gone")
+                    for later in cleared[n:]:
+                        _release(app, later.delivery.id, owner, stop)
+                    raise stop
                 try:
                     composed = compose(settings, app.renderer, app.signer, item.mail)
                 except (TemplateError, ValidationError) as exc:
