@@ -75,9 +75,9 @@ def decorate(settings: Settings, mail: MailContext, context: dict,
         # Transactional mail has nothing to unsubscribe from; the link leads to the preferences.
         context.setdefault("unsubscribe_url", prefs)
         return context, headers
-    unsubscribe = tracking.unsubscribe_url(settings, mail)
+    unsubscribe, mailto = tracking.unsubscribe_links(settings, mail)
     context["unsubscribe_url"] = unsubscribe
-    headers.append(("List-Unsubscribe", f"<{unsubscribe}>, <{tracking.unsubscribe_mailto(settings, mail)}>"))
+    headers.append(("List-Unsubscribe", f"<{unsubscribe}>, <{mailto}>"))
     headers.append(("List-Unsubscribe-Post", ONE_CLICK))
     headers.append(("List-Id", list_id(settings, mail.purpose)))
     options = mail.campaign if mail.campaign_id else None
