@@ -34,7 +34,7 @@ from mailer.logs import configure as configure_logging  # noqa: E402
 from mailer.logs import set_worker_name  # noqa: E402
 from mailer.queue.broker import setup  # noqa: E402
 from mailer.worker import actors  # noqa: E402
-from mailer.worker.middleware import SweeperMiddleware  # noqa: E402
+from mailer.worker.middleware import NoticeLaneMiddleware, SweeperMiddleware  # noqa: E402
 
 configure_logging()
 set_worker_name(settings.worker_name)
@@ -42,6 +42,7 @@ db.worker_sessions()  # statement_timeout on this process's PostgreSQL sessions
 set_app(App(settings))
 broker = setup(settings, prometheus=bool(settings.metrics_port))
 broker.add_middleware(SweeperMiddleware(get_app, settings.sweep_interval_s))
+broker.add_middleware(NoticeLaneMiddleware(settings.notice_threads))
 actors.bind(broker)
 
 # A bad DKIM key (missing file, wrong type) stops the worker here, not at the first send.
