@@ -48,9 +48,11 @@ def test_a_notice_is_taken_while_every_worker_thread_is_inside_campaign_work():
         # Then the lane sends it, and the campaign job is still running
         assert notice_sent.wait(HANG_S)
         assert not release.is_set()
-        # And the lane consumes only the transactional queue (and its delay queue)
+        # And the lane consumes only the transactional queue (and its delay queue), which
+        # the process's own worker leaves to it
         assert isinstance(lane.lane, NoticeLaneWorker)
         assert {q.removesuffix(".DQ") for q in lane.lane.consumers} == {QUEUE_TRANSACTIONAL}
+        assert QUEUE_TRANSACTIONAL not in {q.removesuffix(".DQ") for q in worker.consumers}
     finally:
         release.set()
         worker.stop(timeout=HANG_S * 1000)
@@ -64,10 +66,15 @@ def test_no_lane_when_notice_threads_is_zero():
     lane = NoticeLaneMiddleware(threads=0)
     broker.add_middleware(lane)
     worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
-    # When the worker starts, Then no lane worker is made
+    @dramatiq.actor(broker=broker, queue_name=QUEUE_TRANSACTIONAL)
+    def notice():
+        pass
+
+    # When the worker starts, Then no lane worker is made, and the worker consumes notices itself
     worker.start()
     try:
         assert lane.lane is None
+        assert QUEUE_TRANSACTIONAL in worker.consumers
     finally:
         worker.stop(timeout=HANG_S * 1000)
 
