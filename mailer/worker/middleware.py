@@ -6,7 +6,6 @@ import logging
 import threading
 
 import dramatiq
-from dramatiq.common import q_name
 from dramatiq.worker import _WorkerMiddleware
 
 from mailer.delivery import sweeper
@@ -68,24 +67,16 @@ class NoticeLaneMiddleware(dramatiq.Middleware):
 
     Dramatiq's worker threads take prefetched messages by priority, so a notice goes
     before campaign batches; but when every thread is inside a campaign slice the notice
-    waits for one to finish.  These threads never take campaign work, and the process's
-    own worker no longer consumes the transactional queue, so a notice is picked up as
-    soon as the lane's consumer fetches it (bench/notice_latency.py).  With
-    ``MAILER_NOTICE_THREADS=0`` the process's own worker consumes every queue, as before.
+    waits for one to finish.  These threads never take campaign work: a notice their
+    consumer fetches is picked up at once.  The process's own worker still consumes the
+    transactional queue too (ahead of bulk work): measured with the lane alone taking
+    notices, its two threads were too few at 10 notices/s on a busy machine
+    (bench/notice_latency.py, docs/benchmarks.md: p50 1.4 s).
     """
 
     def __init__(self, threads: int):
         self.threads = threads
         self.lane: NoticeLaneWorker | None = None
-
-    def before_worker_boot(self, broker, worker):
-        # The process's own worker leaves the transactional queue to the lane: its consumer
-        # would otherwise prefetch notices into a work queue whose threads are all inside
-        # campaign slices (bench/notice_latency.py: p50 183 ms with both consuming).
-        if self.threads <= 0 or isinstance(worker, NoticeLaneWorker):
-            return
-        queues = worker.consumer_whitelist or {q_name(q) for q in broker.get_declared_queues()}
-        worker.consumer_whitelist = set(queues) - {QUEUE_TRANSACTIONAL}
 
     def after_worker_boot(self, broker, worker):
         if self.threads <= 0 or isinstance(worker, NoticeLaneWorker):
