@@ -1,6 +1,7 @@
 """Benchmark: a worker's memory stays flat as a campaign grows (20,000 vs 200,000 recipients).
 
 Run: python bench/memory.py [--quick] [--small 20000] [--large 200000] [--db sqlite|postgresql] [--threads 4]
+                            [--connections 24]
 
 Two campaigns on the stage of ``bench/campaign_throughput.py`` (one ``dramatiq`` worker
 process, Redis db 8, DKIM RSA-2048, the seasonal-sale newsletter, the lean sink on the
@@ -52,6 +53,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--no-pin", action="store_true")
     ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--connections", type=int, default=0, help="MAILER_SMTP_CONNECTIONS of the worker")
     args = ap.parse_args()
     small = args.small or (5000 if args.quick else 20_000)
     large = args.large or (50_000 if args.quick else 200_000)
@@ -62,7 +64,7 @@ def main() -> None:
         keys = dkim_keys(tmp)
         for n in (small, large):
             r = run_campaign(args.db, n, tmp / str(n), threads=args.threads, keys=keys, ed25519=False,
-                             pin=not args.no_pin, log_level=args.log_level)
+                             pin=not args.no_pin, log_level=args.log_level, connections=args.connections)
             print(f"   {n:>7} recipients: worker process peak RSS {r['peak_rss_mb']:.1f} MB "
                   f"(dramatiq master {max(r['master_rss_mb']):.1f} MB); RSS over time: {timeline(r['rss_samples'], n)}")
             out.append(r)

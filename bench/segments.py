@@ -1,6 +1,7 @@
 """Benchmark: counting and streaming segments over 1,000,000 customers (~30% consented).
 
 Run:  python bench/segments.py [--customers 1000000] [--consent-share 0.3] [--no-pg] [--no-sqlite]
+                               [--keep [--schema NAME]] [--only vip,high_spend_tier]
 
 Builds the data set with bulk loads (executemany on SQLite, COPY on PostgreSQL): customers
 with tags, spend, orders, tiers, dates, locales; a valid consent chain whose current
@@ -14,16 +15,18 @@ process's resident memory while streaming.  Targets (issue 5): count < 1 s, stre
 from __future__ import annotations
 
 import argparse
+import cProfile
 import hashlib
 import os
 import platform
+import pstats
 import random
 import socket
 import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,12 +41,14 @@ from mailer.instance_secrets import address_hash_salt
 from mailer.settings import Settings  # noqa: E402
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 LOCALES = ["en", "pl", "pl-PL", "zh-TW", "zh-CN", "ko", "fr", "ar", None]
 ZONES = ["Europe/Warsaw", "Asia/Taipei", "Asia/Seoul", "Europe/Paris", "Asia/Dubai", "America/New_York"]
 COUNTRIES = ["PL", "TW", "KR", "FR", "AE", "US", None]
 TAGS = ["VIP", "newsletter", "first_time", "lapsed", "wholesale"]
 TIERS = ["high", "medium", "low", None]
+#: --profile: cProfile each stream and print its top functions.
+PROFILE = False
 SHIPPED = ["newsletter_all", "vip", "first_time_buyers", "high_spend_tier", "lapsed_90_days", "engaged_30_days"]
 #: Rows per executemany / COPY chunk.
 CHUNK = 20_000
@@ -59,7 +64,7 @@ def rss_mb() -> float:
 
 def ts(value):
     """SQLite storage of an aware UTC datetime (what SQLAlchemy writes); other values unchanged."""
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(value, datetime) else value
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(value, datetime) else value
 
 
 def generate(n: int, share: float, salt: bytes, seed: int = 5):
@@ -164,15 +169,22 @@ def measure(url: str, label: str, settings: Settings) -> list[dict]:
                 best = min(best, time.perf_counter() - t0)
             rss0 = rss_mb()
             peak = rss0
+            prof = cProfile.Profile() if PROFILE else None
+            c0 = time.process_time()
             t0 = time.perf_counter()
             streamed = 0
             pages = 0
+            if prof:
+                prof.enable()
             for page in segments.stream(s, settings, seg):
                 streamed += len(page)
                 pages += 1
                 if pages % 50 == 0:
                     peak = max(peak, rss_mb())
+            if prof:
+                prof.disable()
             dt = time.perf_counter() - t0
+            client_cpu = time.process_time() - c0
         assert streamed == n, (name, streamed, n)
         row = {"db": label, "segment": name, "recipients": n, "count_s": best, "stream_s": dt,
                "rate": n / dt if dt else float("inf"), "scan_rate": consenting / dt if dt else float("inf"),
@@ -180,7 +192,10 @@ def measure(url: str, label: str, settings: Settings) -> list[dict]:
         results.append(row)
         print(f"{label:10} {name:18} {n:>8} recipients  count {best * 1000:7.1f} ms  stream {dt:6.2f} s "
               f"= {row['rate']:>9,.0f} recipients/s ({row['scan_rate']:>9,.0f} consenting customers examined/s)  "
-              f"RSS {rss0:4.0f} MB (+{peak - rss0:.1f} MB while streaming)", flush=True)
+              f"RSS {rss0:4.0f} MB (+{peak - rss0:.1f} MB while streaming); this process's CPU "
+              f"{client_cpu / dt:.0%} of the stream's wall time", flush=True)
+        if prof:
+            pstats.Stats(prof).sort_stats("tottime").print_stats(12)
     return results
 
 
@@ -201,7 +216,15 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true",
                     help="Keep the data set (bench-segments.db here, PostgreSQL schema bench_segments) and reuse "
                          "it on the next run.")
+    ap.add_argument("--schema", default="bench_segments",
+                    help="PostgreSQL schema kept by --keep (one of your own when others run this bench too)")
+    ap.add_argument("--only", default="", help="comma-separated segment names to measure (default: every shipped one)")
+    ap.add_argument("--profile", action="store_true", help="cProfile each stream (slower) and print its top functions")
     args = ap.parse_args()
+    global PROFILE
+    PROFILE = args.profile
+    if args.only:
+        SHIPPED[:] = [n for n in SHIPPED if n in args.only.split(",")]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"SQLAlchemy {sa.__version__}, SQLite {__import__('sqlite3').sqlite_version}", flush=True)
     # One data set is generated for both databases, so both are seeded with one pinned salt.
@@ -229,7 +252,7 @@ def main() -> None:
             measure(url, "sqlite", base.replace(database_url=url))
             db.dispose_engines()
     if not args.no_pg and pg_reachable():
-        schema = "bench_segments" if args.keep else "bench_" + uuid.uuid4().hex[:8]
+        schema = args.schema if args.keep else "bench_" + uuid.uuid4().hex[:8]
         admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
         with admin.connect() as c:
             exists = c.execute(sa.text("SELECT 1 FROM information_schema.schemata WHERE schema_name = :s"),

@@ -115,6 +115,8 @@ class Settings:
     relay_rate: int = 0
     #: SMTP connections per relay per worker process for campaign mail, each with its own sending thread; 0 = each worker thread sends over its own connection (docs/delivery.md, sizing).
     smtp_connections: int = 0
+    #: Worker threads per worker process that take only notices (the transactional queue), besides --threads (which take notices too); 0 = none (docs/delivery.md, sizing).
+    notice_threads: int = 2
     #: Messages per second per recipient domain, across all workers. 0 = unlimited.
     domain_rate: int = 0
     #: DKIM signing domain (d=); empty = no signing. Keys and selectors below.

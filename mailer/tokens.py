@@ -25,6 +25,7 @@ import json
 import re
 import time
 from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from mailer.errors import ConfigurationError, TokenError
@@ -74,15 +75,48 @@ def _key(secret: str, purpose: str) -> bytes:
     return hmac.new(secret.encode("utf-8"), b"mailer-token:" + purpose.encode("ascii"), hashlib.sha256).digest()
 
 
+@functools.lru_cache(maxsize=256)
+def _mac_base(secret: str, purpose: str) -> hmac.HMAC:
+    # The keyed HMAC state (inner and outer pads hashed) once per (key, purpose); each token
+    # copies it and hashes only its payload: one HMAC per link (bench/compose.py).
+    return hmac.new(_key(secret, purpose), digestmod=hashlib.sha256)
+
+
+def _compact_json(body: dict[str, Any]) -> str:
+    """``json.dumps(body, separators=(",", ":"), sort_keys=True)``, byte for byte.
+
+    Token payloads are flat objects of ints and strings (ids, a URL, the expiry): those are
+    written directly with the JSON module's own C string escaper, without the encoder's
+    generic machinery (half the CPU of a token, bench/compose.py).  Anything else (a
+    bool, None, a float, a nested value) goes through ``json.dumps``.
+    """
+    parts = []
+    for name in sorted(body):
+        value = body[name]
+        kind = type(value)
+        if type(name) is not str:
+            break
+        if kind is int:
+            parts.append(f"{encode_basestring_ascii(name)}:{int.__repr__(value)}")
+        elif kind is str:
+            parts.append(f"{encode_basestring_ascii(name)}:{encode_basestring_ascii(value)}")
+        else:
+            break
+    else:
+        return "{" + ",".join(parts) + "}"
+    return json.dumps(body, separators=(",", ":"), sort_keys=True)
+
+
 def sign(secret: Keys, purpose: str, payload: dict[str, Any], *, ttl_s: int | None = None,
          now: float | None = None) -> str:
     """Mint a token for ``purpose`` carrying ``payload`` (ids only), valid ``ttl_s`` seconds."""
     body = dict(payload)
     if ttl_s is not None:
         body["x"] = int((now if now is not None else time.time()) + ttl_s)
-    raw = json.dumps(body, separators=(",", ":"), sort_keys=True).encode("utf-8")
-    mac = hmac.new(_key(_keys(secret)[0], purpose), raw, hashlib.sha256).digest()[:MAC_BYTES]
-    return _b64e(raw) + "." + _b64e(mac)
+    raw = _compact_json(body).encode("utf-8")
+    mac = _mac_base(_keys(secret)[0], purpose).copy()
+    mac.update(raw)
+    return _b64e(raw) + "." + _b64e(mac.digest()[:MAC_BYTES])
 
 
 def verify(secret: Keys, purpose: str, token: str, *, now: float | None = None) -> dict[str, Any]:

@@ -174,3 +174,27 @@ def test_a_merged_restock_mail_carries_only_the_products_still_wanted():
     assert d.data["products"] == products
     assert products_still_wanted(d, ("restock:A-1", "restock:B-2")) is d.data
     assert products_still_wanted(d, None) is d.data
+
+
+@pytest.mark.parametrize("html, pixel_before", [
+    ("<html><body><p>x</p></body></html>", "</body></html>"),
+    ("<html><BODY><p>x</p></BODY ></html>", "</BODY ></html>"),
+    # a later upper-case end after a lower-case one: the last wins, as before
+    ("<body><p>x</p></body><p>y</p></BODY>", "</BODY>"),
+    # "</bodyx" is not an end tag; the real one earlier is
+    ("<body><p>x</p></body>\n<p>y</bodyx", "</body>\n<p>y</bodyx"),
+    ("<p>no body at all</p>", None),
+])
+def test_the_open_pixel_goes_before_the_last_body_end_tag(html, pixel_before):
+    from mailer.delivery.personalize import after_render, pixel_html
+    from mailer.rendering import Rendered
+
+    # Given a rendered mail and an open pixel URL
+    rendered = Rendered(subject="s", preheader="", html=html, text="t", locale="en")
+    url = "https://mail.shop.example/t/o/abc.gif"
+    # When the pixel is placed
+    out = after_render({"open_pixel_url": url}, rendered).html
+    # Then it sits right before the last </body> (any case), or at the end without one
+    expected = html + pixel_html(url) if pixel_before is None else \
+        html[:html.rindex(pixel_before)] + pixel_html(url) + pixel_before
+    assert out == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from email import message_from_bytes, policy
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from mailer.clock import utcnow
 from mailer.errors import ConfigurationError
-from mailer.message.dkim import Signer, relaxed_body, relaxed_header
+from mailer.message.dkim import SPACE_PROBES, Signer, relaxed_body, relaxed_header
 from mailer.message.mime import MailParts, build
 from tests.conftest import make_settings
 from tests.dkim_support import dkim_settings, signed_header_names, signer, verify_all
@@ -92,6 +93,25 @@ def test_canonicalization_matches_rfc6376_examples():
     assert relaxed_header(b"B ", b" Y\t\r\n\tZ  ") == b"b:Y Z"
     assert relaxed_body(b" C \r\nD \t E\r\n\r\n\r\n") == b" C\r\nD E\r\n"
     assert relaxed_body(b"") == b"" and relaxed_body(b"\r\n\r\n") == b""
+
+
+def _reference_relaxed_body(body: bytes) -> bytes:
+    # RFC 6376 3.4.4 spelled out with the two substitutions always applied (no fast path).
+    body = re.sub(rb"[ \t]+", b" ", body)
+    body = re.sub(rb"[ \t]+\r\n", b"\r\n", body).rstrip(b" \t\r\n")
+    return body + b"\r\n" if body else b""
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.sampled_from([b" ", b"  ", b"\t", b"\r\n", b" \r\n", b"\r", b"QUJD", b"x y", b"\r\n\r\n"]),
+                       max_size=40),
+       spaces=st.integers(0, 2 * SPACE_PROBES))
+def test_the_body_fast_path_canonicalizes_exactly_like_the_rfc(pieces, spaces):
+    # Given a body of any mix of spaces, tabs and line ends, after up to twice the number
+    # of single spaces the fast path looks at one by one
+    body = b"a " * spaces + b"".join(pieces)
+    # When it is canonicalized, Then the result is the RFC's, substitutions always applied
+    assert relaxed_body(body) == _reference_relaxed_body(body)
 
 
 @hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from mailer import tokens
 from mailer.errors import TokenError
@@ -105,3 +110,35 @@ def test_csat_links_rate_one_to_five():
     ratings = [tracking.read(SETTINGS, tracking.CSAT, u.rsplit("/", 1)[1]).rating for u in links["rating_urls"]]
     assert ratings == [1, 2, 3, 4, 5]
     assert tracking.read(SETTINGS, tracking.CSAT, links["comment_url"].rsplit("/", 1)[1]).rating is None
+
+
+_VALUES = st.one_of(st.integers(-2**70, 2**70), st.text(max_size=40), st.booleans(), st.none(),
+                    st.floats(allow_nan=False, allow_infinity=False), st.lists(st.integers(), max_size=3))
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(payload=st.dictionaries(st.text(max_size=6), _VALUES, max_size=5), ttl=st.one_of(st.none(), st.integers(0, 10**6)))
+def test_a_token_body_is_the_canonical_compact_json_of_its_payload(payload, ttl):
+    # Given any payload (ints and strings take the fast path; bools, None, floats, lists the encoder)
+    token = tokens.sign("k", "c", payload, ttl_s=ttl, now=1_800_000_000)
+    # Then the body is exactly json.dumps(sort_keys, compact), byte for byte, so tokens minted
+    # before the fast path and after it are the same text
+    body = dict(payload) | ({"x": 1_800_000_000 + ttl} if ttl is not None else {})
+    raw = base64.urlsafe_b64decode(token.split(".")[0] + "=" * (-len(token.split(".")[0]) % 4))
+    assert raw == json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    # And the MAC is the HMAC-SHA256 of that body under the purpose's key
+    mac = base64.urlsafe_b64decode(token.split(".")[1] + "==")
+    assert mac == hmac.new(tokens._key("k", "c"), raw, hashlib.sha256).digest()[:tokens.MAC_BYTES]
+    if "x" not in payload:
+        assert tokens.verify("k", "c", token, now=1_800_000_000) == payload
+
+
+def test_the_unsubscribe_header_and_link_carry_one_token():
+    # Given a marketing delivery
+    d = _delivery()
+    # When its unsubscribe URL and mailto are made together
+    url, mailto = tracking.unsubscribe_links(SETTINGS, d)
+    # Then they are what the single helpers make, with the same token
+    assert url == tracking.unsubscribe_url(SETTINGS, d)
+    assert mailto == tracking.unsubscribe_mailto(SETTINGS, d)
+    assert url.rsplit("/", 1)[1] in mailto

@@ -95,7 +95,7 @@ from mailer.models import (
 from mailer.queue import port
 from mailer.rendering import TRANSACTIONAL
 from mailer.transport import ratelimit
-from mailer.transport.senders import Senders
+from mailer.transport.senders import Senders, notice_lane
 from mailer.transport.smtp_codes import SENDER
 
 log = logging.getLogger("mailer.delivery")
@@ -954,6 +954,7 @@ def _send_slice(app, ids: list[int], owner: str, senders, reserved: int) -> None
                         _release(app, later.delivery.id, owner, stop)
                     raise stop
                 try:
+                    notice_lane.wait_turn()  # a notice of this process goes first (transport/senders.py)
                     composed = compose(settings, app.renderer, app.signer, item.mail)
                 except (TemplateError, ValidationError) as exc:
                     _finish(app, r.id, owner, status=DeliveryStatus.failed, reason=str(exc))

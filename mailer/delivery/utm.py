@@ -10,6 +10,7 @@ the tagged one.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -31,7 +32,19 @@ def is_shop_link(host: str | None, domains: tuple[str, ...]) -> bool:
 
 
 def tag(url: str, *, domains: tuple[str, ...], source: str, campaign: str) -> str:
-    """``url`` with the missing UTM parameters when it points at a shop domain; otherwise ``url``."""
+    """``url`` with the missing UTM parameters when it points at a shop domain; otherwise ``url``.
+
+    Cached: a campaign's mails carry the same links, so each is parsed once per process.
+    """
+    return _tag(url, tuple(domains), source, campaign)
+
+
+#: Distinct (url, domains, source, campaign) kept by :func:`tag`'s cache, entries.
+TAG_CACHE_ENTRIES = 4096
+
+
+@functools.lru_cache(maxsize=TAG_CACHE_ENTRIES)
+def _tag(url: str, domains: tuple[str, ...], source: str, campaign: str) -> str:
     if not domains:
         return url
     try:

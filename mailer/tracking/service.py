@@ -150,8 +150,18 @@ def csat_urls(settings: Settings, order_number: str, customer_id: int | None) ->
 def unsubscribe_mailto(settings: Settings, delivery: Delivery) -> str:
     """``mailto:`` form of the unsubscribe link; the token travels in the subject, which
     survives relays that fold the case of local parts (see ``mailer unsubscribe ingest``)."""
-    token = unsubscribe_token(settings, delivery)
+    return _mailto(settings, unsubscribe_token(settings, delivery))
+
+
+def _mailto(settings: Settings, token: str) -> str:
     return f"mailto:unsubscribe@{settings.bounce_domain}?subject={quote('unsubscribe ' + token)}"
+
+
+def unsubscribe_links(settings: Settings, delivery: Delivery) -> tuple[str, str]:
+    """(:func:`unsubscribe_url`, :func:`unsubscribe_mailto`) from one token: a marketing
+    mail needs both and the token is the same, so it is signed once."""
+    token = unsubscribe_token(settings, delivery)
+    return _url(settings, f"/u/{token}"), _mailto(settings, token)
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,18 @@ deliveries as can start soon, and waits at most a given time when every slot is 
 (a slow or dead relay): the caller then hands its work on instead of holding a worker
 thread, which must stay free for notices.  Notices never go through here: they are
 sent by the worker thread that handles them, over that thread's own connection.
+
+Notices first (:data:`notice_lane`, a :class:`NoticeFirst`): while a notice is being
+sent in this process, campaign work waits at its next step (a sending thread before
+its next job, a worker thread before composing its next mail), so the notice's thread
+has the GIL and the process's share of a core to itself.  A notice keeps that priority
+for at most :data:`NOTICE_PRIORITY_S`, so a notice stuck on a slow relay does not stall
+the campaign.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -33,6 +41,55 @@ log = logging.getLogger("mailer.transport.senders")
 
 #: Jobs admitted per sending thread: one on the wire, one waiting.
 SLOTS_PER_THREAD = 2
+#: How long one notice in flight keeps campaign work waiting, seconds (bench/notice_latency.py).
+NOTICE_PRIORITY_S = 0.25
+
+
+class NoticeFirst:
+    """Campaign work waits while a notice of this process is in flight (see the module docstring)."""
+
+    def __init__(self, priority_s: float = NOTICE_PRIORITY_S, clock=time.monotonic):
+        self.priority_s = priority_s
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._deadlines: dict[object, float] = {}
+
+    @contextlib.contextmanager
+    def notice(self):
+        """Around sending one notice: campaign work waits until it ends (or its priority runs out)."""
+        token = object()
+        with self._cond:
+            self._deadlines[token] = self.clock() + self.priority_s
+        try:
+            yield
+        finally:
+            with self._cond:
+                del self._deadlines[token]
+                self._cond.notify_all()
+
+    @property
+    def active(self) -> int:
+        """Notices in flight that still have priority."""
+        now = self.clock()
+        with self._cond:
+            return sum(1 for d in self._deadlines.values() if d > now)
+
+    def wait_turn(self) -> float:
+        """Called by campaign work between steps: wait while a notice has priority; the seconds waited."""
+        if not self._deadlines:  # the common case, without taking the lock
+            return 0.0
+        started = self.clock()
+        with self._cond:
+            while True:
+                now = self.clock()
+                live = [d for d in self._deadlines.values() if d > now]
+                if not live:
+                    return now - started
+                self._cond.wait(max(live) - now)
+
+
+#: The process's one notice lane (the ``send_notice`` actor enters it; campaign work yields to it).
+notice_lane = NoticeFirst()
 
 
 class Senders:
@@ -103,6 +160,7 @@ class Senders:
             if job is None:
                 return
             try:
+                notice_lane.wait_turn()
                 job()
             except BaseException:  # a job records its own outcome; this only keeps the thread alive
                 log.exception("sending thread: job failed")

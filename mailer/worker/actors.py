@@ -35,6 +35,7 @@ from mailer.delivery import sweeper
 from mailer.queue import broker as queue_broker
 from mailer.queue import port
 from mailer.queue.port import QUEUE_BULK, QUEUE_DEFAULT, QUEUE_TRANSACTIONAL
+from mailer.transport.senders import notice_lane
 
 log = logging.getLogger("mailer.actors")
 
@@ -64,7 +65,9 @@ _RETRY = dict(retry_when=_retry_when)
 
 @dramatiq.actor(queue_name=QUEUE_TRANSACTIONAL, priority=PRIORITY_NOTICE, **_RETRY)
 def send_notice(delivery_id: int) -> None:
-    delivery_service.process(get_app(), delivery_id)
+    """One notice; campaign work of this process waits while it is sent (``notice_lane``)."""
+    with notice_lane.notice():
+        delivery_service.process(get_app(), delivery_id)
 
 
 @dramatiq.actor(queue_name=QUEUE_BULK, priority=PRIORITY_BULK, **_RETRY)

@@ -35,7 +35,7 @@ from mailer.logs import HOST, set_worker_name, worker_name  # noqa: E402
 from mailer.logs import configure as configure_logging  # noqa: E402
 from mailer.queue.broker import setup  # noqa: E402
 from mailer.worker import actors  # noqa: E402
-from mailer.worker.middleware import HeartbeatMiddleware, SweeperMiddleware  # noqa: E402
+from mailer.worker.middleware import HeartbeatMiddleware, NoticeLaneMiddleware, SweeperMiddleware  # noqa: E402
 
 configure_logging()
 set_worker_name(settings.worker_name)
@@ -46,6 +46,7 @@ broker = setup(settings, prometheus=bool(settings.metrics_port))
 broker.add_middleware(SweeperMiddleware(get_app, settings.sweep_interval_s))
 if settings.heartbeat_s > 0:
     broker.add_middleware(HeartbeatMiddleware(get_app, settings.heartbeat_s))
+broker.add_middleware(NoticeLaneMiddleware(settings.notice_threads))
 actors.bind(broker)
 
 # A bad DKIM key (missing file, wrong type) stops the worker here, not at the first send.

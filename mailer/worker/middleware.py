@@ -1,4 +1,4 @@
-"""Worker middleware: the sweeper and the heartbeat threads every worker process runs (Dramatiq middleware)."""
+"""Worker middleware: the sweeper and heartbeat threads and the notice lane every worker process runs (Dramatiq middleware)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import threading
 import uuid
 
 import dramatiq
+from dramatiq.worker import _WorkerMiddleware
 
 from mailer.delivery import heartbeats, sweeper
+from mailer.queue.port import QUEUE_TRANSACTIONAL
 from mailer.worker.actors import SWEEP_HOOKS
 
 log = logging.getLogger("mailer.sweeper")
@@ -85,3 +87,53 @@ class HeartbeatMiddleware(dramatiq.Middleware):
                 failing = True
             if self._stop.wait(self.interval_s):
                 return
+class NoticeLaneWorker(dramatiq.Worker):
+    """A Dramatiq worker that consumes only the transactional queue, inside a worker process.
+
+    Started without the worker-boot events (the process's own worker already sent them:
+    one sweeper, one Prometheus registration), stopped with the process's worker.
+    Uses Dramatiq's ``_WorkerMiddleware`` (how a worker gets its queues' consumers), as
+    ``Worker.start`` does.
+    """
+
+    def start(self) -> None:
+        # What Broker.add_middleware does for it, without its warning about a second
+        # middleware of one type (the process's worker has its own _WorkerMiddleware).
+        consumers = _WorkerMiddleware(self)
+        self.broker.middleware.append(consumers)
+        for queue_name in self.broker.get_declared_queues():
+            consumers.after_declare_queue(self.broker, queue_name)
+        for queue_name in self.broker.get_declared_delay_queues():
+            consumers.after_declare_delay_queue(self.broker, queue_name)
+        for _ in range(self.worker_threads):
+            self._add_worker()
+
+
+class NoticeLaneMiddleware(dramatiq.Middleware):
+    """``MAILER_NOTICE_THREADS`` threads per worker process that take only notices.
+
+    Dramatiq's worker threads take prefetched messages by priority, so a notice goes
+    before campaign batches; but when every thread is inside a campaign slice the notice
+    waits for one to finish.  These threads never take campaign work: a notice their
+    consumer fetches is picked up at once.  The process's own worker still consumes the
+    transactional queue too (ahead of bulk work): measured with the lane alone taking
+    notices, its two threads were too few at 10 notices/s on a busy machine
+    (bench/notice_latency.py, docs/benchmarks.md: p50 1.4 s).
+    """
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.lane: NoticeLaneWorker | None = None
+
+    def after_worker_boot(self, broker, worker):
+        if self.threads <= 0 or isinstance(worker, NoticeLaneWorker):
+            return
+        self.lane = NoticeLaneWorker(broker, queues={QUEUE_TRANSACTIONAL}, worker_threads=self.threads,
+                                     worker_timeout=worker.worker_timeout)
+        self.lane.start()
+        log.info("notice lane: %d thread(s) on the %s queue", self.threads, QUEUE_TRANSACTIONAL)
+
+    def before_worker_shutdown(self, broker, worker):
+        lane, self.lane = self.lane, None
+        if lane is not None and worker is not lane:
+            lane.stop()
