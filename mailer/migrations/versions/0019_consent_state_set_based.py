@@ -25,13 +25,13 @@ that is not the ledger's derivation); what changes is how often the derivation r
   row in it: its derivation needs no batch.
 
 Revision ID: 0019
-Revises: 0013
+Revises: 0017
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0019'
-down_revision = '0013'
+down_revision = '0017'
 branch_labels = None
 depends_on = None
 
