@@ -60,6 +60,21 @@ def is_mapped(platform: str, topic: str) -> bool:
     return topic in HANDLERS.get(platform, {})
 
 
+#: dialect name -> the acknowledge path's INSERT, built once (its parameters bound per call,
+#: so SQLAlchemy's compiled cache serves it without rebuilding a cache key from values).
+_INSERTS: dict[str, object] = {}
+
+
+def _insert_statement(session):
+    name = session.get_bind().dialect.name
+    stmt = _INSERTS.get(name)
+    if stmt is None:
+        table = ConnectorWebhook.__table__
+        stmt = _INSERTS[name] = insert_or_ignore(session, table, index_elements=[
+            "platform", "shop", "webhook_id"]).returning(table.c.id)
+    return stmt
+
+
 def receive(app: App, platform: str, shop: str, webhook_id: str, topic: str, raw: bytes) -> Receipt:
     """Store one verified delivery (once), then hand it to a worker by id.
 
@@ -73,13 +88,13 @@ def receive(app: App, platform: str, shop: str, webhook_id: str, topic: str, raw
     with app.session() as s:
         # One statement: uq_connector_webhooks_delivery turns a second delivery (also a
         # concurrent one) into no row, without an exception and a second transaction.
-        row_id = s.execute(insert_or_ignore(s, ConnectorWebhook, dict(
+        # Core on the session's connection: the ORM's bulk-insert machinery is not needed for one row.
+        row_id = s.connection().execute(_insert_statement(s), dict(
             platform=platform, shop=shop, webhook_id=webhook_id, topic=topic,
             status="pending" if mapped else "ignored", attempts=0, duplicates=0,
             body=raw.decode("utf-8") if mapped else None,
             detail=None if mapped else "topic not mapped: acknowledged and counted",
-            received_at=now, processed_at=None if mapped else now),
-            index_elements=["platform", "shop", "webhook_id"]).returning(ConnectorWebhook.id)).scalar_one_or_none()
+            received_at=now, processed_at=None if mapped else now, lease_until=None)).scalar_one_or_none()
         if row_id is None:
             # The same delivery again (a retry, or two at once): count it on the first row
             # (one row of uq_connector_webhooks_delivery).
