@@ -55,9 +55,9 @@ def test_an_open_batch_cannot_be_committed_so_no_event_escapes_derivation(settin
     url = settings.database_url
     if not url.startswith("sqlite"):
         # (PostgreSQL derives per statement and refuses batch rows outright)
-        with pytest.raises(sa.exc.DatabaseError, match="consent_derive_batches is for SQLite"):
-            with db.get_engine(url).begin() as conn:
-                conn.exec_driver_sql("INSERT INTO consent_derive_batches (first_seq, last_seq) VALUES (2, 2)")
+        with pytest.raises(sa.exc.DatabaseError, match="consent_derive_batches is for SQLite"), \
+                db.get_engine(url).begin() as conn:
+            conn.exec_driver_sql("INSERT INTO consent_derive_batches (first_seq, last_seq) VALUES (2, 2)")
         assert _count(url, ConsentEvent) == 1
         return
     # When it tries to commit without closing the batch

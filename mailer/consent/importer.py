@@ -359,6 +359,9 @@ class _Writer:
         """Take the chain lock and read the tail once (first batch only)."""
         if self.dialect == "postgresql":
             lock_chain(self.session, self.settings)
+            # Batch-sized statements cross jit_above_cost; compiling them costs more than
+            # running them (the derivation trigger's upsert, the customer lookup).
+            self.raw.execute("SET LOCAL jit = off")
         else:
             # Any write takes SQLite's single write lock for the rest of the transaction;
             # the batch table is empty at rest, so this deletes nothing.
