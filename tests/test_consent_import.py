@@ -191,3 +191,38 @@ def test_cli_reports_rows_and_exit_code(settings, tmp_path):
     assert verify.exit_code == 0 and "OK" in verify.output
     with db.session_scope(settings) as s:
         assert s.execute(select(ConsentEvidence.user_agent)).scalar_one() == "Caf\u00e9 browser"
+
+
+def test_free_text_values_hash_as_the_ledger_hashes_them(settings, tmp_path):
+    # Given rows whose purpose, wording_id and wording_version need JSON escaping (quotes,
+    # backslashes, non-ASCII), an IPv6 address in capitals and a dotted quad
+    path = tmp_path / "odd.csv"
+    path.write_text(HEADER + '"ann@example.com","restock:SKU-""ü""\\1",granted,2024-01-01,,2001:DB8::1,'
+                             '"UA ""quoted""","form ""β"" \\ x","v☃",,\n'
+                             'bo@example.com,newsletter,granted,2024-01-02,,192.0.2.7,,,,,\n', encoding="utf-8")
+    # When they are imported
+    result = importer.import_file(settings, path)
+    # Then the chain verifies (verify recomputes every hash with mailer.consent.ledger's canonical form)
+    assert result.events == 2 and not result.errors, result.errors
+    report = _verified(settings)
+    assert report.ok, (report.problem, report.state_mismatches)
+    with db.session_scope(settings) as s:
+        ev = s.execute(select(ConsentEvent).where(ConsentEvent.seq == 1)).scalar_one()
+        assert (ev.purpose, ev.form_id, ev.wording_version) == ('restock:SKU-"ü"\\1', 'form "β" \\ x', "v☃")
+        assert ev.hash == consent.chain_hash(ev.prev_hash, consent.event_fields(ev))
+        ips = s.execute(select(ConsentEvidence.ip).order_by(ConsentEvidence.event_id)).scalars().all()
+    assert ips == ["2001:db8::1", "192.0.2.7"]
+
+
+def test_progress_counts_bad_rows_too(settings, tmp_path, monkeypatch):
+    # Given batches of 2 rows and a file of 5 rows, 2 of them bad
+    monkeypatch.setattr(importer, "BATCH_ROWS", 2)
+    body = ("a@example.com,newsletter,granted,2024-01-01,,,,,,,\nnope,newsletter,granted,2024-01-01,,,,,,,\n"
+            "b@example.com,newsletter,granted,2024-01-01,,,,,,,\nc@example.com,newsletter,maybe,2024-01-01,,,,,,,\n"
+            "d@example.com,newsletter,granted,2024-01-01,,,,,,,\n")
+    progressed = []
+    # When imported with a progress callback (the CLI's bar counts the file's rows)
+    result = importer.import_file(settings, write(tmp_path, body), progress=progressed.append)
+    # Then the progress covers every row read, good or bad, so the bar reaches its end
+    assert (result.events, len(result.errors)) == (3, 2)
+    assert sum(progressed) == 5

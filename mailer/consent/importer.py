@@ -304,8 +304,11 @@ class _Writer:
         cur = self.raw.cursor()
         ids: dict[str, int] = {}
         if self.dialect == "postgresql":
-            # One round trip: the unique index on email answers each element of the array.
-            cur.execute("SELECT email, id FROM customers WHERE email = ANY(%s)", (emails,))
+            # One round trip; LATERAL ... LIMIT 1 keeps it one probe of the unique index on
+            # email per address (email = ANY(...) was planned as a scan of the whole table,
+            # which the import itself grows).
+            cur.execute("SELECT e.email, c.id FROM unnest(%s::varchar[]) AS e(email) CROSS JOIN LATERAL "
+                        "(SELECT id FROM customers WHERE customers.email = e.email LIMIT 1) c", (emails,))
             ids.update(cur.fetchall())
         else:
             # Probes of the unique index on email, in chunks below SQLite's variable limit.
@@ -356,6 +359,9 @@ class _Writer:
         """Take the chain lock and read the tail once (first batch only)."""
         if self.dialect == "postgresql":
             lock_chain(self.session, self.settings)
+            # Batch-sized statements cross jit_above_cost; compiling them costs more than
+            # running them (the derivation trigger's upsert, the customer lookup).
+            self.raw.execute("SET LOCAL jit = off")
         else:
             # Any write takes SQLite's single write lock for the rest of the transaction;
             # the batch table is empty at rest, so this deletes nothing.
@@ -467,8 +473,10 @@ def _import_rows(writer: _Writer, settings: Settings, path: Path, strict: bool,
                  result: ConsentImportResult) -> None:
     latest = utcnow() + timedelta(seconds=MAX_FUTURE_S)
     batch: list[dict] = []
+    read = 0  # rows read since the last progress report, good or bad (the bar counts the file's rows)
     for line, row, error in iter_rows(Path(path), encoding=encoding, delimiter=delimiter, columns=COLUMNS,
                                       required=REQUIRED, only_known=True):
+        read += 1
         if error is not None:
             result.errors.append(error)
             continue
@@ -481,12 +489,12 @@ def _import_rows(writer: _Writer, settings: Settings, path: Path, strict: bool,
             if not (strict and result.errors):
                 writer.write(batch)
             if progress:
-                progress(len(batch))
-            batch = []
+                progress(read)
+            batch, read = [], 0
     if not (strict and result.errors):
         writer.write(batch)
-    if progress and batch:
-        progress(len(batch))
+    if progress and read:
+        progress(read)
 
 
 def import_file(settings: Settings, path: Path, *, strict: bool = False,

@@ -41,19 +41,21 @@ DROP TRIGGER IF EXISTS consent_events_derive_state ON consent_events;
 CREATE OR REPLACE FUNCTION consent_state_derive_statement() RETURNS trigger AS $$
 BEGIN
     -- Per (customer, purpose) of the statement: the new event that is the ledger's
-    -- latest (no event at all is later by occurred_at, then id; the NOT EXISTS walks
-    -- ix_consent_events_customer_purpose), upserted.  A pair whose latest decision is
-    -- older than the statement (a back-dated import) selects nothing and keeps its
-    -- state.  Each pair selects at most one event, so ON CONFLICT touches a row once,
-    -- and every proposed row is what the guard trigger accepts (it fires on the
-    -- proposed INSERT row even when the conflict turns it into an UPDATE).
+    -- latest (by occurred_at, then id), upserted.  The LATERAL ... LIMIT 1 is one
+    -- backward probe of ix_consent_events_customer_purpose per new event, whatever the
+    -- table's size or statistics (a NOT EXISTS was planned as an anti-join over the
+    -- whole table, which grows with every batch).  A pair whose latest decision is older
+    -- than the statement (a back-dated import) selects nothing and keeps its state.  Each
+    -- pair selects at most one event, so ON CONFLICT touches a row once, and every
+    -- proposed row is what the guard trigger accepts (it fires on the proposed INSERT
+    -- row even when the conflict turns it into an UPDATE).
     INSERT INTO consent_state AS cs (customer_id, purpose, granted, basis, event_id, updated_at)
     SELECT n.customer_id, n.purpose, (n.action = 'granted'), n.basis, n.id, n.occurred_at
       FROM new_events n
-     WHERE n.customer_id IS NOT NULL
-       AND NOT EXISTS (SELECT 1 FROM consent_events l
-                        WHERE l.customer_id = n.customer_id AND l.purpose = n.purpose
-                          AND (l.occurred_at > n.occurred_at OR (l.occurred_at = n.occurred_at AND l.id > n.id)))
+     CROSS JOIN LATERAL (SELECT l.id FROM consent_events l
+                          WHERE l.customer_id = n.customer_id AND l.purpose = n.purpose
+                          ORDER BY l.occurred_at DESC, l.id DESC LIMIT 1) latest
+     WHERE n.customer_id IS NOT NULL AND latest.id = n.id
     ON CONFLICT (customer_id, purpose) DO UPDATE
        SET granted = EXCLUDED.granted, basis = EXCLUDED.basis, event_id = EXCLUDED.event_id,
            updated_at = EXCLUDED.updated_at;
