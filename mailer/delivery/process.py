@@ -914,10 +914,10 @@ def _send_slice(app, ids: list[int], owner: str, senders, reserved: int) -> None
     settings = app.settings
     submitted = 0
     try:
+        claimed_at = time.monotonic()  # no later than the leases' start
         rows = claim_many(app, ids, owner)
         if not rows:
             return
-        claimed_at = time.monotonic()
         s = app.sessions()
         lock = _SliceLock(s, 1)  # the one held here, until every mail is handed to a sender
         try:
