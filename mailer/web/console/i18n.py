@@ -33,6 +33,8 @@ DYNAMIC_TEXTS = (
     "draft", "running", "paused", "completed",
     # dashboard rates
     "complaints", "bounces", "unsubscribes",
+    # churn risk and spend tier values (customer profile)
+    "low", "medium", "high",
     # messages of mailer.users and the console's own forms
     "wrong e-mail address, password or code",
     "too many login attempts from your network; wait a minute and try again",
