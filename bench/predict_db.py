@@ -7,16 +7,18 @@ The orders come from the known BG/NBD + Gamma-Gamma process of ``bench/predict.p
 (executemany on SQLite, COPY on PostgreSQL; not timed). Then, in a fresh child process
 (so its peak memory is the product's alone, not the generator's), the product's path:
 
-* ``order_arrays``: the orders table read into numpy (timed alone as well);
+* ``order_arrays``: the orders table read into numpy (timed alone as well; a raw cursor on
+  SQLite, binary COPY on PostgreSQL);
 * ``predictions.run(score=True)``: what ``mailer predict score`` and the daily refit run:
-  read, fit both models, write every customer's figures (executemany per 5,000), record
-  the fit;
+  read, fit both models, write every customer's figures (a temporary table and one
+  ``UPDATE ... FROM``), record the fit;
 * ``raise_prediction_events`` twice: the first pass records every customer's starting
-  point (1,000,000 ``prediction_triggers`` rows per trigger), the second is a rerun that
-  finds nothing to raise (what a daily pass costs when little changed).
+  point (1,000,000 ``prediction_triggers`` rows per trigger, by ``INSERT ... SELECT``), the
+  second is a rerun that finds nothing to raise (what a daily pass costs when little changed).
 
-Prints the machine, each step's time, the child's peak RSS (``ru_maxrss``) and the
-recovered parameters next to the true ones.
+Prints the machine, each step's wall and process CPU time (the PostgreSQL server's own CPU
+is not in the process's), the child's peak RSS (``ru_maxrss``) and the recovered parameters
+next to the true ones.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The console's dashboard figures: mail sent by kind, the queue, outcomes, sender-health rates, running campaigns.
+"""The console's dashboard figures: mail sent by kind, the queue, outcomes, sender-health rates, running campaigns,
+and the prediction figures (churn-risk counts and the distribution of predicted CLV, :func:`predictions`).
 
 Every query reads a bounded time range through an index made for it (migration 0007),
 so the page stays fast on a million customers' mail: ``deliveries (sent_at, kind)``,
@@ -19,15 +20,26 @@ clicked to the last marketing mail after it) against the 2-day limit.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
 from mailer.delivery import brakes
-from mailer.models import Bounce, Campaign, CampaignStatus, Delivery, DeliveryStatus, TrackingEvent, TrackingKind
+from mailer.models import (
+    Bounce,
+    Campaign,
+    CampaignStatus,
+    Customer,
+    Delivery,
+    DeliveryStatus,
+    PredictionFit,
+    TrackingEvent,
+    TrackingKind,
+)
 from mailer.settings import Settings
 
 #: Complaint rate Gmail and Yahoo want senders below (fraction of mail sent).
@@ -48,6 +60,28 @@ LIVE_CAMPAIGNS = (CampaignStatus.running, CampaignStatus.paused, CampaignStatus.
 MAX_CAMPAIGNS = 20
 #: The unsubscribe latency is measured over the unsubscribes of this many last days.
 LATENCY_WINDOW_DAYS = 30
+#: Bars of the predicted-CLV chart: equal widths from 0 up to the CLV_TOP_QUANTILE value, the
+#: last bar open-ended (CLV is long-tailed: a few big spenders would squash every other bar).
+CLV_BINS = 8
+CLV_TOP_QUANTILE = 0.99
+
+
+@dataclass(frozen=True)
+class ClvBin:
+    low: float  # in the shop's currency
+    high: float | None  # None: the open-ended last bar
+    customers: int
+
+
+@dataclass(frozen=True)
+class PredictionFigures:
+    """The latest fit and what the scored customers look like (all zero before the first score)."""
+
+    fitted_at: datetime | None
+    as_of: object | None  # date of the latest successful fit
+    scored: int
+    churn_risk: dict[str, int]  # low / medium / high -> customers
+    clv_bins: list[ClvBin]
 
 
 @dataclass(frozen=True)
@@ -112,6 +146,7 @@ class Dashboard:
     domains: list[DomainTrend] = field(default_factory=list)
     #: Unsubscribe latency over the last LATENCY_WINDOW_DAYS (needs the settings).
     latency: brakes.Latency | None = None
+    predictions: PredictionFigures | None = None
 
     @property
     def alerts(self) -> list[Rate]:
@@ -217,6 +252,50 @@ def domain_trends(session: Session, settings: Settings, now: datetime) -> list[D
     return out
 
 
+def _nice_step(top: float, bins: int) -> float:
+    """A bar width of 1, 2 or 5 times a power of ten, so that ``bins`` bars cover ``top``."""
+    raw = top / bins
+    power = 10 ** math.floor(math.log10(raw))
+    for factor in (1, 2, 5, 10):
+        if factor * power >= raw:
+            return float(factor * power)
+    return float(10 * power)
+
+
+def predictions(session: Session) -> PredictionFigures:
+    """Churn-risk counts and the predicted-CLV distribution of the scored customers."""
+    # The newest successful fit: ix_prediction_fits_fitted_at walked backwards, one row.
+    fit = session.execute(select(PredictionFit.fitted_at, PredictionFit.as_of)
+                          .where(PredictionFit.status == "fitted", PredictionFit.scored.is_not(None))
+                          .order_by(PredictionFit.fitted_at.desc(), PredictionFit.id.desc()).limit(1)).first()
+    # Counts per risk: ix_customers_churn_risk grouped in order (unscored customers are NULL there).
+    risk = {"low": 0, "medium": 0, "high": 0}
+    for value, n in session.execute(select(Customer.churn_risk, func.count()).where(Customer.churn_risk.is_not(None))
+                                    .group_by(Customer.churn_risk)):
+        risk[getattr(value, "value", value)] = n
+    clv = Customer.predicted_clv
+    scored_clv = session.execute(select(func.count()).where(clv.is_not(None))).scalar_one()
+    bins: list[ClvBin] = []
+    if scored_clv:
+        # The CLV_TOP_QUANTILE value: one row at that offset of ix_customers_predicted_clv.
+        top = session.execute(select(clv).where(clv.is_not(None)).order_by(clv)
+                              .offset(min(int(scored_clv * CLV_TOP_QUANTILE), scored_clv - 1)).limit(1)).scalar_one()
+        step = _nice_step(max(float(top), 0.01), CLV_BINS)
+        # One pass over the index, grouped by bar number (the last bar takes everything above).
+        # (CLV is never negative: SQLite's CAST truncates it down; PostgreSQL's would round, so floor.)
+        if session.get_bind().dialect.name == "sqlite":
+            bar = func.min(cast(clv / step, Integer), CLV_BINS - 1)
+        else:
+            bar = func.least(func.floor(clv / step), CLV_BINS - 1)
+        counts = dict(session.execute(select(bar.label("bar"), func.count()).where(clv.is_not(None))
+                                      .group_by("bar")).all())
+        for i in range(CLV_BINS):
+            n = sum(v for k, v in counts.items() if int(max(k, 0)) == i)
+            bins.append(ClvBin(i * step, (i + 1) * step if i < CLV_BINS - 1 else None, n))
+    return PredictionFigures(fitted_at=fit.fitted_at if fit else None, as_of=fit.as_of if fit else None,
+                             scored=sum(risk.values()), churn_risk=risk, clv_bins=bins)
+
+
 def build(session: Session, *, now: datetime | None = None, settings: Settings | None = None) -> Dashboard:
     """Every figure of the dashboard, as of ``now`` (the per-domain complaint rates and the
     unsubscribe latency too when ``settings`` are given)."""
@@ -230,4 +309,4 @@ def build(session: Session, *, now: datetime | None = None, settings: Settings |
                      queued=queued, sending=sending, scheduled_due=due, oldest_waiting=oldest,
                      oldest_waiting_notice=oldest_notice, outcomes_7d=outcomes(session, week),
                      rates=rates(session, week), campaigns=live_campaigns(session), domains=domains,
-                     latency=latency)
+                     latency=latency, predictions=predictions(session))

@@ -24,6 +24,7 @@ from mailer.addresses import normalize
 from mailer.compliance import profile as profile_view
 from mailer.compliance import search as customer_search
 from mailer.consent import suppressions
+from mailer.customers import predictions
 from mailer.errors import InvalidAddress, NotFound, ValidationError
 from mailer.gdpr import requests as gdpr
 from mailer.models import Customer
@@ -61,8 +62,11 @@ def _profile_page(request: Request, user: ConsoleUser, customer_id: int, *, erro
         except NotFound:
             return render(request, user, "console/customers/not_found.html", {"customer_id": customer_id},
                           status_code=404)
+        # The prediction figures in words (mailer predict show): history, the model's reading, why.
+        why = (predictions.explain(s, get_mailer(request).settings, p.customer.email)
+               if p.customer.email and p.customer.erased_at is None else [])
         return render(request, user, "console/customers/profile.html",
-                      {"p": p, "c": p.customer, "error": error, "done": done, "removable": REMOVABLE},
+                      {"p": p, "c": p.customer, "error": error, "done": done, "removable": REMOVABLE, "why": why},
                       status_code=status_code)
 
 

@@ -35,6 +35,8 @@ DYNAMIC_TEXTS = (
     "complaints", "bounces", "unsubscribes",
     # A/B winning metrics (mailer.campaigns.reports.METRIC_NAMES) and test states
     "human open rate", "click rate", "revenue per recipient", "testing", "decided",
+    # churn risk and spend tier values (customer profile)
+    "low", "medium", "high",
     # messages of mailer.users and the console's own forms
     "wrong e-mail address, password or code",
     "too many login attempts from your network; wait a minute and try again",
