@@ -145,6 +145,8 @@ class Settings:
     postmark_webhook_auth: str = ""
     #: Webhook signatures whose timestamp is further than this many seconds from now are refused (replays).
     webhook_max_age_s: int = 900
+    #: ESP webhooks' open and click events are recorded in the tracking tables (off: they are acknowledged and ignored).
+    webhook_tracking: bool = False
     #: Shopify webhook secrets as comma-separated ``shop-domain=secret`` pairs (``POST /webhooks/shopify``); they win over ``mailer connect``.
     shopify_secrets: str = ""
     #: WooCommerce webhook secrets as comma-separated ``store-url=secret`` pairs (``POST /webhooks/woocommerce``).

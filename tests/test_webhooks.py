@@ -198,3 +198,100 @@ def test_garbage_bodies_are_400_or_401_never_500(web):
     for path in ("/webhooks/ses", "/webhooks/sendgrid", "/webhooks/mailgun"):
         assert client.post(path, content=b"\xff{not json").status_code in (400, 401)
     assert client.post("/webhooks/postmark", content=b"[1]", auth=("pm", "secret")).status_code == 400
+
+
+def _sendgrid_post(client, keys, events: list) -> dict:
+    raw = json.dumps(events).encode()
+    ts = str(int(time.time()))
+    sig = base64.b64encode(keys["sendgrid"].sign(ts.encode() + raw, ec.ECDSA(hashes.SHA256()))).decode()
+    r = client.post("/webhooks/sendgrid", content=raw, headers={
+        "Content-Type": "application/json", "X-Twilio-Email-Event-Webhook-Timestamp": ts,
+        "X-Twilio-Email-Event-Webhook-Signature": sig})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _tracking_rows(app):
+    from mailer.models import TrackingEvent
+
+    with app.session() as s:
+        return sorted((e.kind.value, e.delivery_id, e.url) for e in s.execute(select(TrackingEvent)).scalars())
+
+
+@pytest.fixture
+def tracking_web(settings, keys):
+    pub = base64.b64encode(keys["sendgrid"].public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+    app = App(settings.replace(mailgun_signing_key=MAILGUN_KEY, postmark_webhook_auth=POSTMARK_AUTH,
+                               sendgrid_public_key=pub, ses_cert_cache_dir=str(keys["cache"]), webhook_tracking=True))
+    yield app, TestClient(create_app(app=app))
+    app.close()
+
+
+def test_opens_and_clicks_from_every_provider_are_recorded_when_the_setting_is_on(tracking_web, keys):
+    app, client = tracking_web
+    # Given a sent newsletter and MAILER_WEBHOOK_TRACKING on
+    from mailer.delivery.compose import delivery_header
+
+    d = sent_delivery(app, "trk@example.org")
+    signed = delivery_header(app.settings, d.id)
+    # When SendGrid posts an open (Apple's proxy: sg_machine_open) and a click, as its Event Webhook documents
+    now = int(time.time())
+    out = _sendgrid_post(client, keys, [
+        {"email": "trk@example.org", "timestamp": now, "event": "open", "sg_event_id": "o-1", "smtp-id": d.message_id,
+         "useragent": "Mozilla/5.0", "ip": "198.51.100.7", "sg_machine_open": True},
+        {"email": "trk@example.org", "timestamp": now, "event": "click", "sg_event_id": "c-1", "smtp-id": d.message_id,
+         "useragent": "Mozilla/5.0", "ip": "198.51.100.7", "url": "https://shop.example/sale"}])
+    # And Mailgun posts "clicked" (our signed header among the message headers)
+    mg = client.post("/webhooks/mailgun", json=_mailgun({
+        "id": "mg-click-1", "event": "clicked", "timestamp": time.time(), "recipient": "trk@example.org",
+        "url": "https://shop.example/boots", "ip": "203.0.113.9", "client-info": {"user-agent": "Mozilla/5.0"},
+        "message": {"headers": {"message-id": "someone-else@mailgun.example", "x-mailer-delivery": signed}}}))
+    # And Postmark posts an Open with our delivery in its metadata
+    pm = client.post("/webhooks/postmark", auth=("pm", "secret"), json={
+        "RecordType": "Open", "ID": 900, "MessageID": "pm-internal", "Recipient": "trk@example.org",
+        "ReceivedAt": "2026-12-01T10:00:00Z", "UserAgent": "Mozilla/5.0 (Windows NT 10.0)",
+        "Geo": {"IP": "192.0.2.50"}, "Metadata": {"X-Mailer-Delivery": signed}, "FirstOpen": True})
+    # And SES publishes a Click event through SNS
+    ses = {"eventType": "Click", "mail": {"messageId": "ses-id", "destination": ["trk@example.org"],
+                                          "headers": [{"name": "Message-ID", "value": d.message_id}]},
+           "click": {"ipAddress": "192.0.2.60", "link": "https://shop.example/hats", "timestamp": _now_iso(),
+                     "userAgent": "Mozilla/5.0"}}
+    sn = client.post("/webhooks/ses", content=json.dumps(_sns(keys, {
+        "Type": "Notification", "MessageId": "sns-click-1", "TopicArn": "arn:aws:sns:eu-west-1:1:ses",
+        "Message": json.dumps(ses), "Timestamp": _now_iso()})))
+    # Then each is recorded once in the tracking table, the proxy open as a machine open
+    assert [e["outcome"] for e in out["events"]] == ["machine_open", "click"], out
+    assert mg.json()["events"][0]["outcome"] == "click", mg.text
+    assert pm.json()["events"][0]["outcome"] == "open", pm.text
+    assert sn.json()["events"][0]["outcome"] == "click", sn.text
+    assert _tracking_rows(app) == sorted([
+        ("machine_open", d.id, None), ("click", d.id, "https://shop.example/sale"),
+        ("click", d.id, "https://shop.example/boots"), ("open", d.id, None), ("click", d.id, "https://shop.example/hats")])
+    # And the same open again changes nothing
+    assert _sendgrid_post(client, keys, [{"email": "trk@example.org", "timestamp": now, "event": "open",
+                                         "sg_event_id": "o-1", "smtp-id": d.message_id}])["events"][0]["outcome"] \
+        == "duplicate"
+
+
+def test_opens_from_webhooks_are_ignored_by_default_and_a_forged_header_matches_nothing(web, tracking_web, keys):
+    app, client = web
+    # Given a sent newsletter and MAILER_WEBHOOK_TRACKING off (the default)
+    d = sent_delivery(app, "off@example.org")
+    # When SendGrid posts an open for it
+    out = _sendgrid_post(client, keys, [{"email": "off@example.org", "timestamp": int(time.time()), "event": "open",
+                                         "sg_event_id": "o-off", "smtp-id": d.message_id}])
+    # Then it is acknowledged and nothing is recorded
+    assert out["events"][0]["outcome"] == "ignored"
+    assert _tracking_rows(app) == []
+    with app.session() as s:
+        assert "MAILER_WEBHOOK_TRACKING is off" in s.execute(select(WebhookEvent.detail)).scalar_one()
+    # Given the setting on, When Postmark reports a click whose X-Mailer-Delivery signature is forged
+    on_app, on_client = tracking_web
+    e = sent_delivery(on_app, "forge@example.org")
+    pm = on_client.post("/webhooks/postmark", auth=("pm", "secret"), json={
+        "RecordType": "Click", "ID": 901, "Recipient": "forge@example.org", "OriginalLink": "https://x.example/",
+        "ReceivedAt": "2026-12-01T10:00:00Z", "Metadata": {"X-Mailer-Delivery": f"{e.id}.0000000000000000"}})
+    # Then it is unmatched and nothing is recorded
+    assert pm.json()["events"][0]["outcome"] == "unmatched", pm.text
+    assert _tracking_rows(on_app) == []

@@ -48,10 +48,13 @@ from mailer import bouncekit
 from mailer.bouncekit import reasons as bk
 from mailer.bouncekit.classify import decide
 from mailer.clock import utcnow
+from mailer.consent import ledger as consent
 from mailer.delivery import bounces
 from mailer.errors import ValidationError
 from mailer.models import WebhookEvent
+from mailer.rendering import TRANSACTIONAL
 from mailer.settings import Settings
+from mailer.tracking import service as tracking
 
 log = logging.getLogger("mailer.webhooks")
 
@@ -101,6 +104,22 @@ class SignatureError(Exception):
 
 
 @dataclass
+class Tracking:
+    """An open or a click the provider saw (recorded only with ``MAILER_WEBHOOK_TRACKING``)."""
+
+    kind: str  # open | click
+    address: str | None
+    message_id: str | None
+    delivery_id: int | None
+    header: str | None = None  # the provider's copy of our X-Mailer-Delivery
+    url: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    when: datetime | None = None
+    machine: bool = False  # the provider says it was automated (SendGrid's sg_machine_open)
+
+
+@dataclass
 class Event:
     """One provider event: its id and what it says (None: nothing to do, still recorded once)."""
 
@@ -109,6 +128,7 @@ class Event:
     raw: str
     kind: str = "ignored"
     note: str = ""
+    tracking: Tracking | None = None
 
 
 # -- signatures ----------------------------------------------------------------------------------
@@ -277,6 +297,13 @@ def ses_events(msg: dict) -> list[Event]:
                 table = "userunknown" if "Suppressed" in sub or sub.strip() == "Permanent NoEmail" else None
                 reports.append(_bounce(r.get("emailAddress"), diag, sub, str(r.get("status", "")),
                                        table_reason=table, temporary=temporary, message_id=mid, delivery_id=did))
+    elif kind in ("Open", "Click"):
+        detail = data.get(kind.lower()) if isinstance(data.get(kind.lower()), dict) else {}
+        rcpt = (mail.get("destination") or [None])[0] if isinstance(mail.get("destination"), list) else None
+        return [Event(event_id, None, raw, tracking=Tracking(
+            kind.lower(), str(rcpt) if rcpt else None, mid, did, headers.get("x-mailer-delivery"),
+            url=_text(detail.get("link")), ip=_text(detail.get("ipAddress")), user_agent=_text(detail.get("userAgent")),
+            when=_when(detail.get("timestamp"))))]
     elif kind == "Complaint":
         c = data.get("complaint") if isinstance(data.get("complaint"), dict) else {}
         ftype = str(c.get("complaintFeedbackType") or "abuse")
@@ -312,6 +339,11 @@ def sendgrid_events(body: Any) -> list[Event]:
         elif ev == "deferred":
             out.append(Event(event_id, _signed(_bounce(e.get("email"), str(e.get("response", "")), "", "",
                                                        temporary=True, message_id=mid, delivery_id=did), header), raw))
+        elif ev in ("open", "click"):
+            out.append(Event(event_id, None, raw, tracking=Tracking(
+                ev, _text(e.get("email")), mid, did, _text(header), url=_text(e.get("url")), ip=_text(e.get("ip")),
+                user_agent=_text(e.get("useragent")), when=_when(e.get("timestamp")),
+                machine=e.get("sg_machine_open") is True)))
         elif ev in ("spamreport", "unsubscribe", "group_unsubscribe"):
             ftype = "abuse" if ev == "spamreport" else "opt-out"
             out.append(Event(event_id, _signed(_complaint(e.get("email"), ftype, message_id=mid, delivery_id=did,
@@ -341,6 +373,12 @@ def mailgun_events(body: dict) -> list[Event]:
         rep = _bounce(data.get("recipient"), text, str(data.get("reason", "")), str(ds.get("enhanced-code", "")),
                       temporary=str(data.get("severity")) == "temporary", message_id=mid, delivery_id=did)
         return [Event(event_id, _signed(rep, header), raw)]
+    if ev in ("opened", "clicked"):
+        client = data.get("client-info") if isinstance(data.get("client-info"), dict) else {}
+        return [Event(event_id, None, raw, tracking=Tracking(
+            "open" if ev == "opened" else "click", _text(data.get("recipient")), mid, did, _text(header),
+            url=_text(data.get("url")), ip=_text(data.get("ip")), user_agent=_text(client.get("user-agent")),
+            when=_when(data.get("timestamp"))))]
     if ev in ("complained", "unsubscribed"):
         ftype = "abuse" if ev == "complained" else "opt-out"
         return [Event(event_id, _signed(_complaint(data.get("recipient"), ftype, message_id=mid, delivery_id=did,
@@ -373,6 +411,11 @@ def postmark_events(body: dict) -> list[Event]:
     if record == "SpamComplaint":
         return [Event(event_id, _signed(_complaint(body.get("Email"), "abuse", message_id=mid, delivery_id=did,
                                                    evidence="Postmark SpamComplaint"), header), raw)]
+    if record in ("Open", "Click"):
+        geo = body.get("Geo") if isinstance(body.get("Geo"), dict) else {}
+        return [Event(event_id, None, raw, tracking=Tracking(
+            record.lower(), _text(body.get("Recipient")), mid, did, header, url=_text(body.get("OriginalLink")),
+            ip=_text(geo.get("IP")), user_agent=_text(body.get("UserAgent")), when=_when(body.get("ReceivedAt"))))]
     if record != "Bounce":
         return [Event(event_id, None, raw, note=f"Postmark {record or 'unknown'}: nothing to do")]
     try:
@@ -404,7 +447,9 @@ def receive(app, provider: str, events: list[Event]) -> list[bounces.Result]:
                 if seen is not None:
                     results.append(bounces.Result(source, "duplicate", None, "event already taken into account"))
                     continue
-                if e.report is None:
+                if e.tracking is not None:
+                    result = _track(s, app.settings, source, provider, e.tracking)
+                elif e.report is None:
                     result = bounces.Result(source, "ignored", None, e.note)
                 else:
                     result = bounces.apply(s, app.settings, e.report, source=source, raw=e.raw,
@@ -416,6 +461,44 @@ def receive(app, provider: str, events: list[Event]) -> list[bounces.Result]:
             result = bounces.Result(source, "duplicate", None, "event already taken into account")
         results.append(result)
     return results
+
+
+def _text(value: Any, limit: int = 2000) -> str | None:
+    return str(value)[:limit] if value not in (None, "") else None
+
+
+def _when(value: Any) -> datetime | None:
+    """A provider's event time: epoch seconds (SendGrid, Mailgun) or ISO 8601 (SES, Postmark)."""
+    try:
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(float(value), UTC)
+        if isinstance(value, str) and value:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return None
+
+
+def _track(s, settings: Settings, source: str, provider: str, t: Tracking) -> bounces.Result:
+    """Record one open or click from a provider, matched like a bounce (Message-ID or signed header)."""
+    if not settings.webhook_tracking:
+        return bounces.Result(source, "ignored", None, f"{provider} {t.kind}: MAILER_WEBHOOK_TRACKING is off")
+    report = bouncekit.Report(type="tracking", message_id=t.message_id, delivery_id=t.delivery_id,
+                              recipients=[bouncekit.Recipient(address=t.address.lower())] if t.address else [])
+    report.delivery_header = t.header if t.header and _delivery_id(t.header) == t.delivery_id else None
+    delivery, why = bounces.find_delivery(s, settings, report, trusted=True)
+    if delivery is None:
+        return bounces.Result(source, "unmatched", None, why)
+    if delivery.purpose == TRANSACTIONAL:
+        return bounces.Result(source, "ignored", delivery.id, f"{provider} {t.kind}: transactional mail is not tracked")
+    if settings.tracking_requires_consent and (
+            delivery.customer_id is None or not consent.has_consent(s, settings, delivery.customer_id, "tracking")):
+        return bounces.Result(source, "ignored", delivery.id,
+                              f"{provider} {t.kind}: the customer has not consented to tracking")
+    kind = tracking.record_reported(s, settings, delivery, t.kind, url=t.url, ip=t.ip, user_agent=t.user_agent,
+                                    when=t.when, machine=t.machine)
+    return bounces.Result(source, kind.value, delivery.id, f"{provider} {t.kind} recorded as {kind.value}")
 
 
 def subscription(app, msg: dict) -> bounces.Result:

@@ -274,6 +274,22 @@ def record_click(session: Session, settings: Settings, link: Link, *, ip: str | 
     return True
 
 
+def record_reported(session: Session, settings: Settings, delivery: Delivery, kind: str, *, url: str | None,
+                    ip: str | None, user_agent: str | None, when: datetime | None,
+                    machine: bool = False) -> TrackingKind:
+    """Record an open or a click an ESP reported for ``delivery`` (its webhook), like our own:
+    an open is a machine open when the provider says so or :func:`is_machine` finds it automated."""
+    now = when or utcnow()
+    if kind == "click":
+        _event(session, delivery, TrackingKind.click, ip=ip, user_agent=user_agent, url=(url or "")[:2000] or None,
+               now=now)
+        return TrackingKind.click
+    why = machine or is_machine(settings, user_agent=user_agent, ip=ip, sent_at=delivery.sent_at, now=now)
+    found = TrackingKind.machine_open if why else TrackingKind.open
+    _event(session, delivery, found, ip=ip, user_agent=user_agent, now=now)
+    return found
+
+
 @dataclass(frozen=True)
 class Unsubscribed:
     customer: Customer | None
