@@ -337,3 +337,32 @@ def test_a_winback_that_would_land_in_quiet_hours_waits_for_the_morning(db_url, 
             mail = s.execute(sa.select(Delivery).where(Delivery.automation == "winback")).scalar_one()
         assert mail.status == DeliveryStatus.scheduled
         assert mail.send_after == dt.datetime(2026, 6, 3, 8, 0, tzinfo=dt.UTC)
+
+
+def test_a_winback_is_held_to_the_frequency_cap_like_every_marketing_mail(db_url, tmp_path):
+    from mailer.delivery import process as delivery
+    from mailer.clock import utcnow
+
+    # Given a cap of 1 marketing mail a week, and Ann (consenting) who got a newsletter an hour ago
+    rules = tmp_path / "automations"
+    rules.mkdir()
+    shutil.copy(WINBACK, rules / "winback.toml")
+    for app in installed_app(make_settings(database_url=db_url, automations_dir=rules, quiet_hours="",
+                                           frequency_cap=1)):
+        codes(app, "winback", 2)
+        ann = customer(app, "ann@example.com")
+        with app.session() as s:
+            s.add(Delivery(idempotency_key="earlier", kind="newsletter", customer_id=ann, to_address="ann@example.com",
+                           to_hash="x", locale="en", purpose="newsletter", status=DeliveryStatus.sent,
+                           sent_at=utcnow() - dt.timedelta(hours=1)))
+        set_figures(app, ann, churn_risk="low", p_alive=0.9)
+        raise_prediction_events(app, as_of=AS_OF)
+        # When her risk becomes high and the win-back mail reaches the send path
+        set_figures(app, ann, churn_risk="high", p_alive=0.2)
+        run = raise_prediction_events(app, as_of=AS_OF + dt.timedelta(days=1))
+        assert run.churn_crossings == 1
+        with app.session() as s:
+            (mail_id,) = s.execute(sa.select(Delivery.id).where(Delivery.automation == "winback")).scalars()
+        outcome = delivery.process(app, mail_id)
+        # Then it is skipped for the cap, not sent
+        assert outcome.status == "skipped" and "frequency cap" in outcome.detail

@@ -125,3 +125,24 @@ def test_a_winback_segment_reads_in_words():
     tree = segments.validate_condition({"all": [{"predicted_spend_tier": "high"},
                                                 {"churn_risk": {"in": ["medium", "high"]}}]})
     assert segments.describe(tree) == "all of (predicted_spend_tier = high; churn_risk in medium, high)"
+
+
+@pytest.mark.parametrize("cond, index", [
+    ({"predicted_clv": {"gte": 100}}, "ix_customers_predicted_clv"),
+    ({"p_alive": {"lt": 0.3}}, "ix_customers_p_alive"),
+    ({"churn_risk": "high"}, "ix_customers_churn_risk"),
+    ({"expected_next_order_at": {"within_next_days": 7}}, "ix_customers_expected_next_order_at"),
+    ({"predicted_spend_tier": {"eq": "high"}}, "ix_customers_predicted_spend_tier"),
+])
+def test_each_prediction_field_is_found_through_its_index(tmp_path, cond, index):
+    # Given a migrated SQLite database (its planner shows the index choice on an empty table too)
+    url = f"sqlite:///{tmp_path / 'plan.db'}"
+    db.upgrade(url)
+    with db.get_engine(url).connect() as conn:
+        # When a segment condition on the field is compiled in its indexed shape
+        query = sa.select(Customer.__table__.c.id).where(segments.compile_condition(cond, now=NOW))
+        sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+        plan = " ".join(str(r[-1]) for r in conn.execute(sa.text("EXPLAIN QUERY PLAN " + sql)))
+    # Then SQLite searches the field's index, not the whole table
+    assert index in plan, plan
+    db.dispose_engines()
