@@ -371,7 +371,9 @@ class ConsentEvidence(Base):
 class ConsentState(Base):
     """Current consent per (customer, purpose): the latest event's outcome.
 
-    Written only by the ``consent_events_derive_state`` trigger (migration 0002); guard
+    Written only by the ledger's derivation triggers (``consent_events_derive_state``,
+    migrations 0002 and 0019: per statement on PostgreSQL, per row or per closed import
+    batch on SQLite); guard
     triggers refuse any INSERT/UPDATE that is not the ledger's derivation, and DELETE.
     ``event_id`` names the event the row derives from; readers join it (primary key) to
     confirm it is a grant of this customer and purpose."""

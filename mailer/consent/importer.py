@@ -8,17 +8,21 @@ one by line, column and reason.  Unknown header names stop the import (a misspel
 ``confirmed_at`` must not silently drop the proof of a double opt-in).
 
 Good rows are written in batches of :data:`BATCH_ROWS`: missing customers are created
-(one executemany), then the batch's events are chained in Python, exactly as
+(one statement), then the batch's events are chained in Python, exactly as
 :func:`mailer.consent.ledger.append` chains one (format 2, the hash covers
-``customer_id``), and inserted with one Core executemany, in ``seq`` order, with their
-evidence rows.  The ``consent_events_derive_state`` trigger derives ``consent_state``
-per row as for any append; a back-dated event never overrides a later decision.
+``customer_id``; :func:`_canonical_v2` is byte for byte the ledger's canonical JSON),
+and written through the driver in ``seq`` order with their evidence rows: on SQLite an
+executemany inside an open derive batch (``consent_derive_batches``, migration 0019),
+whose closing derives ``consent_state`` for the batch set-based; on PostgreSQL a COPY,
+after which the statement-level ``consent_events_derive_state`` trigger does the same.
+No code here writes ``consent_state``; the guard triggers check every row the
+derivation writes, and a back-dated event never overrides a later decision.
 
 The whole file is one transaction holding the chain lock (PostgreSQL's advisory lock,
 SQLite's single writer) from the first batch to the commit, so the chain never forks,
 ``mailer consent verify`` passes afterwards, and a failed or ``--strict``-rejected import
 leaves nothing behind.  Other consent writes wait for the import meanwhile (about one
-second per 20,000 rows on SQLite).
+second per 20,000 rows on SQLite, see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ COLUMNS = ("email", "purpose", "action", "occurred_at", "source", "ip", "user_ag
            "wording_version", "confirmed_at", "basis", "external_id")
 #: Columns the header must have.
 REQUIRED = ("email", "purpose", "action", "occurred_at")
-#: Events per batch (one executemany of events, one of evidence, one of new customers).
+#: Events per batch (one statement each for new customers, events and evidence; one derivation).
 BATCH_ROWS = 20_000
 #: The source recorded when a row leaves ``source`` empty.
 DEFAULT_SOURCE = ConsentSource.import_
