@@ -21,11 +21,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.smtp, pytest.mark.postgres]
 
 RECIPIENTS = 600
 WITHDRAWING = 150
+#: Mails per second across both workers: 600 mails take about 30 s.
+RELAY_RATE = 20
 
 
 def test_no_mail_reaches_a_customer_after_their_withdrawal(fault):
-    # Given a campaign to 600 consenting customers and two workers of two threads each
-    run = fault(consenting=RECIPIENTS, threads=2)
+    # Given a campaign to 600 consenting customers and two workers of two threads each,
+    # paced by the shared relay rate so the campaign outlasts the withdrawals even on a
+    # loaded machine (the check below needs most withdrawals to land before their mail)
+    run = fault(consenting=RECIPIENTS, threads=2, worker_settings={"relay_rate": RELAY_RATE})
     withdrawn_at: dict[str, int] = {}     # address -> number of mails the server had when it committed
     with run.live():
         run.workers.start(), run.workers.start()
