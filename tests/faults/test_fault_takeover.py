@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from tests.faults.harness import FINISH_TIMEOUT_S, duplicates
+from tests.faults.harness import FINISH_TIMEOUT_S, PROGRESS_TIMEOUT_S, duplicates, wait_for
 from tests.faults.takeover_support import held_by, wait_back_in_work
 
 pytestmark = [pytest.mark.slow, pytest.mark.smtp, pytest.mark.postgres]
@@ -46,9 +46,12 @@ def test_a_killed_workers_batches_resume_within_about_a_lease_and_nothing_is_sen
     with run.live():
         a = run.workers.start(MAILER_WORKER_NAME="host-a")
         run.workers.start(MAILER_WORKER_NAME="host-b")
-        # When the campaign is sent and worker A is killed with SIGKILL a quarter of the way in
+        # When the campaign is sent and worker A is killed with SIGKILL a quarter of the way in,
+        # while it holds work
         run.send()
         run.wait_received(CONSENTING // 4, "a quarter of the campaign")
+        wait_for(lambda: (lambda h: h.leased_ids or h.queued_ids)(held_by(run.settings, run.redis.url, "host-a")),
+                 PROGRESS_TIMEOUT_S, 0.05, "worker A to hold work")
         run.workers.kill9(a)
         killed_at = time.monotonic()
         at_kill = run.received()
