@@ -47,7 +47,7 @@ class Settings:
     asset_base_url: str = ""
     #: ``From`` of every mail.
     from_address: str = "Northwind Shop <shop@example.com>"
-    #: Envelope sender domain for VERP return paths (``bounces+<delivery id>@domain``).
+    #: Envelope sender domain for VERP return paths (``bounces+<delivery id>.<HMAC>@domain``).
     bounce_domain: str = "example.com"
     #: Public base URL of ``mailer serve`` (tracking, unsubscribe, preferences).
     base_url: str = "http://127.0.0.1:8000"

@@ -328,8 +328,9 @@ def test_a_forged_redacted_complaint_withdraws_nobody_s_consent(app, tmp_path, f
     # return path, or an unsigned X-Mailer-Delivery
     d = sent_delivery(app, "ivy@example.org")
     header = {"bad signature": f"{d.id}.0123456789abcdef", "verp only": None, "unsigned header": str(d.id)}[forged]
+    bare_verp = f"bounces+{d.id}@{app.settings.bounce_domain}"  # the older, unsigned form
     raw = arf(to="fbl@example.com", message_id=None, recipient="redacted@example.org",
-              mail_from=return_path(app.settings, d.id), delivery_header=header)
+              mail_from=bare_verp, delivery_header=header)
     # When it is ingested
     (r,) = bounces.ingest(app, [write(tmp_path, "forged.eml", raw)])
     # Then it is unmatched: nobody is suppressed and the consent is still held
@@ -337,6 +338,29 @@ def test_a_forged_redacted_complaint_withdraws_nobody_s_consent(app, tmp_path, f
     with app.session() as s:
         assert s.execute(select(Suppression)).first() is None
         assert consent.has_consent(s, app.settings, d.customer_id, "newsletter")
+
+
+@pytest.mark.parametrize("tampered", [False, True])
+def test_a_redacted_complaint_is_matched_by_its_signed_verp_return_path_alone(app, tmp_path, tampered):
+    # Given a feedback loop that redacts the recipient and strips both the Message-ID and the
+    # X-Mailer-Delivery header, keeping only the original's return path (signed VERP), or the
+    # same return path with its signature altered
+    d = sent_delivery(app, "kim@example.org")
+    verp = return_path(app.settings, d.id)
+    if tampered:
+        verp = verp.replace(verp.split("@")[0][-4:], "0000", 1)
+    raw = arf(to="fbl@example.com", message_id=None, recipient="redacted@example.org", mail_from=verp)
+    assert b"kim@example.org" not in raw and b"X-Mailer-Delivery" not in raw
+    # When it is ingested
+    (r,) = bounces.ingest(app, [write(tmp_path, "verp.eml", raw)])
+    # Then the signed return path matches it and withdraws consent; a tampered one matches nothing
+    with app.session() as s:
+        if tampered:
+            assert r.outcome == "unmatched", r
+            assert consent.has_consent(s, app.settings, d.customer_id, "newsletter")
+        else:
+            assert (r.outcome, r.delivery_id) == ("complaint", d.id)
+            assert not consent.has_consent(s, app.settings, d.customer_id, "newsletter")
 
 
 def test_a_signed_delivery_header_alone_matches_a_bounce(app, tmp_path):

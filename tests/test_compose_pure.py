@@ -97,7 +97,8 @@ def test_a_tracked_campaign_mail_composes_from_plain_values(no_database, parts):
     assert "Spring sale" in html
     assert msg["To"].addresses[0].display_name == "Ann Lee"
     assert msg["Message-ID"] == composed.message_id == message_id(settings, 42)
-    assert composed.envelope_from == return_path(settings, 42) == "bounces+42@bounces.shop.example"
+    assert composed.envelope_from == return_path(settings, 42) == f"bounces+{delivery_header(settings, 42)}@bounces.shop.example"
+    assert re.fullmatch(r"bounces\+42\.[0-9a-f]{16}@bounces\.shop\.example", composed.envelope_from)
     assert msg["X-Mailer-Delivery"] == delivery_header(settings, 42) and msg["X-Mailer-Kind"] == NEWS_KIND
     assert msg["X-Mailer-Delivery"].startswith("42.")
     assert msg["Feedback-ID"] == "c7:newsletter/test_news:marketing:shop.example"

@@ -309,7 +309,9 @@ def _ids(ev: parse.Evidence, verp_prefix: str) -> tuple[str | None, int | None, 
     if m:
         delivery, header = int(m.group(1)), x
     else:
-        verp = re.compile(re.escape(verp_prefix) + r"\+(\d{1,18})@", re.IGNORECASE)
+        # bounces+<id>.<HMAC>@ (signed, see mailer.delivery.compose.return_path) or the older,
+        # guessable bounces+<id>@; the signed form is checked like a signed X-Mailer-Delivery.
+        verp = re.compile(re.escape(verp_prefix) + r"\+(\d{1,18})(\.[0-9A-Fa-f]{16})?@", re.IGNORECASE)
         places = [_hdr(orig, "Return-Path"), _hdr(orig, "Sender")]
         places += [_hdr(ev.headers, h) for h in ("To", "Delivered-To", "X-Original-To", "Envelope-To")]
         if ev.arf:
@@ -318,6 +320,8 @@ def _ids(ev: parse.Evidence, verp_prefix: str) -> tuple[str | None, int | None, 
             m = verp.search(p)
             if m:
                 delivery = int(m.group(1))
+                if m.group(2):
+                    header = m.group(1) + m.group(2)
                 break
     return mid, delivery, header
 

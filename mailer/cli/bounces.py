@@ -36,7 +36,7 @@ def explain_cmd(settings, paths: tuple[str, ...], as_json: bool) -> None:
 
     Changes nothing.  Reads no database: the reading comes from mailer.bouncekit alone.
     """
-    prefix = "bounces"  # VERP local part: bounces+<delivery id>@MAILER_BOUNCE_DOMAIN
+    prefix = "bounces"  # VERP local part: bounces+<delivery id>.<HMAC>@MAILER_BOUNCE_DOMAIN
     for path in paths:
         try:
             sources = list(bouncekit.read_sources(path))

@@ -21,8 +21,9 @@ Each recipient's **action** (from bouncekit's reason table) decides:
   they are sender-side alerts.
 
 A report is mapped to its delivery by the original's Message-ID (it carries an HMAC, so it
-cannot be guessed) or by its delivery id (the ``X-Mailer-Delivery`` header or the VERP return
-path ``bounces+<id>@``, both guessable): found by delivery id alone, the report must name the
+cannot be guessed), by a signed delivery id (``X-Mailer-Delivery: <id>.<HMAC>`` or the VERP
+return path ``bounces+<id>.<HMAC>@``, as good as the Message-ID), or by a bare delivery id (an
+unsigned header or an older ``bounces+<id>@``, both guessable): found by delivery id alone, the report must name the
 delivery's recipient, except a complaint whose recipient the feedback loop redacted.  When both
 are present they must agree.  Anything else is ``unmatched`` and changes nothing.  The same
 report twice changes nothing the second time (one bounce record per delivery and kind).
@@ -185,7 +186,7 @@ def find_delivery(s, settings: Settings, report: bouncekit.Report, *,
         # does not verify was forged (or comes from another instance) and names nothing.
         signed = verified_delivery_id(settings, report.delivery_header)
         if signed is None or signed != report.delivery_id:
-            return None, "the X-Mailer-Delivery header's signature does not verify"
+            return None, "the signature of the X-Mailer-Delivery header or VERP return path does not verify"
     # Unique index on deliveries.message_id.
     by_mid = s.execute(select(Delivery).where(Delivery.message_id == mid)).scalar_one_or_none() if mid else None
     by_id = s.get(Delivery, report.delivery_id) if report.delivery_id is not None else None
@@ -193,20 +194,25 @@ def find_delivery(s, settings: Settings, report: bouncekit.Report, *,
         return None, f"delivery id {by_id.id} but Message-ID {mid} is delivery {by_mid.id}"
     if by_mid is not None:
         return by_mid, ""
+    named = [r.address for r in report.recipients if r.address]
+    salt = address_hash_salt(settings)
     if by_id is not None and signed == by_id.id:
-        return by_id, ""
+        # A signed id proves the delivery; a report that names another, unredacted recipient
+        # is about somebody else (a forward that bounced further on) and decides nothing.
+        if (not named or all(_redacted(a) for a in named)
+                or any(email_hash(a, salt) == by_id.to_hash for a in named)):
+            return by_id, ""
+        return None, f"the report's recipient does not match the recipient of delivery {by_id.id}"
     if by_id is None:
         what = [f"delivery id {report.delivery_id}"] if report.delivery_id is not None else []
         what += [f"Message-ID {mid}"] if mid else []
         return None, ("no delivery for " + " or ".join(what)) if what else "no delivery id or Message-ID to go by"
-    named = [r.address for r in report.recipients if r.address]
-    salt = address_hash_salt(settings)
     if any(email_hash(a, salt) == by_id.to_hash for a in named):
         return by_id, ""
     if report.type == "complaint" and all(_redacted(a) for a in named or [None]):
-        # A feedback loop that redacted the recipient: only the original's signed headers (the
-        # Message-ID or X-Mailer-Delivery, above) may decide; a bare VERP id or an unsigned
-        # header is guessable, so it could withdraw somebody else's consent.
+        # A feedback loop that redacted the recipient: only the original's signed ids (the
+        # Message-ID, a signed X-Mailer-Delivery or VERP, above) may decide; a bare VERP id or
+        # an unsigned header is guessable, so it could withdraw somebody else's consent.
         return None, (f"redacted complaint names delivery {by_id.id} only by a guessable id "
                       "(no Message-ID or signed X-Mailer-Delivery)")
     if trusted and not named:

@@ -88,8 +88,12 @@ def verified_delivery_id(settings: Settings, value: str | None) -> int | None:
 
 
 def return_path(settings: Settings, delivery_id: int) -> str:
-    """VERP envelope sender: bounces come back to ``bounces+<id>@domain``."""
-    return f"bounces+{delivery_id}@{settings.bounce_domain}"
+    """VERP envelope sender: bounces come back to ``bounces+<id>.<HMAC>@domain``.
+
+    The HMAC is the ``X-Mailer-Delivery`` one, so a return path found in a report proves the
+    delivery as the signed header does; a bare ``bounces+<id>@`` (guessable) proves nothing.
+    The local part stays within RFC 5321's 64 octets (8 + 18 + 1 + 16)."""
+    return f"bounces+{delivery_header(settings, delivery_id)}@{settings.bounce_domain}"
 
 
 def render_context(settings: Settings, delivery: Delivery | MailContext,
