@@ -15,7 +15,7 @@
 * :class:`HostSink` is a real SMTP server (aiosmtpd) on the bridge address that records, per
   accepted message, its ``X-Mailer-Delivery`` id, recipient, the sending host (the peer
   address tells the namespaces apart) and the time of the ``250``; ``hold(host)`` keeps
-  that host's messages waiting for their reply (a mail in flight, its data sent and its
+  that host's (or every host's) messages waiting for their reply (a mail in flight, its data sent and its
   reply not yet come) until ``release()``.
 * :class:`HostWorker` is ``mailer worker`` inside a host's namespace, in a process group of
   its own (``kill9()`` is a dead host); :class:`PrimedCommand` is a ``mailer`` command whose
@@ -317,6 +317,8 @@ class Accepted:
 
 
 _parser = BytesHeaderParser()
+#: ``hold_peer`` value that holds every host's replies.
+ANY_HOST = "*"
 
 
 @dataclass
@@ -332,10 +334,10 @@ class _Handler:
         delivery = str(_parser.parsebytes(raw).get("X-Mailer-Delivery", ""))
         rcpt = envelope.rcpt_tos[0] if envelope.rcpt_tos else ""
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
-        if self.hold_peer is not None and peer == self.hold_peer:
+        if self.hold_peer is not None and self.hold_peer in (peer, ANY_HOST):
             with self.lock:
                 self.held.append((delivery, rcpt, peer))
-            while self.hold_peer == peer:
+            while self.hold_peer in (peer, ANY_HOST):
                 await asyncio.sleep(0.02)
         with self.lock:
             self.accepted.append(Accepted(delivery, rcpt, peer, time.time()))
@@ -365,11 +367,11 @@ class HostSink:
         with self.handler.lock:
             return list(self.handler.held)
 
-    def hold(self, host: Host) -> None:
-        """From now on, ``host``'s messages wait for their reply until :meth:`release`."""
+    def hold(self, host: Host | None = None) -> None:
+        """From now on, ``host``'s messages (every host's: None) wait for their reply until :meth:`release`."""
         with self.handler.lock:
             self.handler.held.clear()
-        self.handler.hold_peer = host.address
+        self.handler.hold_peer = host.address if host is not None else ANY_HOST
 
     def release(self) -> None:
         """Answer the held messages (250) and hold no more."""

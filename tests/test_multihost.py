@@ -204,8 +204,14 @@ def _per_second(times: list[float]) -> list[int]:
 def test_a_campaign_is_sent_exactly_once_across_both_hosts(start):
     # Given a campaign to 60 consenting customers (and 5 who never consented), and a worker on each host
     run = start(consenting=60, without=5)
-    # When it is sent
+    a, b = run.host("a"), run.host("b")
+    # When it is sent, the first replies waiting until both hosts have a mail in flight (so both
+    # take part however fast one of them would drain 60 mails alone)
+    run.sink.hold()
     run.send()
+    run.wait(lambda: {p for _, _, p in run.sink.held()} == {a.address, b.address}, FINISH_S,
+             "both hosts to have a mail in flight")
+    run.sink.release()
     run.wait(run.completed, FINISH_S, "the campaign to complete")
     # Then every delivery reached the sink exactly once (by delivery id), nobody without consent got one
     status, counts = run.status()
@@ -216,7 +222,7 @@ def test_a_campaign_is_sent_exactly_once_across_both_hosts(start):
     # And both hosts took part
     by_host = run.sink.by_host()
     print(f"split between the hosts: {dict(by_host)}")
-    assert set(by_host) == {run.host("a").address, run.host("b").address}
+    assert set(by_host) == {a.address, b.address}
 
 
 def test_the_shared_rate_limit_holds_across_both_hosts(start):
