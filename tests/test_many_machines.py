@@ -247,6 +247,48 @@ def test_a_broker_outage_is_logged_once_without_a_traceback():
     assert f.filter(other) and other.levelno == logging.CRITICAL and other.exc_info is not None
 
 
+def test_the_outage_filter_sits_on_the_loggers_dramatiq_s_consumer_threads_really_use(redis_url):
+    import redis
+    from dramatiq.logging import get_logger
+
+    from mailer.queue import broker as broker_mod
+    from mailer.queue.port import QUEUES
+
+    # Given a Redis broker built as a worker builds it
+    built = broker_mod.build_broker(make_settings(broker_url=redis_url))
+    broker_mod._outage_filter._last_s = None
+    caught: list[logging.LogRecord] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            caught.append(record)
+
+    handler = Catch()
+    # When every consumer thread (named as Dramatiq 2 names it, per queue and delay queue)
+    # reports the partition's IndexError and connection errors, again and again
+    loggers = [get_logger("dramatiq.worker", "ConsumerThread(%s)" % q) for q in QUEUES]
+    loggers += [get_logger("dramatiq.worker", "ConsumerThread(%s)" % q) for q in built.get_declared_delay_queues()]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        for _ in range(3):
+            for lg in loggers:
+                try:
+                    raise IndexError("pop from empty list")
+                except IndexError:
+                    lg.critical("Consumer encountered an unexpected error.", exc_info=True)
+                lg.critical("Consumer encountered a connection error: %s", redis.ConnectionError("refused"))
+                lg.info("Restarting consumer in %0.2f seconds.", 3.0)
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+        broker_mod._outage_filter._last_s = None
+    # Then one line is logged for the whole outage, without a traceback
+    assert len(loggers) >= 2 * len(QUEUES)
+    assert len(caught) == 1, [r.getMessage() for r in caught]
+    assert caught[0].levelname == "ERROR" and caught[0].exc_info is None
+
+
 def test_metrics_name_the_worker_and_count_reaped_workers():
     from mailer import metrics
 

@@ -91,6 +91,8 @@ class MailerRedisBroker(RedisBroker):
 HEALTH_CHECK_S = 30
 #: Dramatiq's consumer threads log here when Redis cannot be reached (each retry, every 3 s).
 CONSUMER_LOGGER = "dramatiq.worker._ConsumerThread"
+#: The name Dramatiq 2.x gives a consumer thread's logger (``get_logger(__name__, "ConsumerThread(%s)")``).
+CONSUMER_LOGGER_FORMAT = "dramatiq.worker.ConsumerThread(%s)"
 #: Errors this far apart (seconds) belong to two outages; closer, to one (logged once).
 OUTAGE_GAP_S = 60.0
 #: Errors a broker outage raises in Dramatiq's consumer: Redis' own, Dramatiq's wrapper, and the
@@ -172,12 +174,23 @@ def build_broker(settings: Settings, *, prometheus: bool = False, **redis_option
         redis_options.setdefault("socket_keepalive", True)
         redis_options.setdefault("health_check_interval", HEALTH_CHECK_S)
         broker = MailerRedisBroker(url=url, middleware=middleware(settings, prometheus=prometheus), **redis_options)
-        consumer_log = logging.getLogger(CONSUMER_LOGGER)
-        if _outage_filter not in consumer_log.filters:
-            consumer_log.addFilter(_outage_filter)
     for queue in QUEUES:
         broker.declare_queue(queue)
+    if not url.startswith("stub"):
+        for name in consumer_logger_names(broker):
+            consumer_log = logging.getLogger(name)
+            if _outage_filter not in consumer_log.filters:
+                consumer_log.addFilter(_outage_filter)
     return broker
+
+
+def consumer_logger_names(broker: dramatiq.Broker) -> list[str]:
+    """The loggers Dramatiq's consumer threads log to: one per queue and delay queue
+    (``dramatiq.worker.ConsumerThread(<queue>)``). A filter on a parent logger would not see
+    their records (logging applies a logger's filters only to its own calls), so the outage
+    filter goes on each of them."""
+    queues = set(broker.get_declared_queues()) | set(broker.get_declared_delay_queues())
+    return [CONSUMER_LOGGER] + [CONSUMER_LOGGER_FORMAT % q for q in sorted(queues)]
 
 
 def setup(settings: Settings, *, prometheus: bool = False, **redis_options) -> dramatiq.Broker:
