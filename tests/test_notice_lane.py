@@ -131,3 +131,33 @@ def test_sending_threads_wait_for_the_notice_before_their_next_job():
     finally:
         senders.close()
         senders_module.notice_lane = saved
+
+
+def test_a_notice_waiting_for_its_relay_does_not_hold_campaign_work_back():
+    # Given a notice in flight, now waiting for the relay's answer
+    gate = NoticeFirst(priority_s=3600)
+    with gate.notice():
+        with gate.relay_wait():
+            # When campaign work reaches its next step, Then it goes on at once
+            assert gate.active == 0
+            assert gate.wait_turn() == 0.0
+        # And once the relay answered, the notice has priority again for recording its result
+        assert gate.active == 1
+    assert gate.active == 0
+
+
+def test_relay_wait_outside_a_notice_changes_nothing():
+    # Given a notice in flight on another thread
+    gate = NoticeFirst(priority_s=3600)
+    seen = []
+    with gate.notice():
+        # When a campaign mail's send (no notice on this thread) waits for its relay
+        def campaign_send():
+            with gate.relay_wait():
+                seen.append(gate.active)
+
+        t = threading.Thread(target=campaign_send)
+        t.start()
+        t.join(HANG_S)
+        # Then the notice keeps its priority
+        assert seen == [1]

@@ -26,6 +26,7 @@ from mailer.errors import (
     TransientDeliveryError,
 )
 from mailer.transport.base import SendResult
+from mailer.transport.senders import notice_lane
 from mailer.transport.smtp_codes import SENDER, error_for_reply
 
 #: Seconds to wait on the relay before calling the attempt failed.
@@ -94,6 +95,11 @@ class SMTPTransport:
         return bool(self._conn().has_extn("smtputf8"))
 
     def send(self, *, envelope_from: str, recipient: str, message: bytes) -> SendResult:
+        # A notice's wait for the relay does not hold campaign work back (senders.NoticeFirst).
+        with notice_lane.relay_wait():
+            return self._send(envelope_from=envelope_from, recipient=recipient, message=message)
+
+    def _send(self, *, envelope_from: str, recipient: str, message: bytes) -> SendResult:
         needs_utf8 = not (envelope_from.isascii() and recipient.isascii() and message.isascii())
         for attempt in (1, 2):
             conn = self._conn()
