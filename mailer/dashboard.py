@@ -262,12 +262,31 @@ def _nice_step(top: float, bins: int) -> float:
     return float(10 * power)
 
 
+#: Prediction figures per (database, latest score): they change only when a score runs, and
+#: counting a million customers' index entries every 15-second refresh would be wasted work.
+_PREDICTION_CACHE: dict[tuple, PredictionFigures] = {}
+
+
 def predictions(session: Session) -> PredictionFigures:
-    """Churn-risk counts and the predicted-CLV distribution of the scored customers."""
+    """Churn-risk counts and the predicted-CLV distribution of the scored customers.
+
+    Computed once per score (the latest fit's id and time key a small in-process cache).
+    """
     # The newest successful fit: ix_prediction_fits_fitted_at walked backwards, one row.
-    fit = session.execute(select(PredictionFit.fitted_at, PredictionFit.as_of)
+    fit = session.execute(select(PredictionFit.id, PredictionFit.fitted_at, PredictionFit.as_of)
                           .where(PredictionFit.status == "fitted", PredictionFit.scored.is_not(None))
                           .order_by(PredictionFit.fitted_at.desc(), PredictionFit.id.desc()).limit(1)).first()
+    key = (str(session.get_bind().url), fit.id if fit else None, fit.fitted_at if fit else None)
+    if fit is not None and key in _PREDICTION_CACHE:
+        return _PREDICTION_CACHE[key]
+    figures = _prediction_figures(session, fit)
+    if fit is not None:
+        _PREDICTION_CACHE.clear()
+        _PREDICTION_CACHE[key] = figures
+    return figures
+
+
+def _prediction_figures(session: Session, fit) -> PredictionFigures:
     # Counts per risk: ix_customers_churn_risk grouped in order (unscored customers are NULL there).
     risk = {"low": 0, "medium": 0, "high": 0}
     for value, n in session.execute(select(Customer.churn_risk, func.count()).where(Customer.churn_risk.is_not(None))

@@ -250,7 +250,13 @@ def _update_from_scores(conn, dbapi, cols: dict[str, np.ndarray], now: dt.dateti
         "UPDATE customers SET p_alive = NULL, expected_orders_90d = NULL, expected_orders_365d = NULL, "
         "predicted_clv = NULL, expected_next_order_at = NULL, churn_risk = NULL, predictions_at = NULL, "
         "updated_at = :now WHERE predictions_at IS NOT NULL AND predictions_at <> :now").bindparams(stamp))
-    if not pg:
+    if pg:
+        # Fresh statistics for the columns just rewritten (a sample of the table, inside this
+        # transaction, so it sees the new figures): with the old ones, the planner takes
+        # expected_next_order_at or churn_risk for almost all NULL and walks their whole
+        # index per id range in the triggers' pass and in segments.
+        conn.exec_driver_sql("ANALYZE customers")
+    else:
         conn.exec_driver_sql(f"DROP TABLE temp.{SCORES_TABLE}")
     return scored
 
