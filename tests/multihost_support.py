@@ -331,7 +331,8 @@ class _Handler:
 
     async def handle_DATA(self, server, session, envelope):
         raw = envelope.original_content or envelope.content
-        delivery = str(_parser.parsebytes(raw).get("X-Mailer-Delivery", ""))
+        # The header is "<delivery id>.<HMAC>" (signed); the sink keys by the id alone.
+        delivery = str(_parser.parsebytes(raw).get("X-Mailer-Delivery", "")).partition(".")[0]
         rcpt = envelope.rcpt_tos[0] if envelope.rcpt_tos else ""
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
         if self.hold_peer is not None and self.hold_peer in (peer, ANY_HOST):
