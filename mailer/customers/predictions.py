@@ -174,7 +174,8 @@ def _fill_sqlite(dbapi, cols: dict[str, np.ndarray]) -> None:
         for i in range(0, cols["id"].shape[0], SCORE_BATCH_ROWS):
             # SQLite stores a NaN double as NULL: missing figures need no conversion.
             chunk = [cols[n][i:i + SCORE_BATCH_ROWS].tolist() for n in names]
-            cur.executemany(f"INSERT INTO {SCORES_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", zip(*chunk, strict=True))
+            cur.executemany(f"INSERT INTO {SCORES_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # nosec B608 - a constant name
+                            zip(*chunk, strict=True))
     finally:
         cur.close()
 
@@ -236,7 +237,8 @@ def _update_from_scores(conn, dbapi, cols: dict[str, np.ndarray], now: dt.dateti
     # (a hash join on PostgreSQL, rowid lookups on SQLite). The computed tier replaces the
     # imported one only here, for the scored customers.
     conn.execute(text(
-        f"UPDATE customers SET p_alive = {num('p_alive')}, expected_orders_90d = {num('o90')}, "
+        # Every interpolated piece is a constant of this module (column names, label CASEs), never input.
+        f"UPDATE customers SET p_alive = {num('p_alive')}, expected_orders_90d = {num('o90')}, "  # nosec B608
         f"expected_orders_365d = {num('o365')}, predicted_clv = {num('clv')}, expected_next_order_at = {next_at}, "
         f"churn_risk = {_label_case('s.risk', scores.CHURN_RISK_LABELS)}, "
         f"predicted_spend_tier = {_label_case('s.tier', scores.SPEND_TIER_LABELS)}, "

@@ -104,7 +104,7 @@ SQLITE_UPGRADE = [
         WHEN NEW.customer_id IS NOT NULL
          AND NOT EXISTS (SELECT 1 FROM consent_derive_batches b
                           WHERE NEW.seq >= b.first_seq AND NEW.seq <= b.last_seq)
-        BEGIN {_DERIVE_ROW} END""",
+        BEGIN {_DERIVE_ROW} END""",  # nosec B608 - _DERIVE_ROW is this migration's constant SQL, never input
     # Closing a batch: per (customer, purpose) of the range, the event that is the
     # ledger's latest (no event at all, in or out of the range, is later; the NOT EXISTS
     # walks ix_consent_events_customer_purpose), upserted.  A pair whose latest decision
