@@ -149,14 +149,20 @@ def api_token(settings, shop: ConnectorShop) -> str | None:
                                    column="api_token")
 
 
-def _request(settings, row: ConnectorOutbox, shop: ConnectorShop | None) -> urllib.request.Request:
+def _credentials(settings, row: ConnectorOutbox, shop: ConnectorShop | None) -> tuple[str, str]:
+    """The shop's API token in clear and its API base URL, or :class:`_Refused` (retried) when
+    the shop has no usable credentials."""
     try:
         token = api_token(settings, shop) if shop is not None else None
     except ConfigurationError as exc:
         raise _Refused(str(exc)) from exc
     if not token:
         raise _Refused(f"no API credentials for {row.platform}:{row.shop} (mailer connect ... --api-token)")
-    base = shop.api_url or default_api_url(row.platform, row.shop)
+    return token, shop.api_url or default_api_url(row.platform, row.shop)
+
+
+def _request(settings, row: ConnectorOutbox, shop: ConnectorShop | None) -> urllib.request.Request:
+    token, base = _credentials(settings, row, shop)
     when = row.occurred_at if row.occurred_at.tzinfo else row.occurred_at.replace(tzinfo=UTC)
     stamp = when.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if row.platform == "shopify":
@@ -186,13 +192,7 @@ def _lookup_request(settings, row: ConnectorOutbox, shop: ConnectorShop | None, 
                     ) -> urllib.request.Request:
     """The documented search for a customer by e-mail: Shopify Admin GraphQL ``customers(query:)``,
     WooCommerce ``GET /wp-json/wc/v3/customers?email=``."""
-    try:
-        token = api_token(settings, shop) if shop is not None else None
-    except ConfigurationError as exc:
-        raise _Refused(str(exc)) from exc
-    if not token:
-        raise _Refused(f"no API credentials for {row.platform}:{row.shop} (mailer connect ... --api-token)")
-    base = shop.api_url or default_api_url(row.platform, row.shop)
+    token, base = _credentials(settings, row, shop)
     if row.platform == "shopify":
         # Shopify's search syntax: the address quoted, its quotes and backslashes escaped.
         quoted = address.replace("\\", "\\\\").replace('"', '\\"')
