@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
@@ -79,15 +80,45 @@ def _campaign(app: App, n: int) -> list[int]:
         return list(s.execute(select(Delivery.id).where(Delivery.campaign_id == cid).order_by(Delivery.id)).scalars())
 
 
-def _one_slice(app: App, ids: list[int], out: dict) -> threading.Thread:
-    """``send_slices`` for ``ids`` on a thread, as one send_batch message would (one slice of them all)."""
+@dataclass
+class SliceInFlight:
+    """A slice of campaign mails sending on its own thread, its first reply held by the sink."""
 
-    def run():
-        out["rest"], out["delay_ms"] = delivery_service.send_slices(app, ids, owner="slow-worker", slice_s=600)
+    app: App
+    ids: list[int]
+    sink: SMTPSink
+    out: dict = field(default_factory=dict)
+    thread: threading.Thread | None = None
 
-    t = threading.Thread(target=run)
-    t.start()
-    return t
+    def release_and_join(self) -> None:
+        """Let the relay answer the held mail and wait for the slice to end."""
+        self.sink.handler.go.set()
+        self.thread.join(WAIT_S)
+        assert not self.thread.is_alive()
+
+
+@contextmanager
+def _slice_in_flight(url, tmp_path, sink, monkeypatch, n: int = 3, **overrides):
+    """``send_slices`` over ``n`` fresh campaign mails on a thread, as one send_batch message would
+    (one slice of them all), returned once the relay holds the first mail's reply."""
+    monkeypatch.setattr(delivery_service, "_mail_wall_s", [0.0])  # a fresh process: one slice for all
+    app = _app(url, tmp_path, sink, **overrides)
+    previous = set_app(app)
+    try:
+        flight = SliceInFlight(app=app, ids=_campaign(app, n), sink=sink)
+
+        def run():
+            flight.out["rest"], flight.out["delay_ms"] = delivery_service.send_slices(
+                app, flight.ids, owner="slow-worker", slice_s=600)
+
+        flight.thread = threading.Thread(target=run)
+        flight.thread.start()
+        assert sink.handler.arrived.wait(WAIT_S)
+        yield flight
+    finally:
+        sink.handler.go.set()
+        set_app(previous)
+        app.close()
 
 
 @pytest.mark.postgres
@@ -96,26 +127,19 @@ def test_a_withdrawal_that_commits_while_a_reply_is_held_stops_the_rest_of_the_s
     # Given a slice of three campaign mails and a relay that holds its reply to the first one
     # for longer than the idle-in-transaction timeout (1 s); the lock timeout is only a ceiling
     # (the chain lock is one per database, shared with every schema's tests running meanwhile)
-    monkeypatch.setattr(delivery_service, "_mail_wall_s", [0.0])  # a fresh process: one slice for all three
-    app = _app(pg_url, tmp_path, held_sink, db_idle_in_transaction_s=1, db_lock_timeout_s=120)
-    previous = set_app(app)
-    try:
-        ids = _campaign(app, 3)
-        out: dict = {}
-        sending = _one_slice(app, ids, out)
-        assert held_sink.handler.arrived.wait(WAIT_S)
+    with _slice_in_flight(pg_url, tmp_path, held_sink, monkeypatch,
+                          db_idle_in_transaction_s=1, db_lock_timeout_s=120) as flight:
+        app, ids = flight.app, flight.ids
         # When the second recipient withdraws (it commits once the server ends the silent read session)
         with app.session() as s:
             ledger.withdraw(s, app.settings, purpose="newsletter", email="user1@example.com", source="api")
         # And then the relay answers the first mail
-        held_sink.handler.go.set()
-        sending.join(WAIT_S)
-        assert not sending.is_alive()
+        flight.release_and_join()
         # Then the slice sent nothing more on its old gate: the rest are handed on, not sent
         assert [r.rcpt_tos for r in held_sink.received] == [["user0@example.com"]]
-        assert out["rest"] == ids
+        assert flight.out["rest"] == ids
         # And when they go on, the withdrawn recipient is skipped and the other one is sent
-        rest = out["rest"]
+        rest = flight.out["rest"]
         while rest:
             rest, _ = delivery_service.send_slices(app, rest, owner="next-worker", slice_s=600)
         with app.session() as s:
@@ -123,37 +147,21 @@ def test_a_withdrawal_that_commits_while_a_reply_is_held_stops_the_rest_of_the_s
         assert status == {"user0@example.com": DeliveryStatus.sent, "user1@example.com": DeliveryStatus.skipped,
                           "user2@example.com": DeliveryStatus.sent}
         assert sorted(r.rcpt_tos[0] for r in held_sink.received) == ["user0@example.com", "user2@example.com"]
-    finally:
-        held_sink.handler.go.set()
-        set_app(previous)
-        app.close()
 
 
 def test_a_slice_sends_nothing_more_once_half_its_lease_has_passed(db_url, tmp_path, held_sink, monkeypatch):
     # Given a slice of three campaign mails with a 2 s lease, and a relay that holds its reply to the first
-    monkeypatch.setattr(delivery_service, "_mail_wall_s", [0.0])
-    app = _app(db_url, tmp_path, held_sink, lease_s=2)
-    previous = set_app(app)
-    try:
-        ids = _campaign(app, 3)
-        out: dict = {}
-        sending = _one_slice(app, ids, out)
-        assert held_sink.handler.arrived.wait(WAIT_S)
-        # When the reply comes only after the lease has expired (another worker may have the rest by now)
+    with _slice_in_flight(db_url, tmp_path, held_sink, monkeypatch, lease_s=2) as flight:
+        app, ids = flight.app, flight.ids
         with app.session() as s:
             lease_until = s.execute(select(Delivery.lease_until).where(Delivery.id == ids[1])).scalar_one()
         assert lease_until is not None
+        # When the reply comes only after the lease has expired (another worker may have the rest by now)
         time.sleep(app.settings.lease_s + 0.5)
-        held_sink.handler.go.set()
-        sending.join(WAIT_S)
-        assert not sending.is_alive()
+        flight.release_and_join()
         # Then the slice sent only the mail that was in flight and handed the rest on
         assert [r.rcpt_tos for r in held_sink.received] == [["user0@example.com"]]
-        assert out["rest"] == ids
+        assert flight.out["rest"] == ids
         with app.session() as s:
             rest_status = set(s.execute(select(Delivery.status).where(Delivery.id.in_(ids[1:]))).scalars())
         assert rest_status == {DeliveryStatus.queued}
-    finally:
-        held_sink.handler.go.set()
-        set_app(previous)
-        app.close()
