@@ -51,6 +51,7 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 
 from mailer.settings import PROJECT_ROOT
+from tests.faults.harness import log_tail
 
 #: PostgreSQL 15's server programs (Debian's layout).
 PG_BIN = Path(os.environ.get("MAILER_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -455,7 +456,7 @@ class HostWorker:
             self.kill9()
 
     def tail(self, chars: int = 3000) -> str:
-        return f"--- host {self.host.name}: {self.log.name}\n{self.log.read_text(errors='replace')[-chars:]}"
+        return log_tail(self.log, f"host {self.host.name}: {self.log.name}", chars)
 
 
 # -- a mailer command, started ahead ---------------------------------------------------------------

@@ -71,6 +71,11 @@ def wait_for(predicate, timeout_s: float, interval_s: float = 0.2, what: str = "
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
+def log_tail(path: Path, label: str, chars: int = 3000) -> str:
+    """The last ``chars`` characters of a worker's log under a ``--- label`` line, for a failure message."""
+    return f"--- {label} (last {chars} chars)\n{path.read_text(errors='replace')[-chars:]}"
+
+
 # -- message ids at the sink ------------------------------------------------------------------
 _parser = BytesHeaderParser()
 
@@ -162,11 +167,7 @@ class Workers:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("worker-*.log")))
 
     def logs(self) -> str:
-        out = []
-        for p in sorted(self.log_dir.glob("worker-*.log")):
-            text = p.read_text(errors="replace")
-            out.append(f"--- {p.name} (last 3000 chars)\n{text[-3000:]}")
-        return "\n".join(out)
+        return "\n".join(log_tail(p, p.name) for p in sorted(self.log_dir.glob("worker-*.log")))
 
 
 def worker_env(*, database_url: str, broker_url: str, smtp_url: str, templates_dir: Path, segments_dir: Path,
