@@ -48,6 +48,8 @@ DYNAMIC_TEXTS = (
     "The two passwords differ.", "You cannot disable your own account.",
     "That code did not match; try the next one.",
     "Logging in is not possible right now; try again in a minute.",
+    # consent events in the customer profile's history
+    "granted", "withdrawn",
     # a missing spend tier or churn risk in the profile's "Why" lines
     "none", "unknown",
     # the profile's "Why" lines (mailer.customers.predictions.explain_reasons)
