@@ -138,6 +138,10 @@ def run(settings: Settings, *, wait_s: float = 60.0) -> DemoResult:
         for queue in QUEUES:
             broker.join(queue, timeout=int(max(1, deadline - time.monotonic()) * 1000), fail_fast=True)
         worker.join()
+        with app.session() as s:
+            # What the sweeper does in a long-running worker: the sent-out campaign becomes completed,
+            # so the console and `mailer campaign status` do not show it as still running.
+            campaigns.finish_completed(s)
     finally:
         worker.stop()
         app.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from email import message_from_bytes, policy
@@ -38,6 +39,9 @@ def test_demo_writes_an_outbox_of_parseable_mails_with_both_parts(tmp_path):
     assert any(line.endswith(f"open {outbox / 'index.html'} in a browser") for line in res.stdout.splitlines())
     assert "(see it with: mailer campaign status 1)" in res.stdout
     assert "`mailer serve`" in res.stdout and "mailer demo --serve" in res.stdout
+    # And its newsletter, all sent, reads completed (the console does not list it as running)
+    with sqlite3.connect(tmp_path / "mailer.db") as con:
+        assert con.execute("SELECT status FROM campaigns WHERE id = 1").fetchone() == ("completed",)
     # When the demo runs a second time in the same folder
     again = subprocess.run([sys.executable, "-m", "mailer.cli", "demo"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=300)

@@ -4,7 +4,7 @@ Owns the database side of :mod:`mailer.predictions` (which stays database-free):
 orders up to an as-of day go through ``build_summary`` and ``scores.fit`` (:func:`fit`,
 every attempt recorded in ``prediction_fits``), the figures are written to the
 customers' columns in bulk (:func:`score_customers`), :func:`explain` puts one
-customer's figures in words, and :func:`daily_refit_hook` is the worker's once-a-day
+customer's figures in words (:func:`explain_reasons`: the same as texts and values to translate), and :func:`daily_refit_hook` is the worker's once-a-day
 refit (a sweeper hook).
 
 Scores are never invented: a customer the model cannot score (no order with a known
@@ -342,66 +342,108 @@ def _params(fit_row: PredictionFit) -> tuple[bgnbd.BGNBDParams | tuple, dict]:
     return (p["r"], p["alpha"], p["a"], p["b"]), fit_row.params["gamma_gamma"]
 
 
+@dataclass(frozen=True)
+class Reason:
+    """One line of :func:`explain_reasons`: an English text with ``{name}`` places and their values.
+
+    The values are already formatted (percentages, two decimals, dates), so a translation only
+    moves them around; ``str(reason)`` is the English line ``mailer predict show`` prints.
+    """
+
+    text: str
+    values: dict[str, str]
+
+    def __str__(self) -> str:
+        return self.text.format(**self.values)
+
+
+#: Every text a :class:`Reason` can carry, in the order they appear: the console's catalogs
+#: translate each (mailer/web/console/i18n/predictions.toml; tests/test_console_i18n.py checks).
+REASON_TEXTS = (
+    "{email}: {placed} placed order(s)",
+    "{email}: {placed} placed order(s), {left_out} cancelled or refunded (left out)",
+    "No prediction fit yet: run `mailer predict score` (or wait for the worker's daily refit).",
+    "Figures from the fit of {fitted_at} UTC on orders up to {as_of} ({customers} customers).",
+    "Not scored: no placed order with a total in the shop's currency up to the as-of day, "
+    "so the model has nothing to go on (no figures are invented).",
+    "History: first order {first}, last {last}; {repeats} repeat purchase day(s) after the first; "
+    "customer for {weeks} weeks, last seen {quiet} weeks before the as-of day.",
+    "Not scored: the first order is less than {min_age} days before the as-of day "
+    "(too new to predict; no figures are invented).",
+    "predicted_spend_tier {tier} is the imported value.",
+    "p_alive {p_alive}: with no repeat purchase yet, BG/NBD cannot tell a customer who left (leaving happens "
+    "only right after a purchase), so this is high; the expected orders say more.",
+    "p_alive {p_alive}: the chance they are still a customer, given {repeats} repeat purchase(s) and "
+    "{quiet} quiet weeks (a long silence after frequent buying lowers it).",
+    "Expected orders: {orders_90d} in the next 90 days, {orders_365d} in the next 365 (population purchase "
+    "rate r/alpha = {rate} a week, updated by their own history).",
+    "churn_risk {risk}: P(no order in the next 90 days) = {no_order} (low below 33%, high above 66%).",
+    "predicted_clv {clv} {currency}: expected orders over 12 months times the expected spend per order, "
+    "discounted at {discount} a month.",
+    "predicted_spend_tier {tier}: by the {quantiles} quantiles of predicted_clv over all scored customers.",
+    "expected_next_order_at {day}: the median wait for the next order if they are still a customer.",
+)
+
+
 def explain(session: Session, settings: Settings, address: str) -> list[str]:
-    """One customer's figures in words: their history, what the model makes of it, and why."""
+    """One customer's figures in words: their history, what the model makes of it, and why (English)."""
+    return [str(r) for r in explain_reasons(session, settings, address)]
+
+
+def explain_reasons(session: Session, settings: Settings, address: str) -> list[Reason]:
+    """:func:`explain` as :class:`Reason` lines, for a caller that translates them (the console)."""
     email = normalize(address)
     customer = session.execute(select(Customer).where(Customer.email == email)).scalar_one_or_none()
     if customer is None:
         raise NotFound(f"no customer with address {email}")
     orders = customer_orders(session, customer.id)
     placed = [o for o in orders if o.status.value == "placed"]
-    lines = [f"{email}: {len(placed)} placed order(s)"
-             + (f", {len(orders) - len(placed)} cancelled or refunded (left out)" if len(orders) > len(placed) else "")]
+    lines: list[Reason] = []
+
+    def say(text: str, **values: object) -> None:
+        lines.append(Reason(text, {k: str(v) for k, v in values.items()}))
+
+    if len(orders) > len(placed):
+        say(REASON_TEXTS[1], email=email, placed=len(placed), left_out=len(orders) - len(placed))
+    else:
+        say(REASON_TEXTS[0], email=email, placed=len(placed))
     fit_row = latest_fit(session)
     if fit_row is None:
-        lines.append("No prediction fit yet: run `mailer predict score` (or wait for the worker's daily refit).")
+        say(REASON_TEXTS[2])
         return lines
     as_of = fit_row.as_of
-    lines.append(f"Figures from the fit of {fit_row.fitted_at:%Y-%m-%d %H:%M} UTC on orders up to {as_of} "
-                 f"({fit_row.customers} customers).")
+    say(REASON_TEXTS[3], fitted_at=f"{fit_row.fitted_at:%Y-%m-%d %H:%M}", as_of=as_of, customers=fit_row.customers)
     days = sorted({o.placed_at.date() for o in placed if o.total_shop is not None and o.placed_at.date() <= as_of})
     if not days:
-        lines.append("Not scored: no placed order with a total in the shop's currency up to the as-of day, "
-                     "so the model has nothing to go on (no figures are invented).")
+        say(REASON_TEXTS[4])
         return lines
     x = len(days) - 1
     t_x = (days[-1] - days[0]).days / DAYS_PER_WEEK
     T = (as_of - days[0]).days / DAYS_PER_WEEK
-    lines.append(f"History: first order {days[0]}, last {days[-1]}; {x} repeat purchase day(s) after the first; "
-                 f"customer for {T:.1f} weeks, last seen {T - t_x:.1f} weeks before the as-of day.")
+    say(REASON_TEXTS[5], first=days[0], last=days[-1], repeats=x, weeks=f"{T:.1f}", quiet=f"{T - t_x:.1f}")
     if customer.p_alive is None:
-        min_age = scores.HistoryRule().min_customer_age_days
-        lines.append(f"Not scored: the first order is less than {min_age} days before the as-of day "
-                     "(too new to predict; no figures are invented).")
+        say(REASON_TEXTS[6], min_age=scores.HistoryRule().min_customer_age_days)
         if customer.predicted_spend_tier is not None:
-            lines.append(f"predicted_spend_tier {customer.predicted_spend_tier.value} is the imported value.")
+            say(REASON_TEXTS[7], tier=customer.predicted_spend_tier.value)
         return lines
     params, _ = _params(fit_row)
     r, alpha, a, b = params
     if x == 0:
-        lines.append(f"p_alive {customer.p_alive:.0%}: with no repeat purchase yet, BG/NBD cannot tell a customer "
-                     "who left (leaving happens only right after a purchase), so this is high; the expected orders "
-                     "say more.")
+        say(REASON_TEXTS[8], p_alive=f"{customer.p_alive:.0%}")
     else:
-        lines.append(f"p_alive {customer.p_alive:.0%}: the chance they are still a customer, given {x} repeat "
-                     f"purchase(s) and {T - t_x:.1f} quiet weeks (a long silence after frequent buying lowers it).")
-    lines.append(f"Expected orders: {customer.expected_orders_90d:.2f} in the next 90 days, "
-                 f"{customer.expected_orders_365d:.2f} in the next 365 (population purchase rate "
-                 f"r/alpha = {r / alpha:.3f} a week, updated by their own history).")
+        say(REASON_TEXTS[9], p_alive=f"{customer.p_alive:.0%}", repeats=x, quiet=f"{T - t_x:.1f}")
+    say(REASON_TEXTS[10], orders_90d=f"{customer.expected_orders_90d:.2f}",
+        orders_365d=f"{customer.expected_orders_365d:.2f}", rate=f"{r / alpha:.3f}")
     no_order = bgnbd.prob_no_transaction(params, 90 / DAYS_PER_WEEK, x, t_x, T)
-    risk = customer.churn_risk.value if customer.churn_risk else "unknown"
-    lines.append(f"churn_risk {risk}: P(no order in the next 90 days) = {float(no_order):.0%} "
-                 "(low below 33%, high above 66%).")
+    say(REASON_TEXTS[11], risk=customer.churn_risk.value if customer.churn_risk else "unknown",
+        no_order=f"{float(no_order):.0%}")
     if customer.predicted_clv is not None:
-        lines.append(f"predicted_clv {customer.predicted_clv:.2f} {settings.default_currency}: expected orders "
-                     f"over 12 months times the expected spend per order, discounted at "
-                     f"{settings.clv_discount_rate:.1%} a month.")
-    tier = customer.predicted_spend_tier.value if customer.predicted_spend_tier else "none"
-    lines.append(f"predicted_spend_tier {tier}: by the {settings.spend_tier_quantiles} quantiles of predicted_clv "
-                 "over all scored customers.")
+        say(REASON_TEXTS[12], clv=f"{customer.predicted_clv:.2f}", currency=settings.default_currency,
+            discount=f"{settings.clv_discount_rate:.1%}")
+    say(REASON_TEXTS[13], tier=customer.predicted_spend_tier.value if customer.predicted_spend_tier else "none",
+        quantiles=settings.spend_tier_quantiles)
     if customer.expected_next_order_at is not None:
-        lines.append(f"expected_next_order_at {customer.expected_next_order_at:%Y-%m-%d}: the median wait for the "
-                     "next order if they are still a customer.")
+        say(REASON_TEXTS[14], day=f"{customer.expected_next_order_at:%Y-%m-%d}")
     return lines
 
 

@@ -62,11 +62,16 @@ def _profile_page(request: Request, user: ConsoleUser, customer_id: int, *, erro
         except NotFound:
             return render(request, user, "console/customers/not_found.html", {"customer_id": customer_id},
                           status_code=404)
-        # The prediction figures in words (mailer predict show): history, the model's reading, why.
-        why = (predictions.explain(s, get_mailer(request).settings, p.customer.email)
-               if p.customer.email and p.customer.erased_at is None else [])
+        # The prediction figures in words (mailer predict show): history, the model's reading, why;
+        # texts and values apart, so the template translates each line into the user's language.
+        reasons = (predictions.explain_reasons(s, get_mailer(request).settings, p.customer.email)
+                   if p.customer.email and p.customer.erased_at is None else [])
+        _ = i18n.translator(user.locale)
+        # A value that is a word of the catalogs ("high", "low") is translated too; numbers and dates stay.
+        why = [_(r.text, **{k: _(v) for k, v in r.values.items()}) for r in reasons]
         return render(request, user, "console/customers/profile.html",
-                      {"p": p, "c": p.customer, "error": error, "done": done, "removable": REMOVABLE, "why": why},
+                      {"p": p, "c": p.customer, "error": error, "done": done, "removable": REMOVABLE, "why": why,
+                       "shop_currency": get_mailer(request).settings.default_currency},
                       status_code=status_code)
 
 

@@ -37,7 +37,8 @@ def _context(request: Request, user: ConsoleUser) -> dict:
         board = figures.build(s, settings=request.app.state.mailer.settings)
     return {"board": board, "complaint_warn": figures.COMPLAINT_WARN, "complaint_limit": figures.COMPLAINT_LIMIT,
             "latency_limit_days": brakes.UNSUBSCRIBE_LIMIT_S // 86400,
-            "clv_chart": clv_chart(board.predictions, i18n.translator(user.locale))}
+            "clv_chart": clv_chart(board.predictions, i18n.translator(user.locale)),
+            "shop_currency": request.app.state.mailer.settings.default_currency}
 
 
 @router.get("/", include_in_schema=False)

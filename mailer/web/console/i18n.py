@@ -16,6 +16,8 @@ from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
+from mailer.customers.predictions import REASON_TEXTS
+
 #: Where the catalogs live.
 CATALOG_DIR = Path(__file__).parent / "i18n"
 #: The console's locales: English first (the source), then the seeds' languages.
@@ -46,6 +48,12 @@ DYNAMIC_TEXTS = (
     "The two passwords differ.", "You cannot disable your own account.",
     "That code did not match; try the next one.",
     "Logging in is not possible right now; try again in a minute.",
+    # consent events in the customer profile's history
+    "granted", "withdrawn",
+    # a missing spend tier or churn risk in the profile's "Why" lines
+    "none", "unknown",
+    # the profile's "Why" lines (mailer.customers.predictions.explain_reasons)
+    *REASON_TEXTS,
 )
 
 
