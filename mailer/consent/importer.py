@@ -13,7 +13,9 @@ Good rows are written in batches of :data:`BATCH_ROWS`: missing customers are cr
 ``customer_id``; :func:`_canonical_v2` is byte for byte the ledger's canonical JSON),
 and written through the driver in ``seq`` order with their evidence rows: on SQLite an
 executemany inside an open derive batch (``consent_derive_batches``, migration 0019),
-whose closing derives ``consent_state`` for the batch set-based; on PostgreSQL a COPY,
+whose closing derives ``consent_state`` for the batch set-based (the row trigger is
+dropped for the batch's INSERTs and recreated from its own text before the batch closes,
+see :meth:`_Writer._sqlite_batch`); on PostgreSQL a COPY,
 after which the statement-level ``consent_events_derive_state`` trigger does the same.
 No code here writes ``consent_state``; the guard triggers check every row the
 derivation writes, and a back-dated event never overrides a later decision.
@@ -86,6 +88,9 @@ _IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 #: Accepted spellings of ``action`` (other tools' words for the two outcomes).
 _ACTIONS = {"granted": ConsentAction.granted, "grant": ConsentAction.granted,
             "withdrawn": ConsentAction.withdrawn, "withdraw": ConsentAction.withdrawn}
+#: ``source`` and ``basis`` values by their text (a dict probe, not an Enum lookup, per row).
+_SOURCES = {s.value: s for s in ConsentSource}
+_BASES = {b.value: b for b in LawfulBasis}
 
 
 @dataclass
@@ -132,18 +137,36 @@ def _parse_time(value: str) -> datetime:
     return parsed.astimezone(UTC)
 
 
-def _time(row: dict, column: str, latest: datetime, *, required: bool) -> datetime | None:
+#: The usual spelling of a UTC time (2024-03-01T12:00:00Z, optionally with microseconds, a
+#: space for the T or +00:00 for the Z): its hashed form is a matter of string slicing.
+_UTC_TIME = re.compile(r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(\.\d{6})?(?:Z|\+00:00)")
+#: EARLIEST_AT as the ledger hashes times (see _iso): ISO strings of this one fixed-width
+#: UTC form sort as the times they name, so bounds are compared as strings.
+_EARLIEST_ISO = EARLIEST_AT.isoformat(timespec="microseconds")
+
+
+def _iso_of(value: str) -> str:
+    """``value`` (ISO 8601) as the ledger hashes a time: UTC, microseconds; ValueError if not a time."""
+    m = _UTC_TIME.fullmatch(value)
+    if m is not None:
+        datetime.fromisoformat(m[1] + "T" + m[2])  # the calendar check: month 13, 30 February, 24:00
+        return f"{m[1]}T{m[2]}{m[3] or '.000000'}+00:00"
+    return _parse_time(value).isoformat(timespec="microseconds")
+
+
+def _time(row: dict, column: str, latest: str, *, required: bool) -> str | None:
+    """The column's time as the ledger hashes it (:func:`_iso`), within [EARLIEST_AT, ``latest``]."""
     value = (row.get(column) or "").strip()
     if not value:
         if required:
             raise _Bad(column, "is empty; give an ISO 8601 date-time such as 2024-03-01T12:00:00Z")
         return None
     try:
-        parsed = _parse_time(value)
+        parsed = _iso_of(value)
     except (ValueError, OverflowError):
         raise _Bad(column, f"{_short(value)} is not an ISO 8601 date or date-time "
                            "(e.g. 2024-03-01T12:00:00Z; no zone means UTC)") from None
-    if parsed < EARLIEST_AT:
+    if parsed < _EARLIEST_ISO:
         raise _Bad(column, f"{_short(value)} is before {EARLIEST_AT:%Y-%m-%d}")
     if parsed > latest:
         raise _Bad(column, f"{_short(value)} is in the future")
@@ -155,8 +178,12 @@ def _address(raw: str) -> str:
     return normalize(raw)
 
 
-def parse_row(settings: Settings, row: dict, latest: datetime) -> dict:
-    """One CSV row as event values; raises :class:`_Bad` naming the column."""
+def parse_row(settings: Settings, row: dict, latest: str) -> dict:
+    """One CSV row as event values; raises :class:`_Bad` naming the column.
+
+    ``latest`` is the latest time accepted, as :func:`_iso` writes it; the row's times come
+    back in that form too (what the chain hashes), not as datetimes.
+    """
     raw_email = (row.get("email") or "").strip()
     try:
         email = _address(raw_email)
@@ -171,17 +198,15 @@ def parse_row(settings: Settings, row: dict, latest: datetime) -> dict:
     if action is None:
         raise _Bad("action", f"{_short(row.get('action') or '')} is not granted or withdrawn")
     source_text = (row.get("source") or "").strip().lower()
-    try:
-        source = ConsentSource(source_text) if source_text else DEFAULT_SOURCE
-    except ValueError:
+    source = _SOURCES.get(source_text) if source_text else DEFAULT_SOURCE
+    if source is None:
         raise _Bad("source", f"{_short(source_text)} is not one of "
-                             f"{', '.join(s.value for s in ConsentSource)}") from None
+                             f"{', '.join(s.value for s in ConsentSource)}")
     basis_text = (row.get("basis") or "").strip().lower()
-    try:
-        basis = LawfulBasis(basis_text) if basis_text else LawfulBasis.consent
-    except ValueError:
+    basis = _BASES.get(basis_text) if basis_text else LawfulBasis.consent
+    if basis is None:
         raise _Bad("basis", f"{_short(basis_text)} is not one of "
-                            f"{', '.join(b.value for b in LawfulBasis)}") from None
+                            f"{', '.join(b.value for b in LawfulBasis)}")
     if basis is LawfulBasis.soft_opt_in and action is ConsentAction.granted and not settings.soft_opt_in:
         raise _Bad("basis", "soft opt-in is switched off for this deployment (MAILER_SOFT_OPT_IN=0)")
     occurred_at = _time(row, "occurred_at", latest, required=True)
@@ -462,7 +487,7 @@ class _Writer:
             subject = self.subject(r["email"])
             ip_digest, ua_digest = self.digest(r["ip"]), self.digest(r["user_agent"])
             action, basis, source = r["action"].value, r["basis"].value, r["source"].value
-            occurred, confirmed = _iso(r["occurred_at"]), _iso(r["confirmed_at"])
+            occurred, confirmed = r["occurred_at"], r["confirmed_at"]
             purpose_json = json_of.get(r["purpose"]) or json_of.setdefault(r["purpose"], _json_text(r["purpose"]))
             form_json = _json_text(r["form_id"])
             version_json = _json_text(r["wording_version"])
@@ -519,7 +544,7 @@ def import_csv(session: Session, settings: Settings, path: Path, *, strict: bool
 def _import_rows(writer: _Writer, settings: Settings, path: Path, strict: bool,
                  progress: Callable[[int], None] | None, encoding: str, delimiter: str,
                  result: ConsentImportResult) -> None:
-    latest = utcnow() + timedelta(seconds=MAX_FUTURE_S)
+    latest = _iso(utcnow() + timedelta(seconds=MAX_FUTURE_S))
     batch: list[dict] = []
     read = 0  # rows read since the last progress report, good or bad (the bar counts the file's rows)
     for line, row, error in iter_rows(Path(path), encoding=encoding, delimiter=delimiter, columns=COLUMNS,
