@@ -162,7 +162,13 @@ LOCK_NOT_AVAILABLE = "55P03"
 
 
 def lock_chain(session: Session, settings: Settings | None = None) -> None:
-    """Serialize appends until the transaction ends (PostgreSQL; SQLite has one writer).
+    """Serialize appends until the transaction ends.
+
+    On SQLite the lock is the database's single write lock, taken here by a write that
+    changes nothing: until its first write a session reads outside any transaction (the
+    driver begins one only at the first INSERT, UPDATE or DELETE), so without it the chain
+    tail read next could predate a writer that commits meanwhile (a bulk import), and the
+    append would then fail on the unique ``seq`` instead of waiting for it.
 
     The wait is bounded by ``MAILER_DB_LOCK_TIMEOUT_S`` for the rest of the transaction (the
     chain lock and the consent_state row the trigger rewrites): a session that holds them
@@ -170,6 +176,12 @@ def lock_chain(session: Session, settings: Settings | None = None) -> None:
     ``idle_in_transaction_session_timeout`` first, so a waiting withdrawal then proceeds;
     past the bound it fails with :class:`~mailer.errors.Busy`, having changed nothing.
     """
+    if session.get_bind().dialect.name == "sqlite":
+        # A DELETE that matches no row (WHERE 0) still begins a write transaction, so it
+        # waits (busy timeout) for the write lock; the table's triggers fire per row, so none runs.
+        with busy_on_lock_timeout():
+            session.execute(text("DELETE FROM consent_derive_batches WHERE 0"))
+        return
     if session.get_bind().dialect.name == "postgresql":
         timeout_s = settings.db_lock_timeout_s if settings is not None else Settings.db_lock_timeout_s
         with busy_on_lock_timeout():
