@@ -227,3 +227,49 @@ def test_engagement_segment_uses_opens_and_clicks_but_not_machine_opens(db_url):
     with db.session_scope(settings) as s:
         assert [r.email for p in segments.stream(s, settings, seg) for r in p] == ["human@example.com"]
         assert s.execute(sa.select(sa.func.count()).select_from(TrackingEvent)).scalar_one() == 2
+
+
+def test_every_resolution_path_confirms_each_state_row_by_the_grant_it_names(db_url):
+    """The first page, the windows after it, count and contains agree on who is in."""
+    from tests.consent_support import unprotected
+
+    settings = make_settings(database_url=db_url)
+    with db.session_scope(settings) as s:
+        # Given a customer who withdrew and granted again, one suppressed, one whose only
+        # newsletter grant is repointed (triggers off) at another customer's grant, one whose
+        # state row is repointed at their own loyalty grant, and plain subscribers around them
+        people = {name: _grant(s, settings, f"{name}@example.com")
+                  for name in ("p0", "regranted", "p1", "suppressed", "p2", "stolen", "p3", "wrong_purpose", "p4")}
+        consent.withdraw(s, settings, customer=people["regranted"], purpose="newsletter", source="unsubscribe_link")
+        consent.append(s, settings, customer=people["regranted"], purpose="newsletter", action="granted",
+                       source="signup_form")
+        suppressions.suppress(s, address_hash=people["suppressed"].email_hash, email="suppressed@example.com",
+                              reason="manual", scope="all")
+        consent.withdraw(s, settings, customer=people["stolen"], purpose="newsletter", source="unsubscribe_link")
+        consent.withdraw(s, settings, customer=people["wrong_purpose"], purpose="newsletter",
+                         source="unsubscribe_link")
+        consent.append(s, settings, customer=people["wrong_purpose"], purpose="loyalty", action="granted",
+                       source="signup_form")
+        ids = {name: c.id for name, c in people.items()}
+    true = "1" if db_url.startswith("sqlite") else "true"
+    with unprotected(db_url) as conn:
+        grant_p0 = conn.exec_driver_sql(f"SELECT event_id FROM consent_state WHERE customer_id = {ids['p0']}"
+                                        " AND purpose = 'newsletter'").scalar_one()
+        loyalty = conn.exec_driver_sql(f"SELECT event_id FROM consent_state WHERE customer_id = "
+                                       f"{ids['wrong_purpose']} AND purpose = 'loyalty'").scalar_one()
+        conn.exec_driver_sql(f"UPDATE consent_state SET granted = {true}, event_id = {grant_p0} "
+                             f"WHERE customer_id = {ids['stolen']} AND purpose = 'newsletter'")
+        conn.exec_driver_sql(f"UPDATE consent_state SET granted = {true}, event_id = {loyalty} "
+                             f"WHERE customer_id = {ids['wrong_purpose']} AND purpose = 'newsletter'")
+    seg = segments.load(settings, "newsletter_all")
+    expected = [ids[n] for n in ("p0", "regranted", "p1", "p2", "p3", "p4")]
+    with db.session_scope(settings) as s:
+        # When the segment is streamed one recipient per page (first page, then windows),
+        # in one page, counted, and asked about each customer
+        one_by_one = [r.customer_id for p in segments.stream(s, settings, seg, batch_size=1) for r in p]
+        at_once = [r.customer_id for p in segments.stream(s, settings, seg) for r in p]
+        # Then each path keeps exactly the confirmed, unsuppressed grants, the regranted customer once
+        assert one_by_one == at_once == expected
+        assert segments.count(s, settings, seg) == len(expected)
+        assert {n for n, cid in ids.items() if segments.contains(s, settings, seg, cid)} == {
+            "p0", "regranted", "p1", "p2", "p3", "p4"}

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, exists, or_, select, text, update
+from sqlalchemy import and_, case, exists, false, or_, select, text, true, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased
 
@@ -262,9 +262,16 @@ def granted_state_join():
     the guard triggers dropped) does not pass: the row alone is never trusted.
     """
     cs, ev = ConsentState.__table__.c, ConsentEvent.__table__
-    return ConsentState.__table__.join(ev, and_(ev.c.id == cs.event_id, ev.c.customer_id == cs.customer_id,
-                                                ev.c.purpose == cs.purpose,
-                                                ev.c.action == ConsentAction.granted.value))
+    # The join is the primary key (ev.id = cs.event_id); the grant check rides on it inside
+    # one CASE.  As plain join clauses, the customer and purpose equalities (which the key
+    # already implies for every honest row) each multiplied PostgreSQL's row estimate by
+    # 1/300,000, so a 300,000-row segment was planned as one row: a parallel hash join of
+    # the whole consent log and a suppression scan per recipient, minutes for a 500-row
+    # first page instead of 25 ms.  A CASE is opaque to the estimator (selectivity 0.5)
+    # and means the same on every database.
+    matches = case((and_(ev.c.customer_id == cs.customer_id, ev.c.purpose == cs.purpose,
+                         ev.c.action == ConsentAction.granted.value), true()), else_=false())
+    return ConsentState.__table__.join(ev, and_(ev.c.id == cs.event_id, matches))
 
 
 def has_consent(session: Session, settings: Settings, customer_id: int, purpose: str,
