@@ -17,6 +17,10 @@ how many milliseconds of CPU per mail go to:
 * ``send``      smtplib to the sink;
 * ``record``    the lease-guarded UPDATE to ``sent``.
 
+It also counts the SQL statements per mail of the send path (a ``before_cursor_execute``
+listener on the engine, by first keyword, and commits), to show what runs per mail and
+what per slice.
+
 The database share (claim + gate + record) of the worker's CPU per mail is printed
 against its target (<= 25 %).  ``--core-floor`` also runs the one-by-one path's per-mail
 SQL through Core (the projection of the earlier report).
@@ -103,6 +107,17 @@ def product_path(kind: str, n: int, tmp: Path, keys, sink: SinkProcess) -> dict:
         steps = (("claim_many", "claim"), ("gate_slice", "gate"), ("compose", "compose"), ("_finish", "record"))
         saved = {name: getattr(delivery, name) for name, _ in steps}
         transport_send = app.transport.send
+        statements: collections.Counter = collections.Counter()
+
+        def count(conn, cursor, statement, parameters, context, executemany):
+            statements[statement.split(None, 1)[0].upper()] += 1
+
+        def count_commit(conn):
+            statements["COMMIT"] += 1
+
+        engine = delivery._engine(app)
+        sa.event.listen(engine, "before_cursor_execute", count)
+        sa.event.listen(engine, "commit", count_commit)
         try:
             for name, label in steps:
                 _wrap(acc, delivery, name, label)
@@ -111,6 +126,8 @@ def product_path(kind: str, n: int, tmp: Path, keys, sink: SinkProcess) -> dict:
             send_all(ids)
             total = (time.process_time() - c0) / len(ids)
         finally:
+            sa.event.remove(engine, "before_cursor_execute", count)
+            sa.event.remove(engine, "commit", count_commit)
             for name, fn in saved.items():
                 setattr(delivery, name, fn)
             app.transport.send = transport_send
@@ -119,7 +136,8 @@ def product_path(kind: str, n: int, tmp: Path, keys, sink: SinkProcess) -> dict:
         per["fan-out"] = fan_out
         app.close()
         set_app(previous)
-        return {"total": total + fan_out, "steps": per, "mails": len(ids)}
+        return {"total": total + fan_out, "steps": per, "mails": len(ids),
+                "statements": {k: v / len(ids) for k, v in statements.items()}}
     finally:
         database.drop()
 
@@ -203,6 +221,9 @@ def main() -> None:
                 print(f"   {kind}: {r['total'] * 1000:.2f} ms CPU per mail = {1 / r['total']:.0f} mails per CPU-second")
                 for step, v in sorted(r["steps"].items(), key=lambda kv: -kv[1]):
                     print(f"     {step:36s} {v * 1000:6.3f} ms  {v / r['total'] * 100:5.1f}%")
+                sql = r["statements"]
+                print(f"     SQL per mail (before_cursor_execute, send path only): {sum(v for k, v in sql.items() if k != 'COMMIT'):.2f} "
+                      f"statements ({', '.join(f'{k} {v:.2f}' for k, v in sorted(sql.items()))})")
                 share = db_part / r["total"]
                 print(f"     database steps together (claim, gate, record): {db_part * 1000:.2f} ms = {share:.0%} of "
                       f"the worker's CPU per mail ({'met' if share <= 0.25 else 'NOT met'}: <= 25%)")

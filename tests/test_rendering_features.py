@@ -131,6 +131,30 @@ def test_mjml_is_compiled_once_per_kind_locale_and_cache_key(renderer):
     assert renderer.compiles == 4
 
 
+def test_campaign_data_is_validated_once_per_cache_key_and_data_object(renderer, monkeypatch):
+    # Given a campaign's data, the same object for every recipient, and a count of validations
+    data = renderer.sample("reward_code")
+    checks = []
+    real = renderer.validate
+    monkeypatch.setattr(renderer, "validate", lambda kind, d: checks.append(kind) or real(kind, d))
+    # When twenty recipients' mails render with the campaign's cache key
+    htmls = [renderer.render("reward_code", "pl", data, context=ctx(first_name=f"N{i}"),
+                             cache_key="campaign:7").html for i in range(20)]
+    # Then the data was checked once, and each mail still has its own recipient's values
+    assert checks == ["reward_code"]
+    assert all(f"N{i}" in html for i, html in enumerate(htmls))
+    # When another data object, or no cache key, renders
+    renderer.render("reward_code", "pl", dict(data), context=ctx(), cache_key="campaign:7")
+    renderer.render("reward_code", "pl", data, context=ctx())
+    # Then each is checked: only the very same object under the same key is trusted
+    assert len(checks) == 3
+    # And invalid data is refused every time, never remembered as valid
+    bad = {k: v for k, v in data.items() if k != "code"}
+    for _ in range(2):
+        with pytest.raises(Exception, match="code"):
+            renderer.render("reward_code", "pl", bad, context=ctx(), cache_key="campaign:8")
+
+
 def test_campaign_cache_key_keeps_its_version_and_new_campaigns_see_edits(tmp_path):
     # Given a copy of the templates and a campaign that already rendered
     shutil.copytree(PROJECT_ROOT / "templates", tmp_path, dirs_exist_ok=True)

@@ -1,7 +1,7 @@
 """The campaign send path at the limit: slice claims, slice-wide gates, many connections.
 
 Behaviour only (no timing): every delivery sent once with N connections, one lease per
-row in the slice's claim, the slice gate answering as the per-delivery gate does, every
+row in the slice's claim, whole slices on a slow process, the slice gate answering as the per-delivery gate does, every
 mail through the connections taking its rate-limit token, a stuck relay connection
 never holding up a notice, and ESMTP PIPELINING sending the same bytes.
 """
@@ -119,6 +119,27 @@ def test_slice_claim_leases_each_row_on_its_own(make_app):
     assert leases == {queued: "me", live: "live", dead: "me", sent: None, held: None}
     # And claiming again finds nothing left to lease
     assert delivery_service.claim_many(app, ids, "other") == []
+
+
+def test_a_slow_process_still_claims_whole_slices(make_app, monkeypatch):
+    # Given a campaign to 20 customers, and a process whose recent mails took 10 s of wall
+    # time each (a loaded machine: by time alone, not even one would fit a slice)
+    app = make_app()
+    _, ids = campaign(app, 20)
+    monkeypatch.setattr(delivery_service, "_mail_wall_s", [10.0])
+    claims: list[int] = []
+    real = delivery_service.claim_many
+    monkeypatch.setattr(delivery_service, "claim_many",
+                        lambda app_, batch, owner: claims.append(len(batch)) or real(app_, batch, owner))
+    # When the send path handles them in one long message
+    rest, _ = delivery_service.send_slices(app, ids, owner="w", slice_s=60.0)
+    # Then each claim took at least CLAIM_SLICE_MIN deliveries (the last one the remainder),
+    # so the claim and the gate's queries are paid per slice, not per mail
+    assert rest == []
+    assert claims == [8, 8, 4] and delivery_service.CLAIM_SLICE_MIN == 8
+    # And every delivery was sent once
+    assert set(statuses(app, ids).values()) == {DeliveryStatus.sent}
+    assert len(memory.outbox()) == 20
 
 
 def test_slice_gate_answers_as_the_per_delivery_gate(make_app):

@@ -119,7 +119,9 @@ def render_args(settings: Settings, mail: MailContext, context: dict) -> tuple[d
     options = mail.campaign if mail.campaign_id else None
     if options is None:
         return mail.data, {}
-    data = {**options.data, **(mail.data or {})}
+    # The campaign's own data object when the delivery adds none: the renderer validates
+    # and normalizes it once per campaign (Renderer._checked_data), not once per mail.
+    data = {**options.data, **mail.data} if mail.data else options.data
     extra: dict = {"cache_key": f"campaign:{mail.campaign_id}"}
     # An A/B variant's subjects and preheaders override the campaign's, locale by locale.
     variant = options.variants.get(mail.variant) if mail.variant and options.variants else None

@@ -594,6 +594,11 @@ def is_retryable(exc: BaseException) -> bool:
 
 #: Deliveries claimed by one statement; about one BATCH_SLICE_S of composing on one core.
 CLAIM_SLICE = 16
+#: Deliveries claimed by one statement at the least, however long a mail took lately: the
+#: claim and the gate's four to five queries are paid per slice (docs/benchmarks.md,
+#: "third pass"); notices have their own lane threads (MAILER_NOTICE_THREADS), which no
+#: slice holds up.
+CLAIM_SLICE_MIN = 8
 #: A slice sends no further mail once this share of the lease has passed since its claim
 #: (the rest go on as a new message): past the lease another worker may have them.
 SLICE_LEASE_SHARE = 0.5
@@ -853,9 +858,11 @@ def send_slices(app, delivery_ids: list[int], *, owner: str, slice_s: float) -> 
             return list(delivery_ids[i:]), 0
         # A slice is claimed whole, so it is sized to end within slice_s (at the wall time a
         # mail took in this process lately): the worker thread is then free for a notice
-        # after about slice_s even when the process gets only part of a core.
+        # after about slice_s even when the process gets only part of a core.  But never
+        # below CLAIM_SLICE_MIN: on a loaded machine the fit fell to one mail, and the
+        # slice's claim and gate queries then ran once per mail (bench/delivery_path.py).
         fit = int((slice_s - (time.monotonic() - started)) / _mail_wall_s[0]) if _mail_wall_s[0] > 0 else CLAIM_SLICE
-        want = 1 if per_row else max(1, min(CLAIM_SLICE, len(delivery_ids) - i, fit))
+        want = 1 if per_row else max(1, min(CLAIM_SLICE, len(delivery_ids) - i, max(CLAIM_SLICE_MIN, fit)))
         got = want
         if senders is not None:
             got = senders.reserve(want, timeout_s=slice_s)

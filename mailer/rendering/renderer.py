@@ -129,6 +129,11 @@ class Renderer:
         #: Subjects and preheaders: the restricted grammar of mailer.rendering.sandbox.check_text.
         self.subject_env = text_environment(i18n.FILTERS)
         self.compiles = 0
+        #: Campaign data already validated and normalized, by (kind, cache_key): the data
+        #: object itself (compared by identity, and kept alive so its id is never reused),
+        #: its spec and its normalized form.  A campaign's data is the same object for every
+        #: recipient (mailer.delivery.personalize.render_args), so it is checked once, not per mail.
+        self._checked: dict[tuple[str, str], tuple[dict[str, Any], KindSpec, dict[str, Any]]] = {}
 
     # -- kinds ------------------------------------------------------------------------------
     def kinds(self) -> list[str]:
@@ -247,6 +252,8 @@ class Renderer:
             keys = [k for k in self._compiled if cache_key is None or k[2] == cache_key]
             for k in keys:
                 del self._compiled[k]
+            for k in [k for k in list(self._checked) if cache_key is None or k[1] == cache_key]:
+                del self._checked[k]
             if cache_key is None:
                 self._specs.clear()
                 self._strings = None
@@ -434,6 +441,26 @@ class Renderer:
                 out[name] = [({k: None for k in keys} | item) if isinstance(item, dict) else item for item in items]
         return out
 
+    def _checked_data(self, kind: str, data: dict[str, Any],
+                      cache_key: str | None) -> tuple[KindSpec, dict[str, Any]]:
+        """``validate`` and ``_normalize`` of ``data``; once per (kind, cache_key) for the same data object.
+
+        The normalized dict is shared by every render of that data: the sandbox is immutable
+        (mailer.rendering.sandbox), so no template can change it for the next recipient."""
+        if cache_key is None:
+            spec = self.validate(kind, data)
+            return spec, self._normalize(spec, data)
+        key = (kind, cache_key)
+        hit = self._checked.get(key)
+        if hit is not None and hit[0] is data:
+            return hit[1], hit[2]
+        spec = self.validate(kind, data)
+        normalized = self._normalize(spec, data)
+        if len(self._checked) >= COMPILE_CACHE_ENTRIES:
+            self._checked.clear()
+        self._checked[key] = (data, spec, normalized)
+        return spec, normalized
+
     def render(self, kind: str, locale: str | None, data: dict[str, Any], *,
                context: dict[str, Any] | None = None, subject: str | dict[str, str] | None = None,
                preheader: str | dict[str, str] | None = None, cache_key: str | None = None) -> Rendered:
@@ -444,7 +471,7 @@ class Renderer:
         string or a dict per locale (fallback chain applies).  ``cache_key``: compile this
         (kind, locale) separately, e.g. once per campaign, fresh from disk.
         """
-        spec = self.validate(kind, data)
+        spec, normalized = self._checked_data(kind, data, cache_key)
         loc = self.resolve_locale(kind, locale)
         c = self.compiled(kind, loc, cache_key)
         ctx: dict[str, Any] = {"store_name": self.settings.store_name, "store_address": self.settings.store_address,
@@ -456,7 +483,7 @@ class Renderer:
         ctx["locale"] = loc
         ctx["dir"] = i18n.text_direction(loc)
         ctx.setdefault("format_locale", self._format_locale(locale, loc))
-        ctx.update(self._normalize(spec, data))
+        ctx.update(normalized)
         chain = i18n.chain(loc)
         path = c.path
         try:
