@@ -16,7 +16,9 @@ executemany inside an open derive batch (``consent_derive_batches``, migration 0
 whose closing derives ``consent_state`` for the batch set-based; on PostgreSQL a COPY,
 after which the statement-level ``consent_events_derive_state`` trigger does the same.
 No code here writes ``consent_state``; the guard triggers check every row the
-derivation writes, and a back-dated event never overrides a later decision.
+derivation writes (on PostgreSQL once per statement, migration 0025), and a back-dated
+event never overrides a later decision.  On PostgreSQL a reader thread
+(:func:`_read_ahead`) decodes and checks the next batch while the server writes this one.
 
 The whole file is one transaction holding the chain lock (PostgreSQL's advisory lock,
 SQLite's single writer) from the first batch to the commit, so the chain never forks,
