@@ -374,7 +374,8 @@ class ConsentState(Base):
     Written only by the ledger's derivation triggers (``consent_events_derive_state``,
     migrations 0002 and 0019: per statement on PostgreSQL, per row or per closed import
     batch on SQLite); guard
-    triggers refuse any INSERT/UPDATE that is not the ledger's derivation, and DELETE.
+    triggers refuse any INSERT/UPDATE that is not the ledger's derivation, and DELETE
+    (on PostgreSQL the INSERT/UPDATE guard checks each statement's rows at once, 0025).
     ``event_id`` names the event the row derives from; readers join it (primary key) to
     confirm it is a grant of this customer and purpose."""
 

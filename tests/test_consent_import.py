@@ -226,3 +226,51 @@ def test_progress_counts_bad_rows_too(settings, tmp_path, monkeypatch):
     # Then the progress covers every row read, good or bad, so the bar reaches its end
     assert (result.events, len(result.errors)) == (3, 2)
     assert sum(progressed) == 5
+
+
+def test_a_failed_write_stops_the_reader_and_stores_nothing(settings, tmp_path, monkeypatch):
+    # Given batches of 3 rows (read ahead by a thread on PostgreSQL) and a writer that fails on the second batch
+    import threading
+
+    monkeypatch.setattr(importer, "BATCH_ROWS", 3)
+    body = "".join(f"f{i}@example.com,newsletter,granted,2024-01-01,,,,,,,\n" for i in range(20))
+    calls = []
+    real_write = importer._Writer.write
+
+    def failing_write(self, rows):
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise RuntimeError("the database went away")
+        real_write(self, rows)
+
+    monkeypatch.setattr(importer._Writer, "write", failing_write)
+    # When imported
+    with pytest.raises(RuntimeError, match="went away"):
+        importer.import_file(settings, write(tmp_path, body))
+    # Then the error reaches the caller, no reader thread is left running, and nothing was stored
+    assert not [t for t in threading.enumerate() if t.name == "consent-import-reader"]
+    with db.session_scope(settings) as s:
+        assert s.execute(select(func.count()).select_from(ConsentEvent)).scalar_one() == 0
+        assert s.execute(select(func.count()).select_from(Customer)).scalar_one() == 0
+
+
+def test_a_reader_error_reaches_the_caller(settings, tmp_path, monkeypatch):
+    # Given a file whose reading fails after the first batch (a disk error, say)
+    monkeypatch.setattr(importer, "BATCH_ROWS", 2)
+    body = "".join(f"r{i}@example.com,newsletter,granted,2024-01-01,,,,,,,\n" for i in range(6))
+    real_parse = importer.parse_row
+    seen = []
+
+    def failing_parse(settings, row, latest):
+        seen.append(row)
+        if len(seen) == 4:
+            raise OSError("read error")
+        return real_parse(settings, row, latest)
+
+    monkeypatch.setattr(importer, "parse_row", failing_parse)
+    # When imported
+    # Then the reader's error is raised to the caller and nothing was stored
+    with pytest.raises(OSError, match="read error"):
+        importer.import_file(settings, write(tmp_path, body))
+    with db.session_scope(settings) as s:
+        assert s.execute(select(func.count()).select_from(ConsentEvent)).scalar_one() == 0

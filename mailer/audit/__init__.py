@@ -26,8 +26,11 @@ from mailer.models import AuditEntry
 
 #: prev_hash of the first entry.
 GENESIS = "0" * 64
-#: PostgreSQL advisory lock key that serializes appends so the chain never forks.
-CHAIN_LOCK_KEY = 0x61756469  # "audi"
+#: Class id (int4) of the PostgreSQL advisory lock that serializes appends so the chain
+#: never forks; its second key is the schema's (as the consent chain's lock, per schema).
+CHAIN_LOCK_CLASS = 0x61756469  # "audi"
+#: The audit chain lock of the current schema (see mailer.consent.ledger.CHAIN_LOCK_SQL).
+CHAIN_LOCK_SQL = "SELECT pg_advisory_xact_lock(:c, hashtext(coalesce(current_schema(), '')))"
 #: Every action the product records (docs/console.md#audit-log).
 ACTIONS = ("campaign.create", "campaign.test_send", "campaign.send", "campaign.pause", "campaign.resume",
            "campaign.cancel", "consent.export", "gdpr.export", "gdpr.erase", "suppression.add",
@@ -72,7 +75,7 @@ def record(session: Session, *, actor: str, action: str, target: str, detail: di
         raise ValidationError(f"audit detail larger than {MAX_DETAIL_BYTES} bytes", field="detail")
     detail = json.loads(json.dumps(detail, default=str)) if detail is not None else None
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_KEY})
+        session.execute(text(CHAIN_LOCK_SQL), {"c": CHAIN_LOCK_CLASS})
     # The chain tail: the highest seq (unique index). Appends are serialized by the advisory
     # lock on PostgreSQL and by SQLite's single writer; seq is UNIQUE as a backstop.
     last = session.execute(select(AuditEntry.seq, AuditEntry.hash).order_by(AuditEntry.seq.desc()).limit(1)).first()

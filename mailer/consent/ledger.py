@@ -58,8 +58,15 @@ from mailer.settings import Settings
 
 #: prev_hash of the first event in the chain.
 GENESIS = "0" * 64
-#: PostgreSQL advisory lock key that serializes appends so the chain never forks.
-CHAIN_LOCK_KEY = 0x6D61696C  # "mail"
+#: Class id (int4) of the PostgreSQL advisory lock that serializes appends so the chain
+#: never forks; its second key is the schema's (:data:`CHAIN_LOCK_SQL`).
+CHAIN_LOCK_CLASS = 0x6D61696C  # "mail"
+#: The chain lock, per schema: each schema has its own ledger, so two schemas in one
+#: database (tests, benchmarks, tenants) never wait for each other, while every session
+#: of one schema takes the same lock.  ``current_schema()`` is the schema the ledger's
+#: unqualified table names resolve to; a hashtext collision between two schemas only
+#: makes them share a lock (they serialize; nothing forks).
+CHAIN_LOCK_SQL = "SELECT pg_advisory_xact_lock(:c, hashtext(coalesce(current_schema(), '')))"
 #: Token purpose of double opt-in links (its own signing key, see mailer.tokens).
 CONFIRM_TOKEN_PURPOSE = "confirm"  # a token purpose label, not a secret  # nosec B105
 #: The notice kind that carries the double opt-in link.
@@ -186,7 +193,7 @@ def lock_chain(session: Session, settings: Settings | None = None) -> None:
         timeout_s = settings.db_lock_timeout_s if settings is not None else Settings.db_lock_timeout_s
         with busy_on_lock_timeout():
             session.execute(text(f"SET LOCAL lock_timeout = {int(timeout_s) * 1000}"))  # nosec B608 - an int
-            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_KEY})
+            session.execute(text(CHAIN_LOCK_SQL), {"c": CHAIN_LOCK_CLASS})
 
 
 @contextlib.contextmanager
