@@ -1,7 +1,7 @@
 """Benchmark: a worker's memory stays flat as a campaign grows (20,000 vs 200,000 recipients).
 
 Run: python bench/memory.py [--quick] [--small 20000] [--large 200000] [--db sqlite|postgresql] [--threads 4]
-                            [--connections 24] [--env MALLOC_ARENA_MAX=2 ...] [--tracemalloc]
+                            [--connections 24] [--env MALLOC_ARENA_MAX=2 ...]
 
 Two campaigns on the stage of ``bench/campaign_throughput.py`` (one ``dramatiq`` worker
 process, Redis db 8, DKIM RSA-2048, the seasonal-sale newsletter, the lean sink on the
@@ -13,9 +13,7 @@ Target: peak RSS under 150 MB, and the large campaign's peak within a few MB of 
 When the last mail has reached the sink, where the worker's RSS is: anonymous (heap, malloc
 arenas, thread stacks) against mapped files (``/proc/<pid>/smaps_rollup``), its threads,
 sockets and open SQLite files.  ``--env`` adds variables to the worker's environment (to
-compare e.g. ``MALLOC_ARENA_MAX`` or ``MAILER_*`` settings); ``--tracemalloc`` also
-prints the worker's top Python allocation sites then (``bench/memprobe/sitecustomize.py``;
-tracing costs memory and CPU, so its peak RSS is not the figure to record).
+compare e.g. ``MALLOC_ARENA_MAX`` or ``MAILER_*`` settings).
 
 ``--quick``: 5,000 vs 50,000.  The full run sends 220,000 mails and takes as long as the
 worker needs for them (see docs/benchmarks.md for the rate).
@@ -24,10 +22,8 @@ worker needs for them (see docs/benchmarks.md for the rate).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,8 +34,6 @@ from common import dkim_keys, format_memory_detail, loadavg, memory_detail, prin
 
 #: Peak RSS the worker process must stay under, MB.
 TARGET_MB = 150
-#: How long to wait for the worker's tracemalloc dump, seconds.
-DUMP_WAIT_S = 30
 
 
 def timeline(samples: list[tuple[int, int]], n: int) -> str:
@@ -66,7 +60,6 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=0, help="MAILER_SMTP_CONNECTIONS of the worker")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="added to the worker's environment (repeatable)")
-    ap.add_argument("--tracemalloc", action="store_true", help="print the worker's top Python allocation sites")
     args = ap.parse_args()
     worker_env = dict(item.split("=", 1) for item in args.env)
     small = args.small or (5000 if args.quick else 20_000)
@@ -76,28 +69,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp_s:
         tmp = Path(tmp_s)
         keys = dkim_keys(tmp)
-        trace_dir = tmp / "tracemalloc"
-        if args.tracemalloc:
-            trace_dir.mkdir()
-            worker_env["BENCH_TRACEMALLOC_DIR"] = str(trace_dir)
-            probe = str(Path(__file__).resolve().parent / "memprobe")
-            worker_env["PYTHONPATH"] = os.pathsep.join(filter(None, [probe, os.environ.get("PYTHONPATH")]))
         if worker_env:
             print(f"   worker environment added: {worker_env}")
 
         def at_end(workers) -> dict:
-            pids = [p for w in workers for p in w.worker_pids()]
-            detail = {pid: memory_detail(pid) for pid in pids}
-            dumps = {}
-            if args.tracemalloc:
-                (trace_dir / "dump").write_text(str(time.time()))
-                deadline = time.monotonic() + DUMP_WAIT_S
-                while time.monotonic() < deadline and len(dumps) < len(pids):
-                    time.sleep(0.5)
-                    dumps = {pid: (trace_dir / f"tracemalloc-{pid}.txt").read_text()
-                             for pid in pids if (trace_dir / f"tracemalloc-{pid}.txt").exists()}
-                (trace_dir / "dump").unlink()
-            return {"detail": detail, "dumps": dumps}
+            return {"detail": {pid: memory_detail(pid) for pid in (p for w in workers for p in w.worker_pids())}}
 
         for n in (small, large):
             r = run_campaign(args.db, n, tmp / str(n), threads=args.threads, keys=keys, ed25519=False,
@@ -107,9 +83,6 @@ def main() -> None:
                   f"(dramatiq master {max(r['master_rss_mb']):.1f} MB); RSS over time: {timeline(r['rss_samples'], n)}")
             for pid, d in r["at_end"]["detail"].items():
                 print(f"            at the end, worker process {pid}: {format_memory_detail(d)}")
-            for pid, text in r["at_end"]["dumps"].items():
-                print(f"            tracemalloc, worker process {pid}:")
-                print("".join(f"              {line}\n" for line in text.splitlines()), end="")
             out.append(r)
     a, b = out
     growth = b["peak_rss_mb"] - a["peak_rss_mb"]
