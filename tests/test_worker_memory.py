@@ -137,3 +137,17 @@ def test_a_worker_s_sqlite_connections_get_the_worker_page_cache(tmp_path, monke
     # Then only the worker's connection has the 256 KiB cache (negative = KiB in SQLite)
     assert in_worker == -256
     assert elsewhere != -256
+
+
+def test_a_booted_worker_has_not_imported_scipy(tmp_path):
+    # Given a worker process's environment
+    env = dict(os.environ, MAILER_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}",
+               MAILER_BROKER_URL=f"redis://127.0.0.1:6379/{os.environ.get('MAILER_TEST_REDIS_DB', '7')}",
+               PYTHONPATH=str(ROOT))
+    # When it boots (what `dramatiq mailer.worker.boot` imports)
+    done = subprocess.run([sys.executable, "-c", "import sys, mailer.worker.boot; print('scipy' in sys.modules)"],
+                          env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, cwd=tmp_path)
+    # Then SciPy (~60 MB of RSS with NumPy) is not loaded: the prediction models and the
+    # revenue A/B test import it when they run
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == "False"

@@ -51,6 +51,13 @@ log = logging.getLogger("mailer.predictions")
 MIN_AS_OF = dt.date(1970, 1, 2)
 
 
+def _models():
+    """The models' modules ``(bgnbd, scores, evaluate)``, imported on first use."""
+    # SciPy with NumPy: ~60 MB of RSS that a worker only needs when it fits (module docstring).
+    from mailer.predictions import bgnbd, evaluate, scores
+    return bgnbd, scores, evaluate
+
+
 class NotEnoughOrderHistory(ValidationError):
     """The orders do not meet the models' minimum history; ``reasons`` lists what is missing."""
 
@@ -62,7 +69,7 @@ class NotEnoughOrderHistory(ValidationError):
 
 def score_config(settings: Settings) -> scores.ScoreConfig:
     """The settings as a :class:`~mailer.predictions.scores.ScoreConfig`, or ConfigurationError naming the variable."""
-    from mailer.predictions import scores  # SciPy: when used, not at import (module docstring)
+    _, scores, _ = _models()
 
     rate = settings.clv_discount_rate
     if not isinstance(rate, (int, float)) or not 0 <= rate < 1:
@@ -122,7 +129,7 @@ def fit(session: Session, settings: Settings, *, as_of: dt.date | None = None, t
     :class:`NotEnoughOrderHistory` (the caller's transaction rolls back; :func:`run`
     records the refused attempt in a transaction of its own).
     """
-    from mailer.predictions import scores  # SciPy: when used, not at import (module docstring)
+    _, scores, _ = _models()
 
     as_of = _check_as_of(as_of)
     summary, without_total = _summary(session, as_of)
@@ -235,7 +242,7 @@ def _write_scores(session: Session, result: scores.Scores, now: dt.datetime) -> 
 
 def _update_from_scores(conn, dbapi, cols: dict[str, np.ndarray], now: dt.datetime, *, pg: bool) -> int:
     (_fill_postgresql if pg else _fill_sqlite)(dbapi, cols)
-    from mailer.predictions import scores  # SciPy: when used, not at import (module docstring)
+    _, scores, _ = _models()
 
     scored = int(cols["id"].shape[0])
     stamp = bindparam("now", now, type_=UTCDateTime())
@@ -286,7 +293,7 @@ def score_customers(session: Session, settings: Settings, *, as_of: dt.date | No
     no longer be scored has NULLs, not stale numbers; the computed ``predicted_spend_tier``
     replaces the imported one only where the model scored the customer.
     """
-    from mailer.predictions import scores  # SciPy: when used, not at import (module docstring)
+    _, scores, _ = _models()
 
     config = score_config(settings)
     outcome = fit(session, settings, as_of=as_of, trigger=trigger, fit_id=fit_id)
@@ -333,8 +340,7 @@ def evaluate(session: Session, settings: Settings, *, calibration_end: dt.date,
 
     Writes nothing: the customers' figures and ``prediction_fits`` are left as they are.
     """
-    from mailer.predictions import evaluate as holdout  # SciPy: when used, not at import (module docstring)
-    from mailer.predictions import scores
+    _, scores, holdout = _models()
 
     calibration_end = _check_as_of(calibration_end)
     if holdout_end is None:
@@ -364,7 +370,7 @@ def _params(fit_row: PredictionFit) -> tuple[bgnbd.BGNBDParams | tuple, dict]:
 
 def explain(session: Session, settings: Settings, address: str) -> list[str]:
     """One customer's figures in words: their history, what the model makes of it, and why."""
-    from mailer.predictions import bgnbd, scores  # SciPy: when used, not at import (module docstring)
+    bgnbd, scores, _ = _models()
 
     email = normalize(address)
     customer = session.execute(select(Customer).where(Customer.email == email)).scalar_one_or_none()
