@@ -83,12 +83,15 @@ def cpus() -> tuple[set[int] | None, int | None]:
 def run_campaign(kind: str, n: int, tmp: Path, *, threads: int, keys, ed25519: bool, pin: bool,
                  log_level: str, processes: int = 1, workers: int = 1, during=None, sink=None,
                  settings_overrides: dict | None = None, quiet: bool = False, profile: Path | None = None,
-                 delay_ms: float = 0.0, connections: int = 0) -> dict:
+                 delay_ms: float = 0.0, connections: int = 0, worker_env: dict | None = None,
+                 at_end=None) -> dict:
     """Populate, create, send and drain one campaign; returns the figures.
 
     ``during(settings, sink, t_send)`` runs (in this process) while the campaign drains and
     its return value lands in the result as ``during``.  ``workers`` > 1 starts that many
-    separate ``dramatiq`` commands (the scale-out benchmark).
+    separate ``dramatiq`` commands (the scale-out benchmark).  ``worker_env`` is added to the
+    worker command's environment; ``at_end(workers)`` runs once every mail reached the sink,
+    before the workers stop (its return value lands in the result as ``at_end``).
     """
     flush_redis()
     tmp.mkdir(parents=True, exist_ok=True)
@@ -108,7 +111,7 @@ def run_campaign(kind: str, n: int, tmp: Path, *, threads: int, keys, ed25519: b
         setup_s = time.perf_counter() - t
         for i in range(workers):
             w = Worker(settings, tmp, threads=threads, processes=processes, cpus=worker_cpus if workers == 1 else None,
-                       extra_env={"MAILER_LOG_LEVEL": log_level}, index=i).start()
+                       extra_env={"MAILER_LOG_LEVEL": log_level, **(worker_env or {})}, index=i).start()
             started.append(w)
         for w in started:
             w.wait_ready()
@@ -143,6 +146,7 @@ def run_campaign(kind: str, n: int, tmp: Path, *, threads: int, keys, ed25519: b
         if recorder is not None:
             recorder.stop()
         hwm = [w.peak_rss_kb() for w in started]
+        result_end = at_end(started) if at_end else None
         master_hwm = [status_kb(w.proc.pid, "VmHWM") / 1024 for w in started]
         # Give the last _finish() commits a moment, then check every delivery is recorded as sent.
         deadline = time.monotonic() + 30
@@ -161,7 +165,7 @@ def run_campaign(kind: str, n: int, tmp: Path, *, threads: int, keys, ed25519: b
             "messages": stats["messages"], "unique_ids": stats["unique_ids"],
             "bytes_per_msg": stats["bytes"] / max(1, stats["messages"]), "counts": counts,
             "peak_rss_mb": max(hwm) / 1024, "rss_mb_during": peak_rss[0] / 1024, "during": result_during,
-            "rss_samples": samples, "master_rss_mb": master_hwm,
+            "rss_samples": samples, "master_rss_mb": master_hwm, "at_end": result_end,
             "per_worker_cpu_s": [b - a for a, b in zip(cpu0, cpu1)], "load": loadavg(),
             "worker_sys_ms_per_msg": sum(b[1] - a[1] for a, b in zip(split0, split1)) / max(1, stats["messages"]) * 1000,
         }

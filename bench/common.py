@@ -127,6 +127,43 @@ def cpu_s(pid: int) -> float:
     return sum(cpu_split(pid))
 
 
+def memory_detail(pid: int) -> dict:
+    """Where a process's resident memory is, for bench/memory.py: /proc/<pid>/smaps_rollup
+    (``Rss``, ``Anonymous``: heap, arenas, stacks; the rest is mapped files such as the
+    interpreter and libraries), its thread count, and its open sockets and SQLite files."""
+    out: dict = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            key, _, rest = line.partition(":")
+            if rest.strip().endswith("kB"):
+                out[key] = int(rest.split()[0])
+    except OSError:
+        pass
+    out["Threads"] = status_kb(pid, "Threads")
+    sockets = db_files = 0
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            sockets += target.startswith("socket:")
+            db_files += target.endswith((".db", ".sqlite"))
+    except OSError:
+        pass
+    out["sockets"], out["db_files"] = sockets, db_files
+    return out
+
+
+def format_memory_detail(d: dict) -> str:
+    if not d:
+        return "no detail"
+    anon = d.get("Anonymous", 0)
+    return (f"Rss {d.get('Rss', 0) / 1024:.1f} MB = anonymous {anon / 1024:.1f} MB + files "
+            f"{(d.get('Rss', 0) - anon) / 1024:.1f} MB; {d.get('Threads', 0)} threads, {d.get('sockets', 0)} sockets, "
+            f"{d.get('db_files', 0)} open SQLite files")
+
+
 def status_kb(pid: int, key: str) -> int:
     """A ``kB`` line of /proc/<pid>/status (VmRSS, VmHWM...)."""
     try:

@@ -113,7 +113,8 @@ _worker_sessions = [False]
 
 def worker_sessions() -> None:
     """Mark this process as a worker: its PostgreSQL sessions get ``statement_timeout``
-    (``MAILER_DB_WORKER_STATEMENT_TIMEOUT_S``). Call before the first engine is made
+    (``MAILER_DB_WORKER_STATEMENT_TIMEOUT_S``), its SQLite connections a page cache of
+    ``MAILER_DB_WORKER_SQLITE_CACHE_KIB``. Call before the first engine is made
     (:mod:`mailer.worker.boot` does); the web app and the CLI run long exports and counts,
     so theirs have none."""
     _worker_sessions[0] = True
@@ -147,6 +148,13 @@ def make_engine(url: str, settings: Settings | None = None) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
+        cache_kib = (settings or Settings()).db_worker_sqlite_cache_kib if _worker_sessions[0] else 0
+        if cache_kib > 0:
+            def _cache(dbapi_conn, _record) -> None:
+                # A worker's pooled connections each keep a page cache; another connection's
+                # commit makes it reread the pages anyway (WAL), so a small one costs little.
+                dbapi_conn.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
+            event.listen(engine, "connect", _cache)
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10,
                                connect_args=_pg_connect_args(settings))

@@ -115,6 +115,8 @@ class Settings:
     relay_rate: int = 0
     #: SMTP connections per relay per worker process for campaign mail, each with its own sending thread; 0 = each worker thread sends over its own connection (docs/delivery.md, sizing).
     smtp_connections: int = 0
+    #: glibc malloc arenas a worker process's threads share (``mallopt(M_ARENA_MAX)`` at start); fewer arenas keep less memory with many sending threads; 0 = glibc's default (8 per core); ``MALLOC_ARENA_MAX`` in the environment wins (docs/delivery.md, sizing).
+    malloc_arenas: int = 2
     #: Worker threads per worker process that take only notices (the transactional queue), besides --threads (which take notices too); 0 = none (docs/delivery.md, sizing).
     notice_threads: int = 2
     #: Messages per second per recipient domain, across all workers. 0 = unlimited.
@@ -202,6 +204,8 @@ class Settings:
     db_lock_timeout_s: int = 120
     #: PostgreSQL: statement_timeout (seconds) of worker processes' sessions. 0 = none.
     db_worker_statement_timeout_s: int = 60
+    #: SQLite: page cache per connection of a worker process, KiB (SQLite's default is 2000); a worker's pool holds up to 15 connections, each rereads what another one wrote anyway. 0 = SQLite's default.
+    db_worker_sqlite_cache_kib: int = 512
     #: This process's name in lease owners, logs and metrics; empty = hostname:pid.
     worker_name: str = ""
     #: The shop's rate table for converting order totals to MAILER_DEFAULT_CURRENCY (the shop's currency):

@@ -26,8 +26,6 @@ import math
 from dataclasses import dataclass
 from statistics import NormalDist
 
-from scipy.special import stdtr, stdtrit
-
 #: The normal distribution the z-test reads its p-values and quantiles from.
 _NORMAL = NormalDist()
 
@@ -94,7 +92,11 @@ def welch(a: Arm, b: Arm, *, level: float) -> Comparison:
         return Comparison(diff, diff, diff, 1.0 if diff == 0 else 0.0, level)
     df = (va + vb) ** 2 / ((va ** 2 / (a.n - 1) if va else 0.0) + (vb ** 2 / (b.n - 1) if vb else 0.0))
     # Student's t from scipy.special (stdtr: CDF, stdtrit: its inverse); scipy.stats costs
-    # seconds of import time in every CLI call for these two functions.
+    # seconds of import time in every CLI call for these two functions. Imported here, not
+    # with the module: every worker process imports this one, and SciPy is ~25 MB of RSS
+    # that only a revenue A/B decision needs (docs/benchmarks.md, "Worker memory").
+    from scipy.special import stdtr, stdtrit
+
     p_value = float(2 * stdtr(df, -abs(diff) / se))
     half = float(stdtrit(df, 1 - (1 - level) / 2)) * se
     return Comparison(diff, diff - half, diff + half, min(1.0, max(0.0, p_value)), level)

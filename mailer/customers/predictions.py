@@ -7,6 +7,12 @@ customers' columns in bulk (:func:`score_customers`), :func:`explain` puts one
 customer's figures in words (:func:`explain_reasons`: the same as texts and values to translate), and :func:`daily_refit_hook` is the worker's once-a-day
 refit (a sweeper hook).
 
+The models (:mod:`mailer.predictions`, on SciPy) are imported by the functions that fit,
+score, evaluate or explain, not with this module: every worker process imports this one
+for its sweeper hook, and SciPy with NumPy is ~60 MB of RSS a worker that only sends
+mail, or only checks that the day's refit is claimed, must not carry (docs/benchmarks.md,
+"Worker memory").
+
 Scores are never invented: a customer the model cannot score (no order with a known
 total, or a first order younger than the minimum age) gets NULL figures and keeps an
 imported ``predicted_spend_tier``; a shop below the minimum history gets
@@ -18,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import bindparam, func, insert, select, text, update
@@ -31,15 +38,24 @@ from mailer.customers.orders import customer_orders, order_arrays
 from mailer.db import session_scope
 from mailer.errors import ConfigurationError, NotFound, ValidationError
 from mailer.models import Customer, Order, OrderStatus, PredictionFit, UTCDateTime
-from mailer.predictions import bgnbd, scores
-from mailer.predictions import evaluate as holdout
 from mailer.predictions.summary import DAYS_PER_WEEK, RFMSummary, build_summary
 from mailer.settings import Settings
+
+if TYPE_CHECKING:
+    from mailer.predictions import bgnbd, scores
+    from mailer.predictions import evaluate as holdout
 
 log = logging.getLogger("mailer.predictions")
 
 #: Earliest as-of day accepted (before any plausible order).
 MIN_AS_OF = dt.date(1970, 1, 2)
+
+
+def _models():
+    """The models' modules ``(bgnbd, scores, evaluate)``, imported on first use."""
+    # SciPy with NumPy: ~60 MB of RSS that a worker only needs when it fits (module docstring).
+    from mailer.predictions import bgnbd, evaluate, scores
+    return bgnbd, scores, evaluate
 
 
 class NotEnoughOrderHistory(ValidationError):
@@ -53,6 +69,8 @@ class NotEnoughOrderHistory(ValidationError):
 
 def score_config(settings: Settings) -> scores.ScoreConfig:
     """The settings as a :class:`~mailer.predictions.scores.ScoreConfig`, or ConfigurationError naming the variable."""
+    _, scores, _ = _models()
+
     rate = settings.clv_discount_rate
     if not isinstance(rate, (int, float)) or not 0 <= rate < 1:
         raise ConfigurationError(f"MAILER_CLV_DISCOUNT_RATE must be a monthly rate from 0 to below 1 "
@@ -111,6 +129,8 @@ def fit(session: Session, settings: Settings, *, as_of: dt.date | None = None, t
     :class:`NotEnoughOrderHistory` (the caller's transaction rolls back; :func:`run`
     records the refused attempt in a transaction of its own).
     """
+    _, scores, _ = _models()
+
     as_of = _check_as_of(as_of)
     summary, without_total = _summary(session, as_of)
     try:
@@ -222,6 +242,8 @@ def _write_scores(session: Session, result: scores.Scores, now: dt.datetime) -> 
 
 def _update_from_scores(conn, dbapi, cols: dict[str, np.ndarray], now: dt.datetime, *, pg: bool) -> int:
     (_fill_postgresql if pg else _fill_sqlite)(dbapi, cols)
+    _, scores, _ = _models()
+
     scored = int(cols["id"].shape[0])
     stamp = bindparam("now", now, type_=UTCDateTime())
     if pg:
@@ -271,6 +293,8 @@ def score_customers(session: Session, settings: Settings, *, as_of: dt.date | No
     no longer be scored has NULLs, not stale numbers; the computed ``predicted_spend_tier``
     replaces the imported one only where the model scored the customer.
     """
+    _, scores, _ = _models()
+
     config = score_config(settings)
     outcome = fit(session, settings, as_of=as_of, trigger=trigger, fit_id=fit_id)
     result = scores.score(outcome.summary, outcome.models, config)
@@ -316,6 +340,8 @@ def evaluate(session: Session, settings: Settings, *, calibration_end: dt.date,
 
     Writes nothing: the customers' figures and ``prediction_fits`` are left as they are.
     """
+    _, scores, holdout = _models()
+
     calibration_end = _check_as_of(calibration_end)
     if holdout_end is None:
         o = Order.__table__
@@ -392,6 +418,8 @@ def explain(session: Session, settings: Settings, address: str) -> list[str]:
 
 def explain_reasons(session: Session, settings: Settings, address: str) -> list[Reason]:
     """:func:`explain` as :class:`Reason` lines, for a caller that translates them (the console)."""
+    bgnbd, scores, _ = _models()
+
     email = normalize(address)
     customer = session.execute(select(Customer).where(Customer.email == email)).scalar_one_or_none()
     if customer is None:

@@ -188,6 +188,8 @@ class Senders:
             except BaseException:  # a job records its own outcome; this only keeps the thread alive
                 log.exception("sending thread: job failed")
             finally:
+                # The job holds its composed message (~40 KB): not kept while this thread idles.
+                job = None
                 self.release(1)
 
     def wait_idle(self, timeout_s: float) -> bool:

@@ -4,7 +4,8 @@ Importing this module is what ``dramatiq worker`` needs (``worker.py`` at the to
 the repository imports it; ``mailer worker`` runs ``dramatiq mailer.worker.boot``).  Every
 worker process gets the settings from the environment, an :class:`~mailer.app.App`,
 the Redis broker with mailer's middleware, the sweeper thread and the heartbeat thread
-(:mod:`mailer.delivery.heartbeats`).
+(:mod:`mailer.delivery.heartbeats`), and first of all its malloc arena cap
+(:mod:`mailer.worker.malloc`, ``MAILER_MALLOC_ARENAS``).
 
 Metrics: with ``MAILER_METRICS_PORT`` set, Dramatiq's Prometheus middleware is added
 and one fork process per ``dramatiq`` command serves Dramatiq's and mailer's metrics
@@ -19,8 +20,11 @@ import os
 import tempfile
 
 from mailer.settings import Settings
+from mailer.worker.malloc import limit_arenas
 
 settings = Settings.from_env()
+# Before any thread of this process allocates: arenas are made lazily and never given back.
+limit_arenas(settings.malloc_arenas)
 if settings.metrics_port:
     _metrics_dir = os.environ.get("dramatiq_prom_db") or os.path.join(tempfile.gettempdir(), "dramatiq-prometheus")
     os.makedirs(_metrics_dir, exist_ok=True)
