@@ -660,12 +660,12 @@ class CampaignLinkCount(Base):
 
     campaign_id: Mapped[int] = mapped_column(BigId, ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True)
     url_key: Mapped[str] = mapped_column(Text, primary_key=True)
-    url: Mapped[str] = mapped_column(Text)
+    url: Mapped[str | None] = mapped_column(Text)
     clicks: Mapped[int] = mapped_column(BigInteger)
     unique_clicks: Mapped[int] = mapped_column(BigInteger)
 
     def __repr__(self) -> str:
-        return f"<CampaignLinkCount campaign={self.campaign_id} clicks={self.clicks} url={self.url[:40]!r}>"
+        return f"<CampaignLinkCount campaign={self.campaign_id} clicks={self.clicks} url={(self.url or '')[:40]!r}>"
 
 
 class ApiKey(Base):

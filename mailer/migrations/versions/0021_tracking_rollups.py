@@ -17,7 +17,7 @@ links) rows:
   days from the second).
 * ``campaign_link_counts (campaign_id, url_key)``: ``clicks`` and ``unique_clicks`` (distinct
   deliveries) per link; ``url_key`` is the URL's first ``URL_KEY_CHARS`` characters (a NULL
-  URL counts as the empty one), so a very long URL never exceeds PostgreSQL's B-tree entry
+  URL counts under the empty one's key; ``url`` keeps it NULL, so it sorts as before), so a very long URL never exceeds PostgreSQL's B-tree entry
   size and fails a click.
 
 Triggers fire on INSERT, DELETE (retention purge, tests) and UPDATE (GDPR erasure clears
@@ -97,7 +97,7 @@ _SQLITE_APPLY = """
     ON CONFLICT (campaign_id, kind, unit, bucket_start) DO UPDATE
        SET events = campaign_tracking_buckets.events + excluded.events;
     INSERT INTO campaign_link_counts (campaign_id, url_key, url, clicks, unique_clicks)
-    SELECT {r}.campaign_id, substr(coalesce({r}.url, ''), 1, {n}), coalesce({r}.url, ''), {s},
+    SELECT {r}.campaign_id, substr(coalesce({r}.url, ''), 1, {n}), {r}.url, {s},
            {s} * """ + _SQLITE_LINK_ALONE + """
      WHERE {r}.campaign_id IS NOT NULL AND {r}.kind = 'click'
     ON CONFLICT (campaign_id, url_key) DO UPDATE
@@ -189,7 +189,7 @@ BEGIN
     -- 4. Clicks and unique clicks per link: the same count, per (delivery, URL key).
     INSERT INTO campaign_link_counts AS l (campaign_id, url_key, url, clicks, unique_clicks)
     SELECT c.campaign_id, c.url_key, c.url, c.clicks, coalesce(q.delta, 0)
-      FROM (SELECT d.campaign_id, substr(coalesce(d.url, ''), 1, {n}) AS url_key, min(coalesce(d.url, '')) AS url,
+      FROM (SELECT d.campaign_id, substr(coalesce(d.url, ''), 1, {n}) AS url_key, min(d.url) AS url,
                    sum(d.sign) AS clicks
               FROM ({delta}) d
              WHERE d.campaign_id IS NOT NULL AND d.kind = 'click'
@@ -266,7 +266,7 @@ def backfill_statements(dialect: str) -> list[str]:
              FROM tracking_events WHERE campaign_id IS NOT NULL
             GROUP BY campaign_id, kind, {bucket}""")  # nosec B608 - constant SQL
     out.append(f"""INSERT INTO campaign_link_counts (campaign_id, url_key, url, clicks, unique_clicks)
-           SELECT campaign_id, substr(coalesce(url, ''), 1, {URL_KEY_CHARS}), min(coalesce(url, '')), count(*),
+           SELECT campaign_id, substr(coalesce(url, ''), 1, {URL_KEY_CHARS}), min(url), count(*),
                   count(DISTINCT delivery_id)
              FROM tracking_events WHERE campaign_id IS NOT NULL AND kind = 'click'
             GROUP BY campaign_id, substr(coalesce(url, ''), 1, {URL_KEY_CHARS})""")  # nosec B608 - constant SQL
@@ -297,7 +297,7 @@ def upgrade() -> None:
         'campaign_link_counts',
         sa.Column('campaign_id', _ID, nullable=False),
         sa.Column('url_key', sa.Text(), nullable=False),
-        sa.Column('url', sa.Text(), nullable=False),
+        sa.Column('url', sa.Text(), nullable=True),
         sa.Column('clicks', sa.BigInteger(), nullable=False),
         sa.Column('unique_clicks', sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(['campaign_id'], ['campaigns.id'], ondelete='CASCADE'),
