@@ -21,6 +21,9 @@ Tables and what they are for:
 * ``suppressions``     addresses never to mail again (by salted hash; address kept until erasure).
 * ``bounces``          every bounce / complaint with its raw report.
 * ``tracking_events``  opens, clicks, unsubscribes (purged by retention).
+* ``campaign_tracking_totals``, ``campaign_tracking_buckets``, ``campaign_link_counts``
+                       the campaign report's counts (per kind, per minute/hour, per link),
+                       kept by triggers on tracking_events so the report never reads events.
 * ``api_keys``         hashed bearer keys for the HTTP API, with their scopes and last use.
 * ``wordings``         every version of every consent wording seen, with the SHA-256 of its
                        exact text (a grant's ``wording_sha256`` points here).
@@ -616,6 +619,54 @@ class TrackingEvent(Base):
 
     def __repr__(self) -> str:
         return f"<TrackingEvent id={self.id} kind={self.kind.value if self.kind else None} delivery={self.delivery_id}>"
+
+
+class CampaignTrackingTotal(Base):
+    """Per campaign and tracking kind: events, and uniques (deliveries; for unsubscribes,
+    customers) with at least one.  Kept by triggers on tracking_events (migration 0021)."""
+
+    __tablename__ = "campaign_tracking_totals"
+
+    campaign_id: Mapped[int] = mapped_column(BigId, ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[TrackingKind] = mapped_column(_enum(TrackingKind), primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger)
+    uniques: Mapped[int] = mapped_column(BigInteger)
+
+    def __repr__(self) -> str:
+        return f"<CampaignTrackingTotal campaign={self.campaign_id} kind={self.kind} events={self.events}>"
+
+
+class CampaignTrackingBucket(Base):
+    """Events per campaign, kind and UTC minute or hour (``unit``), for the report's chart.
+    Kept by triggers on tracking_events (migration 0021); a bucket emptied by a purge stays at 0."""
+
+    __tablename__ = "campaign_tracking_buckets"
+
+    campaign_id: Mapped[int] = mapped_column(BigId, ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[TrackingKind] = mapped_column(_enum(TrackingKind), primary_key=True)
+    #: "minute" or "hour".
+    unit: Mapped[str] = mapped_column(String(10), primary_key=True)
+    bucket_start: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger)
+
+    def __repr__(self) -> str:
+        return f"<CampaignTrackingBucket campaign={self.campaign_id} {self.unit} {self.bucket_start} events={self.events}>"
+
+
+class CampaignLinkCount(Base):
+    """Clicks and unique clicks (deliveries) per campaign and link.  ``url_key`` is the URL's
+    first 600 characters (NULL counts as ""); ``url`` the full URL.  Kept by triggers (0021)."""
+
+    __tablename__ = "campaign_link_counts"
+
+    campaign_id: Mapped[int] = mapped_column(BigId, ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True)
+    url_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    url: Mapped[str | None] = mapped_column(Text)
+    clicks: Mapped[int] = mapped_column(BigInteger)
+    unique_clicks: Mapped[int] = mapped_column(BigInteger)
+
+    def __repr__(self) -> str:
+        return f"<CampaignLinkCount campaign={self.campaign_id} clicks={self.clicks} url={(self.url or '')[:40]!r}>"
 
 
 class ApiKey(Base):

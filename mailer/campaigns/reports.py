@@ -29,6 +29,13 @@ one line.
 The report's chart counts events per minute, 5 minutes, hour or day, chosen from the
 span of the data (see :func:`timeline`), with human opens, machine opens and clicks as
 separate series and whole-number y ticks.
+
+Tracking figures (unique opens and clicks, machine opens, unsubscribes), the chart's
+buckets and the most-clicked links are read from rollups that triggers on
+``tracking_events`` keep as events arrive (migration 0021: ``campaign_tracking_totals``,
+``campaign_tracking_buckets`` per UTC minute and hour, ``campaign_link_counts``), so a
+report reads O(kinds + buckets + links) rows whatever the number of events; only the
+chart's span (six index probes) and complaints (few) read events.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from html import escape
 
-from sqlalchemy import distinct, func, literal_column, select, union
+from sqlalchemy import func, select, union
 from sqlalchemy.orm import Session
 
 from mailer.campaigns import abtest
@@ -51,6 +58,9 @@ from mailer.models import (
     Attribution,
     Bounce,
     Campaign,
+    CampaignLinkCount,
+    CampaignTrackingBucket,
+    CampaignTrackingTotal,
     CsatRating,
     Delivery,
     DeliveryStatus,
@@ -146,15 +156,19 @@ def figures(session: Session, campaign_id: int) -> Figures:
     f.sent = by_status.get(DeliveryStatus.sent, 0) - bounced_by_status.get(DeliveryStatus.sent, 0)
     f.failed = by_status.get(DeliveryStatus.failed, 0) - bounced_by_status.get(DeliveryStatus.failed, 0)
 
-    def tracked(kind: TrackingKind, what) -> int:
-        # ix_tracking_campaign_kind (campaign_id, kind, occurred_at).
-        return session.execute(select(what).where(TrackingEvent.campaign_id == c.id, TrackingEvent.kind == kind)
-                               ).scalar_one()
-
-    f.unique_opens = tracked(TrackingKind.open, func.count(distinct(TrackingEvent.delivery_id)))
-    f.machine_opens = tracked(TrackingKind.machine_open, func.count())
-    f.unique_clicks = tracked(TrackingKind.click, func.count(distinct(TrackingEvent.delivery_id)))
-    f.unsubscribes = tracked(TrackingKind.unsubscribe, func.count(distinct(TrackingEvent.customer_id)))
+    # Unique opens and clicks, machine opens, unsubscribes: the campaign's rows of the
+    # campaign_tracking_totals rollup (at most one per kind, primary-key range), kept by
+    # triggers as events arrive (migration 0021), instead of count(DISTINCT delivery_id)
+    # over every event of the campaign.
+    totals = {kind: (events, uniques) for kind, events, uniques in session.execute(
+        select(CampaignTrackingTotal.kind, CampaignTrackingTotal.events, CampaignTrackingTotal.uniques)
+        .where(CampaignTrackingTotal.campaign_id == c.id)).all()}
+    f.unique_opens = totals.get(TrackingKind.open, (0, 0))[1]
+    f.machine_opens = totals.get(TrackingKind.machine_open, (0, 0))[0]
+    f.unique_clicks = totals.get(TrackingKind.click, (0, 0))[1]
+    f.unsubscribes = totals.get(TrackingKind.unsubscribe, (0, 0))[1]
+    # Complaints stay counted at read time: a UNION of two tables (bounce records and tracking
+    # events) over the campaign's few complaints, both through indexes on the campaign.
     complaint_ids = union(
         select(Bounce.delivery_id).join(Delivery, Delivery.id == Bounce.delivery_id)
         .where(Delivery.campaign_id == c.id, Bounce.kind == "complaint"),
@@ -215,14 +229,6 @@ def bucket_for_span(span: timedelta) -> str:
     return "day"
 
 
-def _truncate(session: Session, unit: str):
-    """SQL truncating occurred_at (UTC) to the minute, hour or day."""
-    if session.get_bind().dialect.name == "postgresql":
-        return func.date_trunc(unit, func.timezone("UTC", TrackingEvent.occurred_at))
-    fmt = {"minute": "%Y-%m-%d %H:%M:00", "hour": "%Y-%m-%d %H:00:00", "day": "%Y-%m-%d 00:00:00"}[unit]
-    return func.strftime(fmt, TrackingEvent.occurred_at)
-
-
 def _as_utc(value) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
@@ -235,7 +241,6 @@ def timeline(session: Session, campaign_id: int) -> Timeline:
     The bucket (minute, 5 minutes, hour, day) follows the span of the data, so a campaign an
     hour old is drawn per minute and one a month old per day.
     """
-    scope = (TrackingEvent.campaign_id == campaign_id, TrackingEvent.kind.in_(SERIES))
     # The span: per kind, the first and the last event by an ORDER BY ... LIMIT 1 on
     # ix_tracking_campaign_kind (campaign_id, kind, occurred_at): six index probes. A plain
     # min()/max() over the IN list lets PostgreSQL walk the occurred_at index instead, filtering
@@ -252,16 +257,22 @@ def timeline(session: Session, campaign_id: int) -> Timeline:
         return Timeline("hour", [])
     first, last = min(ends), max(ends)
     name = bucket_for_span(_as_utc(last) - _as_utc(first))
-    unit = "minute" if name == "5 minutes" else name
-    bucket = _truncate(session, unit).label("bucket")
-    # Grouped in the database over ix_tracking_campaign_kind; one row per (bucket, kind).
-    rows = session.execute(select(bucket, TrackingEvent.kind, func.count()).where(*scope)
-                           .group_by(literal_column("bucket"), TrackingEvent.kind)).all()
+    unit = "minute" if name in ("minute", "5 minutes") else "hour"
+    # The campaign_tracking_buckets rollup (kept by triggers, migration 0021): per kind, the
+    # campaign's minute rows (spans up to 12 h: at most 721 per kind) or hour rows, a range of
+    # its primary key (campaign_id, kind, unit, bucket_start). Buckets a purge emptied are 0.
+    rows = session.execute(select(CampaignTrackingBucket.bucket_start, CampaignTrackingBucket.kind,
+                                  CampaignTrackingBucket.events)
+                           .where(CampaignTrackingBucket.campaign_id == campaign_id,
+                                  CampaignTrackingBucket.kind.in_(SERIES), CampaignTrackingBucket.unit == unit,
+                                  CampaignTrackingBucket.events > 0)).all()
     counts: dict[datetime, list[int]] = {}
     for when, kind, n in rows:
         t = _as_utc(when)
         if name == "5 minutes":
             t = t.replace(minute=t.minute - t.minute % 5)
+        elif name == "day":
+            t = t.replace(hour=0)
         counts.setdefault(t, [0, 0, 0])[SERIES.index(kind)] += n
     step = BUCKETS[name]
     start, end = min(counts), max(counts)
@@ -277,10 +288,11 @@ def timeline(session: Session, campaign_id: int) -> Timeline:
 
 def top_links(session: Session, campaign_id: int, n: int = TOP_LINKS) -> list[tuple[str, int, int]]:
     """(url, clicks, unique clickers) for the most clicked links."""
-    rows = session.execute(select(TrackingEvent.url, func.count(), func.count(distinct(TrackingEvent.delivery_id)))
-                           .where(TrackingEvent.campaign_id == campaign_id, TrackingEvent.kind == TrackingKind.click)
-                           .group_by(TrackingEvent.url).order_by(func.count().desc(), TrackingEvent.url).limit(n)
-                           ).all()
+    # The campaign_link_counts rollup (kept by triggers, migration 0021): the campaign's links,
+    # a primary-key range, sorted by clicks in the database (a campaign has tens of links).
+    rows = session.execute(select(CampaignLinkCount.url, CampaignLinkCount.clicks, CampaignLinkCount.unique_clicks)
+                           .where(CampaignLinkCount.campaign_id == campaign_id, CampaignLinkCount.clicks > 0)
+                           .order_by(CampaignLinkCount.clicks.desc(), CampaignLinkCount.url).limit(n)).all()
     return [(url or "", clicks, unique) for url, clicks, unique in rows]
 
 

@@ -22,7 +22,7 @@ Revises: 0019
 from alembic import op
 
 revision = '0025'
-down_revision = '0019'
+down_revision = '0021'
 branch_labels = None
 depends_on = None
 
