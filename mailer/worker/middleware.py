@@ -150,7 +150,7 @@ class TemplateWarmupMiddleware(dramatiq.Middleware):
 
     The worker takes messages at once: a notice that arrives before its template is warm
     compiles it itself, as it always did.  A process for campaigns only
-    (``--queues bulk default``) skips it.
+    (``mailer worker -Q bulk -Q default``) skips it.
     """
 
     def __init__(self, app_getter):
