@@ -4,7 +4,8 @@ Importing this module is what ``dramatiq worker`` needs (``worker.py`` at the to
 the repository imports it; ``mailer worker`` runs ``dramatiq mailer.worker.boot``).  Every
 worker process gets the settings from the environment, an :class:`~mailer.app.App`,
 the Redis broker with mailer's middleware, the sweeper thread, the heartbeat thread
-(:mod:`mailer.delivery.heartbeats`) and the notice templates' warm-up.
+(:mod:`mailer.delivery.heartbeats`) and, with ``MAILER_WARM_TEMPLATES=1``, the notice
+templates' warm-up.
 
 Metrics: with ``MAILER_METRICS_PORT`` set, Dramatiq's Prometheus middleware is added
 and one fork process per ``dramatiq`` command serves Dramatiq's and mailer's metrics
@@ -52,7 +53,8 @@ broker.add_middleware(SweeperMiddleware(get_app, settings.sweep_interval_s))
 if settings.heartbeat_s > 0:
     broker.add_middleware(HeartbeatMiddleware(get_app, settings.heartbeat_s))
 broker.add_middleware(NoticeLaneMiddleware(settings.notice_threads))
-broker.add_middleware(TemplateWarmupMiddleware(get_app))
+if settings.warm_templates:
+    broker.add_middleware(TemplateWarmupMiddleware(get_app))
 actors.bind(broker)
 
 # A bad DKIM key (missing file, wrong type) stops the worker here, not at the first send.
