@@ -84,14 +84,18 @@ def run_campaign(kind: str, n: int, tmp: Path, *, threads: int, keys, ed25519: b
                  log_level: str, processes: int = 1, workers: int = 1, during=None, sink=None,
                  settings_overrides: dict | None = None, quiet: bool = False, profile: Path | None = None,
                  delay_ms: float = 0.0, connections: int = 0, worker_env: dict | None = None,
-                 at_end=None) -> dict:
+                 at_end=None, boot: str = "mailer.worker.boot", queues: tuple[tuple[str, ...], ...] = (),
+                 worker_threads: tuple[int, ...] = ()) -> dict:
     """Populate, create, send and drain one campaign; returns the figures.
 
     ``during(settings, sink, t_send)`` runs (in this process) while the campaign drains and
     its return value lands in the result as ``during``.  ``workers`` > 1 starts that many
-    separate ``dramatiq`` commands (the scale-out benchmark).  ``worker_env`` is added to the
-    worker command's environment; ``at_end(workers)`` runs once every mail reached the sink,
-    before the workers stop (its return value lands in the result as ``at_end``).
+    separate ``dramatiq`` commands (the scale-out benchmark).  ``worker_env`` adds to the
+    workers' environment, ``boot`` is the module they boot, and ``queues`` (one tuple of
+    queue names per command) lets each command consume only some queues, with
+    ``worker_threads`` threads (one count per command; else ``threads``); ``at_end(workers)``
+    runs once every mail reached the sink, before the workers stop (its return value lands
+    in the result as ``at_end``).
     """
     flush_redis()
     tmp.mkdir(parents=True, exist_ok=True)
@@ -110,8 +114,11 @@ def run_campaign(kind: str, n: int, tmp: Path, *, threads: int, keys, ed25519: b
         cid = create_campaign(settings, f"bench {kind} {n}")
         setup_s = time.perf_counter() - t
         for i in range(workers):
-            w = Worker(settings, tmp, threads=threads, processes=processes, cpus=worker_cpus if workers == 1 else None,
-                       extra_env={"MAILER_LOG_LEVEL": log_level, **(worker_env or {})}, index=i).start()
+            extra = {"queues": queues[i]} if i < len(queues) else {}
+            w = Worker(settings, tmp, threads=worker_threads[i] if i < len(worker_threads) else threads,
+                       processes=processes, cpus=worker_cpus if workers == 1 else None,
+                       extra_env={"MAILER_LOG_LEVEL": log_level, **(worker_env or {})}, index=i, boot=boot,
+                       **extra).start()
             started.append(w)
         for w in started:
             w.wait_ready()

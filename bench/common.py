@@ -433,6 +433,8 @@ class Worker:
     extra_env: dict = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     index: int = 0
+    #: The module ``dramatiq`` boots (bench/notice_timeline.py wraps mailer.worker.boot to timestamp notices).
+    boot: str = "mailer.worker.boot"
 
     def start(self) -> "Worker":
         env = settings_env(self.settings)
@@ -448,7 +450,7 @@ class Worker:
                 os.sched_setaffinity(0, cpus)
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "mailer.worker.boot", "--processes", str(self.processes),
+            [sys.executable, "-m", "dramatiq", self.boot, "--processes", str(self.processes),
              "--threads", str(self.threads), "--queues", *self.queues, "--worker-shutdown-timeout", "5000"],
             cwd=self.log_dir, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pre)
         log.close()

@@ -246,6 +246,36 @@ class Renderer:
                 self._compiled.popitem(last=False)
             return c
 
+    def warm(self, kinds: Iterable[str] | None = None, *, stop: threading.Event | None = None) -> int:
+        """Compile (kind, locale) for every notice kind (not newsletters) and every locale it
+        has, as :meth:`render` without a cache key would on first use; returns how many
+        were compiled now.  A template that does not compile is skipped here (its first
+        render raises the error, as before); ``stop`` set ends the loop early.
+
+        Why: one compile costs 50 to 75 ms of CPU (MRML, css-inline, checks), and the first
+        notice of each (kind, locale) in a process paid it, under the compile lock, during a
+        campaign: those notices were the p99 (bench/notice_latency.py, docs/benchmarks.md).
+        """
+        compiled = 0
+        for kind in (self.kinds() if kinds is None else kinds):
+            try:
+                spec = self.spec(kind)
+            except ValidationError:
+                continue
+            if spec.newsletter:
+                continue
+            for locale in spec.locales:
+                if stop is not None and stop.is_set():
+                    return compiled
+                if (kind, locale, None) in self._compiled:
+                    continue
+                try:
+                    self.compiled(kind, locale)
+                except TemplateError:
+                    continue
+                compiled += 1
+        return compiled
+
     def forget(self, cache_key: str | None = None) -> int:
         """Drop compiled entries for ``cache_key`` (None: all); returns how many were dropped."""
         with self._lock:

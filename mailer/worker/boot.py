@@ -3,9 +3,10 @@
 Importing this module is what ``dramatiq worker`` needs (``worker.py`` at the top of
 the repository imports it; ``mailer worker`` runs ``dramatiq mailer.worker.boot``).  Every
 worker process gets the settings from the environment, an :class:`~mailer.app.App`,
-the Redis broker with mailer's middleware, the sweeper thread and the heartbeat thread
-(:mod:`mailer.delivery.heartbeats`), and first of all its malloc arena cap
-(:mod:`mailer.worker.malloc`, ``MAILER_MALLOC_ARENAS``).
+the Redis broker with mailer's middleware, the sweeper thread, the heartbeat thread
+(:mod:`mailer.delivery.heartbeats`), first of all its malloc arena cap
+(:mod:`mailer.worker.malloc`, ``MAILER_MALLOC_ARENAS``) and, with
+``MAILER_WARM_TEMPLATES=1``, the notice templates' warm-up.
 
 Metrics: with ``MAILER_METRICS_PORT`` set, Dramatiq's Prometheus middleware is added
 and one fork process per ``dramatiq`` command serves Dramatiq's and mailer's metrics
@@ -39,7 +40,12 @@ from mailer.logs import HOST, set_worker_name, worker_name  # noqa: E402
 from mailer.logs import configure as configure_logging  # noqa: E402
 from mailer.queue.broker import setup  # noqa: E402
 from mailer.worker import actors  # noqa: E402
-from mailer.worker.middleware import HeartbeatMiddleware, NoticeLaneMiddleware, SweeperMiddleware  # noqa: E402
+from mailer.worker.middleware import (  # noqa: E402
+    HeartbeatMiddleware,
+    NoticeLaneMiddleware,
+    SweeperMiddleware,
+    TemplateWarmupMiddleware,
+)
 
 configure_logging()
 set_worker_name(settings.worker_name)
@@ -51,6 +57,8 @@ broker.add_middleware(SweeperMiddleware(get_app, settings.sweep_interval_s))
 if settings.heartbeat_s > 0:
     broker.add_middleware(HeartbeatMiddleware(get_app, settings.heartbeat_s))
 broker.add_middleware(NoticeLaneMiddleware(settings.notice_threads))
+if settings.warm_templates:
+    broker.add_middleware(TemplateWarmupMiddleware(get_app))
 actors.bind(broker)
 
 # A bad DKIM key (missing file, wrong type) stops the worker here, not at the first send.
