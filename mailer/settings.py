@@ -119,8 +119,8 @@ class Settings:
     malloc_arenas: int = 2
     #: Worker threads per worker process that take only notices (the transactional queue), besides --threads (which take notices too); 0 = none (docs/delivery.md, sizing).
     notice_threads: int = 2
-    #: Compile every notice template (kind x locale) in a background thread when a worker that takes notices boots (about 3 s of CPU per process); off by default until the fault tests are shown green with it on (docs/delivery.md).
-    warm_templates: bool = False
+    #: Compile every notice template (kind x locale) in a background thread when a worker that takes notices boots (about 3 s of CPU per process), so no notice pays a compile during a campaign; 0 = compile on first use (docs/delivery.md).
+    warm_templates: bool = True
     #: Messages per second per recipient domain, across all workers. 0 = unlimited.
     domain_rate: int = 0
     #: DKIM signing domain (d=); empty = no signing. Keys and selectors below.
