@@ -73,7 +73,7 @@ CREATE TRIGGER consent_state_guard_insert AFTER INSERT ON consent_state
 CREATE TRIGGER consent_state_guard_update AFTER UPDATE ON consent_state
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION consent_state_guard_statement();
-"""
+"""  # nosec B608 - constant SQL (the guard function and its triggers)
 
 #: Migration 0002's row guard for INSERT and UPDATE, restored by downgrade.
 PG_DOWNGRADE = """
